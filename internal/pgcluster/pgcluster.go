@@ -162,8 +162,18 @@ func (c *Cluster) Stop(ctx context.Context) error {
 	if !c.running(ctx) {
 		return nil
 	}
+	pid := PID(c.dir)
 	if out, err := c.run(ctx, "pg_ctl", "-D", c.dir, "-m", "fast", "-w", "-t", "60", "stop"); err != nil {
 		return fmt.Errorf("pgcluster: pg_ctl stop: %w: %s", err, out)
+	}
+	// pg_ctl returns once postmaster.pid is gone, a moment before the
+	// process itself has exited; callers are promised it has.
+	for !Exited(pid) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("pgcluster: postmaster %d still running: %w", pid, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 	c.log.Info("stopped private PostgreSQL cluster", "dir", c.dir)
 	return nil
@@ -179,6 +189,21 @@ func PID(dir string) int {
 	first, _, _ := strings.Cut(string(b), "\n")
 	pid, _ := strconv.Atoi(strings.TrimSpace(first))
 	return pid
+}
+
+// Exited reports whether process pid has ended (or is a zombie awaiting its
+// parent, which for a daemonised postmaster may never come).
+func Exited(pid int) bool {
+	if pid <= 0 {
+		return true
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return errors.Is(err, fs.ErrNotExist)
+	}
+	// The state follows the parenthesised command name.
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] == 'Z'
 }
 
 func (c *Cluster) initdb(ctx context.Context, ephemeral bool) error {
