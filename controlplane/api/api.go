@@ -1,0 +1,101 @@
+// Package api is the control plane's HTTP API: JSON over HTTP under /v1,
+// plus /healthz and /readyz.
+//
+// Every /v1 route passes through authentication (a bearer operator token)
+// and a scope check; there is no unauthenticated /v1 route.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/argus-remote/argus/controlplane/apierror"
+	"github.com/argus-remote/argus/controlplane/operators"
+	"github.com/argus-remote/argus/migrations"
+)
+
+// Version is reported by /healthz and whoami; set by the server at build.
+var Version = "dev"
+
+// Server holds the API's dependencies.
+type Server struct {
+	Pool      *pgxpool.Pool
+	Operators *operators.Store
+	Log       *slog.Logger
+}
+
+// Handler returns the API's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /v1/whoami", s.authenticated(http.HandlerFunc(s.whoami)))
+	mux.Handle("GET /v1/operators", s.requireScope(operators.ScopeOperatorAdmin, http.HandlerFunc(s.listOperators)))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		apierror.Write(w, apierror.New(http.StatusNotFound, apierror.CodeNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path))
+	})
+	return s.recoverer(mux)
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": Version})
+}
+
+// readyz is ready when the database answers and holds the latest schema.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	v, err := migrations.Current(ctx, s.Pool)
+	if err != nil {
+		s.Log.Warn("readiness: database unreachable", "err", err)
+		apierror.Write(w, apierror.New(http.StatusServiceUnavailable, apierror.CodeUnavailable, "database unreachable"))
+		return
+	}
+	if latest := migrations.Latest(); v != latest {
+		apierror.Write(w, apierror.New(http.StatusServiceUnavailable, apierror.CodeUnavailable, "database schema is not current"))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "schema_version": v})
+}
+
+func (s *Server) whoami(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, principalFrom(r.Context()))
+}
+
+func (s *Server) listOperators(w http.ResponseWriter, r *http.Request) {
+	list, err := s.Operators.List(r.Context())
+	if err != nil {
+		s.Log.Error("list operators", "err", err)
+		apierror.Write(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"operators": list})
+}
+
+// recoverer turns a handler panic into a 500 with the JSON error shape.
+func (s *Server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.Log.Error("handler panic", "method", r.Method, "path", r.URL.Path, "panic", v)
+				apierror.Write(w, nil)
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

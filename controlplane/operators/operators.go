@@ -1,0 +1,256 @@
+// Package operators holds the people who run ARGUS and their bearer tokens:
+// creating them, and turning a presented token into a Principal.
+//
+// Token secrets are stored only as hashes and compared in constant time
+// (package credential); this package never logs or returns a secret except
+// the once it is minted.
+package operators
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/argus-remote/argus/internal/credential"
+)
+
+// Scope is a permission carried by a token.
+type Scope string
+
+// The scopes. Each guards one kind of action; no scope implies another.
+const (
+	ScopeRemoteSupport Scope = "remote_support"
+	ScopeTenantArm     Scope = "tenant:arm"
+	ScopeTenantAdmin   Scope = "tenant:admin"
+	ScopeAgentAdmin    Scope = "agent:admin"
+	ScopeAuditRead     Scope = "audit:read"
+	ScopeOperatorAdmin Scope = "operator:admin"
+	ScopeMonitor       Scope = "monitor"
+)
+
+// AllScopes lists every scope, in a stable order.
+var AllScopes = []Scope{
+	ScopeRemoteSupport, ScopeTenantArm, ScopeTenantAdmin, ScopeAgentAdmin,
+	ScopeAuditRead, ScopeOperatorAdmin, ScopeMonitor,
+}
+
+// ParseScopes validates scope names; it refuses unknown and empty lists.
+func ParseScopes(names []string) ([]Scope, error) {
+	if len(names) == 0 {
+		return nil, errors.New("at least one scope is required")
+	}
+	var out []Scope
+	for _, n := range names {
+		s := Scope(strings.TrimSpace(n))
+		if !slices.Contains(AllScopes, s) {
+			return nil, fmt.Errorf("unknown scope %q (known: %s)", n, joinScopes(AllScopes))
+		}
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+func joinScopes(s []Scope) string {
+	names := make([]string, len(s))
+	for i, v := range s {
+		names[i] = string(v)
+	}
+	return strings.Join(names, ", ")
+}
+
+// Principal is an authenticated operator, as seen through one token.
+type Principal struct {
+	OperatorID   string    `json:"operator_id"`
+	OperatorName string    `json:"operator"`
+	TokenID      string    `json:"token_id"`
+	Scopes       []Scope   `json:"scopes"`
+	ExpiresAt    time.Time `json:"expires_at,omitzero"`
+}
+
+// Has reports whether the principal carries scope s.
+func (p Principal) Has(s Scope) bool { return slices.Contains(p.Scopes, s) }
+
+// Authentication failures. They are distinct so the API can give each its
+// code; the unknown and the wrong-secret cases are one error, so a token id
+// cannot be probed.
+var (
+	ErrMalformed = errors.New("malformed token")
+	ErrInvalid   = errors.New("unknown token")
+	ErrExpired   = errors.New("token expired")
+	ErrRevoked   = errors.New("token revoked")
+	ErrDisabled  = errors.New("operator disabled")
+	ErrExists    = errors.New("operator already exists")
+)
+
+// Store reads and writes operators and tokens.
+type Store struct {
+	pool *pgxpool.Pool
+	now  func() time.Time
+}
+
+// NewStore returns a Store over pool.
+func NewStore(pool *pgxpool.Pool) *Store {
+	return &Store{pool: pool, now: time.Now}
+}
+
+// NewToken describes a token to mint.
+type NewToken struct {
+	Scopes      []Scope
+	Description string
+	// TTL is the token's lifetime; zero means it does not expire.
+	TTL time.Duration
+}
+
+// Create makes a new operator with a first token, returned in plain text
+// once.
+func (s *Store) Create(ctx context.Context, name string, tok NewToken) (Principal, string, error) {
+	var p Principal
+	var plain string
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, "INSERT INTO operators (name) VALUES ($1) RETURNING id", name).Scan(&p.OperatorID)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+			return fmt.Errorf("%w: %q", ErrExists, name)
+		}
+		if errors.As(err, &pgErr) && pgErr.Code == "23514" {
+			return fmt.Errorf("operator name %q: use letters, digits and . _ @ - (at most 128)", name)
+		}
+		if err != nil {
+			return err
+		}
+		p.OperatorName = name
+		p.TokenID, plain, p.ExpiresAt, err = s.insertToken(ctx, tx, p.OperatorID, tok)
+		p.Scopes = tok.Scopes
+		return err
+	})
+	if err != nil {
+		return Principal{}, "", fmt.Errorf("create operator: %w", err)
+	}
+	return p, plain, nil
+}
+
+func (s *Store) insertToken(ctx context.Context, tx pgx.Tx, operatorID string, tok NewToken) (id, plain string, expires time.Time, err error) {
+	if len(tok.Scopes) == 0 {
+		return "", "", time.Time{}, errors.New("a token needs at least one scope")
+	}
+	m, err := credential.Mint(credential.Operator)
+	if err != nil {
+		return "", "", time.Time{}, err
+	}
+	var exp *time.Time
+	if tok.TTL > 0 {
+		expires = s.now().Add(tok.TTL).UTC()
+		exp = &expires
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO operator_tokens (id, operator_id, secret_hash, scopes, description, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6)`, m.ID, operatorID, m.Hash, tok.Scopes, tok.Description, exp)
+	if err != nil {
+		return "", "", time.Time{}, err
+	}
+	return m.ID, m.Plain, expires, nil
+}
+
+// Authenticate turns a presented token into a Principal, or says why not.
+func (s *Store) Authenticate(ctx context.Context, plain string) (Principal, error) {
+	id, secret, err := credential.Parse(credential.Operator, plain)
+	if err != nil {
+		return Principal{}, ErrMalformed
+	}
+	var (
+		p                    Principal
+		hash                 []byte
+		scopes               []string
+		expires, revoked     *time.Time
+		disabled, lastUsedAt *time.Time
+	)
+	err = s.pool.QueryRow(ctx, `
+		SELECT t.operator_id, o.name, t.secret_hash, t.scopes, t.expires_at, t.revoked_at, o.disabled_at, t.last_used_at
+		FROM operator_tokens t JOIN operators o ON o.id = t.operator_id
+		WHERE t.id = $1`, id).Scan(&p.OperatorID, &p.OperatorName, &hash, &scopes, &expires, &revoked, &disabled, &lastUsedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Spend the same hashing work as a found token does.
+		credential.Verify(make([]byte, 32), secret)
+		return Principal{}, ErrInvalid
+	}
+	if err != nil {
+		return Principal{}, fmt.Errorf("authenticate: %w", err)
+	}
+	if !credential.Verify(hash, secret) {
+		return Principal{}, ErrInvalid
+	}
+	// Only a holder of the secret learns why a real token no longer works.
+	now := s.now()
+	switch {
+	case revoked != nil:
+		return Principal{}, ErrRevoked
+	case disabled != nil:
+		return Principal{}, ErrDisabled
+	case expires != nil && !now.Before(*expires):
+		return Principal{}, ErrExpired
+	}
+	p.TokenID = id
+	for _, sc := range scopes {
+		p.Scopes = append(p.Scopes, Scope(sc))
+	}
+	if expires != nil {
+		p.ExpiresAt = expires.UTC()
+	}
+	// Record use at most once a minute, so authentication is not a write per request.
+	if lastUsedAt == nil || now.Sub(*lastUsedAt) > time.Minute {
+		if _, err := s.pool.Exec(ctx, "UPDATE operator_tokens SET last_used_at = now() WHERE id = $1", id); err != nil {
+			return Principal{}, fmt.Errorf("authenticate: %w", err)
+		}
+	}
+	return p, nil
+}
+
+// RevokeToken revokes one token; it is idempotent.
+func (s *Store) RevokeToken(ctx context.Context, tokenID string) error {
+	tag, err := s.pool.Exec(ctx, "UPDATE operator_tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1", tokenID)
+	if err != nil {
+		return fmt.Errorf("revoke token: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrInvalid
+	}
+	return nil
+}
+
+// Operator is an operator as listed to administrators; it never holds secrets.
+type Operator struct {
+	ID           string     `json:"id"`
+	Name         string     `json:"name"`
+	CreatedAt    time.Time  `json:"created_at"`
+	DisabledAt   *time.Time `json:"disabled_at,omitempty"`
+	ActiveTokens int        `json:"active_tokens"`
+}
+
+// List returns every operator, by name.
+func (s *Store) List(ctx context.Context) ([]Operator, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT o.id, o.name, o.created_at, o.disabled_at,
+		       count(t.id) FILTER (WHERE t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now()))
+		FROM operators o LEFT JOIN operator_tokens t ON t.operator_id = o.id
+		GROUP BY o.id ORDER BY o.name`)
+	if err != nil {
+		return nil, fmt.Errorf("list operators: %w", err)
+	}
+	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Operator, error) {
+		var o Operator
+		err := row.Scan(&o.ID, &o.Name, &o.CreatedAt, &o.DisabledAt, &o.ActiveTokens)
+		return o, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list operators: %w", err)
+	}
+	return list, nil
+}
