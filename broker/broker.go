@@ -1,0 +1,113 @@
+// Package broker runs the embedded MQTT broker (mochi-mqtt v2) that agents
+// and monitors dial into over MQTT-over-WebSocket.
+//
+// The broker denies by default: a client is admitted, and a topic allowed,
+// only when the Policy says so. The control plane talks to the broker
+// through mochi's in-process inline client, never over the network, and the
+// broker never opens a connection to anyone.
+package broker
+
+import (
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+)
+
+// DefaultMaxPacketSize bounds every MQTT packet in either direction. mochi
+// allocates buffers at the declared size, so it must never be unlimited.
+const DefaultMaxPacketSize = 64 << 10
+
+// Config configures the broker.
+type Config struct {
+	// WSAddr is the WebSocket listener's TCP address ("127.0.0.1:8083").
+	WSAddr string
+	// WSPath is the HTTP path MQTT is served on ("/mqtt").
+	WSPath string
+	// TLS, when set, serves wss:// instead of ws://.
+	TLS *tls.Config
+	// AllowedOrigins are the browser origins allowed to open a WebSocket;
+	// requests without an Origin header (agents, tools) are not browsers
+	// and are let through to MQTT authentication.
+	AllowedOrigins []string
+	// MaxPacketSize bounds every packet; 0 means DefaultMaxPacketSize.
+	MaxPacketSize uint32
+	// Policy decides who connects and what they touch; nil refuses all.
+	Policy Policy
+	Logger *slog.Logger
+}
+
+// Broker is a running embedded broker.
+type Broker struct {
+	srv *mqtt.Server
+	ws  *wsListener
+	log *slog.Logger
+}
+
+// New builds a broker and binds its listener; Start begins serving.
+func New(cfg Config) (*Broker, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxPacketSize == 0 {
+		cfg.MaxPacketSize = DefaultMaxPacketSize
+	}
+	if cfg.WSPath == "" {
+		cfg.WSPath = "/mqtt"
+	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = cfg.MaxPacketSize
+	// Idle agents vastly outnumber busy ones; a small pending-write queue
+	// keeps each one cheap.
+	caps.MaximumClientWritesPending = 64
+	// Agents use clean sessions; nothing needs to outlive a connection.
+	caps.MaximumSessionExpiryInterval = 0
+	caps.SharedSubAvailable = 0
+	caps.MaximumQos = 1
+
+	srv := mqtt.New(&mqtt.Options{
+		Capabilities: caps,
+		InlineClient: true,
+		Logger:       log.With("component", "broker"),
+	})
+	if err := srv.AddHook(&accessHook{policy: cfg.Policy}, nil); err != nil {
+		return nil, fmt.Errorf("broker: add access hook: %w", err)
+	}
+	ws := newWSListener("ws", cfg.WSAddr, cfg.WSPath, cfg.TLS, cfg.AllowedOrigins, int64(cfg.MaxPacketSize))
+	if err := srv.AddListener(ws); err != nil {
+		return nil, fmt.Errorf("broker: listen on %s: %w", cfg.WSAddr, err)
+	}
+	return &Broker{srv: srv, ws: ws, log: log}, nil
+}
+
+// Start serves clients; it returns at once.
+func (b *Broker) Start() error {
+	if err := b.srv.Serve(); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	return nil
+}
+
+// Close disconnects every client and stops the listener.
+func (b *Broker) Close() error {
+	return b.srv.Close()
+}
+
+// WSAddr returns the address the WebSocket listener is bound to.
+func (b *Broker) WSAddr() net.Addr { return b.ws.addr() }
+
+// URL returns the broker's MQTT-over-WebSocket URL on its bound address.
+func (b *Broker) URL() string {
+	scheme := "ws"
+	if b.ws.tls != nil {
+		scheme = "wss"
+	}
+	return scheme + "://" + b.ws.addr().String() + b.ws.path
+}
+
+// Server returns the underlying mochi server, for the control plane's
+// inline client.
+func (b *Broker) Server() *mqtt.Server { return b.srv }

@@ -1,0 +1,116 @@
+package broker_test
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/gorilla/websocket"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/argus-remote/argus/broker"
+	"github.com/argus-remote/argus/internal/mqtttest"
+)
+
+func start(t *testing.T, cfg broker.Config) *broker.Broker {
+	t.Helper()
+	cfg.WSAddr = "127.0.0.1:0"
+	b, err := broker.New(cfg)
+	require.NoError(t, err)
+	require.NoError(t, b.Start())
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
+func TestBroker_RefusesEveryoneByDefault(t *testing.T) {
+	b := start(t, broker.Config{})
+	for _, o := range []mqtttest.Options{
+		{ClientID: "anon"},
+		{ClientID: "someone", Username: "someone", Password: "secret"},
+	} {
+		_, ack, err := mqtttest.Dial(t, b.URL(), o)
+		require.Error(t, err)
+		require.NotNil(t, ack, "a CONNACK with a reason code is sent")
+		assert.Equal(t, byte(0x86), ack.ReasonCode, "bad user name or password")
+	}
+}
+
+// allowPolicy admits one user and lets it touch one topic.
+type allowPolicy struct{}
+
+func (allowPolicy) Authenticate(clientID, username string, password []byte) bool {
+	return clientID == "c1" && username == "u1" && string(password) == "p1"
+}
+
+func (allowPolicy) Allow(clientID, username, topic string, write bool) bool {
+	return topic == "t/ok"
+}
+
+func TestBroker_PolicyDecidesConnectAndTopics(t *testing.T) {
+	b := start(t, broker.Config{Policy: allowPolicy{}})
+
+	_, _, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "c1", Username: "u1", Password: "wrong"})
+	require.Error(t, err)
+
+	c, ack, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "c1", Username: "u1", Password: "p1"})
+	require.NoError(t, err)
+	assert.Equal(t, byte(0), ack.ReasonCode)
+
+	sa, err := c.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "t/ok", QoS: 1}, {Topic: "t/#", QoS: 1}}})
+	require.Error(t, err, "one filter is refused")
+	require.NotNil(t, sa)
+	require.Len(t, sa.Reasons, 2)
+	assert.Equal(t, byte(1), sa.Reasons[0], "allowed filter granted at QoS 1")
+	assert.GreaterOrEqual(t, sa.Reasons[1], byte(0x80), "wildcard refused")
+
+	require.NoError(t, b.Server().Publish("t/ok", []byte("hello"), false, 1))
+	select {
+	case pk := <-c.Received:
+		assert.Equal(t, "t/ok", pk.Topic)
+		assert.Equal(t, "hello", string(pk.Payload))
+	case <-time.After(5 * time.Second):
+		t.Fatal("allowed message not delivered")
+	}
+}
+
+func TestBroker_ServesOnlyItsPath(t *testing.T) {
+	b := start(t, broker.Config{Policy: allowPolicy{}})
+	wrong := strings.TrimSuffix(b.URL(), "/mqtt") + "/other"
+	_, _, err := mqtttest.Dial(t, wrong, mqtttest.Options{ClientID: "c1", Username: "u1", Password: "p1"})
+	require.ErrorIs(t, err, websocket.ErrBadHandshake)
+}
+
+func TestBroker_RefusesBrowsersFromOtherOrigins(t *testing.T) {
+	b := start(t, broker.Config{Policy: allowPolicy{}, AllowedOrigins: []string{"https://ops.example"}})
+	opts := mqtttest.Options{ClientID: "c1", Username: "u1", Password: "p1"}
+
+	opts.Header = http.Header{"Origin": {"https://evil.example"}}
+	_, _, err := mqtttest.Dial(t, b.URL(), opts)
+	require.ErrorIs(t, err, websocket.ErrBadHandshake)
+
+	opts.Header = http.Header{"Origin": {"https://ops.example"}}
+	_, _, err = mqtttest.Dial(t, b.URL(), opts)
+	require.NoError(t, err)
+}
+
+func TestBroker_RefusesOversizedPackets(t *testing.T) {
+	b := start(t, broker.Config{Policy: allowPolicy{}, MaxPacketSize: 1024})
+	c, _, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "c1", Username: "u1", Password: "p1"})
+	require.NoError(t, err)
+	_, err = c.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "t/ok", QoS: 1}}})
+	require.NoError(t, err)
+	go func() { _, _ = c.Publish(t.Context(), &paho.Publish{Topic: "t/ok", QoS: 1, Payload: make([]byte, 4096)}) }()
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a client sending a packet over the maximum is not disconnected")
+	}
+	select {
+	case pk := <-c.Received:
+		t.Fatalf("oversized message relayed: %d bytes", len(pk.Payload))
+	default:
+	}
+}

@@ -1,0 +1,49 @@
+package broker
+
+import (
+	"bytes"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Policy is the single source of truth for who may connect to the broker
+// and which topics they may touch. Implementations must be fast and
+// in-memory on Allow: mochi calls it on every delivery, in the publisher's
+// goroutine.
+type Policy interface {
+	// Authenticate decides a CONNECT. It sees the client id, username and
+	// password as sent.
+	Authenticate(clientID, username string, password []byte) bool
+	// Allow decides a subscribe (write false, topic is the raw filter), a
+	// publish (write true) and each delivery (write false, concrete topic).
+	Allow(clientID, username, topic string, write bool) bool
+}
+
+// accessHook adapts a Policy to mochi. It is the only hook that answers
+// OnConnectAuthenticate and OnACLCheck; mochi ORs hooks, so adding any
+// permissive hook beside it would open the broker.
+type accessHook struct {
+	mqtt.HookBase
+	policy Policy
+}
+
+func (h *accessHook) ID() string { return "argus-access" }
+
+func (h *accessHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
+}
+
+func (h *accessHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	if h.policy == nil {
+		return false
+	}
+	return h.policy.Authenticate(cl.ID, string(pk.Connect.Username), pk.Connect.Password)
+}
+
+func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if h.policy == nil {
+		return false
+	}
+	return h.policy.Allow(cl.ID, string(cl.Properties.Username), topic, write)
+}
