@@ -102,7 +102,9 @@ func TestBroker_RefusesOversizedPackets(t *testing.T) {
 	require.NoError(t, err)
 	_, err = c.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "t/ok", QoS: 1}}})
 	require.NoError(t, err)
-	go func() { _, _ = c.Publish(t.Context(), &paho.Publish{Topic: "t/ok", QoS: 1, Payload: make([]byte, 4096)}) }()
+	go func() {
+		_, _ = c.Publish(t.Context(), &paho.Publish{Topic: "t/ok", QoS: 1, Payload: make([]byte, 4096)})
+	}()
 	select {
 	case <-c.Done():
 	case <-time.After(5 * time.Second):

@@ -1,0 +1,67 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/argus-remote/argus/controlplane/api"
+	"github.com/argus-remote/argus/server"
+)
+
+func newServeCmd(io IOStreams) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the broker and the control-plane API",
+		Long: `Run the embedded MQTT broker and the control-plane HTTP API.
+
+With no database URL, a private PostgreSQL cluster is started from the
+machine's server binaries in the data directory, and stopped on exit.
+Everything listens on loopback unless configured otherwise.`,
+		Example: `  # Everything on loopback, private PostgreSQL under ~/.local/share/argus
+  argus-server serve
+
+  # Remote support on, operators from 10.20.0.0/16
+  REMOTE_SUPPORT_ENABLED=true REMOTE_SUPPORT_OPERATOR_CIDRS=10.20.0.0/16 \
+  ARGUS_OPS_TOKEN=$(openssl rand -hex 32) argus-server serve --config /etc/argus/server.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, log, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			api.Version = Version
+			srv, err := server.Start(ctx, cfg, log)
+			if err != nil {
+				return err
+			}
+			if srv.Database().ClusterDir() != "" {
+				fmt.Fprintf(io.ErrOut, "\nCreate a first operator and its token (printed once) with:\n  argus-server operator create --data-dir %s --name admin --scope operator:admin --scope tenant:admin --scope agent:admin\n\n", cfg.DataDir)
+			}
+			waitErr := srv.Wait(ctx)
+			stop()
+			closeErr := srv.Close(context.WithoutCancel(ctx))
+			if waitErr != nil {
+				return waitErr
+			}
+			return closeErr
+		},
+	}
+	f := cmd.Flags()
+	f.String("http-addr", "127.0.0.1:8080", "control-plane API listen address")
+	f.String("http-tls-cert", "", "API TLS certificate file (PEM)")
+	f.String("http-tls-key", "", "API TLS key file (PEM)")
+	f.String("mqtt-ws-addr", "127.0.0.1:8083", "MQTT-over-WebSocket listen address")
+	f.String("mqtt-ws-path", "/mqtt", "MQTT-over-WebSocket HTTP path")
+	f.String("mqtt-tls-cert", "", "broker TLS certificate file (PEM); serves wss://")
+	f.String("mqtt-tls-key", "", "broker TLS key file (PEM)")
+	f.Bool("remote-support-enabled", false, "allow support sessions (env REMOTE_SUPPORT_ENABLED)")
+	f.StringSlice("remote-support-operator-cidrs", nil, "CIDRs operators may open sessions from (env REMOTE_SUPPORT_OPERATOR_CIDRS)")
+	f.StringSlice("trusted-proxies", nil, "CIDRs of proxies whose X-Forwarded-For is believed")
+	return cmd
+}

@@ -1,0 +1,195 @@
+// Package server assembles argus-server: its configuration, its database
+// (a configured PostgreSQL or a private cluster in the data directory), the
+// embedded broker and the control-plane HTTP API.
+package server
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/viper"
+
+	"github.com/argus-remote/argus/internal/settings"
+)
+
+// Config is argus-server's configuration.
+type Config struct {
+	DataDir     string
+	DatabaseURL string
+
+	HTTPAddr    string
+	HTTPTLSCert string
+	HTTPTLSKey  string
+
+	MQTTWSAddr     string
+	MQTTWSPath     string
+	MQTTTLSCert    string
+	MQTTTLSKey     string
+	MQTTOrigins    []string
+	MQTTMaxPacket  uint32
+	RemoteSupport  bool
+	OperatorCIDRs  []netip.Prefix
+	TrustedProxies []netip.Prefix
+	OpsToken       string
+
+	LogLevel  slog.Level
+	LogFormat string
+}
+
+// Keys are the server's settings. The remote-support names are the
+// product's own (REMOTE_SUPPORT_ENABLED, REMOTE_SUPPORT_OPERATOR_CIDRS,
+// ARGUS_OPS_TOKEN); everything else is ARGUS_*.
+var Keys = []settings.Key{
+	{Name: "data-dir", Env: []string{"ARGUS_DATA_DIR"}, Default: DefaultDataDir()},
+	{Name: "database-url", Env: []string{"ARGUS_DATABASE_URL"}},
+	{Name: "http-addr", Env: []string{"ARGUS_HTTP_ADDR"}, Default: "127.0.0.1:8080"},
+	{Name: "http-tls-cert", Env: []string{"ARGUS_HTTP_TLS_CERT"}},
+	{Name: "http-tls-key", Env: []string{"ARGUS_HTTP_TLS_KEY"}},
+	{Name: "mqtt-ws-addr", Env: []string{"ARGUS_MQTT_WS_ADDR"}, Default: "127.0.0.1:8083"},
+	{Name: "mqtt-ws-path", Env: []string{"ARGUS_MQTT_WS_PATH"}, Default: "/mqtt"},
+	{Name: "mqtt-tls-cert", Env: []string{"ARGUS_MQTT_TLS_CERT"}},
+	{Name: "mqtt-tls-key", Env: []string{"ARGUS_MQTT_TLS_KEY"}},
+	{Name: "mqtt-allowed-origins", Env: []string{"ARGUS_MQTT_ALLOWED_ORIGINS"}},
+	{Name: "mqtt-max-packet-size", Env: []string{"ARGUS_MQTT_MAX_PACKET_SIZE"}, Default: 64 << 10},
+	{Name: "remote-support-enabled", Env: []string{"REMOTE_SUPPORT_ENABLED"}, Default: false},
+	{Name: "remote-support-operator-cidrs", Env: []string{"REMOTE_SUPPORT_OPERATOR_CIDRS"}},
+	{Name: "ops-token", Env: []string{"ARGUS_OPS_TOKEN"}},
+	{Name: "trusted-proxies", Env: []string{"ARGUS_TRUSTED_PROXIES"}},
+	{Name: "log-level", Env: []string{"ARGUS_LOG_LEVEL"}, Default: "info"},
+	{Name: "log-format", Env: []string{"ARGUS_LOG_FORMAT"}, Default: "text"},
+}
+
+// minOpsTokenLen keeps the second factor from being guessable.
+const minOpsTokenLen = 32
+
+// DefaultDataDir is /var/lib/argus for root (a system service) and
+// $XDG_DATA_HOME/argus (~/.local/share/argus) for anyone else.
+func DefaultDataDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/argus"
+	}
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "argus")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "share", "argus")
+	}
+	return "argus-data"
+}
+
+// FromViper reads and validates the configuration. Each error names the
+// setting and its environment variable.
+func FromViper(v *viper.Viper) (Config, error) {
+	c := Config{
+		DataDir:     v.GetString("data-dir"),
+		DatabaseURL: v.GetString("database-url"),
+		HTTPAddr:    v.GetString("http-addr"),
+		HTTPTLSCert: v.GetString("http-tls-cert"),
+		HTTPTLSKey:  v.GetString("http-tls-key"),
+		MQTTWSAddr:  v.GetString("mqtt-ws-addr"),
+		MQTTWSPath:  v.GetString("mqtt-ws-path"),
+		MQTTTLSCert: v.GetString("mqtt-tls-cert"),
+		MQTTTLSKey:  v.GetString("mqtt-tls-key"),
+		MQTTOrigins: settings.List(v, "mqtt-allowed-origins"),
+		OpsToken:    v.GetString("ops-token"),
+		LogFormat:   v.GetString("log-format"),
+	}
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("invalid %s: %s", settings.EnvNames(Keys, key), fmt.Sprintf(format, args...)))
+	}
+
+	var err error
+	if c.RemoteSupport, err = parseBool(v.Get("remote-support-enabled")); err != nil {
+		bad("remote-support-enabled", "%v", err)
+	}
+	if c.OperatorCIDRs, err = parsePrefixes(settings.List(v, "remote-support-operator-cidrs")); err != nil {
+		bad("remote-support-operator-cidrs", "%v", err)
+	}
+	if c.TrustedProxies, err = parsePrefixes(settings.List(v, "trusted-proxies")); err != nil {
+		bad("trusted-proxies", "%v", err)
+	}
+	if n := v.GetInt64("mqtt-max-packet-size"); n < 1024 || n > 64<<20 {
+		bad("mqtt-max-packet-size", "%d is outside 1024..67108864 bytes", n)
+	} else {
+		c.MQTTMaxPacket = uint32(n)
+	}
+	if c.DataDir == "" && c.DatabaseURL == "" {
+		bad("data-dir", "empty, and no database-url is set")
+	}
+	for key, addr := range map[string]string{"http-addr": c.HTTPAddr, "mqtt-ws-addr": c.MQTTWSAddr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad(key, "%q is not host:port", addr)
+		}
+	}
+	if !strings.HasPrefix(c.MQTTWSPath, "/") {
+		bad("mqtt-ws-path", "%q does not start with /", c.MQTTWSPath)
+	}
+	if (c.HTTPTLSCert == "") != (c.HTTPTLSKey == "") {
+		bad("http-tls-cert", "http-tls-cert and http-tls-key go together")
+	}
+	if (c.MQTTTLSCert == "") != (c.MQTTTLSKey == "") {
+		bad("mqtt-tls-cert", "mqtt-tls-cert and mqtt-tls-key go together")
+	}
+	if c.OpsToken != "" && len(c.OpsToken) < minOpsTokenLen {
+		bad("ops-token", "shorter than %d characters", minOpsTokenLen)
+	}
+	if c.RemoteSupport && c.OpsToken == "" {
+		bad("ops-token", "remote support is enabled but no ops token is set")
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(v.GetString("log-level"))); err != nil {
+		bad("log-level", "%q is not debug, info, warn or error", v.GetString("log-level"))
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("log-format", "%q is not text or json", c.LogFormat)
+	}
+	return c, errors.Join(errs...)
+}
+
+func parseBool(v any) (bool, error) {
+	switch b := v.(type) {
+	case nil:
+		return false, nil
+	case bool:
+		return b, nil
+	case string:
+		switch strings.ToLower(strings.TrimSpace(b)) {
+		case "1", "true", "yes", "on":
+			return true, nil
+		case "", "0", "false", "no", "off":
+			return false, nil
+		}
+	}
+	return false, fmt.Errorf("%q is not a boolean (true/false)", fmt.Sprint(v))
+}
+
+func parsePrefixes(items []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range items {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a CIDR (like 10.0.0.0/8 or 2001:db8::/32)", s)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// loadTLS returns a server TLS config, or nil when no certificate is set.
+func loadTLS(cert, key string) (*tls.Config, error) {
+	if cert == "" {
+		return nil, nil
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+}

@@ -1,0 +1,101 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/argus-remote/argus/internal/pgcluster"
+	"github.com/argus-remote/argus/migrations"
+)
+
+// Database is the server's PostgreSQL: a pool, and the private cluster
+// behind it when no database URL is configured.
+type Database struct {
+	Pool    *pgxpool.Pool
+	cluster *pgcluster.Cluster
+	// stopCluster says Close stops the private cluster. The server always
+	// stops it; a one-off command stops it only if it started it.
+	stopCluster bool
+}
+
+// databaseName is the database the server uses in its private cluster.
+const databaseName = "argus"
+
+// OpenDatabase connects to the configured database, or starts the private
+// cluster in the data directory, and brings the schema up to date.
+// serverOwned says whether the caller is the server, which owns the
+// private cluster for its lifetime.
+func OpenDatabase(ctx context.Context, cfg Config, log *slog.Logger, serverOwned bool) (*Database, error) {
+	db := &Database{}
+	url := cfg.DatabaseURL
+	if url == "" {
+		c, err := startCluster(ctx, cfg.DataDir, log)
+		if err != nil {
+			return nil, err
+		}
+		db.cluster = c
+		db.stopCluster = serverOwned || c.Started()
+		if err := c.EnsureDatabase(ctx, databaseName); err != nil {
+			db.Close(ctx)
+			return nil, err
+		}
+		url = c.ConnString(databaseName)
+	}
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		db.Close(ctx)
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	db.Pool = pool
+	if err := pool.Ping(ctx); err != nil {
+		db.Close(ctx)
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	applied, err := migrations.Apply(ctx, pool)
+	if err != nil {
+		db.Close(ctx)
+		return nil, err
+	}
+	if len(applied) > 0 {
+		log.Info("applied database migrations", "versions", applied)
+	}
+	return db, nil
+}
+
+// ClusterDir returns the private cluster's directory, or "" when a
+// database URL is in use.
+func (db *Database) ClusterDir() string {
+	if db.cluster == nil {
+		return ""
+	}
+	return db.cluster.Dir()
+}
+
+// Close closes the pool and stops the private cluster when it is ours to stop.
+func (db *Database) Close(ctx context.Context) error {
+	if db.Pool != nil {
+		db.Pool.Close()
+	}
+	if db.cluster != nil && db.stopCluster {
+		return db.cluster.Stop(ctx)
+	}
+	return nil
+}
+
+func startCluster(ctx context.Context, dataDir string, log *slog.Logger) (*pgcluster.Cluster, error) {
+	// As root the cluster runs as postgres, which must pass through the
+	// data directory (0711: traverse, not list).
+	mode := os.FileMode(0o700)
+	if os.Geteuid() == 0 {
+		mode = 0o711
+	}
+	if err := os.MkdirAll(dataDir, mode); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	return pgcluster.Start(ctx, pgcluster.Options{Dir: filepath.Join(dataDir, "postgres"), Logger: log})
+}

@@ -1,0 +1,150 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/argus-remote/argus/broker"
+	"github.com/argus-remote/argus/controlplane/api"
+	"github.com/argus-remote/argus/controlplane/operators"
+)
+
+// Server is a running argus-server.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	db     *Database
+	broker *broker.Broker
+	http   *http.Server
+	httpLn net.Listener
+	scheme string
+	served chan error
+}
+
+// Start opens the database, starts the broker and serves the API. It
+// returns once everything listens; Close stops it all.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err error) {
+	s := &Server{cfg: cfg, log: log, served: make(chan error, 1), scheme: "http"}
+	defer func() {
+		if err != nil {
+			s.Close(context.WithoutCancel(ctx))
+		}
+	}()
+
+	if s.db, err = OpenDatabase(ctx, cfg, log, true); err != nil {
+		return nil, err
+	}
+
+	mqttTLS, err := loadTLS(cfg.MQTTTLSCert, cfg.MQTTTLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt-tls-cert: %w", err)
+	}
+	s.broker, err = broker.New(broker.Config{
+		WSAddr:         cfg.MQTTWSAddr,
+		WSPath:         cfg.MQTTWSPath,
+		TLS:            mqttTLS,
+		AllowedOrigins: cfg.MQTTOrigins,
+		MaxPacketSize:  cfg.MQTTMaxPacket,
+		Logger:         log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.broker.Start(); err != nil {
+		return nil, err
+	}
+
+	httpTLS, err := loadTLS(cfg.HTTPTLSCert, cfg.HTTPTLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("http-tls-cert: %w", err)
+	}
+	apiSrv := &api.Server{Pool: s.db.Pool, Operators: operators.NewStore(s.db.Pool), Log: log}
+	s.http = &http.Server{
+		Handler:           apiSrv.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		TLSConfig:         httpTLS,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	if s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("http-addr: %w", err)
+	}
+	if httpTLS != nil {
+		s.scheme = "https"
+	}
+	go func() {
+		var err error
+		if httpTLS != nil {
+			err = s.http.ServeTLS(s.httpLn, "", "")
+		} else {
+			err = s.http.Serve(s.httpLn)
+		}
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		s.served <- err
+	}()
+
+	db := "configured database-url"
+	if dir := s.db.ClusterDir(); dir != "" {
+		db = "private cluster in " + dir
+	}
+	log.Info("api listening", "addr", s.httpLn.Addr().String(), "url", s.APIURL())
+	log.Info("mqtt listening", "addr", s.broker.WSAddr().String(), "url", s.broker.URL())
+	log.Info("argus-server ready", "api", s.APIURL(), "mqtt", s.broker.URL(), "database", db,
+		"remote_support_enabled", cfg.RemoteSupport)
+	return s, nil
+}
+
+// APIURL is the base URL of the HTTP API on its bound address.
+func (s *Server) APIURL() string { return s.scheme + "://" + s.httpLn.Addr().String() }
+
+// MQTTURL is the broker's WebSocket URL on its bound address.
+func (s *Server) MQTTURL() string { return s.broker.URL() }
+
+// Database returns the server's database.
+func (s *Server) Database() *Database { return s.db }
+
+// Wait blocks until ctx is done or the HTTP server fails.
+func (s *Server) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-s.served:
+		return fmt.Errorf("http server: %w", err)
+	}
+}
+
+// Close stops the API, the broker and the database, in that order, so no
+// request or client outlives the store behind it.
+func (s *Server) Close(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var errs []error
+	if s.http != nil {
+		if err := s.http.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.broker != nil {
+		if err := s.broker.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.db != nil {
+		if err := s.db.Close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		s.log.Info("argus-server stopped")
+	}
+	return errors.Join(errs...)
+}
