@@ -44,6 +44,9 @@ var shared struct {
 func Main(m *testing.M) {
 	code := m.Run()
 	teardown()
+	if binaries.dir != "" {
+		_ = os.RemoveAll(binaries.dir)
+	}
 	os.Exit(code)
 }
 
@@ -116,7 +119,7 @@ func DatabaseURL(t testing.TB) string {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		name := "argus_tpl_" + randomSuffix()
-		if shared.tplErr = exec(ctx, admin, "CREATE DATABASE "+name); shared.tplErr != nil {
+		if shared.tplErr = execSQL(ctx, admin, "CREATE DATABASE "+name); shared.tplErr != nil {
 			return
 		}
 		shared.tpl = name
@@ -155,7 +158,7 @@ func createDatabase(t testing.TB, template string) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := exec(ctx, admin, stmt); err != nil {
+	if err := execSQL(ctx, admin, stmt); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
 	t.Cleanup(func() {
@@ -169,10 +172,10 @@ func createDatabase(t testing.TB, template string) string {
 }
 
 func dropDatabase(ctx context.Context, admin, name string) error {
-	return exec(ctx, admin, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+	return execSQL(ctx, admin, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
 }
 
-func exec(ctx context.Context, connString, stmt string) error {
+func execSQL(ctx context.Context, connString, stmt string) error {
 	conn, err := pgx.Connect(ctx, connString)
 	if err != nil {
 		return err

@@ -1,0 +1,101 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/spf13/pflag"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func flags(t *testing.T, args ...string) *pflag.FlagSet {
+	t.Helper()
+	fs := pflag.NewFlagSet("argusctl", pflag.ContinueOnError)
+	for _, n := range []string{"config", "profile", "server", "token", "ops-token", "output"} {
+		fs.String(n, "", "")
+	}
+	require.NoError(t, fs.Parse(args))
+	return fs
+}
+
+func clearEnv(t *testing.T) {
+	for _, k := range []string{"ARGUSCTL_CONFIG", "ARGUSCTL_PROFILE", "ARGUSCTL_SERVER", "ARGUSCTL_TOKEN", "ARGUSCTL_OPS_TOKEN", "ARGUSCTL_OUTPUT"} {
+		t.Setenv(k, "")
+	}
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+}
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
+	return p
+}
+
+const twoProfiles = `profile: prod
+profiles:
+  prod:
+    server: https://prod.example
+    token: prod-token
+  lab:
+    server: http://lab.example
+    output: json
+`
+
+func TestLoad_DefaultsWithoutFile(t *testing.T) {
+	clearEnv(t)
+	c, err := Load(flags(t))
+	require.NoError(t, err)
+	assert.Equal(t, DefaultServer, c.Server)
+	assert.Equal(t, "table", c.Output)
+	assert.Empty(t, c.File)
+}
+
+func TestLoad_ProfilesAndPrecedence(t *testing.T) {
+	clearEnv(t)
+	file := writeConfig(t, twoProfiles)
+
+	c, err := Load(flags(t, "--config", file))
+	require.NoError(t, err)
+	assert.Equal(t, "https://prod.example", c.Server, "the file's default profile")
+	assert.Equal(t, "prod-token", c.Token)
+
+	c, err = Load(flags(t, "--config", file, "--profile", "lab"))
+	require.NoError(t, err)
+	assert.Equal(t, "http://lab.example", c.Server)
+	assert.Equal(t, "json", c.Output)
+	assert.Empty(t, c.Token)
+
+	t.Setenv("ARGUSCTL_SERVER", "http://env.example")
+	c, err = Load(flags(t, "--config", file))
+	require.NoError(t, err)
+	assert.Equal(t, "http://env.example", c.Server, "env over profile")
+
+	c, err = Load(flags(t, "--config", file, "--server", "http://flag.example"))
+	require.NoError(t, err)
+	assert.Equal(t, "http://flag.example", c.Server, "flag over env")
+}
+
+func TestLoad_Refusals(t *testing.T) {
+	clearEnv(t)
+	for name, tc := range map[string]struct {
+		body, args, want string
+	}{
+		"unknown key":     {"profiles:\n  a:\n    sever: x\n", "", `unknown key "profiles.a.sever"`},
+		"missing profile": {twoProfiles, "staging", `no profile "staging"`},
+		"bad output":      {"profiles:\n  a:\n    output: xml\n", "a", "output"},
+		"unparsable":      {"profiles: [\n", "", "config file"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			args := []string{"--config", writeConfig(t, tc.body)}
+			if tc.args != "" {
+				args = append(args, "--profile", tc.args)
+			}
+			_, err := Load(flags(t, args...))
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}

@@ -1,0 +1,53 @@
+package server_test
+
+import (
+	"net/netip"
+	"path/filepath"
+	"testing"
+
+	"github.com/spf13/viper"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/argus-remote/argus/internal/settings"
+	"github.com/argus-remote/argus/server"
+)
+
+func TestExampleConfigLoads(t *testing.T) {
+	v := viper.New()
+	require.NoError(t, settings.Load(v, nil, filepath.Join("..", "configs", "server.yaml"), server.Keys))
+	cfg, err := server.FromViper(v)
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1:8080", cfg.HTTPAddr)
+	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.20.0.0/16")}, cfg.OperatorCIDRs)
+	assert.False(t, cfg.RemoteSupport)
+}
+
+func TestProductEnvironmentNames(t *testing.T) {
+	t.Setenv("REMOTE_SUPPORT_ENABLED", "true")
+	t.Setenv("REMOTE_SUPPORT_OPERATOR_CIDRS", "10.0.0.0/8,192.168.1.0/24")
+	t.Setenv("ARGUS_OPS_TOKEN", "0123456789abcdef0123456789abcdef")
+	t.Setenv("ARGUS_HTTP_ADDR", "127.0.0.1:9999")
+	v := viper.New()
+	require.NoError(t, settings.Load(v, nil, "", server.Keys))
+	cfg, err := server.FromViper(v)
+	require.NoError(t, err)
+	assert.True(t, cfg.RemoteSupport)
+	assert.Len(t, cfg.OperatorCIDRs, 2)
+	assert.Equal(t, "0123456789abcdef0123456789abcdef", cfg.OpsToken)
+	assert.Equal(t, "127.0.0.1:9999", cfg.HTTPAddr)
+}
+
+func TestDefaultsAreLoopback(t *testing.T) {
+	for _, k := range []string{"ARGUS_HTTP_ADDR", "ARGUS_MQTT_WS_ADDR", "REMOTE_SUPPORT_ENABLED"} {
+		t.Setenv(k, "")
+	}
+	v := viper.New()
+	require.NoError(t, settings.Load(v, nil, "", server.Keys))
+	cfg, err := server.FromViper(v)
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1:8080", cfg.HTTPAddr)
+	assert.Equal(t, "127.0.0.1:8083", cfg.MQTTWSAddr)
+	assert.Equal(t, "/mqtt", cfg.MQTTWSPath)
+	assert.False(t, cfg.RemoteSupport, "remote support is off unless turned on")
+}
