@@ -14,6 +14,7 @@ import (
 	"net"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // DefaultMaxPacketSize bounds every MQTT packet in either direction. mochi
@@ -111,3 +112,24 @@ func (b *Broker) URL() string {
 // Server returns the underlying mochi server, for the control plane's
 // inline client.
 func (b *Broker) Server() *mqtt.Server { return b.srv }
+
+// Disconnect ends a client's connection with the given reason, if it is
+// connected; it reports whether it was.
+func (b *Broker) Disconnect(clientID string, code packets.Code) bool {
+	cl, ok := b.srv.Clients.Get(clientID)
+	if !ok || cl.Closed() {
+		return false
+	}
+	_ = b.srv.DisconnectClient(cl, code)
+	return true
+}
+
+// DropSubscription removes one subscription of a client: mochi has no
+// single call for it, so both the topic index and the client's own record
+// are updated.
+func (b *Broker) DropSubscription(clientID, filter string) {
+	b.srv.Topics.Unsubscribe(filter, clientID)
+	if cl, ok := b.srv.Clients.Get(clientID); ok {
+		cl.State.Subscriptions.Delete(filter)
+	}
+}

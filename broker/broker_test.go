@@ -41,8 +41,8 @@ func TestBroker_RefusesEveryoneByDefault(t *testing.T) {
 // allowPolicy admits one user and lets it touch one topic.
 type allowPolicy struct{}
 
-func (allowPolicy) Authenticate(clientID, username string, password []byte) bool {
-	return clientID == "c1" && username == "u1" && string(password) == "p1"
+func (allowPolicy) Authenticate(r broker.ConnectRequest) bool {
+	return r.ClientID == "c1" && r.Username == "u1" && string(r.Password) == "p1"
 }
 
 func (allowPolicy) Allow(clientID, username, topic string, write bool) bool {

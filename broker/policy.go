@@ -12,12 +12,23 @@ import (
 // in-memory on Allow: mochi calls it on every delivery, in the publisher's
 // goroutine.
 type Policy interface {
-	// Authenticate decides a CONNECT. It sees the client id, username and
-	// password as sent.
-	Authenticate(clientID, username string, password []byte) bool
+	// Authenticate decides a CONNECT.
+	Authenticate(ConnectRequest) bool
 	// Allow decides a subscribe (write false, topic is the raw filter), a
 	// publish (write true) and each delivery (write false, concrete topic).
 	Allow(clientID, username, topic string, write bool) bool
+}
+
+// ConnectRequest is what a CONNECT asks for, as sent.
+type ConnectRequest struct {
+	ClientID        string
+	Username        string
+	Password        []byte
+	CleanStart      bool
+	SessionExpiry   uint32
+	HasWill         bool
+	ProtocolVersion byte
+	Remote          string
 }
 
 // accessHook adapts a Policy to mochi. It is the only hook that answers
@@ -38,7 +49,16 @@ func (h *accessHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) b
 	if h.policy == nil {
 		return false
 	}
-	return h.policy.Authenticate(cl.ID, string(pk.Connect.Username), pk.Connect.Password)
+	return h.policy.Authenticate(ConnectRequest{
+		ClientID:        cl.ID,
+		Username:        string(pk.Connect.Username),
+		Password:        pk.Connect.Password,
+		CleanStart:      pk.Connect.Clean,
+		SessionExpiry:   pk.Properties.SessionExpiryInterval,
+		HasWill:         pk.Connect.WillFlag,
+		ProtocolVersion: pk.ProtocolVersion,
+		Remote:          cl.Net.Remote,
+	})
 }
 
 func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {

@@ -96,6 +96,17 @@ CREATE TABLE agents (
 );
 CREATE UNIQUE INDEX agents_live_name ON agents (tenant_id, name) WHERE revoked_at IS NULL;
 
+-- Which server node holds each connected agent's broker connection. A row
+-- exists exactly while the agent is connected; a node clears its own rows
+-- when it starts, so a crash leaves nothing stale for long.
+CREATE TABLE agent_presence (
+    agent_id     uuid PRIMARY KEY REFERENCES agents (id),
+    node_id      text NOT NULL,
+    connected_at timestamptz NOT NULL DEFAULT now(),
+    remote_addr  text NOT NULL DEFAULT ''
+);
+CREATE INDEX agent_presence_node ON agent_presence (node_id);
+
 CREATE TABLE enrollment_tokens (
     id          text PRIMARY KEY,
     tenant_id   uuid NOT NULL REFERENCES tenants (id),

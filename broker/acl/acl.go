@@ -1,0 +1,221 @@
+// Package acl is the broker's access policy: who may connect, and which
+// topic each principal may publish to, subscribe to, and be delivered.
+// It is the single source of truth for broker access, and it takes every
+// topic string from package topics.
+//
+// It denies by default. An agent authenticates with its id as both client
+// id and username and its secret as password; it may publish only to its
+// own heartbeat, manifest, activation/ack and results topics, subscribe
+// only to its own activation topic, and subscribe to (and be delivered) its
+// own commands topic only while it is active. Wildcards, $SYS, $share and
+// every other agent's topics are refused, on subscribe and on delivery.
+package acl
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/argus-remote/argus/broker"
+	"github.com/argus-remote/argus/internal/credential"
+	"github.com/argus-remote/argus/topics"
+)
+
+// Credentials finds an agent's stored credential.
+type Credentials interface {
+	Credentials(ctx context.Context, agentID string) (hash []byte, revoked bool, tenantID string, err error)
+}
+
+// Denial describes one refused access, for counting and auditing.
+type Denial struct {
+	ClientID string
+	AgentID  string // empty when the client is not an agent
+	Topic    string
+	Write    bool
+}
+
+// cacheTTL bounds how long a looked-up credential is trusted without
+// asking the database again; revocation invalidates it at once.
+const cacheTTL = 5 * time.Minute
+
+// maxPassword bounds what is hashed per CONNECT.
+const maxPassword = 256
+
+type cred struct {
+	hash    []byte
+	tenant  string
+	fetched time.Time
+}
+
+// Policy implements broker.Policy.
+type Policy struct {
+	creds Credentials
+	log   *slog.Logger
+	// OnDeny, when set, is told of every refusal. It runs in the broker's
+	// goroutines and must not block.
+	OnDeny func(Denial)
+
+	mu      sync.RWMutex
+	cache   map[string]cred
+	revoked map[string]bool
+	active  map[string]bool
+
+	denials atomic.Int64
+}
+
+// New returns a Policy that checks agent credentials against creds.
+func New(creds Credentials, log *slog.Logger) *Policy {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Policy{creds: creds, log: log, cache: map[string]cred{}, revoked: map[string]bool{}, active: map[string]bool{}}
+}
+
+var _ broker.Policy = (*Policy)(nil)
+
+// Authenticate admits an agent presenting its own id and current secret,
+// on a clean session without a will message.
+func (p *Policy) Authenticate(r broker.ConnectRequest) bool {
+	id, err := topics.ParseAgentID(r.Username)
+	if err != nil || r.ClientID != r.Username {
+		return false
+	}
+	// A resumed session would inherit subscriptions without a subscribe
+	// check, and a will skips the write check: agents get neither.
+	if !r.CleanStart || r.SessionExpiry != 0 || r.HasWill || r.ProtocolVersion != 5 {
+		return false
+	}
+	if len(r.Password) == 0 || len(r.Password) > maxPassword {
+		return false
+	}
+	c, ok := p.lookup(id.String())
+	if !ok {
+		return false
+	}
+	return credential.Verify(c.hash, string(r.Password))
+}
+
+func (p *Policy) lookup(id string) (cred, bool) {
+	p.mu.RLock()
+	c, cached := p.cache[id]
+	revoked := p.revoked[id]
+	p.mu.RUnlock()
+	if revoked {
+		return cred{}, false
+	}
+	if cached && time.Since(c.fetched) < cacheTTL {
+		return c, true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	hash, isRevoked, tenant, err := p.creds.Credentials(ctx, id)
+	if err != nil {
+		p.log.Debug("agent credential lookup failed", "agent", id, "err", err)
+		return cred{}, false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if isRevoked {
+		p.revoked[id] = true
+	}
+	// A revocation that raced this lookup wins.
+	if p.revoked[id] {
+		delete(p.cache, id)
+		return cred{}, false
+	}
+	c = cred{hash: hash, tenant: tenant, fetched: time.Now()}
+	p.cache[id] = c
+	return c, true
+}
+
+// Revoke refuses the agent from now on: its cached credential is dropped
+// and every check for it fails, before the database is asked again.
+func (p *Policy) Revoke(agentID string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.cache, agentID)
+	delete(p.active, agentID)
+	p.revoked[agentID] = true
+}
+
+// Forget drops a cached credential so the next CONNECT reads the database.
+func (p *Policy) Forget(agentID string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.cache, agentID)
+}
+
+// Tenant returns the tenant of an agent that has authenticated here.
+func (p *Policy) Tenant(agentID string) (string, bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	c, ok := p.cache[agentID]
+	return c.tenant, ok
+}
+
+// SetActive opens (true) or closes (false) the agent's commands topic.
+func (p *Policy) SetActive(agentID string, active bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if active {
+		p.active[agentID] = true
+	} else {
+		delete(p.active, agentID)
+	}
+}
+
+// Active reports whether the agent's commands topic is open.
+func (p *Policy) Active(agentID string) bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.active[agentID]
+}
+
+// Denials returns how many accesses have been refused.
+func (p *Policy) Denials() int64 { return p.denials.Load() }
+
+// Allow decides a publish (write), a subscribe (the raw filter) and every
+// delivery (the concrete topic). It is in-memory only.
+func (p *Policy) Allow(clientID, username, topic string, write bool) bool {
+	ok, agent := p.allow(clientID, username, topic, write)
+	if !ok {
+		p.denials.Add(1)
+		if p.OnDeny != nil {
+			p.OnDeny(Denial{ClientID: clientID, AgentID: agent, Topic: topic, Write: write})
+		}
+	}
+	return ok
+}
+
+func (p *Policy) allow(clientID, username, topic string, write bool) (bool, string) {
+	id, err := topics.ParseAgentID(username)
+	if err != nil || clientID != username {
+		return false, ""
+	}
+	agent := id.String()
+	p.mu.RLock()
+	revoked, active := p.revoked[agent], p.active[agent]
+	p.mu.RUnlock()
+	if revoked {
+		return false, agent
+	}
+	// Exact matches only: a filter with a wildcard or a $share prefix never
+	// equals a topic built here.
+	if write {
+		for _, k := range topics.AgentPublishes {
+			if topic == id.Topic(k) {
+				return true, agent
+			}
+		}
+		return false, agent
+	}
+	switch topic {
+	case id.Topic(topics.Activation):
+		return true, agent
+	case id.Topic(topics.Commands):
+		return active, agent
+	}
+	return false, agent
+}

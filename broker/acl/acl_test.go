@@ -1,0 +1,164 @@
+package acl
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/argus-remote/argus/broker"
+	"github.com/argus-remote/argus/internal/credential"
+	"github.com/argus-remote/argus/topics"
+)
+
+const (
+	agentA = "0b6c1f1e-8f0a-4c2e-9d55-3f8f2f6b9a10"
+	agentB = "7d3e2a91-1c4b-4f6e-8a2d-5b9c0e1f2a3b"
+)
+
+type fakeCreds struct {
+	secrets map[string]string
+	revoked map[string]bool
+	calls   atomic.Int64
+}
+
+func (f *fakeCreds) Credentials(ctx context.Context, id string) ([]byte, bool, string, error) {
+	f.calls.Add(1)
+	s, ok := f.secrets[id]
+	if !ok {
+		return nil, false, "", errors.New("not found")
+	}
+	return credential.Hash(s), f.revoked[id], "tenant-1", nil
+}
+
+func newPolicy() (*Policy, *fakeCreds) {
+	f := &fakeCreds{secrets: map[string]string{agentA: "secret-a", agentB: "secret-b"}, revoked: map[string]bool{}}
+	return New(f, nil), f
+}
+
+func connect(id, user, pass string) broker.ConnectRequest {
+	return broker.ConnectRequest{ClientID: id, Username: user, Password: []byte(pass), CleanStart: true, ProtocolVersion: 5}
+}
+
+func TestAuthenticate(t *testing.T) {
+	p, _ := newPolicy()
+	will := connect(agentA, agentA, "secret-a")
+	will.HasWill = true
+	resume := connect(agentA, agentA, "secret-a")
+	resume.CleanStart = false
+	expiry := connect(agentA, agentA, "secret-a")
+	expiry.SessionExpiry = 3600
+	v311 := connect(agentA, agentA, "secret-a")
+	v311.ProtocolVersion = 4
+
+	for name, tc := range map[string]struct {
+		req  broker.ConnectRequest
+		want bool
+	}{
+		"own id and secret":      {connect(agentA, agentA, "secret-a"), true},
+		"wrong secret":           {connect(agentA, agentA, "nope"), false},
+		"another agent's secret": {connect(agentA, agentA, "secret-b"), false},
+		"client id is not agent": {connect("other", agentA, "secret-a"), false},
+		"client id of B":         {connect(agentB, agentA, "secret-a"), false},
+		"unknown agent":          {connect("11111111-2222-4333-8444-555555555555", "11111111-2222-4333-8444-555555555555", "x"), false},
+		"no password":            {connect(agentA, agentA, ""), false},
+		"not a uuid":             {connect("admin", "admin", "admin"), false},
+		"will message":           {will, false},
+		"resumed session":        {resume, false},
+		"session expiry":         {expiry, false},
+		"MQTT 3.1.1":             {v311, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			assert.Equal(t, tc.want, p.Authenticate(tc.req))
+		})
+	}
+}
+
+func TestAuthenticate_CachesAndRevocationWinsAtOnce(t *testing.T) {
+	p, f := newPolicy()
+	good := connect(agentA, agentA, "secret-a")
+	assert.True(t, p.Authenticate(good))
+	assert.True(t, p.Authenticate(good))
+	assert.Equal(t, int64(1), f.calls.Load(), "second check served from cache")
+
+	p.Revoke(agentA)
+	assert.False(t, p.Authenticate(good), "revocation is immediate, cache or not")
+	assert.False(t, p.Allow(agentA, agentA, mustID(agentA).Topic(topics.Heartbeat), true), "a revoked agent's live client can do nothing")
+}
+
+func TestAuthenticate_RevokedInDatabase(t *testing.T) {
+	p, f := newPolicy()
+	f.revoked[agentA] = true
+	assert.False(t, p.Authenticate(connect(agentA, agentA, "secret-a")))
+}
+
+func mustID(s string) topics.AgentID {
+	id, err := topics.ParseAgentID(s)
+	if err != nil {
+		panic(err)
+	}
+	return id
+}
+
+func TestAllow_AgentTopics(t *testing.T) {
+	p, _ := newPolicy()
+	var denied []Denial
+	p.OnDeny = func(d Denial) { denied = append(denied, d) }
+	a, b := mustID(agentA), mustID(agentB)
+
+	type check struct {
+		topic string
+		write bool
+		want  bool
+	}
+	dormant := []check{
+		{a.Topic(topics.Heartbeat), true, true},
+		{a.Topic(topics.Manifest), true, true},
+		{a.Topic(topics.ActivationAck), true, true},
+		{a.Topic(topics.Results), true, true},
+		{a.Topic(topics.Activation), false, true},
+		{a.Topic(topics.Activation), true, false},
+		{a.Topic(topics.Commands), true, false},
+		{a.Topic(topics.Commands), false, false},
+		{b.Topic(topics.Activation), false, false},
+		{b.Topic(topics.Commands), false, false},
+		{b.Topic(topics.Heartbeat), true, false},
+		{b.Topic(topics.Results), true, false},
+		{"#", false, false},
+		{"argus/#", false, false},
+		{"argus/v1/agents/+/activation", false, false},
+		{"argus/v1/agents/" + agentA + "/#", false, false},
+		{"$SYS/#", false, false},
+		{"$SYS/broker/clients/connected", false, false},
+		{"$share/g/" + a.Topic(topics.Commands), false, false},
+		{"$share/g/" + a.Topic(topics.Activation), false, false},
+		{a.Status(), false, false},
+		{a.Status(), true, false},
+		{topics.StatusFilter, false, false},
+	}
+	for _, c := range dormant {
+		assert.Equal(t, c.want, p.Allow(agentA, agentA, c.topic, c.write), "dormant: %s write=%v", c.topic, c.write)
+	}
+	assert.NotEmpty(t, denied)
+	assert.Equal(t, agentA, denied[0].AgentID)
+
+	p.SetActive(agentA, true)
+	assert.True(t, p.Allow(agentA, agentA, a.Topic(topics.Commands), false), "active: commands open")
+	assert.False(t, p.Allow(agentA, agentA, a.Topic(topics.Commands), true), "active: still never publishes commands")
+	assert.False(t, p.Allow(agentA, agentA, "$share/g/"+a.Topic(topics.Commands), false))
+	assert.False(t, p.Allow(agentB, agentB, b.Topic(topics.Commands), false), "only the activated agent")
+
+	p.SetActive(agentA, false)
+	assert.False(t, p.Allow(agentA, agentA, a.Topic(topics.Commands), false), "closed again at once")
+	assert.Equal(t, int64(len(denied)), p.Denials())
+}
+
+func TestAllow_NonAgentsGetNothing(t *testing.T) {
+	p, _ := newPolicy()
+	for _, c := range [][2]string{{"x", "x"}, {"", ""}, {agentA, agentB}, {"mon", ""}} {
+		assert.False(t, p.Allow(c[0], c[1], "argus/v1/status/server", false))
+		assert.False(t, p.Allow(c[0], c[1], mustID(agentA).Topic(topics.Activation), false))
+	}
+}

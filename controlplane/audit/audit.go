@@ -1,0 +1,175 @@
+// Package audit is the one way an audited action is recorded: one row in
+// audit_log (operational) and one in events (append-only, hash-chained),
+// written in the caller's transaction so they commit or vanish together
+// with the state change they describe.
+package audit
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Outcomes.
+const (
+	Success = "success"
+	Denied  = "denied"
+	Failure = "failure"
+)
+
+// chainLock is the advisory lock key that serialises the events chain head
+// ("argusaud").
+const chainLock int64 = 0x6172677573617564
+
+// Entry describes one audited action.
+type Entry struct {
+	// Actor is who acted: "operator:<name>", "agent:<id>", "system", "anonymous".
+	Actor string
+	// OperatorID identifies the operator behind Actor, when there is one.
+	OperatorID string
+	// Action is what was attempted: "agent.enroll", "agent.revoke", ...
+	Action string
+	// Outcome is Success, Denied or Failure.
+	Outcome   string
+	TenantID  string
+	AgentID   string
+	SessionID string
+	ClientIP  string
+	Reason    string
+	// Detail holds anything else worth keeping; never secrets.
+	Detail map[string]any
+}
+
+// Event is the canonical content of an events row, the input of its hash.
+type Event struct {
+	ID         string         `json:"id"`
+	OccurredAt string         `json:"occurred_at"`
+	Actor      string         `json:"actor"`
+	OperatorID string         `json:"operator_id,omitempty"`
+	Action     string         `json:"action"`
+	Outcome    string         `json:"outcome"`
+	TenantID   string         `json:"tenant_id,omitempty"`
+	AgentID    string         `json:"agent_id,omitempty"`
+	SessionID  string         `json:"session_id,omitempty"`
+	ClientIP   string         `json:"client_ip,omitempty"`
+	Reason     string         `json:"reason,omitempty"`
+	Detail     map[string]any `json:"detail,omitempty"`
+}
+
+// Record writes e's two rows in tx and returns the audit id.
+func Record(ctx context.Context, tx pgx.Tx, e Entry) (string, error) {
+	if e.Actor == "" || e.Action == "" || e.Outcome == "" {
+		return "", errors.New("audit: actor, action and outcome are required")
+	}
+	id := uuid.NewString()
+	// Microseconds: what PostgreSQL stores, so the row reads back as written.
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	ev := Event{
+		ID: id, OccurredAt: now.Format(time.RFC3339Nano), Actor: e.Actor, OperatorID: e.OperatorID, Action: e.Action, Outcome: e.Outcome,
+		TenantID: e.TenantID, AgentID: e.AgentID, SessionID: e.SessionID, ClientIP: e.ClientIP,
+		Reason: e.Reason, Detail: e.Detail,
+	}
+	payload, err := Canonical(ev)
+	if err != nil {
+		return "", err
+	}
+	detail := make(map[string]any, len(e.Detail)+1)
+	for k, v := range e.Detail {
+		detail[k] = v
+	}
+	if e.OperatorID != "" {
+		detail["operator_id"] = e.OperatorID
+	}
+	var ip *netip.Addr
+	if a, err := netip.ParseAddr(e.ClientIP); err == nil {
+		ip = &a
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO audit_log
+		(id, occurred_at, actor, action, outcome, tenant_id, agent_id, session_id, client_ip, reason, detail)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+		id, now, e.Actor, e.Action, e.Outcome, nullUUID(e.TenantID), nullUUID(e.AgentID), nullUUID(e.SessionID),
+		ip, nullString(e.Reason), detail)
+	if err != nil {
+		return "", fmt.Errorf("audit: audit_log: %w", err)
+	}
+
+	// One chain head: concurrent writers queue here rather than fork it.
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", chainLock); err != nil {
+		return "", fmt.Errorf("audit: chain lock: %w", err)
+	}
+	var (
+		seq  int64
+		prev []byte
+	)
+	err = tx.QueryRow(ctx, "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").Scan(&seq, &prev)
+	if errors.Is(err, pgx.ErrNoRows) {
+		seq, prev, err = 0, make([]byte, sha256.Size), nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("audit: chain head: %w", err)
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO events (seq, id, occurred_at, action, payload, prev_hash, hash)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)`, seq+1, id, now, e.Action, json.RawMessage(payload), prev, ChainHash(prev, payload))
+	if err != nil {
+		return "", fmt.Errorf("audit: events: %w", err)
+	}
+	return id, nil
+}
+
+// Write records e in a transaction of its own: for attempts that change
+// nothing but must be kept, such as denials.
+func Write(ctx context.Context, db interface {
+	Begin(context.Context) (pgx.Tx, error)
+}, e Entry) error {
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		_, err := Record(ctx, tx, e)
+		return err
+	})
+}
+
+// Canonical encodes v the one way its hash is computed: JSON with object
+// keys sorted and numbers kept as written. A payload read back from jsonb
+// re-encodes to the same bytes.
+func Canonical(v any) ([]byte, error) {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var generic any
+	if err := dec.Decode(&generic); err != nil {
+		return nil, err
+	}
+	return json.Marshal(generic)
+}
+
+// ChainHash links a payload to the hash before it.
+func ChainHash(prev, payload []byte) []byte {
+	h := sha256.New()
+	h.Write(prev)
+	h.Write(payload)
+	return h.Sum(nil)
+}
+
+func nullUUID(s string) *string {
+	if _, err := uuid.Parse(s); err != nil {
+		return nil
+	}
+	return &s
+}
+
+func nullString(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
