@@ -37,6 +37,9 @@ type Config struct {
 	MaxPacketSize uint32
 	// Policy decides who connects and what they touch; nil refuses all.
 	Policy Policy
+	// Hooks observe the broker (presence); they must not answer
+	// authentication or ACL checks, which belong to Policy alone.
+	Hooks []mqtt.Hook
 	Logger *slog.Logger
 }
 
@@ -76,6 +79,14 @@ func New(cfg Config) (*Broker, error) {
 	})
 	if err := srv.AddHook(&accessHook{policy: cfg.Policy}, nil); err != nil {
 		return nil, fmt.Errorf("broker: add access hook: %w", err)
+	}
+	for _, h := range cfg.Hooks {
+		if h.Provides(mqtt.OnConnectAuthenticate) || h.Provides(mqtt.OnACLCheck) {
+			return nil, fmt.Errorf("broker: hook %s answers access checks; only the policy may", h.ID())
+		}
+		if err := srv.AddHook(h, nil); err != nil {
+			return nil, fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
+		}
 	}
 	ws := newWSListener("ws", cfg.WSAddr, cfg.WSPath, cfg.TLS, cfg.AllowedOrigins, int64(cfg.MaxPacketSize))
 	if err := srv.AddListener(ws); err != nil {

@@ -39,6 +39,10 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	OpsToken       string
 
+	NodeID            string
+	MQTTPublicURL     string
+	CommandSigningKey string
+
 	LogLevel  slog.Level
 	LogFormat string
 }
@@ -62,6 +66,9 @@ var Keys = []settings.Key{
 	{Name: "remote-support-operator-cidrs", Env: []string{"REMOTE_SUPPORT_OPERATOR_CIDRS"}},
 	{Name: "ops-token", Env: []string{"ARGUS_OPS_TOKEN"}},
 	{Name: "trusted-proxies", Env: []string{"ARGUS_TRUSTED_PROXIES"}},
+	{Name: "mqtt-public-url", Env: []string{"ARGUS_MQTT_PUBLIC_URL"}},
+	{Name: "node-id", Env: []string{"ARGUS_NODE_ID"}, Default: defaultNodeID()},
+	{Name: "command-signing-key", Env: []string{"ARGUS_COMMAND_SIGNING_KEY"}},
 	{Name: "log-level", Env: []string{"ARGUS_LOG_LEVEL"}, Default: "info"},
 	{Name: "log-format", Env: []string{"ARGUS_LOG_FORMAT"}, Default: "text"},
 }
@@ -84,6 +91,13 @@ func DefaultDataDir() string {
 	return "argus-data"
 }
 
+func defaultNodeID() string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "argus"
+}
+
 // FromViper reads and validates the configuration. Each error names the
 // setting and its environment variable.
 func FromViper(v *viper.Viper) (Config, error) {
@@ -100,6 +114,13 @@ func FromViper(v *viper.Viper) (Config, error) {
 		MQTTOrigins: settings.List(v, "mqtt-allowed-origins"),
 		OpsToken:    v.GetString("ops-token"),
 		LogFormat:   v.GetString("log-format"),
+
+		NodeID:            v.GetString("node-id"),
+		MQTTPublicURL:     v.GetString("mqtt-public-url"),
+		CommandSigningKey: v.GetString("command-signing-key"),
+	}
+	if c.CommandSigningKey == "" && c.DataDir != "" {
+		c.CommandSigningKey = filepath.Join(c.DataDir, "command-signing.key")
 	}
 	var errs []error
 	bad := func(key, format string, args ...any) {
@@ -128,6 +149,12 @@ func FromViper(v *viper.Viper) (Config, error) {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			bad(key, "%q is not host:port", addr)
 		}
+	}
+	if u := c.MQTTPublicURL; u != "" && !strings.HasPrefix(u, "ws://") && !strings.HasPrefix(u, "wss://") {
+		bad("mqtt-public-url", "%q is not a ws:// or wss:// URL", u)
+	}
+	if c.NodeID == "" {
+		bad("node-id", "empty")
 	}
 	if !strings.HasPrefix(c.MQTTWSPath, "/") {
 		bad("mqtt-ws-path", "%q does not start with /", c.MQTTWSPath)

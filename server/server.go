@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,9 +10,17 @@ import (
 	"net/http"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
 	"github.com/argus-remote/argus/broker"
+	"github.com/argus-remote/argus/broker/acl"
+	"github.com/argus-remote/argus/controlplane/agents"
 	"github.com/argus-remote/argus/controlplane/api"
+	"github.com/argus-remote/argus/controlplane/fleet"
 	"github.com/argus-remote/argus/controlplane/operators"
+	"github.com/argus-remote/argus/controlplane/signing"
+	"github.com/argus-remote/argus/controlplane/tenants"
 )
 
 // Server is a running argus-server.
@@ -20,6 +29,8 @@ type Server struct {
 	log    *slog.Logger
 	db     *Database
 	broker *broker.Broker
+	policy *acl.Policy
+	fleet  *fleet.Watcher
 	http   *http.Server
 	httpLn net.Listener
 	scheme string
@@ -40,6 +51,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, err
 	}
 
+	signingKey, err := signing.LoadOrCreate(cfg.CommandSigningKey)
+	if err != nil {
+		return nil, fmt.Errorf("command-signing-key: %w", err)
+	}
+	agentStore := agents.NewStore(s.db.Pool)
+	s.policy = acl.New(agentStore, log)
+	s.fleet = fleet.New(agentStore, s.db.Pool, s.policy, cfg.NodeID, log)
+	s.policy.OnDeny = s.fleet.OnDeny
+
 	mqttTLS, err := loadTLS(cfg.MQTTTLSCert, cfg.MQTTTLSKey)
 	if err != nil {
 		return nil, fmt.Errorf("mqtt-tls-cert: %w", err)
@@ -50,20 +70,40 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		TLS:            mqttTLS,
 		AllowedOrigins: cfg.MQTTOrigins,
 		MaxPacketSize:  cfg.MQTTMaxPacket,
+		Policy:         s.policy,
+		Hooks:          []mqtt.Hook{s.fleet.Hook()},
 		Logger:         log,
 	})
 	if err != nil {
 		return nil, err
 	}
+	// The watcher clears this node's stale presence and subscribes before
+	// the first agent can connect.
+	if err := s.fleet.Start(ctx, s.broker.Server()); err != nil {
+		return nil, err
+	}
 	if err := s.broker.Start(); err != nil {
 		return nil, err
+	}
+	brokerURL := cfg.MQTTPublicURL
+	if brokerURL == "" {
+		brokerURL = s.broker.URL()
 	}
 
 	httpTLS, err := loadTLS(cfg.HTTPTLSCert, cfg.HTTPTLSKey)
 	if err != nil {
 		return nil, fmt.Errorf("http-tls-cert: %w", err)
 	}
-	apiSrv := &api.Server{Pool: s.db.Pool, Operators: operators.NewStore(s.db.Pool), Log: log}
+	apiSrv := &api.Server{
+		Pool:             s.db.Pool,
+		Operators:        operators.NewStore(s.db.Pool),
+		Tenants:          tenants.NewStore(s.db.Pool),
+		Agents:           agentStore,
+		AgentControl:     agentControl{policy: s.policy, broker: s.broker},
+		BrokerURL:        brokerURL,
+		SigningPublicKey: signing.EncodePublic(signingKey.Public().(ed25519.PublicKey)),
+		Log:              log,
+	}
 	s.http = &http.Server{
 		Handler:           apiSrv.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -103,6 +143,23 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	return s, nil
 }
 
+// Broker returns the embedded broker.
+func (s *Server) Broker() *broker.Broker { return s.broker }
+
+// Policy returns the broker's access policy.
+func (s *Server) Policy() *acl.Policy { return s.policy }
+
+// agentControl revokes an agent on this node's broker.
+type agentControl struct {
+	policy *acl.Policy
+	broker *broker.Broker
+}
+
+func (c agentControl) RevokeAgent(agentID string) {
+	c.policy.Revoke(agentID)
+	c.broker.Disconnect(agentID, packets.ErrNotAuthorized)
+}
+
 // APIURL is the base URL of the HTTP API on its bound address.
 func (s *Server) APIURL() string { return s.scheme + "://" + s.httpLn.Addr().String() }
 
@@ -137,6 +194,9 @@ func (s *Server) Close(ctx context.Context) error {
 		if err := s.broker.Close(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if s.fleet != nil && s.broker != nil {
+		s.fleet.Stop()
 	}
 	if s.db != nil {
 		if err := s.db.Close(ctx); err != nil {

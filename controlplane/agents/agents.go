@@ -41,6 +41,7 @@ var (
 	ErrTokenExpired   = errors.New("enrollment token expired")
 	ErrAlreadyRevoked = errors.New("agent already revoked")
 	ErrReasonRequired = errors.New("a reason is required")
+	ErrBadTTL         = errors.New("enrollment token lifetime must be between 1m and 168h")
 )
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -72,7 +73,7 @@ func (s *Store) CreateEnrollmentToken(ctx context.Context, tenant, agentName str
 		ttl = DefaultTokenTTL
 	}
 	if ttl < time.Minute || ttl > MaxTokenTTL {
-		return EnrollmentToken{}, fmt.Errorf("enrollment token lifetime must be between 1m and %v", MaxTokenTTL)
+		return EnrollmentToken{}, ErrBadTTL
 	}
 	m, err := credential.Mint(credential.Enrollment)
 	if err != nil {

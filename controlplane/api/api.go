@@ -14,8 +14,10 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/argus-remote/argus/controlplane/agents"
 	"github.com/argus-remote/argus/controlplane/apierror"
 	"github.com/argus-remote/argus/controlplane/operators"
+	"github.com/argus-remote/argus/controlplane/tenants"
 	"github.com/argus-remote/argus/migrations"
 )
 
@@ -24,18 +26,38 @@ var Version = "dev"
 
 // Server holds the API's dependencies.
 type Server struct {
-	Pool      *pgxpool.Pool
-	Operators *operators.Store
-	Log       *slog.Logger
+	Pool         *pgxpool.Pool
+	Operators    *operators.Store
+	Tenants      *tenants.Store
+	Agents       *agents.Store
+	AgentControl AgentControl
+	// BrokerURL and SigningPublicKey are handed to agents at enrollment.
+	BrokerURL        string
+	SigningPublicKey string
+	Log              *slog.Logger
+
+	enrollLimit *limiter
 }
 
 // Handler returns the API's routes.
 func (s *Server) Handler() http.Handler {
+	s.enrollLimit = newLimiter(10, time.Minute)
+	scoped := func(scope operators.Scope, h http.HandlerFunc) http.Handler { return s.requireScope(scope, h) }
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /v1/whoami", s.authenticated(http.HandlerFunc(s.whoami)))
-	mux.Handle("GET /v1/operators", s.requireScope(operators.ScopeOperatorAdmin, http.HandlerFunc(s.listOperators)))
+	mux.Handle("GET /v1/operators", scoped(operators.ScopeOperatorAdmin, s.listOperators))
+
+	mux.Handle("POST /v1/tenants", scoped(operators.ScopeTenantAdmin, s.createTenant))
+	mux.Handle("GET /v1/tenants", scoped(operators.ScopeTenantAdmin, s.listTenants))
+	mux.Handle("GET /v1/tenants/{tenant}", scoped(operators.ScopeTenantAdmin, s.getTenant))
+
+	mux.Handle("POST /v1/enrollment-tokens", scoped(operators.ScopeAgentAdmin, s.createEnrollmentToken))
+	mux.HandleFunc("POST /v1/enroll", s.enroll)
+	mux.Handle("GET /v1/agents", scoped(operators.ScopeAgentAdmin, s.listAgents))
+	mux.Handle("GET /v1/agents/{agent}", scoped(operators.ScopeAgentAdmin, s.getAgent))
+	mux.Handle("POST /v1/agents/{agent}/revoke", scoped(operators.ScopeAgentAdmin, s.revokeAgent))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierror.Write(w, apierror.New(http.StatusNotFound, apierror.CodeNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path))
 	})

@@ -23,6 +23,19 @@ const (
 	CodePayloadTooLarge  = "payload_too_large"
 	CodeUnavailable      = "unavailable"
 	CodeInternal         = "internal"
+	CodeRateLimited      = "rate_limited"
+	CodeConflict         = "conflict"
+
+	CodeTenantNotFound         = "tenant_not_found"
+	CodeTenantExists           = "tenant_exists"
+	CodeAgentNotFound          = "agent_not_found"
+	CodeAgentNameTaken         = "agent_name_taken"
+	CodeAgentRevoked           = "agent_revoked"
+	CodeReasonRequired         = "reason_required"
+	CodeInvalidName            = "invalid_name"
+	CodeEnrollmentTokenInvalid = "enrollment_token_invalid"
+	CodeEnrollmentTokenUsed    = "enrollment_token_used"
+	CodeEnrollmentTokenExpired = "enrollment_token_expired"
 )
 
 // Error is an API error: an HTTP status, a stable code and a message.

@@ -1,0 +1,327 @@
+// Package fleet watches the agents on this node's broker: which are
+// connected (the broker's connect and disconnect hooks are the truth),
+// what their heartbeats and manifests say, their retained status topics,
+// and the ACL refusals they run into.
+//
+// Broker hooks run in the broker's goroutines, so this package only
+// queues work there; one worker writes to the database, in order.
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/argus-remote/argus/broker/acl"
+	"github.com/argus-remote/argus/controlplane/agents"
+	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/topics"
+)
+
+const (
+	flushEvery = 2 * time.Second
+	// denialAuditEvery bounds audit rows for ACL refusals: at most one per
+	// client per interval, carrying the count of those suppressed.
+	denialAuditEvery = time.Minute
+	queueSize        = 4096
+)
+
+// Tenants resolves an agent's tenant (the ACL policy caches it).
+type Tenants interface {
+	Tenant(agentID string) (string, bool)
+}
+
+// Watcher tracks agents on one node.
+type Watcher struct {
+	store   *agents.Store
+	pool    *pgxpool.Pool
+	srv     *mqtt.Server
+	tenants Tenants
+	node    string
+	log     *slog.Logger
+
+	mu     sync.Mutex
+	online map[string]*conn
+	seen   map[string]agents.Heartbeat
+	denied map[string]*denialWindow
+
+	queue   chan func(context.Context)
+	stop    chan struct{}
+	stopped chan struct{}
+}
+
+type conn struct {
+	cl          *mqtt.Client
+	tenant      string
+	connectedAt time.Time
+	version     string
+	state       string
+	sessionID   string
+}
+
+type denialWindow struct {
+	last       time.Time
+	suppressed int
+}
+
+// New returns a Watcher; Start it once the broker exists.
+func New(store *agents.Store, pool *pgxpool.Pool, tenants Tenants, node string, log *slog.Logger) *Watcher {
+	return &Watcher{
+		store: store, pool: pool, tenants: tenants, node: node, log: log,
+		online: map[string]*conn{}, seen: map[string]agents.Heartbeat{}, denied: map[string]*denialWindow{},
+		queue: make(chan func(context.Context), queueSize), stop: make(chan struct{}), stopped: make(chan struct{}),
+	}
+}
+
+// Start clears this node's stale presence, subscribes to the agents'
+// heartbeat and manifest topics through the inline client, and starts the
+// database worker.
+func (w *Watcher) Start(ctx context.Context, srv *mqtt.Server) error {
+	w.srv = srv
+	if err := w.store.ClearNode(ctx, w.node); err != nil {
+		return err
+	}
+	if err := srv.Subscribe(topics.AgentFilter(topics.Heartbeat), 1, w.onHeartbeat); err != nil {
+		return err
+	}
+	if err := srv.Subscribe(topics.AgentFilter(topics.Manifest), 2, w.onManifest); err != nil {
+		return err
+	}
+	go w.work()
+	return nil
+}
+
+// Stop drains queued writes and stops the worker. Call it after the broker
+// has closed, so the last disconnects are recorded.
+func (w *Watcher) Stop() {
+	close(w.stop)
+	<-w.stopped
+}
+
+// Online reports whether the agent is connected to this node now.
+func (w *Watcher) Online(agentID string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.online[agentID]
+	return ok
+}
+
+// Hook returns the broker hook that feeds the watcher.
+func (w *Watcher) Hook() mqtt.Hook { return &hook{w: w} }
+
+// OnDeny is the ACL policy's refusal callback: it queues an audit row,
+// at most one per client per minute.
+func (w *Watcher) OnDeny(d acl.Denial) {
+	now := time.Now()
+	w.mu.Lock()
+	win := w.denied[d.ClientID]
+	if win == nil {
+		win = &denialWindow{}
+		w.denied[d.ClientID] = win
+	}
+	if now.Sub(win.last) < denialAuditEvery {
+		win.suppressed++
+		w.mu.Unlock()
+		return
+	}
+	suppressed := win.suppressed
+	win.last, win.suppressed = now, 0
+	w.mu.Unlock()
+
+	tenant := ""
+	if d.AgentID != "" {
+		tenant, _ = w.tenants.Tenant(d.AgentID)
+	}
+	op := "subscribe_or_deliver"
+	if d.Write {
+		op = "publish"
+	}
+	w.enqueue(func(ctx context.Context) {
+		actor := "mqtt-client:" + d.ClientID
+		if d.AgentID != "" {
+			actor = "agent:" + d.AgentID
+		}
+		err := audit.Write(ctx, w.pool, audit.Entry{
+			Actor: actor, Action: "broker.acl_denied", Outcome: audit.Denied,
+			AgentID: d.AgentID, TenantID: tenant,
+			Detail: map[string]any{"topic": truncate(d.Topic, 256), "operation": op, "suppressed_before": suppressed, "node": w.node},
+		})
+		if err != nil {
+			w.log.Error("audit ACL denial", "err", err)
+		}
+	})
+}
+
+// enqueue hands work to the worker. It blocks when the queue is full
+// rather than lose a presence change.
+func (w *Watcher) enqueue(f func(context.Context)) {
+	select {
+	case w.queue <- f:
+	case <-w.stop:
+	}
+}
+
+func (w *Watcher) work() {
+	defer close(w.stopped)
+	tick := time.NewTicker(flushEvery)
+	defer tick.Stop()
+	ctx := context.Background()
+	for {
+		select {
+		case f := <-w.queue:
+			f(ctx)
+		case <-tick.C:
+			w.flushSeen(ctx)
+		case <-w.stop:
+			for {
+				select {
+				case f := <-w.queue:
+					f(ctx)
+				default:
+					w.flushSeen(ctx)
+					return
+				}
+			}
+		}
+	}
+}
+
+func (w *Watcher) flushSeen(ctx context.Context) {
+	w.mu.Lock()
+	seen := w.seen
+	w.seen = map[string]agents.Heartbeat{}
+	w.mu.Unlock()
+	if err := w.store.Seen(ctx, seen); err != nil {
+		w.log.Error("record heartbeats", "err", err)
+	}
+}
+
+func (w *Watcher) connected(cl *mqtt.Client) {
+	id, err := topics.ParseAgentID(cl.ID)
+	if err != nil {
+		return
+	}
+	tenant, _ := w.tenants.Tenant(cl.ID)
+	c := &conn{cl: cl, tenant: tenant, connectedAt: time.Now().UTC().Truncate(time.Microsecond), state: topics.StateDormant}
+	w.mu.Lock()
+	w.online[cl.ID] = c
+	w.mu.Unlock()
+	remote := cl.Net.Remote
+	w.enqueue(func(ctx context.Context) {
+		if err := w.store.Connected(ctx, cl.ID, w.node, remote, c.connectedAt); err != nil {
+			w.log.Error("record agent connect", "agent", cl.ID, "err", err)
+		}
+	})
+	w.publishStatus(id, c, true)
+	w.log.Info("agent connected", "agent", cl.ID, "remote", remote)
+}
+
+func (w *Watcher) disconnected(cl *mqtt.Client) {
+	id, err := topics.ParseAgentID(cl.ID)
+	if err != nil {
+		return
+	}
+	w.mu.Lock()
+	c, ok := w.online[cl.ID]
+	// A newer connection of the same agent has taken over: it is still online.
+	if !ok || c.cl != cl {
+		w.mu.Unlock()
+		return
+	}
+	delete(w.online, cl.ID)
+	w.mu.Unlock()
+	at := time.Now().UTC()
+	w.enqueue(func(ctx context.Context) {
+		if err := w.store.Disconnected(ctx, cl.ID, w.node, c.connectedAt, at); err != nil {
+			w.log.Error("record agent disconnect", "agent", cl.ID, "err", err)
+		}
+	})
+	w.publishStatus(id, c, false)
+	w.log.Info("agent disconnected", "agent", cl.ID)
+}
+
+func (w *Watcher) publishStatus(id topics.AgentID, c *conn, online bool) {
+	msg := topics.AgentStatusMsg{
+		V: topics.Version, AgentID: id.String(), TenantID: c.tenant, Online: online,
+		Version: c.version, State: c.state, SessionID: c.sessionID, Time: time.Now().UTC(),
+	}
+	if online {
+		msg.LastSeen = msg.Time
+	}
+	b, _ := json.Marshal(msg)
+	if err := w.srv.Publish(id.Status(), b, true, 0); err != nil {
+		w.log.Error("publish agent status", "agent", id.String(), "err", err)
+	}
+}
+
+// onHeartbeat runs for heartbeats; the ACL already guarantees a client can
+// publish only on its own topic.
+func (w *Watcher) onHeartbeat(cl *mqtt.Client, sub packets.Subscription, pk packets.Packet) {
+	id, kind, ok := topics.ParseAgentTopic(pk.TopicName)
+	if !ok || kind != topics.Heartbeat || cl.ID != id.String() {
+		return
+	}
+	var hb topics.HeartbeatMsg
+	if err := topics.Decode(pk.Payload, topics.MaxEnvelope, &hb); err != nil || hb.AgentID != id.String() {
+		return
+	}
+	w.mu.Lock()
+	w.seen[id.String()] = agents.Heartbeat{At: time.Now().UTC(), Version: truncate(hb.Version, 64)}
+	c := w.online[id.String()]
+	changed := c != nil && (c.version != hb.Version || c.state != hb.State || c.sessionID != hb.SessionID)
+	if changed {
+		c.version, c.state, c.sessionID = truncate(hb.Version, 64), hb.State, hb.SessionID
+	}
+	w.mu.Unlock()
+	if changed {
+		w.publishStatus(id, c, true)
+	}
+}
+
+func (w *Watcher) onManifest(cl *mqtt.Client, sub packets.Subscription, pk packets.Packet) {
+	id, kind, ok := topics.ParseAgentTopic(pk.TopicName)
+	if !ok || kind != topics.Manifest || cl.ID != id.String() {
+		return
+	}
+	var m topics.ManifestMsg
+	if err := topics.Decode(pk.Payload, topics.MaxEnvelope, &m); err != nil || m.AgentID != id.String() {
+		w.log.Warn("malformed manifest", "agent", id.String(), "err", err)
+		return
+	}
+	payload := bytes.Clone(pk.Payload)
+	w.enqueue(func(ctx context.Context) {
+		if err := w.store.SetManifest(ctx, id.String(), payload, truncate(m.AgentVersion, 64)); err != nil {
+			w.log.Error("store manifest", "agent", id.String(), "err", err)
+		}
+	})
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// hook feeds broker connect and disconnect events to the watcher.
+type hook struct {
+	mqtt.HookBase
+	w *Watcher
+}
+
+func (h *hook) ID() string { return "argus-fleet" }
+
+func (h *hook) Provides(b byte) bool {
+	return b == mqtt.OnSessionEstablished || b == mqtt.OnDisconnect
+}
+
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) { h.w.connected(cl) }
+
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) { h.w.disconnected(cl) }
