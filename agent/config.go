@@ -20,6 +20,7 @@ import (
 type Config struct {
 	StateDir          string
 	HeartbeatInterval time.Duration
+	ReconnectMax      time.Duration
 	CAFile            string
 	LogLevel          slog.Level
 }
@@ -28,6 +29,7 @@ type Config struct {
 var Keys = []settings.Key{
 	{Name: "state-dir", Env: []string{"ARGUS_AGENT_STATE_DIR"}, Default: DefaultStateDir()},
 	{Name: "heartbeat-interval", Env: []string{"ARGUS_AGENT_HEARTBEAT_INTERVAL"}, Default: "30s"},
+	{Name: "reconnect-max-backoff", Env: []string{"ARGUS_AGENT_RECONNECT_MAX_BACKOFF"}, Default: "60s"},
 	{Name: "ca-file", Env: []string{"ARGUS_AGENT_CA_FILE"}},
 	{Name: "log-level", Env: []string{"ARGUS_AGENT_LOG_LEVEL"}, Default: "info"},
 }
@@ -68,6 +70,11 @@ func ConfigFromViper(v *viper.Viper) (Config, error) {
 		bad("heartbeat-interval", "%v is outside 1s..1h", d)
 	default:
 		c.HeartbeatInterval = d
+	}
+	if d, err := time.ParseDuration(v.GetString("reconnect-max-backoff")); err != nil || d < time.Second || d > time.Hour {
+		bad("reconnect-max-backoff", "%q is not a duration within 1s..1h", v.GetString("reconnect-max-backoff"))
+	} else {
+		c.ReconnectMax = d
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString("log-level"))); err != nil {
 		bad("log-level", "%q is not debug, info, warn or error", v.GetString("log-level"))

@@ -21,6 +21,7 @@ import (
 	"github.com/argus-remote/argus/controlplane/operators"
 	"github.com/argus-remote/argus/controlplane/signing"
 	"github.com/argus-remote/argus/controlplane/tenants"
+	"github.com/argus-remote/argus/topics"
 )
 
 // Server is a running argus-server.
@@ -101,7 +102,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		Agents:           agentStore,
 		AgentControl:     agentControl{policy: s.policy, broker: s.broker},
 		BrokerURL:        brokerURL,
-		SigningPublicKey: signing.EncodePublic(signingKey.Public().(ed25519.PublicKey)),
+		SigningPublicKey: topics.EncodePublicKey(signingKey.Public().(ed25519.PublicKey)),
 		Log:              log,
 	}
 	s.http = &http.Server{

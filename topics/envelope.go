@@ -2,6 +2,7 @@ package topics
 
 import (
 	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -188,4 +189,19 @@ func Decode(data []byte, max int, v any) error {
 		return fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	return nil
+}
+
+// EncodePublicKey is the text form of the control plane's public key, as
+// handed to agents at enrollment.
+func EncodePublicKey(pub ed25519.PublicKey) string {
+	return base64.StdEncoding.EncodeToString(pub)
+}
+
+// ParsePublicKey parses EncodePublicKey's output.
+func ParsePublicKey(s string) (ed25519.PublicKey, error) {
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil || len(b) != ed25519.PublicKeySize {
+		return nil, errors.New("topics: not an ed25519 public key")
+	}
+	return ed25519.PublicKey(b), nil
 }

@@ -4,9 +4,11 @@ package root
 import (
 	"github.com/spf13/cobra"
 
+	"github.com/argus-remote/argus/argusctl/agent"
 	"github.com/argus-remote/argus/argusctl/cmdutil"
 	"github.com/argus-remote/argus/argusctl/config"
 	"github.com/argus-remote/argus/argusctl/iostreams"
+	"github.com/argus-remote/argus/argusctl/tenant"
 	"github.com/argus-remote/argus/argusctl/version"
 	"github.com/argus-remote/argus/argusctl/whoami"
 )
@@ -55,6 +57,11 @@ selected profile of ~/.config/argusctl/config.yaml.`,
 		return err
 	}
 
-	cmd.AddCommand(version.NewCmdVersion(f), whoami.NewCmdWhoami(f, nil))
+	cmd.AddCommand(
+		version.NewCmdVersion(f),
+		whoami.NewCmdWhoami(f, nil),
+		tenant.NewCmdTenant(f),
+		agent.NewCmdAgent(f),
+	)
 	return cmd, f
 }

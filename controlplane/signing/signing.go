@@ -8,7 +8,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -70,18 +69,4 @@ func create(path string) (ed25519.PrivateKey, error) {
 		return nil, fmt.Errorf("signing key: %w", err)
 	}
 	return priv, nil
-}
-
-// EncodePublic is the text form of a public key handed to agents.
-func EncodePublic(pub ed25519.PublicKey) string {
-	return base64.StdEncoding.EncodeToString(pub)
-}
-
-// DecodePublic parses EncodePublic's output.
-func DecodePublic(s string) (ed25519.PublicKey, error) {
-	b, err := base64.StdEncoding.DecodeString(s)
-	if err != nil || len(b) != ed25519.PublicKeySize {
-		return nil, errors.New("signing: not an ed25519 public key")
-	}
-	return ed25519.PublicKey(b), nil
 }

@@ -21,8 +21,5 @@ func TestLoadOrCreate_CreatesOnceThenLoads(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, a, b)
 
-	want := a.Public().(ed25519.PublicKey)
-	pub, err := DecodePublic(EncodePublic(want))
-	require.NoError(t, err)
-	assert.Equal(t, want, pub)
+	assert.Len(t, a.Public().(ed25519.PublicKey), ed25519.PublicKeySize)
 }

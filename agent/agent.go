@@ -1,0 +1,279 @@
+package agent
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/argus-remote/argus/topics"
+)
+
+// Version is the agent's version, set at build time.
+var Version = "dev"
+
+// Agent is a running agent.
+type Agent struct {
+	cfg Config
+	st  State
+	id  topics.AgentID
+	pub ed25519.PublicKey
+	log *slog.Logger
+
+	mu        sync.Mutex
+	cm        *autopaho.ConnectionManager
+	connected bool
+	// Events, when set, is told what the agent does (tests await on it).
+	events chan<- Event
+}
+
+// Event is something the agent did, for tests and local status.
+type Event struct {
+	Kind   string // "connected", "disconnected", "refused"
+	Detail string
+}
+
+// New prepares an agent from its configuration and enrollment.
+func New(cfg Config, st State, log *slog.Logger) (*Agent, error) {
+	id, err := topics.ParseAgentID(st.AgentID)
+	if err != nil {
+		return nil, fmt.Errorf("agent id: %w", err)
+	}
+	pub, err := topics.ParsePublicKey(st.SigningPublicKey)
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{cfg: cfg, st: st, id: id, pub: pub, log: log.With("agent", st.AgentID)}, nil
+}
+
+// Notify sends the agent's events to ch (non-blocking; full means dropped).
+func (a *Agent) Notify(ch chan<- Event) { a.events = ch }
+
+func (a *Agent) emit(kind, detail string) {
+	if a.events == nil {
+		return
+	}
+	select {
+	case a.events <- Event{Kind: kind, Detail: detail}:
+	default:
+	}
+}
+
+// Run connects out to the broker and serves until ctx is done. It never
+// listens on any port: the only connection is the one it dials.
+func (a *Agent) Run(ctx context.Context) error {
+	u, err := url.Parse(a.st.BrokerURL)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") {
+		return fmt.Errorf("broker url %q: need ws:// or wss://", a.st.BrokerURL)
+	}
+	tlsCfg, err := a.tlsConfig()
+	if err != nil {
+		return err
+	}
+	cfg := autopaho.ClientConfig{
+		ServerUrls:                    []*url.URL{u},
+		TlsCfg:                        tlsCfg,
+		KeepAlive:                     30,
+		CleanStartOnInitialConnection: true,
+		SessionExpiryInterval:         0,
+		ConnectTimeout:                10 * time.Second,
+		// Capped exponential back-off with jitter, so a fleet does not
+		// reconnect in lock-step after a server restart.
+		ReconnectBackoff: autopaho.NewExponentialBackoff(250*time.Millisecond, a.cfg.ReconnectMax, 500*time.Millisecond, 2),
+		ConnectUsername:  a.st.AgentID,
+		ConnectPassword:  []byte(a.st.Secret),
+		// Every connection starts clean: a resumed session could carry
+		// subscriptions the broker would not grant today.
+		ConnectPacketBuilder: func(c *paho.Connect, _ *url.URL) (*paho.Connect, error) {
+			c.CleanStart = true
+			return c, nil
+		},
+		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
+			go a.onUp(ctx, cm)
+		},
+		OnConnectionDown: func() bool {
+			a.setConnected(false)
+			a.log.Warn("disconnected from broker; reconnecting")
+			a.emit("disconnected", "")
+			return true
+		},
+		OnConnectError: func(err error) {
+			a.log.Warn("cannot connect to broker", "url", u.Redacted(), "err", err)
+		},
+		ClientConfig: paho.ClientConfig{
+			ClientID: a.st.AgentID,
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+				func(pr paho.PublishReceived) (bool, error) {
+					a.onPublish(ctx, pr.Packet)
+					return true, nil
+				},
+			},
+		},
+	}
+	cm, err := autopaho.NewConnection(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("broker connection: %w", err)
+	}
+	a.mu.Lock()
+	a.cm = cm
+	a.mu.Unlock()
+	a.log.Info("agent started; dormant until a signed activation", "broker", u.Redacted(), "version", Version)
+
+	tick := time.NewTicker(a.cfg.HeartbeatInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = cm.Disconnect(dctx)
+			cancel()
+			<-cm.Done()
+			return nil
+		case <-tick.C:
+			a.heartbeat(ctx)
+		}
+	}
+}
+
+func (a *Agent) tlsConfig() (*tls.Config, error) {
+	if a.cfg.CAFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(a.cfg.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("ca-file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("ca-file %s: no PEM certificate", a.cfg.CAFile)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+func (a *Agent) setConnected(up bool) {
+	a.mu.Lock()
+	a.connected = up
+	a.mu.Unlock()
+}
+
+func (a *Agent) onUp(ctx context.Context, cm *autopaho.ConnectionManager) {
+	a.setConnected(true)
+	a.log.Info("connected to broker")
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
+		{Topic: a.id.Topic(topics.Activation), QoS: 1},
+	}}); err != nil {
+		a.log.Error("subscribe to activation", "err", err)
+	}
+	a.publish(sctx, topics.Manifest, a.manifest(), 1)
+	a.heartbeat(sctx)
+	a.emit("connected", "")
+}
+
+func (a *Agent) manifest() topics.ManifestMsg {
+	host, _ := os.Hostname()
+	return topics.ManifestMsg{
+		V: topics.Version, AgentID: a.st.AgentID, AgentVersion: Version,
+		OS: runtime.GOOS, Arch: runtime.GOARCH, Hostname: host,
+		Commands: SupportedCommands, LogFiles: []string{}, ReadableRoots: []string{}, Cameras: []string{},
+		Time: time.Now().UTC(),
+	}
+}
+
+// SupportedCommands are the commands this agent can run inside a session.
+var SupportedCommands = []string{"ping", "agent_info"}
+
+func (a *Agent) heartbeat(ctx context.Context) {
+	a.publish(ctx, topics.Heartbeat, topics.HeartbeatMsg{
+		V: topics.Version, AgentID: a.st.AgentID, Version: Version, State: topics.StateDormant, Time: time.Now().UTC(),
+	}, 0)
+}
+
+// publish sends v on one of the agent's own topics; while disconnected the
+// message is dropped (heartbeats and manifests are resent on reconnect).
+func (a *Agent) publish(ctx context.Context, k topics.Kind, v any, qos byte) {
+	a.mu.Lock()
+	cm, up := a.cm, a.connected
+	a.mu.Unlock()
+	if cm == nil || !up {
+		return
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		a.log.Error("encode message", "topic", k, "err", err)
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := cm.Publish(pctx, &paho.Publish{Topic: a.id.Topic(k), QoS: qos, Payload: b}); err != nil && !errors.Is(err, context.Canceled) {
+		a.log.Warn("publish", "topic", k, "err", err)
+	}
+}
+
+// onPublish handles everything the broker delivers. Only the agent's own
+// activation and commands topics mean anything; the rest is ignored.
+func (a *Agent) onPublish(ctx context.Context, p *paho.Publish) {
+	id, kind, ok := topics.ParseAgentTopic(p.Topic)
+	if !ok || id != a.id {
+		a.log.Warn("ignoring message on a foreign topic", "topic", p.Topic)
+		return
+	}
+	switch kind {
+	case topics.Activation:
+		a.onActivation(ctx, p.Payload)
+	case topics.Commands:
+		a.onCommand(ctx, p.Payload)
+	}
+}
+
+func (a *Agent) onActivation(ctx context.Context, payload []byte) {
+	if len(payload) == 0 {
+		return // a cleared retained message
+	}
+	var msg topics.ActivationMsg
+	if err := topics.Open(a.pub, topics.PurposeActivation, payload, topics.MaxEnvelope, &msg); err != nil {
+		a.log.Warn("refusing activation", "err", err)
+		a.publish(ctx, topics.ActivationAck, topics.ActivationAckMsg{V: topics.Version, AgentID: a.st.AgentID, State: topics.StateDormant, Error: "bad_signature"}, 1)
+		return
+	}
+	// Activation states land with the support sessions; until then the
+	// agent stays dormant whatever it is told.
+	a.publish(ctx, topics.ActivationAck, topics.ActivationAckMsg{
+		V: topics.Version, AgentID: a.st.AgentID, SessionID: msg.SessionID, State: topics.StateDormant,
+	}, 1)
+}
+
+// onCommand refuses a command that reaches a dormant agent, and says so.
+func (a *Agent) onCommand(ctx context.Context, payload []byte) {
+	var cmd topics.CommandMsg
+	code, why := "agent_dormant", "the agent is dormant: no activation is in force"
+	if err := topics.Open(a.pub, topics.PurposeCommand, payload, 1<<20, &cmd); err != nil {
+		code, why = "bad_signature", "the command is not signed by the control plane"
+		cmd = topics.CommandMsg{}
+	}
+	a.log.Warn("refused command", "command", cmd.Name, "id", cmd.ID, "code", code)
+	a.emit("refused", code)
+	a.publish(ctx, topics.Results, topics.ResultMsg{
+		V: topics.Version, CommandID: cmd.ID, SessionID: cmd.SessionID, AgentID: a.st.AgentID,
+		Status: topics.ResultRefused, Error: &topics.ErrorBody{Code: code, Message: why}, Completed: time.Now().UTC(),
+	}, 1)
+}
