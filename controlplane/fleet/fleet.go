@@ -261,11 +261,12 @@ func (w *Watcher) publishStatus(id topics.AgentID, c *conn, online bool) {
 	}
 }
 
-// onHeartbeat runs for heartbeats; the ACL already guarantees a client can
-// publish only on its own topic.
+// onHeartbeat runs for heartbeats. The cl mochi passes to inline handlers
+// is the inline client; the publisher is pk.Origin, and the ACL already
+// lets a client publish only on its own topics.
 func (w *Watcher) onHeartbeat(cl *mqtt.Client, sub packets.Subscription, pk packets.Packet) {
 	id, kind, ok := topics.ParseAgentTopic(pk.TopicName)
-	if !ok || kind != topics.Heartbeat || cl.ID != id.String() {
+	if !ok || kind != topics.Heartbeat || pk.Origin != id.String() {
 		return
 	}
 	var hb topics.HeartbeatMsg
@@ -287,7 +288,7 @@ func (w *Watcher) onHeartbeat(cl *mqtt.Client, sub packets.Subscription, pk pack
 
 func (w *Watcher) onManifest(cl *mqtt.Client, sub packets.Subscription, pk packets.Packet) {
 	id, kind, ok := topics.ParseAgentTopic(pk.TopicName)
-	if !ok || kind != topics.Manifest || cl.ID != id.String() {
+	if !ok || kind != topics.Manifest || pk.Origin != id.String() {
 		return
 	}
 	var m topics.ManifestMsg
