@@ -282,3 +282,50 @@ func awaitResult(t *testing.T, ch <-chan topics.ResultMsg) topics.ResultMsg {
 		return topics.ResultMsg{}
 	}
 }
+
+func TestPresence_RetainedAgentStatusTopic(t *testing.T) {
+	p := startInProcess(t)
+	e := p.enrollDirect(t, "a")
+	id, _ := topics.ParseAgentID(e.AgentID)
+
+	statuses := make(chan topics.AgentStatusMsg, 8)
+	require.NoError(t, p.srv.Broker().Server().Subscribe(id.Status(), 97, func(cl *mqtt.Client, sub packets.Subscription, pk packets.Packet) {
+		var m topics.AgentStatusMsg
+		if json.Unmarshal(pk.Payload, &m) == nil {
+			statuses <- m
+		}
+	}))
+	await := func() topics.AgentStatusMsg {
+		select {
+		case m := <-statuses:
+			return m
+		case <-time.After(5 * time.Second):
+			t.Fatal("no status message")
+			return topics.AgentStatusMsg{}
+		}
+	}
+
+	c := p.dialAgent(t, e)
+	m := await()
+	assert.True(t, m.Online)
+	assert.Equal(t, e.TenantID, m.TenantID)
+	assert.Equal(t, topics.StateDormant, m.State)
+
+	require.NoError(t, c.Disconnect(&paho.Disconnect{}))
+	m = await()
+	assert.False(t, m.Online)
+
+	// Retained: a subscriber arriving later reads the last state.
+	late := make(chan bool, 1)
+	require.NoError(t, p.srv.Broker().Server().Subscribe(id.Status(), 96, func(cl *mqtt.Client, sub packets.Subscription, pk packets.Packet) {
+		var m topics.AgentStatusMsg
+		_ = json.Unmarshal(pk.Payload, &m)
+		late <- m.Online
+	}))
+	select {
+	case online := <-late:
+		assert.False(t, online)
+	case <-time.After(5 * time.Second):
+		t.Fatal("status is not retained")
+	}
+}

@@ -14,9 +14,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/argus-remote/argus/controlplane/agents"
 	"github.com/argus-remote/argus/controlplane/api"
 	"github.com/argus-remote/argus/controlplane/apierror"
 	"github.com/argus-remote/argus/controlplane/operators"
+	"github.com/argus-remote/argus/controlplane/tenants"
 	"github.com/argus-remote/argus/internal/testenv"
 )
 
@@ -26,7 +28,10 @@ func newAPI(t *testing.T) (*httptest.Server, *operators.Store, *pgxpool.Pool) {
 	t.Helper()
 	pool := testenv.Pool(t)
 	store := operators.NewStore(pool)
-	srv := httptest.NewServer((&api.Server{Pool: pool, Operators: store, Log: slog.New(slog.DiscardHandler)}).Handler())
+	srv := httptest.NewServer((&api.Server{
+		Pool: pool, Operators: store, Tenants: tenants.NewStore(pool), Agents: agents.NewStore(pool),
+		Log: slog.New(slog.DiscardHandler),
+	}).Handler())
 	t.Cleanup(srv.Close)
 	return srv, store, pool
 }
