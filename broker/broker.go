@@ -39,7 +39,7 @@ type Config struct {
 	Policy Policy
 	// Hooks observe the broker (presence); they must not answer
 	// authentication or ACL checks, which belong to Policy alone.
-	Hooks []mqtt.Hook
+	Hooks  []mqtt.Hook
 	Logger *slog.Logger
 }
 

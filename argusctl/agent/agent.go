@@ -143,10 +143,10 @@ func newCmdShow(f *cmdutil.Factory) *cobra.Command {
 func newCmdRevoke(f *cmdutil.Factory) *cobra.Command {
 	var reason string
 	cmd := &cobra.Command{
-		Use:   "revoke AGENT",
-		Short: "Revoke an agent: its credential stops working and it is disconnected at once",
+		Use:     "revoke AGENT",
+		Short:   "Revoke an agent: its credential stops working and it is disconnected at once",
 		Example: `  argusctl agent revoke 0b6c1f1e-8f0a-4c2e-9d55-3f8f2f6b9a10 --reason "host decommissioned"`,
-		Args: cobra.ExactArgs(1),
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if strings.TrimSpace(reason) == "" {
 				return fmt.Errorf("--reason is required: say why the agent is revoked")
