@@ -114,6 +114,10 @@ func TestAgent_EnrollRunOnlineThenOffline(t *testing.T) {
 	assert.Equal(t, st.AgentID, manifest.AgentID)
 	assert.Equal(t, []string{"ping", "agent_info"}, manifest.Commands)
 
+	// Outbound only: the running agent has no listening socket at all.
+	assert.Empty(t, listeningSockets(t, a.Cmd.Process.Pid), "the agent never listens")
+	assert.NotEmpty(t, listeningSockets(t, f.srv.Cmd.Process.Pid), "the check does see the server's listeners")
+
 	var list struct {
 		Agents []apiclient.Agent `json:"agents"`
 	}
