@@ -32,9 +32,14 @@ type Agent struct {
 	pub ed25519.PublicKey
 	log *slog.Logger
 
-	mu        sync.Mutex
-	cm        *autopaho.ConnectionManager
-	connected bool
+	started time.Time
+
+	mu         sync.Mutex
+	cm         *autopaho.ConnectionManager
+	connected  bool
+	sess       *session
+	lastIssued time.Time
+	killSwitch bool
 	// Events, when set, is told what the agent does (tests await on it).
 	events chan<- Event
 }
@@ -58,7 +63,9 @@ func New(cfg Config, st State, log *slog.Logger) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{cfg: cfg, st: st, id: id, pub: pub, log: log.With("agent", st.AgentID)}, nil
+	a := &Agent{cfg: cfg, st: st, id: id, pub: pub, log: log.With("agent", st.AgentID), started: time.Now()}
+	a.killSwitch = KillSwitchEngaged(cfg.StateDir)
+	return a, nil
 }
 
 // Notify sends the agent's events to ch (non-blocking; full means dropped).
@@ -131,14 +138,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.mu.Lock()
 	a.cm = cm
+	a.writeStatusLocked()
 	a.mu.Unlock()
-	a.log.Info("agent started; dormant until a signed activation", "broker", u.Redacted(), "version", Version)
+	a.log.Info("agent started; dormant until a signed activation", "broker", u.Redacted(), "version", Version, "kill_switch", a.killSwitch)
+	go a.watchKillSwitch(ctx)
 
 	tick := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			a.mu.Lock()
+			a.endSessionLocked("agent stopping")
+			a.connected = false
+			a.writeStatusLocked()
+			a.mu.Unlock()
 			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			_ = cm.Disconnect(dctx)
 			cancel()
@@ -171,7 +185,18 @@ func (a *Agent) tlsConfig() (*tls.Config, error) {
 func (a *Agent) setConnected(up bool) {
 	a.mu.Lock()
 	a.connected = up
+	a.writeStatusLocked()
 	a.mu.Unlock()
+}
+
+// conn returns the connection manager while connected.
+func (a *Agent) conn() *autopaho.ConnectionManager {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.connected {
+		return nil
+	}
+	return a.cm
 }
 
 func (a *Agent) onUp(ctx context.Context, cm *autopaho.ConnectionManager) {
@@ -203,18 +228,20 @@ func (a *Agent) manifest() topics.ManifestMsg {
 var SupportedCommands = []string{"ping", "agent_info"}
 
 func (a *Agent) heartbeat(ctx context.Context) {
+	a.mu.Lock()
+	state, sid := a.stateLocked()
+	ks := a.killSwitch
+	a.mu.Unlock()
 	a.publish(ctx, topics.Heartbeat, topics.HeartbeatMsg{
-		V: topics.Version, AgentID: a.st.AgentID, Version: Version, State: topics.StateDormant, Time: time.Now().UTC(),
+		V: topics.Version, AgentID: a.st.AgentID, Version: Version, State: state, SessionID: sid, KillSwitch: ks, Time: time.Now().UTC(),
 	}, 0)
 }
 
 // publish sends v on one of the agent's own topics; while disconnected the
 // message is dropped (heartbeats and manifests are resent on reconnect).
 func (a *Agent) publish(ctx context.Context, k topics.Kind, v any, qos byte) {
-	a.mu.Lock()
-	cm, up := a.cm, a.connected
-	a.mu.Unlock()
-	if cm == nil || !up {
+	cm := a.conn()
+	if cm == nil {
 		return
 	}
 	b, err := json.Marshal(v)
@@ -241,39 +268,6 @@ func (a *Agent) onPublish(ctx context.Context, p *paho.Publish) {
 	case topics.Activation:
 		a.onActivation(ctx, p.Payload)
 	case topics.Commands:
-		a.onCommand(ctx, p.Payload)
+		a.onCommand(ctx, p)
 	}
-}
-
-func (a *Agent) onActivation(ctx context.Context, payload []byte) {
-	if len(payload) == 0 {
-		return // a cleared retained message
-	}
-	var msg topics.ActivationMsg
-	if err := topics.Open(a.pub, topics.PurposeActivation, payload, topics.MaxEnvelope, &msg); err != nil {
-		a.log.Warn("refusing activation", "err", err)
-		a.publish(ctx, topics.ActivationAck, topics.ActivationAckMsg{V: topics.Version, AgentID: a.st.AgentID, State: topics.StateDormant, Error: "bad_signature"}, 1)
-		return
-	}
-	// Activation states land with the support sessions; until then the
-	// agent stays dormant whatever it is told.
-	a.publish(ctx, topics.ActivationAck, topics.ActivationAckMsg{
-		V: topics.Version, AgentID: a.st.AgentID, SessionID: msg.SessionID, State: topics.StateDormant,
-	}, 1)
-}
-
-// onCommand refuses a command that reaches a dormant agent, and says so.
-func (a *Agent) onCommand(ctx context.Context, payload []byte) {
-	var cmd topics.CommandMsg
-	code, why := "agent_dormant", "the agent is dormant: no activation is in force"
-	if err := topics.Open(a.pub, topics.PurposeCommand, payload, 1<<20, &cmd); err != nil {
-		code, why = "bad_signature", "the command is not signed by the control plane"
-		cmd = topics.CommandMsg{}
-	}
-	a.log.Warn("refused command", "command", cmd.Name, "id", cmd.ID, "code", code)
-	a.emit("refused", code)
-	a.publish(ctx, topics.Results, topics.ResultMsg{
-		V: topics.Version, CommandID: cmd.ID, SessionID: cmd.SessionID, AgentID: a.st.AgentID,
-		Status: topics.ResultRefused, Error: &topics.ErrorBody{Code: code, Message: why}, Completed: time.Now().UTC(),
-	}, 1)
 }

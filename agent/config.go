@@ -23,6 +23,9 @@ type Config struct {
 	ReconnectMax      time.Duration
 	CAFile            string
 	LogLevel          slog.Level
+	// RemoteSupportDisabled refuses every activation: the tenant's
+	// permanent "no".
+	RemoteSupportDisabled bool
 }
 
 // Keys are the agent's settings (env ARGUS_AGENT_*).
@@ -32,6 +35,7 @@ var Keys = []settings.Key{
 	{Name: "reconnect-max-backoff", Env: []string{"ARGUS_AGENT_RECONNECT_MAX_BACKOFF"}, Default: "60s"},
 	{Name: "ca-file", Env: []string{"ARGUS_AGENT_CA_FILE"}},
 	{Name: "log-level", Env: []string{"ARGUS_AGENT_LOG_LEVEL"}, Default: "info"},
+	{Name: "remote-support-disabled", Env: []string{"ARGUS_AGENT_REMOTE_SUPPORT_DISABLED"}, Default: false},
 }
 
 // DefaultStateDir is /var/lib/argus-agent for root and
@@ -54,6 +58,8 @@ func ConfigFromViper(v *viper.Viper) (Config, error) {
 	c := Config{
 		StateDir: v.GetString("state-dir"),
 		CAFile:   v.GetString("ca-file"),
+
+		RemoteSupportDisabled: v.GetBool("remote-support-disabled"),
 	}
 	var errs []error
 	bad := func(key, format string, args ...any) {

@@ -38,7 +38,7 @@ func NewRootCmd(io IOStreams) *cobra.Command {
 	pf.String("state-dir", agent.DefaultStateDir(), "state directory: enrollment credentials and applied patches")
 	pf.String("log-level", "info", "log level: debug, info, warn, error")
 
-	root.AddCommand(newVersionCmd(io), newConfigCmd(io), newEnrollCmd(io), newRunCmd(io))
+	root.AddCommand(newVersionCmd(io), newConfigCmd(io), newEnrollCmd(io), newRunCmd(io), newKillSwitchCmd(io), newStatusCmd(io))
 	return root
 }
 
