@@ -48,6 +48,10 @@ type Broker struct {
 	srv *mqtt.Server
 	ws  *wsListener
 	log *slog.Logger
+	// control is the control plane's own in-process client: its publishes
+	// skip the ACL (it is the only publisher of activations and commands)
+	// and may carry MQTT v5 properties.
+	control *mqtt.Client
 }
 
 // New builds a broker and binds its listener; Start begins serving.
@@ -92,7 +96,9 @@ func New(cfg Config) (*Broker, error) {
 	if err := srv.AddListener(ws); err != nil {
 		return nil, fmt.Errorf("broker: listen on %s: %w", cfg.WSAddr, err)
 	}
-	return &Broker{srv: srv, ws: ws, log: log}, nil
+	control := srv.NewClient(nil, mqtt.LocalListener, "argus-control", true)
+	control.Properties.ProtocolVersion = 5
+	return &Broker{srv: srv, ws: ws, log: log, control: control}, nil
 }
 
 // Start serves clients; it returns at once.
@@ -143,4 +149,21 @@ func (b *Broker) DropSubscription(clientID, filter string) {
 	if cl, ok := b.srv.Clients.Get(clientID); ok {
 		cl.State.Subscriptions.Delete(filter)
 	}
+}
+
+// Publish sends a message from the control plane, with MQTT v5 properties
+// (correlation data, user properties) when props is not nil.
+func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte, props *packets.Properties) error {
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: retain},
+		TopicName:   topic,
+		Payload:     payload,
+		// The broker never processes the inbound QoS of an in-process
+		// publish, but a packet id must be valid.
+		PacketID: uint16(qos),
+	}
+	if props != nil {
+		pk.Properties = *props
+	}
+	return b.srv.InjectPacket(b.control, pk)
 }

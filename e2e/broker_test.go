@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"path/filepath"
 	"sync"
@@ -51,6 +52,14 @@ func (p *inProcess) enrollDirect(t *testing.T, name string) agents.Enrollment {
 	e, err := store.Enroll(context.Background(), tok.Token, "127.0.0.1")
 	require.NoError(t, err)
 	return e
+}
+
+// signingKey is the public half of the server's command-signing key.
+func (p *inProcess) signingKey(t *testing.T) ed25519.PublicKey {
+	t.Helper()
+	key, err := signing.LoadOrCreate(filepath.Join(p.env.DataDir, "command-signing.key"))
+	require.NoError(t, err)
+	return key.Public().(ed25519.PublicKey)
 }
 
 func (p *inProcess) dialAgent(t *testing.T, e agents.Enrollment) *mqtttest.Client {
@@ -143,6 +152,19 @@ func TestBroker_AgentACL(t *testing.T) {
 	assert.Equal(t, byte(1), sa.Reasons[0])
 	_, err = b.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: idB.Topic(topics.Activation), QoS: 1}}})
 	require.NoError(t, err)
+	// Each first receives its own retained activation state: dormant.
+	for name, c := range map[string]*mqtttest.Client{"A": a, "B": b} {
+		own := map[string]topics.AgentID{"A": idA, "B": idB}[name]
+		select {
+		case pk := <-c.Received:
+			require.Equal(t, own.Topic(topics.Activation), pk.Topic)
+			var act topics.ActivationMsg
+			require.NoError(t, topics.Open(p.signingKey(t), topics.PurposeActivation, pk.Payload, topics.MaxEnvelope, &act))
+			assert.Equal(t, topics.StateDormant, act.State)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s got no retained activation state", name)
+		}
+	}
 
 	// Publishes A must not make.
 	for _, topic := range []string{

@@ -19,6 +19,7 @@ import (
 	"github.com/argus-remote/argus/controlplane/api"
 	"github.com/argus-remote/argus/controlplane/fleet"
 	"github.com/argus-remote/argus/controlplane/operators"
+	"github.com/argus-remote/argus/controlplane/sessions"
 	"github.com/argus-remote/argus/controlplane/signing"
 	"github.com/argus-remote/argus/controlplane/tenants"
 	"github.com/argus-remote/argus/topics"
@@ -30,8 +31,9 @@ type Server struct {
 	log    *slog.Logger
 	db     *Database
 	broker *broker.Broker
-	policy *acl.Policy
-	fleet  *fleet.Watcher
+	policy   *acl.Policy
+	fleet    *fleet.Watcher
+	sessions *sessions.Manager
 	http   *http.Server
 	httpLn net.Listener
 	scheme string
@@ -78,9 +80,16 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if err != nil {
 		return nil, err
 	}
-	// The watcher clears this node's stale presence and subscribes before
+	s.sessions = sessions.New(sessions.Options{
+		Pool: s.db.Pool, Key: signingKey, Broker: s.broker, ACL: s.policy, Fleet: s.fleet, Log: log,
+	})
+	s.fleet.OnConnect = s.sessions.OnAgentConnected
+	// The watcher and the sessions rebuild their state and subscribe before
 	// the first agent can connect.
 	if err := s.fleet.Start(ctx, s.broker.Server()); err != nil {
+		return nil, err
+	}
+	if err := s.sessions.Start(ctx); err != nil {
 		return nil, err
 	}
 	if err := s.broker.Start(); err != nil {
@@ -101,6 +110,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		Tenants:          tenants.NewStore(s.db.Pool),
 		Agents:           agentStore,
 		AgentControl:     agentControl{policy: s.policy, broker: s.broker},
+		Sessions:         s.sessions,
+		Gate: api.Gate{
+			Enabled: cfg.RemoteSupport, OperatorCIDRs: cfg.OperatorCIDRs,
+			TrustedProxies: cfg.TrustedProxies, OpsToken: cfg.OpsToken,
+		},
 		BrokerURL:        brokerURL,
 		SigningPublicKey: topics.EncodePublicKey(signingKey.Public().(ed25519.PublicKey)),
 		Log:              log,
@@ -146,6 +160,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 
 // Broker returns the embedded broker.
 func (s *Server) Broker() *broker.Broker { return s.broker }
+
+// Sessions returns the session manager.
+func (s *Server) Sessions() *sessions.Manager { return s.sessions }
 
 // Policy returns the broker's access policy.
 func (s *Server) Policy() *acl.Policy { return s.policy }
@@ -195,6 +212,9 @@ func (s *Server) Close(ctx context.Context) error {
 		if err := s.broker.Close(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if s.sessions != nil && s.broker != nil {
+		s.sessions.Stop()
 	}
 	if s.fleet != nil && s.broker != nil {
 		s.fleet.Stop()

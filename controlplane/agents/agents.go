@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/sessions"
 	"github.com/argus-remote/argus/internal/credential"
 )
 
@@ -306,14 +307,15 @@ func (s *Store) Get(ctx context.Context, id string) (Agent, error) {
 
 // Revoke marks the agent revoked, audited. The caller then tells the
 // broker, which drops its credential and its connection.
-func (s *Store) Revoke(ctx context.Context, id, reason string, by audit.Entry) (Agent, error) {
+func (s *Store) Revoke(ctx context.Context, id, reason string, by audit.Entry) (Agent, []sessions.Ended, error) {
 	if reason == "" {
-		return Agent{}, ErrReasonRequired
+		return Agent{}, nil, ErrReasonRequired
 	}
 	if _, err := uuid.Parse(id); err != nil {
-		return Agent{}, ErrNotFound
+		return Agent{}, nil, ErrNotFound
 	}
 	var a Agent
+	var ended []sessions.Ended
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var revoked *time.Time
 		err := tx.QueryRow(ctx, "SELECT tenant_id, revoked_at FROM agents WHERE id = $1 FOR UPDATE", id).Scan(&a.TenantID, &revoked)
@@ -330,14 +332,19 @@ func (s *Store) Revoke(ctx context.Context, id, reason string, by audit.Entry) (
 			id, nullUUID(by.OperatorID), reason); err != nil {
 			return err
 		}
-		by.Action, by.Outcome, by.TenantID, by.AgentID, by.Reason = "agent.revoke", audit.Success, a.TenantID, id, reason
-		_, err = audit.Record(ctx, tx, by)
+		rev := by
+		rev.Action, rev.Outcome, rev.TenantID, rev.AgentID, rev.Reason = "agent.revoke", audit.Success, a.TenantID, id, reason
+		if _, err := audit.Record(ctx, tx, rev); err != nil {
+			return err
+		}
+		ended, err = sessions.EndTx(ctx, tx, "agent_id = $1", id, sessions.EndAgentRevoked, by)
 		return err
 	})
 	if err != nil {
-		return Agent{}, fmt.Errorf("revoke agent: %w", err)
+		return Agent{}, nil, fmt.Errorf("revoke agent: %w", err)
 	}
-	return s.Get(ctx, id)
+	a, err = s.Get(ctx, id)
+	return a, ended, err
 }
 
 // Credentials returns the stored secret hash of an agent and whether it is

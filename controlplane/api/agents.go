@@ -136,11 +136,12 @@ func (s *Server) revokeAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("agent")
-	a, err := s.Agents.Revoke(r.Context(), id, strings.TrimSpace(req.Reason), actor(r))
+	a, ended, err := s.Agents.Revoke(r.Context(), id, strings.TrimSpace(req.Reason), actor(r))
 	if err != nil {
 		s.fail(w, r, agentError(err))
 		return
 	}
+	s.Sessions.AfterEnd(ended...)
 	s.AgentControl.RevokeAgent(a.ID)
 	s.Log.Info("agent revoked", "agent", a.ID, "by", principalFrom(r.Context()).OperatorName)
 	writeJSON(w, http.StatusOK, a)

@@ -17,6 +17,7 @@ import (
 	"github.com/argus-remote/argus/controlplane/agents"
 	"github.com/argus-remote/argus/controlplane/apierror"
 	"github.com/argus-remote/argus/controlplane/operators"
+	"github.com/argus-remote/argus/controlplane/sessions"
 	"github.com/argus-remote/argus/controlplane/tenants"
 	"github.com/argus-remote/argus/migrations"
 )
@@ -31,17 +32,21 @@ type Server struct {
 	Tenants      *tenants.Store
 	Agents       *agents.Store
 	AgentControl AgentControl
+	Sessions     *sessions.Manager
+	Gate         Gate
 	// BrokerURL and SigningPublicKey are handed to agents at enrollment.
 	BrokerURL        string
 	SigningPublicKey string
 	Log              *slog.Logger
 
-	enrollLimit *limiter
+	enrollLimit    *limiter
+	gateAuditLimit *limiter
 }
 
 // Handler returns the API's routes.
 func (s *Server) Handler() http.Handler {
 	s.enrollLimit = newLimiter(10, time.Minute)
+	s.gateAuditLimit = newLimiter(60, time.Minute)
 	scoped := func(scope operators.Scope, h http.HandlerFunc) http.Handler { return s.requireScope(scope, h) }
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
@@ -58,6 +63,19 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/agents", scoped(operators.ScopeAgentAdmin, s.listAgents))
 	mux.Handle("GET /v1/agents/{agent}", scoped(operators.ScopeAgentAdmin, s.getAgent))
 	mux.Handle("POST /v1/agents/{agent}/revoke", scoped(operators.ScopeAgentAdmin, s.revokeAgent))
+
+	mux.Handle("POST /v1/tenants/{tenant}/consent", scoped(operators.ScopeTenantAdmin, s.recordConsent))
+	mux.Handle("GET /v1/tenants/{tenant}/consents", scoped(operators.ScopeTenantAdmin, s.listConsents))
+	mux.Handle("POST /v1/tenants/{tenant}/consent/withdraw", scoped(operators.ScopeTenantAdmin, s.withdrawConsent))
+	mux.Handle("POST /v1/tenants/{tenant}/arm", scoped(operators.ScopeTenantArm, s.arm))
+	// Disarming is never harder than arming.
+	mux.Handle("POST /v1/tenants/{tenant}/disarm", s.requireAnyScope(s.disarm, operators.ScopeTenantArm, operators.ScopeTenantAdmin))
+
+	mux.Handle("POST /v1/support/sessions", s.gate(http.HandlerFunc(s.activate)))
+	mux.Handle("POST /v1/support/sessions/{session}/commands", s.gate(http.HandlerFunc(s.command)))
+	mux.Handle("GET /v1/support/sessions", s.supportAuth(s.listSessions))
+	mux.Handle("GET /v1/support/sessions/{session}", s.supportAuth(s.getSession))
+	mux.Handle("POST /v1/support/sessions/{session}/deactivate", s.supportAuth(s.deactivate))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierror.Write(w, apierror.New(http.StatusNotFound, apierror.CodeNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path))
 	})

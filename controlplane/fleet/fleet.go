@@ -55,6 +55,10 @@ type Watcher struct {
 	queue   chan func(context.Context)
 	stop    chan struct{}
 	stopped chan struct{}
+
+	// OnConnect, when set before Start, runs after an agent connects (in
+	// the broker's goroutine; it must not block).
+	OnConnect func(agentID string)
 }
 
 type conn struct {
@@ -64,6 +68,7 @@ type conn struct {
 	version     string
 	state       string
 	sessionID   string
+	killSwitch  bool
 }
 
 type denialWindow struct {
@@ -111,6 +116,15 @@ func (w *Watcher) Online(agentID string) bool {
 	defer w.mu.Unlock()
 	_, ok := w.online[agentID]
 	return ok
+}
+
+// KillSwitch reports whether the agent's last heartbeat said its kill
+// switch is engaged.
+func (w *Watcher) KillSwitch(agentID string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c, ok := w.online[agentID]
+	return ok && c.killSwitch
 }
 
 // Hook returns the broker hook that feeds the watcher.
@@ -212,6 +226,7 @@ func (w *Watcher) connected(cl *mqtt.Client) {
 	c := &conn{cl: cl, tenant: tenant, connectedAt: time.Now().UTC().Truncate(time.Microsecond), state: topics.StateDormant}
 	w.mu.Lock()
 	w.online[cl.ID] = c
+	snap := *c
 	w.mu.Unlock()
 	remote := cl.Net.Remote
 	w.enqueue(func(ctx context.Context) {
@@ -219,8 +234,11 @@ func (w *Watcher) connected(cl *mqtt.Client) {
 			w.log.Error("record agent connect", "agent", cl.ID, "err", err)
 		}
 	})
-	w.publishStatus(id, c, true)
+	w.publishStatus(id, &snap, true)
 	w.log.Info("agent connected", "agent", cl.ID, "remote", remote)
+	if w.OnConnect != nil {
+		w.OnConnect(cl.ID)
+	}
 }
 
 func (w *Watcher) disconnected(cl *mqtt.Client) {
@@ -236,6 +254,7 @@ func (w *Watcher) disconnected(cl *mqtt.Client) {
 		return
 	}
 	delete(w.online, cl.ID)
+	snap := *c
 	w.mu.Unlock()
 	at := time.Now().UTC()
 	w.enqueue(func(ctx context.Context) {
@@ -243,7 +262,7 @@ func (w *Watcher) disconnected(cl *mqtt.Client) {
 			w.log.Error("record agent disconnect", "agent", cl.ID, "err", err)
 		}
 	})
-	w.publishStatus(id, c, false)
+	w.publishStatus(id, &snap, false)
 	w.log.Info("agent disconnected", "agent", cl.ID)
 }
 
@@ -276,13 +295,15 @@ func (w *Watcher) onHeartbeat(cl *mqtt.Client, sub packets.Subscription, pk pack
 	w.mu.Lock()
 	w.seen[id.String()] = agents.Heartbeat{At: time.Now().UTC(), Version: truncate(hb.Version, 64)}
 	c := w.online[id.String()]
-	changed := c != nil && (c.version != hb.Version || c.state != hb.State || c.sessionID != hb.SessionID)
+	changed := c != nil && (c.version != hb.Version || c.state != hb.State || c.sessionID != hb.SessionID || c.killSwitch != hb.KillSwitch)
+	var snap conn
 	if changed {
-		c.version, c.state, c.sessionID = truncate(hb.Version, 64), hb.State, hb.SessionID
+		c.version, c.state, c.sessionID, c.killSwitch = truncate(hb.Version, 64), hb.State, hb.SessionID, hb.KillSwitch
+		snap = *c
 	}
 	w.mu.Unlock()
 	if changed {
-		w.publishStatus(id, c, true)
+		w.publishStatus(id, &snap, true)
 	}
 }
 

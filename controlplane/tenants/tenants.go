@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -15,11 +16,16 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/sessions"
 )
 
 // Errors callers map to API codes.
 var (
-	ErrNotFound    = errors.New("tenant not found")
+	ErrConsentRequired = errors.New("no signed remote-support consent is on record")
+	ErrNoConsent       = errors.New("no consent in force to withdraw")
+	ErrReasonRequired  = errors.New("a reason is required")
+	ErrBadConsent      = errors.New("document id and signer are required (at most 256 characters each)")
+	ErrNotFound        = errors.New("tenant not found")
 	ErrExists      = errors.New("tenant already exists")
 	ErrInvalidName = errors.New("tenant name must be 1-63 lowercase letters, digits or -, starting with a letter or digit")
 )
@@ -33,8 +39,22 @@ type Tenant struct {
 	CreatedAt time.Time  `json:"created_at"`
 	Armed     bool       `json:"armed"`
 	ArmedAt   *time.Time `json:"armed_at,omitempty"`
+	ArmReason string     `json:"arm_reason,omitempty"`
 	Consent   bool       `json:"consent"`
-	Agents    int        `json:"agents"`
+	// ConsentInForce is the signed clause the tenant rests on, if any.
+	ConsentInForce *Consent `json:"consent_in_force,omitempty"`
+	Agents         int      `json:"agents"`
+}
+
+// Consent is one recorded signed remote-support clause.
+type Consent struct {
+	ID             string     `json:"id"`
+	DocumentID     string     `json:"document_id"`
+	SignedBy       string     `json:"signed_by"`
+	SignedAt       time.Time  `json:"signed_at"`
+	RecordedAt     time.Time  `json:"recorded_at"`
+	WithdrawnAt    *time.Time `json:"withdrawn_at,omitempty"`
+	WithdrawReason string     `json:"withdraw_reason,omitempty"`
 }
 
 // Store reads and writes tenants.
@@ -71,14 +91,20 @@ func (s *Store) Create(ctx context.Context, name string, by audit.Entry) (Tenant
 }
 
 const selectTenant = `
-	SELECT t.id, t.name, t.created_at, t.armed_at, t.consent_id IS NOT NULL,
-	       (SELECT count(*) FROM agents a WHERE a.tenant_id = t.id AND a.revoked_at IS NULL)
-	FROM tenants t`
+	SELECT t.id, t.name, t.created_at, t.armed_at, COALESCE(t.arm_reason, ''), t.consent_id IS NOT NULL,
+	       (SELECT count(*) FROM agents a WHERE a.tenant_id = t.id AND a.revoked_at IS NULL),
+	       c.id, c.document_id, c.signed_by, c.signed_at, c.recorded_at
+	FROM tenants t LEFT JOIN tenant_consents c ON c.id = t.consent_id`
 
 func scanTenant(row pgx.Row) (Tenant, error) {
 	var t Tenant
-	err := row.Scan(&t.ID, &t.Name, &t.CreatedAt, &t.ArmedAt, &t.Consent, &t.Agents)
+	var cid, doc, by *string
+	var signed, recorded *time.Time
+	err := row.Scan(&t.ID, &t.Name, &t.CreatedAt, &t.ArmedAt, &t.ArmReason, &t.Consent, &t.Agents, &cid, &doc, &by, &signed, &recorded)
 	t.Armed = t.ArmedAt != nil
+	if cid != nil {
+		t.ConsentInForce = &Consent{ID: *cid, DocumentID: *doc, SignedBy: *by, SignedAt: *signed, RecordedAt: *recorded}
+	}
 	return t, err
 }
 
@@ -105,4 +131,216 @@ func (s *Store) Get(ctx context.Context, ref string) (Tenant, error) {
 		return Tenant{}, fmt.Errorf("get tenant: %w", err)
 	}
 	return t, nil
+}
+
+// ConsentInput is a signed clause to record.
+type ConsentInput struct {
+	DocumentID string
+	SignedBy   string
+	SignedAt   time.Time
+}
+
+// lockTenant finds a tenant by name or id and locks its row for the
+// transaction, so arm, disarm and consent changes serialise.
+func lockTenant(ctx context.Context, tx pgx.Tx, ref string) (id, name string, err error) {
+	q := "SELECT id, name FROM tenants WHERE name = $1 FOR UPDATE"
+	if _, perr := uuid.Parse(ref); perr == nil {
+		q = "SELECT id, name FROM tenants WHERE id = $1::uuid FOR UPDATE"
+	}
+	err = tx.QueryRow(ctx, q, ref).Scan(&id, &name)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", "", ErrNotFound
+	}
+	return id, name, err
+}
+
+// RecordConsent stores a signed clause and makes it the one in force; a
+// consent it replaces stays in the history, marked superseded.
+func (s *Store) RecordConsent(ctx context.Context, ref string, in ConsentInput, by audit.Entry) (Tenant, error) {
+	in.DocumentID, in.SignedBy = strings.TrimSpace(in.DocumentID), strings.TrimSpace(in.SignedBy)
+	if in.DocumentID == "" || in.SignedBy == "" || len(in.DocumentID) > 256 || len(in.SignedBy) > 256 {
+		return Tenant{}, ErrBadConsent
+	}
+	if in.SignedAt.IsZero() {
+		in.SignedAt = time.Now()
+	}
+	var id string
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		if id, _, err = lockTenant(ctx, tx, ref); err != nil {
+			return err
+		}
+		var old *string
+		if err := tx.QueryRow(ctx, "SELECT consent_id FROM tenants WHERE id = $1", id).Scan(&old); err != nil {
+			return err
+		}
+		var cid string
+		if err := tx.QueryRow(ctx, `INSERT INTO tenant_consents (tenant_id, document_id, signed_by, signed_at, recorded_by)
+			VALUES ($1, $2, $3, $4, $5) RETURNING id`, id, in.DocumentID, in.SignedBy, in.SignedAt, nullUUID(by.OperatorID)).Scan(&cid); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "UPDATE tenants SET consent_id = $2, consent_in_force = true WHERE id = $1", id, cid); err != nil {
+			return err
+		}
+		if old != nil {
+			if _, err := tx.Exec(ctx, `UPDATE tenant_consents SET withdrawn_at = now(), withdrawn_by = $2, withdraw_reason = 'superseded by '||$3
+				WHERE id = $1`, *old, nullUUID(by.OperatorID), cid); err != nil {
+				return err
+			}
+		}
+		by.Action, by.Outcome, by.TenantID = "tenant.consent.record", audit.Success, id
+		by.Detail = map[string]any{"consent_id": cid, "document_id": in.DocumentID, "signed_by": in.SignedBy, "signed_at": in.SignedAt.UTC()}
+		_, err = audit.Record(ctx, tx, by)
+		return err
+	})
+	if err != nil {
+		return Tenant{}, fmt.Errorf("record consent: %w", err)
+	}
+	return s.Get(ctx, id)
+}
+
+// WithdrawConsent withdraws the consent in force, disarms the tenant and
+// ends its live sessions, in one transaction. The caller closes the ended
+// sessions on the broker.
+func (s *Store) WithdrawConsent(ctx context.Context, ref, reason string, by audit.Entry) (Tenant, []sessions.Ended, error) {
+	if strings.TrimSpace(reason) == "" {
+		return Tenant{}, nil, ErrReasonRequired
+	}
+	var id string
+	var ended []sessions.Ended
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		if id, _, err = lockTenant(ctx, tx, ref); err != nil {
+			return err
+		}
+		var cid *string
+		if err := tx.QueryRow(ctx, "SELECT consent_id FROM tenants WHERE id = $1", id).Scan(&cid); err != nil {
+			return err
+		}
+		if cid == nil {
+			return ErrNoConsent
+		}
+		// The tenant lets go of the consent first: the foreign key refuses
+		// a withdrawal while it is pointed at.
+		if _, err := tx.Exec(ctx, `UPDATE tenants SET consent_id = NULL, consent_in_force = NULL, armed_at = NULL, armed_by = NULL, arm_reason = NULL
+			WHERE id = $1`, id); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "UPDATE tenant_consents SET withdrawn_at = now(), withdrawn_by = $2, withdraw_reason = $3 WHERE id = $1",
+			*cid, nullUUID(by.OperatorID), reason); err != nil {
+			return err
+		}
+		e := by
+		e.Action, e.Outcome, e.TenantID, e.Reason = "tenant.consent.withdraw", audit.Success, id, reason
+		e.Detail = map[string]any{"consent_id": *cid}
+		if _, err := audit.Record(ctx, tx, e); err != nil {
+			return err
+		}
+		ended, err = sessions.EndTx(ctx, tx, "tenant_id = $1", id, sessions.EndConsentWithdrawn, by)
+		return err
+	})
+	if err != nil {
+		return Tenant{}, nil, fmt.Errorf("withdraw consent: %w", err)
+	}
+	t, err := s.Get(ctx, id)
+	return t, ended, err
+}
+
+// Consents returns the tenant's consent history, newest first.
+func (s *Store) Consents(ctx context.Context, ref string) ([]Consent, error) {
+	t, err := s.Get(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT id, document_id, signed_by, signed_at, recorded_at, withdrawn_at, COALESCE(withdraw_reason, '')
+		FROM tenant_consents WHERE tenant_id = $1 ORDER BY recorded_at DESC`, t.ID)
+	if err != nil {
+		return nil, fmt.Errorf("consents: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Consent, error) {
+		var c Consent
+		err := r.Scan(&c.ID, &c.DocumentID, &c.SignedBy, &c.SignedAt, &c.RecordedAt, &c.WithdrawnAt, &c.WithdrawReason)
+		return c, err
+	})
+}
+
+// Arm records the operator's assertion that signed consent exists. It
+// fails with ErrConsentRequired when none is recorded; the database's
+// CHECK refuses that state too.
+func (s *Store) Arm(ctx context.Context, ref, reason string, by audit.Entry) (Tenant, error) {
+	if strings.TrimSpace(reason) == "" {
+		return Tenant{}, ErrReasonRequired
+	}
+	var id string
+	var refusal error
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		if id, _, err = lockTenant(ctx, tx, ref); err != nil {
+			return err
+		}
+		e := by
+		e.Action, e.TenantID, e.Reason = "tenant.arm", id, reason
+		var consent bool
+		if err := tx.QueryRow(ctx, "SELECT consent_id IS NOT NULL FROM tenants WHERE id = $1", id).Scan(&consent); err != nil {
+			return err
+		}
+		if !consent {
+			refusal = ErrConsentRequired
+			e.Outcome = audit.Denied
+			e.Detail = map[string]any{"code": "tenant_consent_required"}
+			_, err := audit.Record(ctx, tx, e)
+			return err
+		}
+		if _, err := tx.Exec(ctx, "UPDATE tenants SET armed_at = now(), armed_by = $2, arm_reason = $3 WHERE id = $1",
+			id, nullUUID(by.OperatorID), reason); err != nil {
+			return err
+		}
+		e.Outcome = audit.Success
+		_, err = audit.Record(ctx, tx, e)
+		return err
+	})
+	if err != nil {
+		return Tenant{}, fmt.Errorf("arm: %w", err)
+	}
+	if refusal != nil {
+		return Tenant{}, refusal
+	}
+	return s.Get(ctx, id)
+}
+
+// Disarm disarms the tenant and ends its live sessions, in one transaction.
+func (s *Store) Disarm(ctx context.Context, ref, reason string, by audit.Entry) (Tenant, []sessions.Ended, error) {
+	if strings.TrimSpace(reason) == "" {
+		return Tenant{}, nil, ErrReasonRequired
+	}
+	var id string
+	var ended []sessions.Ended
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		if id, _, err = lockTenant(ctx, tx, ref); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "UPDATE tenants SET armed_at = NULL, armed_by = NULL, arm_reason = NULL WHERE id = $1", id); err != nil {
+			return err
+		}
+		e := by
+		e.Action, e.Outcome, e.TenantID, e.Reason = "tenant.disarm", audit.Success, id, reason
+		if _, err := audit.Record(ctx, tx, e); err != nil {
+			return err
+		}
+		ended, err = sessions.EndTx(ctx, tx, "tenant_id = $1", id, sessions.EndTenantDisarmed, by)
+		return err
+	})
+	if err != nil {
+		return Tenant{}, nil, fmt.Errorf("disarm: %w", err)
+	}
+	t, err := s.Get(ctx, id)
+	return t, ended, err
+}
+
+func nullUUID(s string) *string {
+	if _, err := uuid.Parse(s); err != nil {
+		return nil
+	}
+	return &s
 }

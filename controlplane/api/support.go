@@ -1,0 +1,124 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/argus-remote/argus/controlplane/apierror"
+	"github.com/argus-remote/argus/controlplane/sessions"
+)
+
+func sessionError(err error) error {
+	var r *sessions.Refusal
+	if errors.As(err, &r) {
+		return apierror.New(r.Status, r.Code, r.Message)
+	}
+	if errors.Is(err, sessions.ErrEnded) {
+		return apierror.New(http.StatusConflict, "session_ended", "the session has already ended")
+	}
+	return err
+}
+
+// ActivateResponse carries the session and its token, shown once.
+type ActivateResponse struct {
+	Session sessions.Session `json:"session"`
+	Token   string           `json:"token"`
+}
+
+func (s *Server) activate(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Tenant string `json:"tenant"`
+		Agent  string `json:"agent"`
+		Reason string `json:"reason"`
+		TTL    string `json:"ttl,omitempty"`
+	}
+	if err := decodeJSON(w, r, &req); err != nil {
+		apierror.Write(w, err)
+		return
+	}
+	var ttl time.Duration
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 {
+			apierror.Write(w, badRequest("ttl: not a positive duration (like 30m)"))
+			return
+		}
+		ttl = d
+	}
+	p := principalFrom(r.Context())
+	sess, token, err := s.Sessions.Activate(r.Context(), sessions.ActivateRequest{
+		Tenant: req.Tenant, Agent: req.Agent, Reason: strings.TrimSpace(req.Reason), TTL: ttl,
+		OperatorID: p.OperatorID, Operator: p.OperatorName, ClientIP: gateIP(r),
+	})
+	if err != nil {
+		s.fail(w, r, sessionError(err))
+		return
+	}
+	writeJSON(w, http.StatusCreated, ActivateResponse{Session: sess, Token: token})
+}
+
+func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
+	list, err := s.Sessions.List(r.Context(), r.URL.Query().Get("active") == "true")
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"sessions": list})
+}
+
+func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
+	sess, err := s.Sessions.Get(r.Context(), r.PathValue("session"))
+	if err != nil {
+		s.fail(w, r, sessionError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, sess)
+}
+
+func (s *Server) deactivate(w http.ResponseWriter, r *http.Request) {
+	sess, err := s.Sessions.Get(r.Context(), r.PathValue("session"))
+	if err != nil {
+		s.fail(w, r, sessionError(err))
+		return
+	}
+	if _, err := s.Sessions.End(r.Context(), sess.ID, sessions.EndDeactivated, actor(r)); err != nil {
+		s.fail(w, r, sessionError(err))
+		return
+	}
+	sess, err = s.Sessions.Get(r.Context(), sess.ID)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sess)
+}
+
+func (s *Server) command(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Name string          `json:"name"`
+		Args json.RawMessage `json:"args,omitempty"`
+	}
+	if err := decodeJSON(w, r, &req); err != nil {
+		apierror.Write(w, err)
+		return
+	}
+	by := actor(r)
+	by.ClientIP = gateIP(r)
+	res, err := s.Sessions.Command(r.Context(), sessions.CommandRequest{
+		SessionID: r.PathValue("session"), Token: strings.TrimSpace(r.Header.Get("X-Argus-Session-Token")),
+		Name: req.Name, Args: req.Args, By: by,
+	})
+	if err != nil {
+		var refusal *sessions.Refusal
+		if errors.As(err, &refusal) && refusal.Code == "agent_timeout" {
+			apierror.Write(w, sessionError(err))
+			return
+		}
+		s.fail(w, r, sessionError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}

@@ -1,0 +1,322 @@
+package sessions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/internal/credential"
+	"github.com/argus-remote/argus/topics"
+)
+
+// ErrEnded means the session had already ended.
+var ErrEnded = errors.New("session already ended")
+
+// ActivateRequest asks for a session.
+type ActivateRequest struct {
+	Tenant string // name or id
+	Agent  string // id
+	Reason string
+	TTL    time.Duration
+	// Who asks, from where: the operator behind the gate.
+	OperatorID string
+	Operator   string
+	ClientIP   string
+}
+
+// Session is a session as the API shows it; it never holds the token.
+type Session struct {
+	ID         string     `json:"id"`
+	TenantID   string     `json:"tenant_id"`
+	Tenant     string     `json:"tenant"`
+	AgentID    string     `json:"agent_id"`
+	AgentName  string     `json:"agent_name"`
+	OperatorID string     `json:"operator_id"`
+	Operator   string     `json:"operator"`
+	Reason     string     `json:"reason"`
+	ClientIP   string     `json:"client_ip,omitempty"`
+	CreatedAt  time.Time  `json:"created_at"`
+	ExpiresAt  time.Time  `json:"expires_at"`
+	AckedAt    *time.Time `json:"acked_at,omitempty"`
+	EndedAt    *time.Time `json:"ended_at,omitempty"`
+	EndReason  string     `json:"end_reason,omitempty"`
+	Active     bool       `json:"active"`
+}
+
+// Activate runs the checks in their fixed order, mints the session, sends
+// the agent its signed activation, opens its commands topic, and waits for
+// its ack. Every attempt is audited; the token is returned once.
+func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (Session, string, error) {
+	entry := audit.Entry{
+		Actor: "operator:" + req.Operator, OperatorID: req.OperatorID, Action: "support.activate",
+		ClientIP: req.ClientIP, Reason: req.Reason, AgentID: req.Agent,
+		Detail: map[string]any{"tenant": req.Tenant, "ttl": req.TTL.String()},
+	}
+	deny := func(r *Refusal) (Session, string, error) {
+		entry.Outcome = audit.Denied
+		entry.Detail["code"] = r.Code
+		if err := audit.Write(ctx, m.Pool, entry); err != nil {
+			return Session{}, "", err
+		}
+		return Session{}, "", r
+	}
+	if strings.TrimSpace(req.Reason) == "" {
+		return deny(refuse(http.StatusBadRequest, "reason_required", "a reason is required"))
+	}
+	if req.TTL == 0 {
+		req.TTL = DefaultTTL
+		entry.Detail["ttl"] = req.TTL.String()
+	}
+
+	var (
+		agentTenant, tenantName, agentName string
+		revoked, consent, armed            bool
+	)
+	found := false
+	if _, err := uuid.Parse(req.Agent); err == nil {
+		err := m.Pool.QueryRow(ctx, `
+			SELECT a.tenant_id, t.name, a.name, a.revoked_at IS NOT NULL, t.consent_id IS NOT NULL, t.armed_at IS NOT NULL
+			FROM agents a JOIN tenants t ON t.id = a.tenant_id
+			WHERE a.id = $1 AND (t.name = $2 OR t.id::text = $2)`, req.Agent, req.Tenant).
+			Scan(&agentTenant, &tenantName, &agentName, &revoked, &consent, &armed)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return Session{}, "", fmt.Errorf("activate: %w", err)
+		}
+		found = err == nil
+	}
+	entry.TenantID = agentTenant
+	switch {
+	case !found:
+		entry.AgentID = ""
+		entry.Detail["agent"] = req.Agent
+		return deny(refuse(http.StatusNotFound, "agent_not_found", "no such agent in that tenant"))
+	case revoked:
+		return deny(refuse(http.StatusConflict, "agent_revoked", "the agent's enrollment is revoked"))
+	case !consent:
+		return deny(refuse(http.StatusConflict, "tenant_consent_required",
+			"the tenant has no signed remote-support consent on record; record it with 'argusctl tenant consent record "+tenantName+" ...'"))
+	case !armed:
+		return deny(refuse(http.StatusConflict, "tenant_not_armed", "the tenant is not armed; 'argusctl tenant arm "+tenantName+" --reason ...' first"))
+	case !m.Fleet.Online(req.Agent):
+		return deny(refuse(http.StatusConflict, "agent_offline", "the agent is not connected; there is no way to wake it"))
+	case m.Fleet.KillSwitch(req.Agent):
+		return deny(refuse(http.StatusConflict, "agent_kill_switch_engaged", "the tenant has engaged the agent's kill switch"))
+	}
+	if _, busy := m.Live(req.Agent); busy {
+		return deny(refuse(http.StatusConflict, "agent_busy", "the agent already has a live session"))
+	}
+	if req.TTL > MaxTTL {
+		return deny(refuse(http.StatusBadRequest, "ttl_exceeds_cap", fmt.Sprintf("ttl %v is over the %v cap", req.TTL, MaxTTL)))
+	}
+	if req.TTL < MinTTL {
+		return deny(refuse(http.StatusBadRequest, "ttl_too_short", fmt.Sprintf("ttl %v is under %v", req.TTL, MinTTL)))
+	}
+
+	tok, err := credential.Mint(credential.Session)
+	if err != nil {
+		return Session{}, "", err
+	}
+	var s Session
+	err = pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `INSERT INTO support_sessions (tenant_id, agent_id, operator_id, token_hash, reason, client_ip, expires_at)
+			VALUES ($1, $2, $3, $4, $5, $6::inet, now() + $7::interval) RETURNING id, created_at, expires_at`,
+			agentTenant, req.Agent, req.OperatorID, credential.Hash(tok.Plain), req.Reason, nullIP(req.ClientIP), req.TTL.String()).
+			Scan(&s.ID, &s.CreatedAt, &s.ExpiresAt)
+		if err != nil {
+			return err
+		}
+		entry.Outcome, entry.SessionID = audit.Success, s.ID
+		entry.Detail["expires_at"] = s.ExpiresAt
+		_, err = audit.Record(ctx, tx, entry)
+		return err
+	})
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.ConstraintName == "support_sessions_one_live_per_agent" {
+		return deny(refuse(http.StatusConflict, "agent_busy", "the agent already has a live session"))
+	}
+	if err != nil {
+		return Session{}, "", fmt.Errorf("activate: %w", err)
+	}
+	s.TenantID, s.Tenant, s.AgentID, s.AgentName = agentTenant, tenantName, req.Agent, agentName
+	s.OperatorID, s.Operator, s.Reason, s.ClientIP, s.Active = req.OperatorID, req.Operator, req.Reason, req.ClientIP, true
+
+	l := &live{id: s.ID, tenantID: agentTenant, agentID: req.Agent, operator: req.Operator, createdAt: s.CreatedAt, expiresAt: s.ExpiresAt}
+	ackCh := make(chan topics.ActivationAckMsg, 4)
+	m.mu.Lock()
+	m.live[req.Agent] = l
+	m.acks[s.ID] = ackCh
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.acks, s.ID)
+		m.mu.Unlock()
+	}()
+	m.ACL.SetActive(req.Agent, true)
+	m.publishActivation(l, topics.StateActive, req.Reason)
+	m.publishTenant(agentTenant)
+
+	timer := time.NewTimer(m.AckTimeout)
+	defer timer.Stop()
+	for {
+		select {
+		case ack := <-ackCh:
+			if ack.State != topics.StateActive {
+				m.Log.Warn("agent refused activation", "session", s.ID, "code", ack.Error)
+				return m.failActivation(ctx, s, "the agent refused the activation: "+ack.Error)
+			}
+			if _, err := m.Pool.Exec(ctx, "UPDATE support_sessions SET acked_at = now() WHERE id = $1 AND ended_at IS NULL", s.ID); err != nil {
+				return Session{}, "", fmt.Errorf("activate: %w", err)
+			}
+			now := time.Now().UTC()
+			s.AckedAt = &now
+			return s, tok.Plain, nil
+		case <-timer.C:
+			return m.failActivation(ctx, s, "the agent did not acknowledge the activation in time")
+		case <-ctx.Done():
+			return m.failActivation(context.WithoutCancel(ctx), s, "the request was cancelled")
+		}
+	}
+}
+
+func (m *Manager) failActivation(ctx context.Context, s Session, why string) (Session, string, error) {
+	if _, err := m.End(ctx, s.ID, EndNoAck, audit.Entry{Actor: "system"}); err != nil && !errors.Is(err, ErrEnded) {
+		return Session{}, "", err
+	}
+	return Session{}, "", refuse(http.StatusGatewayTimeout, "agent_did_not_acknowledge", why)
+}
+
+// Ended describes a session that has just ended, for the work that follows
+// the commit.
+type Ended struct {
+	ID, TenantID, AgentID string
+}
+
+// End ends one live session, audited, and then closes it on the broker.
+// It returns ErrEnded when the session had already ended.
+func (m *Manager) End(ctx context.Context, sessionID, reason string, by audit.Entry) (Ended, error) {
+	var ended []Ended
+	err := pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {
+		var err error
+		ended, err = EndTx(ctx, tx, "id = $1", sessionID, reason, by)
+		return err
+	})
+	if err != nil {
+		return Ended{}, fmt.Errorf("end session: %w", err)
+	}
+	if len(ended) == 0 {
+		return Ended{}, ErrEnded
+	}
+	m.AfterEnd(ended...)
+	return ended[0], nil
+}
+
+// EndTx ends the live sessions matching where (a condition on
+// support_sessions with one argument) inside tx, each audited. The caller
+// commits, then calls AfterEnd.
+func EndTx(ctx context.Context, tx pgx.Tx, where string, arg any, reason string, by audit.Entry) ([]Ended, error) {
+	rows, err := tx.Query(ctx, `UPDATE support_sessions SET ended_at = now(), end_reason = $2
+		WHERE ended_at IS NULL AND `+where+` RETURNING id, tenant_id, agent_id`, arg, reason)
+	if err != nil {
+		return nil, err
+	}
+	ended, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Ended, error) {
+		var e Ended
+		err := r.Scan(&e.ID, &e.TenantID, &e.AgentID)
+		return e, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range ended {
+		entry := by
+		entry.Action, entry.Outcome = "support.session.end", audit.Success
+		entry.SessionID, entry.TenantID, entry.AgentID = e.ID, e.TenantID, e.AgentID
+		entry.Detail = map[string]any{"end_reason": reason}
+		if _, err := audit.Record(ctx, tx, entry); err != nil {
+			return nil, err
+		}
+	}
+	return ended, nil
+}
+
+// AfterEnd closes ended sessions on the broker: the commands topic shuts
+// at once (the ACL is checked on every delivery), the subscription is
+// dropped, the agent is told to go dormant, and the tenant's indicator
+// updates.
+func (m *Manager) AfterEnd(ended ...Ended) {
+	tenants := map[string]bool{}
+	for _, e := range ended {
+		m.mu.Lock()
+		if l, ok := m.live[e.AgentID]; ok && l.id == e.ID {
+			delete(m.live, e.AgentID)
+		}
+		m.mu.Unlock()
+		m.ACL.SetActive(e.AgentID, false)
+		if id, err := topics.ParseAgentID(e.AgentID); err == nil {
+			m.Broker.DropSubscription(e.AgentID, id.Topic(topics.Commands))
+		}
+		m.publishActivation(&live{id: e.ID, agentID: e.AgentID}, topics.StateDormant, "")
+		tenants[e.TenantID] = true
+		m.Log.Info("support session ended", "session", e.ID, "agent", e.AgentID)
+	}
+	for t := range tenants {
+		m.publishTenant(t)
+	}
+}
+
+// Get returns one session.
+func (m *Manager) Get(ctx context.Context, id string) (Session, error) {
+	if _, err := uuid.Parse(id); err != nil {
+		return Session{}, refuse(http.StatusNotFound, "session_not_found", "no such session")
+	}
+	list, err := m.list(ctx, "s.id = $1", id)
+	if err != nil {
+		return Session{}, err
+	}
+	if len(list) == 0 {
+		return Session{}, refuse(http.StatusNotFound, "session_not_found", "no such session")
+	}
+	return list[0], nil
+}
+
+// List returns sessions, newest first; activeOnly keeps live ones.
+func (m *Manager) List(ctx context.Context, activeOnly bool) ([]Session, error) {
+	if activeOnly {
+		return m.list(ctx, "s.ended_at IS NULL AND $1::bool", true)
+	}
+	return m.list(ctx, "$1::bool", true)
+}
+
+func (m *Manager) list(ctx context.Context, where string, arg any) ([]Session, error) {
+	rows, err := m.Pool.Query(ctx, `
+		SELECT s.id, s.tenant_id, t.name, s.agent_id, a.name, s.operator_id, o.name, s.reason, COALESCE(host(s.client_ip), ''),
+		       s.created_at, s.expires_at, s.acked_at, s.ended_at, COALESCE(s.end_reason, '')
+		FROM support_sessions s
+		JOIN tenants t ON t.id = s.tenant_id JOIN agents a ON a.id = s.agent_id JOIN operators o ON o.id = s.operator_id
+		WHERE `+where+` ORDER BY s.created_at DESC LIMIT 500`, arg)
+	if err != nil {
+		return nil, fmt.Errorf("sessions: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Session, error) {
+		var s Session
+		err := r.Scan(&s.ID, &s.TenantID, &s.Tenant, &s.AgentID, &s.AgentName, &s.OperatorID, &s.Operator, &s.Reason, &s.ClientIP,
+			&s.CreatedAt, &s.ExpiresAt, &s.AckedAt, &s.EndedAt, &s.EndReason)
+		s.Active = s.EndedAt == nil && s.ExpiresAt.After(time.Now())
+		return s, err
+	})
+}
+
+func nullIP(ip string) *string {
+	if ip == "" {
+		return nil
+	}
+	return &ip
+}

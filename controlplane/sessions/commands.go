@@ -1,0 +1,192 @@
+package sessions
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/internal/credential"
+	"github.com/argus-remote/argus/topics"
+)
+
+// MaxResult bounds a result message the server decodes; the broker's
+// packet size bounds what can arrive at all.
+const MaxResult = 16 << 20
+
+// maxArgs bounds a command's arguments.
+const maxArgs = 64 << 10
+
+// Commands the agent can be asked to run. The allowlist is closed:
+// anything else is refused before it reaches the broker.
+var Commands = map[string]bool{"ping": true, "agent_info": true}
+
+// CommandRequest is a command for one session.
+type CommandRequest struct {
+	SessionID string
+	Token     string
+	Name      string
+	Args      json.RawMessage
+	By        audit.Entry
+}
+
+// CommandResult is what the agent answered.
+type CommandResult struct {
+	CommandID string            `json:"command_id"`
+	SessionID string            `json:"session_id"`
+	Name      string            `json:"name"`
+	Status    string            `json:"status"`
+	Error     *topics.ErrorBody `json:"error,omitempty"`
+	Data      json.RawMessage   `json:"data,omitempty"`
+	Duration  string            `json:"duration"`
+}
+
+// Command runs one command in a session. The session's token is checked
+// against that session alone; its tenant and agent come from the session,
+// never from the request.
+func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResult, error) {
+	var (
+		tenantID, agentID string
+		hash              []byte
+		ended             bool
+		expiresAt         time.Time
+	)
+	if _, err := uuid.Parse(req.SessionID); err != nil {
+		return CommandResult{}, refuse(http.StatusNotFound, "session_not_found", "no such session")
+	}
+	err := m.Pool.QueryRow(ctx, `SELECT tenant_id, agent_id, token_hash, ended_at IS NOT NULL, expires_at
+		FROM support_sessions WHERE id = $1`, req.SessionID).Scan(&tenantID, &agentID, &hash, &ended, &expiresAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return CommandResult{}, refuse(http.StatusNotFound, "session_not_found", "no such session")
+	}
+	if err != nil {
+		return CommandResult{}, fmt.Errorf("command: %w", err)
+	}
+	entry := req.By
+	entry.Action, entry.SessionID, entry.TenantID, entry.AgentID = "support.command", req.SessionID, tenantID, agentID
+	entry.Detail = map[string]any{"command": req.Name}
+	deny := func(r *Refusal) (CommandResult, error) {
+		entry.Outcome = audit.Denied
+		entry.Detail["code"] = r.Code
+		if err := audit.Write(ctx, m.Pool, entry); err != nil {
+			return CommandResult{}, err
+		}
+		return CommandResult{}, r
+	}
+	if _, _, err := credential.Parse(credential.Session, req.Token); err != nil || !credential.Verify(hash, req.Token) {
+		return deny(refuse(http.StatusForbidden, "session_token_invalid", "the session token does not belong to this session"))
+	}
+	switch {
+	case ended:
+		return deny(refuse(http.StatusConflict, "session_ended", "the session has ended"))
+	case !expiresAt.After(time.Now()):
+		return deny(refuse(http.StatusConflict, "session_expired", "the session has expired"))
+	case !Commands[req.Name]:
+		return deny(refuse(http.StatusBadRequest, "command_not_allowed", fmt.Sprintf("%q is not an allowed command", req.Name)))
+	case len(req.Args) > maxArgs:
+		return deny(refuse(http.StatusRequestEntityTooLarge, "payload_too_large", "command arguments over 64 KiB"))
+	}
+	if len(req.Args) == 0 {
+		req.Args = json.RawMessage("{}")
+	}
+	digest := sha256.Sum256(req.Args)
+
+	cmdID := uuid.NewString()
+	entry.Detail["command_id"] = cmdID
+	entry.Detail["args_sha256"] = fmt.Sprintf("%x", digest)
+	err = pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO commands (id, session_id, name, args_digest, status) VALUES ($1, $2, $3, $4, 'requested')`,
+			cmdID, req.SessionID, req.Name, digest[:]); err != nil {
+			return err
+		}
+		e := entry
+		e.Action, e.Outcome = "support.command.requested", audit.Success
+		_, err := audit.Record(ctx, tx, e)
+		return err
+	})
+	if err != nil {
+		return CommandResult{}, fmt.Errorf("command: %w", err)
+	}
+
+	now := time.Now()
+	deadline := now.Add(m.CommandTimeout)
+	if expiresAt.Before(deadline) {
+		deadline = expiresAt
+	}
+	msg := topics.CommandMsg{
+		V: topics.Version, ID: cmdID, SessionID: req.SessionID, TenantID: tenantID, AgentID: agentID,
+		Name: req.Name, Args: req.Args, IssuedAt: now.UTC(), ExpiresAt: deadline.UTC(),
+	}
+	payload, err := topics.Sign(m.Key, topics.PurposeCommand, msg)
+	if err != nil {
+		return CommandResult{}, err
+	}
+	ch := make(chan topics.ResultMsg, 1)
+	m.mu.Lock()
+	m.results[cmdID] = ch
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.results, cmdID)
+		m.mu.Unlock()
+	}()
+	aid, _ := topics.ParseAgentID(agentID)
+	props := &packets.Properties{CorrelationData: []byte(cmdID), ResponseTopic: aid.Topic(topics.Results)}
+	if err := m.Broker.Publish(aid.Topic(topics.Commands), payload, false, 1, props); err != nil {
+		return CommandResult{}, fmt.Errorf("command: publish: %w", err)
+	}
+
+	out := CommandResult{CommandID: cmdID, SessionID: req.SessionID, Name: req.Name}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	var res topics.ResultMsg
+	select {
+	case res = <-ch:
+	case <-timer.C:
+		res = topics.ResultMsg{Status: "timeout", Error: &topics.ErrorBody{Code: "agent_timeout", Message: "the agent did not answer in time"}}
+	case <-ctx.Done():
+		res = topics.ResultMsg{Status: "timeout", Error: &topics.ErrorBody{Code: "agent_timeout", Message: "the request was cancelled"}}
+	}
+	out.Status, out.Error, out.Data = res.Status, res.Error, res.Data
+	out.Duration = time.Since(now).Round(time.Microsecond).String()
+
+	status, outcome := "succeeded", audit.Success
+	switch res.Status {
+	case topics.ResultRefused:
+		status, outcome = "refused", audit.Denied
+	case topics.ResultError:
+		status, outcome = "failed", audit.Failure
+	case "timeout":
+		status, outcome = "timeout", audit.Failure
+	}
+	code := ""
+	if res.Error != nil {
+		code = res.Error.Code
+	}
+	err = pgx.BeginFunc(context.WithoutCancel(ctx), m.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `UPDATE commands SET status = $2, error_code = NULLIF($3, ''), completed_at = now() WHERE id = $1`,
+			cmdID, status, code); err != nil {
+			return err
+		}
+		e := entry
+		e.Action, e.Outcome = "support.command.completed", outcome
+		e.Detail = map[string]any{"command": req.Name, "command_id": cmdID, "status": status, "code": code, "duration": out.Duration}
+		_, err := audit.Record(ctx, tx, e)
+		return err
+	})
+	if err != nil {
+		return CommandResult{}, fmt.Errorf("command: %w", err)
+	}
+	if status == "timeout" {
+		return out, refuse(http.StatusGatewayTimeout, "agent_timeout", res.Error.Message)
+	}
+	return out, nil
+}
