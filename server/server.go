@@ -27,17 +27,17 @@ import (
 
 // Server is a running argus-server.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	db     *Database
-	broker *broker.Broker
+	cfg      Config
+	log      *slog.Logger
+	db       *Database
+	broker   *broker.Broker
 	policy   *acl.Policy
 	fleet    *fleet.Watcher
 	sessions *sessions.Manager
-	http   *http.Server
-	httpLn net.Listener
-	scheme string
-	served chan error
+	http     *http.Server
+	httpLn   net.Listener
+	scheme   string
+	served   chan error
 }
 
 // Start opens the database, starts the broker and serves the API. It
@@ -105,12 +105,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, fmt.Errorf("http-tls-cert: %w", err)
 	}
 	apiSrv := &api.Server{
-		Pool:             s.db.Pool,
-		Operators:        operators.NewStore(s.db.Pool),
-		Tenants:          tenants.NewStore(s.db.Pool),
-		Agents:           agentStore,
-		AgentControl:     agentControl{policy: s.policy, broker: s.broker},
-		Sessions:         s.sessions,
+		Pool:         s.db.Pool,
+		Operators:    operators.NewStore(s.db.Pool),
+		Tenants:      tenants.NewStore(s.db.Pool),
+		Agents:       agentStore,
+		AgentControl: agentControl{policy: s.policy, broker: s.broker},
+		Sessions:     s.sessions,
 		Gate: api.Gate{
 			Enabled: cfg.RemoteSupport, OperatorCIDRs: cfg.OperatorCIDRs,
 			TrustedProxies: cfg.TrustedProxies, OpsToken: cfg.OpsToken,

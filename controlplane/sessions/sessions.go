@@ -55,7 +55,9 @@ type Refusal struct {
 
 func (r *Refusal) Error() string { return r.Code + ": " + r.Message }
 
-func refuse(status int, code, msg string) *Refusal { return &Refusal{Status: status, Code: code, Message: msg} }
+func refuse(status int, code, msg string) *Refusal {
+	return &Refusal{Status: status, Code: code, Message: msg}
+}
 
 // Broker is what the manager needs of the broker.
 type Broker interface {
@@ -107,7 +109,7 @@ type Manager struct {
 // live is a session in force, as the broker side needs it.
 type live struct {
 	id, tenantID, agentID, operator string
-	createdAt, expiresAt           time.Time
+	createdAt, expiresAt            time.Time
 }
 
 // New returns a Manager; Start it once the broker exists.

@@ -26,8 +26,8 @@ var (
 	ErrReasonRequired  = errors.New("a reason is required")
 	ErrBadConsent      = errors.New("document id and signer are required (at most 256 characters each)")
 	ErrNotFound        = errors.New("tenant not found")
-	ErrExists      = errors.New("tenant already exists")
-	ErrInvalidName = errors.New("tenant name must be 1-63 lowercase letters, digits or -, starting with a letter or digit")
+	ErrExists          = errors.New("tenant already exists")
+	ErrInvalidName     = errors.New("tenant name must be 1-63 lowercase letters, digits or -, starting with a letter or digit")
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
