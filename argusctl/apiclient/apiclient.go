@@ -23,7 +23,9 @@ type Client struct {
 	BaseURL  string
 	Token    string
 	OpsToken string
-	HTTP     *http.Client
+	// SessionToken, when set, is sent as X-Argus-Session-Token.
+	SessionToken string
+	HTTP         *http.Client
 }
 
 // Error is an error document from the API.
@@ -67,6 +69,9 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	}
 	if c.OpsToken != "" {
 		req.Header.Set("X-Argus-Ops-Token", c.OpsToken)
+	}
+	if c.SessionToken != "" {
+		req.Header.Set("X-Argus-Session-Token", c.SessionToken)
 	}
 	hc := c.HTTP
 	if hc == nil {

@@ -7,13 +7,61 @@ import (
 
 // Tenant is a tenant as the API returns it.
 type Tenant struct {
+	ID             string     `json:"id"`
+	Name           string     `json:"name"`
+	CreatedAt      time.Time  `json:"created_at"`
+	Armed          bool       `json:"armed"`
+	ArmedAt        *time.Time `json:"armed_at,omitempty"`
+	ArmReason      string     `json:"arm_reason,omitempty"`
+	Consent        bool       `json:"consent"`
+	ConsentInForce *Consent   `json:"consent_in_force,omitempty"`
+	Agents         int        `json:"agents"`
+}
+
+// Consent is a recorded signed remote-support clause.
+type Consent struct {
+	ID             string     `json:"id"`
+	DocumentID     string     `json:"document_id"`
+	SignedBy       string     `json:"signed_by"`
+	SignedAt       time.Time  `json:"signed_at"`
+	RecordedAt     time.Time  `json:"recorded_at"`
+	WithdrawnAt    *time.Time `json:"withdrawn_at,omitempty"`
+	WithdrawReason string     `json:"withdraw_reason,omitempty"`
+}
+
+// Session is a support session; the token is never part of it.
+type Session struct {
 	ID        string     `json:"id"`
-	Name      string     `json:"name"`
+	TenantID  string     `json:"tenant_id"`
+	Tenant    string     `json:"tenant"`
+	AgentID   string     `json:"agent_id"`
+	AgentName string     `json:"agent_name"`
+	Operator  string     `json:"operator"`
+	Reason    string     `json:"reason"`
+	ClientIP  string     `json:"client_ip,omitempty"`
 	CreatedAt time.Time  `json:"created_at"`
-	Armed     bool       `json:"armed"`
-	ArmedAt   *time.Time `json:"armed_at,omitempty"`
-	Consent   bool       `json:"consent"`
-	Agents    int        `json:"agents"`
+	ExpiresAt time.Time  `json:"expires_at"`
+	AckedAt   *time.Time `json:"acked_at,omitempty"`
+	EndedAt   *time.Time `json:"ended_at,omitempty"`
+	EndReason string     `json:"end_reason,omitempty"`
+	Active    bool       `json:"active"`
+}
+
+// CommandResult is an agent's answer to a command.
+type CommandResult struct {
+	CommandID string          `json:"command_id"`
+	SessionID string          `json:"session_id"`
+	Name      string          `json:"name"`
+	Status    string          `json:"status"`
+	Error     *ErrorBody      `json:"error,omitempty"`
+	Data      json.RawMessage `json:"data,omitempty"`
+	Duration  string          `json:"duration"`
+}
+
+// ErrorBody is a code and message.
+type ErrorBody struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
 }
 
 // Agent is an agent as the API returns it.

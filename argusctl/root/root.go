@@ -8,6 +8,7 @@ import (
 	"github.com/argus-remote/argus/argusctl/cmdutil"
 	"github.com/argus-remote/argus/argusctl/config"
 	"github.com/argus-remote/argus/argusctl/iostreams"
+	"github.com/argus-remote/argus/argusctl/support"
 	"github.com/argus-remote/argus/argusctl/tenant"
 	"github.com/argus-remote/argus/argusctl/version"
 	"github.com/argus-remote/argus/argusctl/whoami"
@@ -62,6 +63,7 @@ selected profile of ~/.config/argusctl/config.yaml.`,
 		whoami.NewCmdWhoami(f, nil),
 		tenant.NewCmdTenant(f),
 		agent.NewCmdAgent(f),
+		support.NewCmdSupport(f),
 	)
 	return cmd, f
 }

@@ -16,9 +16,9 @@ import (
 func NewCmdTenant(f *cmdutil.Factory) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "tenant",
-		Short: "Manage tenants (scope tenant:admin)",
+		Short: "Manage tenants, their consent and arm state",
 	}
-	cmd.AddCommand(newCmdCreate(f), newCmdList(f), newCmdShow(f))
+	cmd.AddCommand(newCmdCreate(f), newCmdList(f), newCmdShow(f), newCmdConsent(f), newCmdArm(f), newCmdDisarm(f))
 	return cmd
 }
 
@@ -97,7 +97,15 @@ func printTenants(f *cmdutil.Factory, list []apiclient.Tenant, asJSON any) error
 	}
 	t := cmdutil.NewTable(f.IOStreams, "NAME", "ID", "CONSENT", "ARMED", "AGENTS", "CREATED")
 	for _, x := range list {
-		t.Row(x.Name, x.ID, cmdutil.YesNo(x.Consent), cmdutil.YesNo(x.Armed), fmt.Sprint(x.Agents), cmdutil.Time(&x.CreatedAt))
+		consent := "no"
+		if c := x.ConsentInForce; c != nil {
+			consent = c.DocumentID + " (" + c.SignedBy + ")"
+		}
+		armed := "no"
+		if x.Armed {
+			armed = "since " + cmdutil.Time(x.ArmedAt) + ": " + x.ArmReason
+		}
+		t.Row(x.Name, x.ID, consent, armed, fmt.Sprint(x.Agents), cmdutil.Time(&x.CreatedAt))
 	}
 	return t.Flush()
 }
