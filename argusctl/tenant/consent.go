@@ -24,10 +24,10 @@ func newCmdConsent(f *cmdutil.Factory) *cobra.Command {
 func newCmdConsentRecord(f *cmdutil.Factory) *cobra.Command {
 	var doc, by, at string
 	cmd := &cobra.Command{
-		Use:   "record TENANT",
-		Short: "Record the tenant's signed remote-support clause",
+		Use:     "record TENANT",
+		Short:   "Record the tenant's signed remote-support clause",
 		Example: `  argusctl tenant consent record acme --document-id DOC-2026-0042 --signed-by "Jane Roe, CISO" --signed-at 2026-11-20`,
-		Args: cobra.ExactArgs(1),
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := f.APIClient()
 			if err != nil {

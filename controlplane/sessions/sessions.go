@@ -32,7 +32,7 @@ import (
 const (
 	DefaultTTL = 30 * time.Minute
 	MaxTTL     = 120 * time.Minute
-	MinTTL     = 10 * time.Second
+	MinTTL     = time.Second
 )
 
 // End reasons, as stored.
