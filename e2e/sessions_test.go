@@ -161,3 +161,133 @@ func TestActivate_BusyRevokedAndTokenBoundToItsSession(t *testing.T) {
 	err = s.do(t, "POST", "/v1/support/sessions", map[string]string{"tenant": "acme", "agent": a2, "reason": "x"}, nil)
 	assert.Equal(t, "agent_revoked", apiCode(err))
 }
+
+func TestSession_LifecycleAuditedTwiceAndVisibleToTheTenant(t *testing.T) {
+	s := newSupportEnv(t, nil)
+	s.consentAndArm(t)
+	agentID, dir, proc := s.runAgent(t, "cam-gw-1")
+
+	sess, token := s.activate(t, agentID, "30m")
+	assert.True(t, sess.Active)
+	assert.NotNil(t, sess.AckedAt, "the agent acknowledged")
+	assert.WithinDuration(t, time.Now().Add(30*time.Minute), sess.ExpiresAt, time.Minute)
+	proc.WaitLog(t, 0, "REMOTE SUPPORT SESSION ACTIVE", 1, 5*time.Second)
+
+	var ts struct {
+		Active   bool `json:"active"`
+		Sessions []struct {
+			SessionID string `json:"session_id"`
+			AgentID   string `json:"agent_id"`
+			Operator  string `json:"operator"`
+		} `json:"sessions"`
+	}
+	s.readTenantStatus(t, sess.TenantID, &ts)
+	require.True(t, ts.Active, "the tenant's indicator is on")
+	require.Len(t, ts.Sessions, 1)
+	assert.Equal(t, sess.ID, ts.Sessions[0].SessionID)
+	assert.Equal(t, "alice", ts.Sessions[0].Operator)
+
+	out, _, err := testenv.Run(t, nil, "argus-agent", "status", "--state-dir", dir)
+	require.NoError(t, err)
+	assert.Contains(t, out, "REMOTE SUPPORT ACTIVE")
+	assert.Contains(t, out, sess.ID)
+
+	res, err := s.command(t, sess.ID, token, "ping")
+	require.NoError(t, err)
+	assert.Equal(t, "ok", res.Status)
+	assert.Contains(t, string(res.Data), `"pong":true`)
+	res, err = s.command(t, sess.ID, token, "agent_info")
+	require.NoError(t, err)
+	assert.Contains(t, string(res.Data), agentID)
+
+	require.NoError(t, s.do(t, "POST", "/v1/support/sessions/"+sess.ID+"/deactivate", nil, nil))
+	s.assertClosed(t, sess, dir, proc, "deactivated")
+	_, err = s.command(t, sess.ID, token, "ping")
+	assert.Equal(t, "session_ended", apiCode(err))
+
+	for action, want := range map[string]int{
+		"support.activate":          1,
+		"support.command.requested": 2,
+		"support.command.completed": 2,
+		"support.session.end":       1,
+		"support.command":           1, // the refused one after the end
+	} {
+		logRows, events := s.auditPair(t, action, sess.ID)
+		assert.Equal(t, want, logRows, "%s audit_log rows", action)
+		assert.Equal(t, want, events, "%s events rows", action)
+	}
+}
+
+func TestSession_EveryWayItEnds(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		ttl    string
+		end    func(t *testing.T, s *supportEnv, sessionID, agentID, dir string)
+		reason string
+	}{
+		{"deactivated", "", func(t *testing.T, s *supportEnv, id, _, _ string) {
+			require.NoError(t, s.do(t, "POST", "/v1/support/sessions/"+id+"/deactivate", nil, nil))
+		}, "deactivated"},
+		{"expired", "2s", func(t *testing.T, s *supportEnv, id, _, _ string) {}, "expired"},
+		{"tenant disarmed", "", func(t *testing.T, s *supportEnv, _, _, _ string) {
+			require.NoError(t, s.do(t, "POST", "/v1/tenants/acme/disarm", map[string]string{"reason": "done"}, nil))
+		}, "tenant_disarmed"},
+		{"consent withdrawn", "", func(t *testing.T, s *supportEnv, _, _, _ string) {
+			require.NoError(t, s.do(t, "POST", "/v1/tenants/acme/consent/withdraw", map[string]string{"reason": "contract ended"}, nil))
+		}, "consent_withdrawn"},
+		{"kill switch", "", func(t *testing.T, s *supportEnv, _, _, dir string) {
+			_, stderr, err := testenv.Run(t, nil, "argus-agent", "kill-switch", "engage", "--state-dir", dir, "--reason", "freeze")
+			require.NoError(t, err, stderr)
+		}, "agent_kill_switch"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSupportEnv(t, nil)
+			s.consentAndArm(t)
+			agentID, dir, proc := s.runAgent(t, "cam-gw-1")
+			sess, _ := s.activate(t, agentID, tc.ttl)
+			tc.end(t, s, sess.ID, agentID, dir)
+			s.assertClosed(t, sess, dir, proc, tc.reason)
+			logRows, events := s.auditPair(t, "support.session.end", sess.ID)
+			assert.Equal(t, 1, logRows, "one audit_log row for the end")
+			assert.Equal(t, 1, events, "one events row for the end")
+		})
+	}
+}
+
+func TestSession_EndsWhenAgentRevoked(t *testing.T) {
+	s := newSupportEnv(t, nil)
+	s.consentAndArm(t)
+	agentID, _, proc := s.runAgent(t, "cam-gw-1")
+	sess, token := s.activate(t, agentID, "")
+	mark := proc.LineCount()
+	require.NoError(t, s.do(t, "POST", "/v1/agents/"+agentID+"/revoke", map[string]string{"reason": "stolen"}, nil))
+	got := s.session(t, sess.ID)
+	assert.Equal(t, "agent_revoked", got.EndReason)
+	assert.False(t, s.srv.Policy().Active(agentID))
+	_, err := s.command(t, sess.ID, token, "ping")
+	assert.Equal(t, "session_ended", apiCode(err))
+	// Disconnected, its session ends on its side too.
+	proc.WaitLog(t, mark, "disconnected from broker", 1, 5*time.Second)
+	logRows, events := s.auditPair(t, "support.session.end", sess.ID)
+	assert.Equal(t, 1, logRows)
+	assert.Equal(t, 1, events)
+}
+
+func TestKillSwitch_RefusesActivationUntilReleased(t *testing.T) {
+	s := newSupportEnv(t, nil)
+	s.consentAndArm(t)
+	agentID, dir, proc := s.runAgent(t, "cam-gw-1")
+	_, stderr, err := testenv.Run(t, nil, "argus-agent", "kill-switch", "engage", "--state-dir", dir)
+	require.NoError(t, err, stderr)
+	proc.WaitLog(t, 0, "KILL SWITCH ENGAGED", 1, 5*time.Second)
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		return apiCode(s.do(t, "POST", "/v1/support/sessions", map[string]string{"tenant": "acme", "agent": agentID, "reason": "x"}, nil)) == "agent_kill_switch_engaged"
+	}, "activation refused with the kill switch engaged")
+
+	_, stderr, err = testenv.Run(t, nil, "argus-agent", "kill-switch", "release", "--state-dir", dir)
+	require.NoError(t, err, stderr)
+	proc.WaitLog(t, 0, "kill switch released", 1, 5*time.Second)
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		return s.do(t, "POST", "/v1/support/sessions", map[string]string{"tenant": "acme", "agent": agentID, "reason": "x"}, nil) == nil
+	}, "activation works once released")
+}
