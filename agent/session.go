@@ -160,10 +160,11 @@ func (a *Agent) endSessionLocked(why string) bool {
 		return false
 	}
 	a.sess.timer.Stop()
-	a.log.Warn("REMOTE SUPPORT SESSION ENDED; agent dormant", "session", a.sess.id, "why", why)
-	a.emit("dormant", a.sess.id)
+	id := a.sess.id
 	a.sess = nil
 	a.writeStatusLocked()
+	a.log.Warn("REMOTE SUPPORT SESSION ENDED; agent dormant", "session", id, "why", why)
+	a.emit("dormant", id)
 	return true
 }
 

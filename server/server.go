@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -38,6 +39,9 @@ type Server struct {
 	httpLn   net.Listener
 	scheme   string
 	served   chan error
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Start opens the database, starts the broker and serves the API. It
@@ -200,6 +204,11 @@ func (s *Server) Wait(ctx context.Context) error {
 // Close stops the API, the broker and the database, in that order, so no
 // request or client outlives the store behind it.
 func (s *Server) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() { s.closeErr = s.close(ctx) })
+	return s.closeErr
+}
+
+func (s *Server) close(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var errs []error
