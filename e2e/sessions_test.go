@@ -121,6 +121,12 @@ func TestActivate_RefusalsInOrderEachAudited(t *testing.T) {
 
 	assert.Equal(t, "ttl_exceeds_cap", activate(body(agentID, "121m")))
 
+	// There is no override: an extra field is an error, never a switch.
+	for _, field := range []string{"override", "force", "skip_consent"} {
+		b := map[string]any{"tenant": "acme", "agent": agentID, "reason": "x", field: true}
+		assert.Equal(t, "bad_request", apiCode(s.do(t, "POST", "/v1/support/sessions", b, nil)), field)
+	}
+
 	proc.Stop()
 	testenv.Eventually(t, 5*time.Second, func() bool { return !s.online(agentID) }, "agent offline")
 	assert.Equal(t, "agent_offline", activate(body(agentID, "")))
@@ -191,6 +197,14 @@ func TestSession_LifecycleAuditedTwiceAndVisibleToTheTenant(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, out, "REMOTE SUPPORT ACTIVE")
 	assert.Contains(t, out, sess.ID)
+
+	// The token is stored only as its hash.
+	var hashed, plain int
+	pool := s.srv.Database().Pool
+	require.NoError(t, pool.QueryRow(context.Background(), "SELECT count(*) FROM support_sessions WHERE token_hash = sha256(convert_to($1, 'UTF8'))", token).Scan(&hashed))
+	require.NoError(t, pool.QueryRow(context.Background(), "SELECT count(*) FROM audit_log WHERE detail::text LIKE '%' || $1 || '%' OR reason LIKE '%' || $1 || '%'", token[len(token)-64:]).Scan(&plain))
+	assert.Equal(t, 1, hashed)
+	assert.Zero(t, plain, "the token never reaches the audit")
 
 	res, err := s.command(t, sess.ID, token, "ping")
 	require.NoError(t, err)

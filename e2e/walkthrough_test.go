@@ -1,0 +1,63 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/argus-remote/argus/argusctl/apiclient"
+	"github.com/argus-remote/argus/internal/testenv"
+)
+
+// TestWalkthrough follows the README with the real binaries only:
+// consent, arm, activate, ping, deactivate.
+func TestWalkthrough_ConsentArmActivatePingDeactivate(t *testing.T) {
+	env := testenv.NewEnv(t)
+	srv := env.StartServer(t, []string{"REMOTE_SUPPORT_ENABLED=true", "REMOTE_SUPPORT_OPERATOR_CIDRS=127.0.0.0/8", "ARGUS_OPS_TOKEN=" + opsToken})
+	token := env.Operator(t, "admin", "operator:admin", "tenant:admin", "tenant:arm", "agent:admin", "remote_support")
+	cfgDir := t.TempDir()
+	ctl := func(args ...string) string {
+		t.Helper()
+		cmdEnv := []string{"ARGUSCTL_SERVER=" + srv.APIURL, "ARGUSCTL_TOKEN=" + token, "ARGUSCTL_OPS_TOKEN=" + opsToken,
+			"ARGUSCTL_CONFIG=", "XDG_CONFIG_HOME=" + cfgDir}
+		out, stderr, err := testenv.Run(t, cmdEnv, "argusctl", args...)
+		require.NoError(t, err, "argusctl %v\n%s", args, stderr)
+		return out
+	}
+
+	ctl("tenant", "create", "acme")
+	enr := ctl("agent", "enroll", "--tenant", "acme", "--name", "cam-gw-1")
+	state := filepath.Join(t.TempDir(), "agent-state")
+	out, stderr, err := testenv.Run(t, nil, "argus-agent", "enroll", "--server", srv.APIURL, "--token", enr, "--state-dir", state)
+	require.NoError(t, err, stderr)
+	agentID := strings.Fields(strings.TrimPrefix(out, "enrolled as agent "))[0]
+	testenv.StartAgent(t, state)
+	testenv.Eventually(t, 10*time.Second, func() bool { return strings.Contains(ctl("agent", "list", "--tenant", "acme"), "yes") }, "agent online")
+
+	ctl("tenant", "consent", "record", "acme", "--document-id", "DOC-2026-0042", "--signed-by", "Jane Roe, CISO", "--signed-at", "2026-11-20")
+	ctl("tenant", "arm", "acme", "--reason", "INC-2231: stream drops at site 4")
+	assert.Contains(t, ctl("tenant", "show", "acme"), "DOC-2026-0042")
+
+	var sess apiclient.Session
+	require.NoError(t, json.Unmarshal([]byte(ctl("support", "activate", "--tenant", "acme", "--agent", agentID, "--reason", "INC-2231", "--ttl", "15m", "-o", "json")), &sess))
+	assert.True(t, sess.Active)
+	kept := filepath.Join(cfgDir, "argusctl", "sessions", sess.ID+".token")
+	fi, err := os.Stat(kept)
+	require.NoError(t, err, "the session token is kept for the operator")
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+
+	assert.Contains(t, ctl("support", "ping", "--session", sess.ID), "pong")
+	assert.Contains(t, ctl("support", "info", "--session", sess.ID), agentID)
+	assert.Contains(t, ctl("support", "list", "--active"), sess.ID)
+
+	assert.Contains(t, ctl("support", "deactivate", sess.ID), "deactivated")
+	_, err = os.Stat(kept)
+	assert.ErrorIs(t, err, os.ErrNotExist, "the kept token is removed with the session")
+	assert.NotContains(t, ctl("support", "list", "--active"), sess.ID)
+}
