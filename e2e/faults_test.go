@@ -210,3 +210,28 @@ func TestPostgresRestartUnderLiveSession(t *testing.T) {
 	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM (SELECT seq - lag(seq) OVER (ORDER BY seq) AS d FROM events) x WHERE d <> 1").Scan(&gaps))
 	assert.Zero(t, gaps, "the event chain has no gap")
 }
+
+func TestRemoteSupportTurnedOff_EndsLeftoverSessionsAtStart(t *testing.T) {
+	env := testenv.NewEnv(t)
+	b := newBinaryFleet(t, env)
+	dir, st := b.enroll(t, "cam-a")
+	proc := testenv.StartAgent(t, dir)
+	testenv.Eventually(t, 10*time.Second, func() bool { return b.agent(t, st.AgentID).Online }, "online")
+	var res struct {
+		Session apiclient.Session `json:"session"`
+	}
+	require.NoError(t, b.api.Do(context.Background(), "POST", "/v1/support/sessions",
+		map[string]string{"tenant": "acme", "agent": st.AgentID, "reason": "INC-1"}, &res))
+	mark := proc.WaitLog(t, 0, "REMOTE SUPPORT SESSION ACTIVE", 1, 5*time.Second)
+
+	b.srv.Stop(t)
+	b.srv = env.StartServer(t, []string{"REMOTE_SUPPORT_ENABLED=false"}, b.args...)
+	proc.WaitLog(t, mark, "REMOTE SUPPORT SESSION ENDED", 1, 30*time.Second)
+
+	pool, err := pgxpool.New(context.Background(), env.DatabaseURL)
+	require.NoError(t, err)
+	defer pool.Close()
+	var reason string
+	require.NoError(t, pool.QueryRow(context.Background(), "SELECT end_reason FROM support_sessions WHERE id = $1", res.Session.ID).Scan(&reason))
+	assert.Equal(t, "deactivated", reason)
+}

@@ -86,6 +86,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 	s.sessions = sessions.New(sessions.Options{
 		Pool: s.db.Pool, Key: signingKey, Broker: s.broker, ACL: s.policy, Fleet: s.fleet, Log: log,
+		Disabled: !cfg.RemoteSupport,
 	})
 	s.fleet.OnConnect = s.sessions.OnAgentConnected
 	// The watcher and the sessions rebuild their state and subscribe before

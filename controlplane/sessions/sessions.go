@@ -91,6 +91,9 @@ type Options struct {
 	CommandTimeout time.Duration
 	// SweepEvery is how often expired sessions are ended (1s).
 	SweepEvery time.Duration
+	// Disabled is remote support switched off: sessions left live from
+	// before are ended at start, since none may be opened or used.
+	Disabled bool
 }
 
 // Manager runs sessions on this node.
@@ -182,6 +185,8 @@ func (m *Manager) restore(ctx context.Context) error {
 	system := audit.Entry{Actor: "system"}
 	for _, x := range list {
 		switch {
+		case m.Disabled:
+			_, err = m.End(ctx, x.l.id, EndDeactivated, audit.Entry{Actor: "system", Reason: "remote support disabled"})
 		case !x.acked:
 			_, err = m.End(ctx, x.l.id, EndNoAck, system)
 		case !x.l.expiresAt.After(time.Now()):
