@@ -219,13 +219,11 @@ func (a *Agent) manifest() topics.ManifestMsg {
 	return topics.ManifestMsg{
 		V: topics.Version, AgentID: a.st.AgentID, AgentVersion: Version,
 		OS: runtime.GOOS, Arch: runtime.GOARCH, Hostname: host,
-		Commands: SupportedCommands, LogFiles: []string{}, ReadableRoots: []string{}, Cameras: []string{},
+		Commands: SupportedCommands, LogFiles: sortedNames(a.cfg.LogFiles), ReadableRoots: nonNil(a.cfg.ReadableRoots), Cameras: sortedNames(a.cfg.Cameras),
 		Time: time.Now().UTC(),
 	}
 }
 
-// SupportedCommands are the commands this agent can run inside a session.
-var SupportedCommands = []string{"ping", "agent_info"}
 
 func (a *Agent) heartbeat(ctx context.Context) {
 	a.mu.Lock()
@@ -270,4 +268,11 @@ func (a *Agent) onPublish(ctx context.Context, p *paho.Publish) {
 	case topics.Commands:
 		a.onCommand(ctx, p)
 	}
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }

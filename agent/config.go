@@ -26,6 +26,21 @@ type Config struct {
 	// RemoteSupportDisabled refuses every activation: the tenant's
 	// permanent "no".
 	RemoteSupportDisabled bool
+
+	// LogFiles are the logs tail_log may read, by name; operators name a
+	// log, never a path.
+	LogFiles map[string]string
+	// ReadableRoots are the directories read_file may read below.
+	ReadableRoots []string
+	// Cameras are the frame sources camera_view may read, by name: a URL
+	// ffmpeg reads (rtsp://, http(s)://, /dev/video0), "lavfi:GRAPH", or
+	// "testpattern[:WxH]" (built in, no ffmpeg).
+	Cameras       map[string]string
+	FFmpegPath    string
+	CameraTimeout time.Duration
+	// StreamingAgentVersionFile, when set, holds the streaming agent's
+	// version for get_capabilities.
+	StreamingAgentVersionFile string
 }
 
 // Keys are the agent's settings (env ARGUS_AGENT_*).
@@ -36,6 +51,12 @@ var Keys = []settings.Key{
 	{Name: "ca-file", Env: []string{"ARGUS_AGENT_CA_FILE"}},
 	{Name: "log-level", Env: []string{"ARGUS_AGENT_LOG_LEVEL"}, Default: "info"},
 	{Name: "remote-support-disabled", Env: []string{"ARGUS_AGENT_REMOTE_SUPPORT_DISABLED"}, Default: false},
+	{Name: "log-files", Map: true},
+	{Name: "readable-roots"},
+	{Name: "cameras", Map: true},
+	{Name: "ffmpeg-path", Env: []string{"ARGUS_AGENT_FFMPEG_PATH"}, Default: "ffmpeg"},
+	{Name: "camera-timeout", Env: []string{"ARGUS_AGENT_CAMERA_TIMEOUT"}, Default: "10s"},
+	{Name: "streaming-agent-version-file"},
 }
 
 // DefaultStateDir is /var/lib/argus-agent for root and
@@ -60,13 +81,36 @@ func ConfigFromViper(v *viper.Viper) (Config, error) {
 		CAFile:   v.GetString("ca-file"),
 
 		RemoteSupportDisabled: v.GetBool("remote-support-disabled"),
+
+		LogFiles:                  settings.StringMap(v, "log-files"),
+		ReadableRoots:             settings.List(v, "readable-roots"),
+		Cameras:                   settings.StringMap(v, "cameras"),
+		FFmpegPath:                v.GetString("ffmpeg-path"),
+		StreamingAgentVersionFile: v.GetString("streaming-agent-version-file"),
 	}
+
 	var errs []error
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("invalid %s: %s", settings.EnvNames(Keys, key), fmt.Sprintf(format, args...)))
 	}
 	if c.StateDir == "" {
 		bad("state-dir", "empty")
+	}
+	for name, p := range c.LogFiles {
+		if !filepath.IsAbs(p) {
+			bad("log-files", "%s: %q is not an absolute path", name, p)
+		}
+	}
+	for i, r := range c.ReadableRoots {
+		if !filepath.IsAbs(r) {
+			bad("readable-roots", "%q is not an absolute path", r)
+		}
+		c.ReadableRoots[i] = filepath.Clean(r)
+	}
+	if d, err := time.ParseDuration(v.GetString("camera-timeout")); err != nil || d < 100*time.Millisecond || d > 5*time.Minute {
+		bad("camera-timeout", "%q is not a duration within 100ms..5m", v.GetString("camera-timeout"))
+	} else {
+		c.CameraTimeout = d
 	}
 	d, err := time.ParseDuration(v.GetString("heartbeat-interval"))
 	switch {

@@ -265,6 +265,16 @@ func (a *Agent) reply(ctx context.Context, p *paho.Publish, res topics.ResultMsg
 	if err != nil {
 		return
 	}
+	// Over the cap, the result is replaced by a refusal that says so: never
+	// dropped, never truncated.
+	if len(b) > MaxResultBytes {
+		size := len(b)
+		res.Status, res.Data = topics.ResultError, nil
+		res.Error = &topics.ErrorBody{Code: "result_too_large", Message: fmt.Sprintf("the result is %d bytes; the limit is %d", size, MaxResultBytes)}
+		if b, err = json.Marshal(res); err != nil {
+			return
+		}
+	}
 	cm := a.conn()
 	if cm == nil {
 		return
@@ -304,6 +314,14 @@ func (a *Agent) run(ctx context.Context, cmd topics.CommandMsg) (any, error) {
 			"go_version": runtime.Version(), "uptime_seconds": int(time.Since(a.started).Seconds()),
 			"state": state, "session_id": sid,
 		}, nil
+	case "tail_log":
+		return a.tailLog(cmd.Args)
+	case "read_file":
+		return a.readFile(cmd.Args)
+	case "get_capabilities":
+		return a.capabilities(ctx)
+	case "camera_view":
+		return a.cameraView(ctx, cmd.Args)
 	}
 	return nil, &CommandError{Code: "command_not_supported", Message: fmt.Sprintf("this agent does not run %q", cmd.Name)}
 }

@@ -61,7 +61,9 @@ var Keys = []settings.Key{
 	{Name: "mqtt-tls-cert", Env: []string{"ARGUS_MQTT_TLS_CERT"}},
 	{Name: "mqtt-tls-key", Env: []string{"ARGUS_MQTT_TLS_KEY"}},
 	{Name: "mqtt-allowed-origins", Env: []string{"ARGUS_MQTT_ALLOWED_ORIGINS"}},
-	{Name: "mqtt-max-packet-size", Env: []string{"ARGUS_MQTT_MAX_PACKET_SIZE"}, Default: 64 << 10},
+	// Big enough for the largest command result (an 8 MiB result plus
+	// MQTT framing), and no bigger.
+	{Name: "mqtt-max-packet-size", Env: []string{"ARGUS_MQTT_MAX_PACKET_SIZE"}, Default: 8<<20 + 64<<10},
 	{Name: "remote-support-enabled", Env: []string{"REMOTE_SUPPORT_ENABLED"}, Default: false},
 	{Name: "remote-support-operator-cidrs", Env: []string{"REMOTE_SUPPORT_OPERATOR_CIDRS"}},
 	{Name: "ops-token", Env: []string{"ARGUS_OPS_TOKEN"}},

@@ -135,6 +135,9 @@ func newCmdShow(f *cmdutil.Factory) *cobra.Command {
 			if len(a.Manifest) > 0 {
 				fmt.Fprintf(out, "manifest (advisory, %s):\n  %s\n", cmdutil.Time(a.ManifestAt), strings.TrimSpace(string(a.Manifest)))
 			}
+			if len(a.Capabilities) > 0 {
+				fmt.Fprintf(out, "capabilities (advisory, %s):\n  %s\n", cmdutil.Time(a.CapabilitiesAt), strings.TrimSpace(string(a.Capabilities)))
+			}
 			return nil
 		},
 	}

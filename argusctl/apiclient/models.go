@@ -80,6 +80,9 @@ type Agent struct {
 	Version      string          `json:"version,omitempty"`
 	Manifest     json.RawMessage `json:"manifest,omitempty"`
 	ManifestAt   *time.Time      `json:"manifest_at,omitempty"`
+	// Capabilities is the newest get_capabilities answer (advisory).
+	Capabilities   json.RawMessage `json:"capabilities,omitempty"`
+	CapabilitiesAt *time.Time      `json:"capabilities_at,omitempty"`
 }
 
 // EnrollmentToken is a minted enrollment token; Token is shown once.

@@ -239,21 +239,27 @@ type Agent struct {
 	Version      string          `json:"version,omitempty"`
 	Manifest     json.RawMessage `json:"manifest,omitempty"`
 	ManifestAt   *time.Time      `json:"manifest_at,omitempty"`
+	// Capabilities is the newest get_capabilities answer (advisory).
+	Capabilities   json.RawMessage `json:"capabilities,omitempty"`
+	CapabilitiesAt *time.Time      `json:"capabilities_at,omitempty"`
 }
 
 const selectAgent = `
 	SELECT a.id, a.tenant_id, t.name, a.name, a.enrolled_at, a.revoked_at, COALESCE(a.revoke_reason, ''),
 	       p.agent_id IS NOT NULL, p.connected_at, COALESCE(p.node_id, ''), a.last_seen_at, COALESCE(a.version, ''),
-	       a.manifest, a.manifest_at
+	       a.manifest, a.manifest_at, a.capabilities, a.capabilities_at
 	FROM agents a JOIN tenants t ON t.id = a.tenant_id LEFT JOIN agent_presence p ON p.agent_id = a.id`
 
 func scanAgent(row pgx.Row) (Agent, error) {
 	var a Agent
-	var manifest []byte
+	var manifest, caps []byte
 	err := row.Scan(&a.ID, &a.TenantID, &a.Tenant, &a.Name, &a.EnrolledAt, &a.RevokedAt, &a.RevokeReason,
-		&a.Online, &a.ConnectedAt, &a.Node, &a.LastSeenAt, &a.Version, &manifest, &a.ManifestAt)
+		&a.Online, &a.ConnectedAt, &a.Node, &a.LastSeenAt, &a.Version, &manifest, &a.ManifestAt, &caps, &a.CapabilitiesAt)
 	if manifest != nil {
 		a.Manifest = manifest
+	}
+	if caps != nil {
+		a.Capabilities = caps
 	}
 	return a, err
 }
@@ -281,7 +287,7 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Agent, error) {
 	}
 	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Agent, error) {
 		a, err := scanAgent(r)
-		a.Manifest = nil
+		a.Manifest, a.Capabilities = nil, nil
 		return a, err
 	})
 	if err != nil {

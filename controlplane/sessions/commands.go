@@ -27,7 +27,13 @@ const maxArgs = 64 << 10
 
 // Commands the agent can be asked to run. The allowlist is closed:
 // anything else is refused before it reaches the broker.
-var Commands = map[string]bool{"ping": true, "agent_info": true}
+var Commands = map[string]bool{
+	"ping": true, "agent_info": true, "tail_log": true, "read_file": true, "get_capabilities": true, "camera_view": true,
+}
+
+// auditArgsMax bounds the arguments kept verbatim in the audit; larger
+// ones are kept by digest only.
+const auditArgsMax = 4 << 10
 
 // CommandRequest is a command for one session.
 type CommandRequest struct {
@@ -102,6 +108,12 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 	cmdID := uuid.NewString()
 	entry.Detail["command_id"] = cmdID
 	entry.Detail["args_sha256"] = fmt.Sprintf("%x", digest)
+	if len(req.Args) <= auditArgsMax {
+		var a any
+		if json.Unmarshal(req.Args, &a) == nil {
+			entry.Detail["args"] = a
+		}
+	}
 	err = pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO commands (id, session_id, name, args_digest, status) VALUES ($1, $2, $3, $4, 'requested')`,
 			cmdID, req.SessionID, req.Name, digest[:]); err != nil {
@@ -179,6 +191,25 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 		e := entry
 		e.Action, e.Outcome = "support.command.completed", outcome
 		e.Detail = map[string]any{"command": req.Name, "command_id": cmdID, "status": status, "code": code, "duration": out.Duration}
+		// What came back, by size and digest; never the content.
+		var summary struct {
+			Bytes  *int   `json:"bytes"`
+			SHA256 string `json:"sha256"`
+		}
+		if json.Unmarshal(res.Data, &summary) == nil {
+			if summary.Bytes != nil {
+				e.Detail["bytes"] = *summary.Bytes
+			}
+			if summary.SHA256 != "" {
+				e.Detail["sha256"] = summary.SHA256
+			}
+		}
+		e.Detail["result_bytes"] = len(res.Data)
+		if req.Name == "get_capabilities" && status == "succeeded" && json.Valid(res.Data) {
+			if _, err := tx.Exec(ctx, "UPDATE agents SET capabilities = $2, capabilities_at = now() WHERE id = $1", agentID, res.Data); err != nil {
+				return err
+			}
+		}
 		_, err := audit.Record(ctx, tx, e)
 		return err
 	})

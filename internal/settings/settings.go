@@ -24,14 +24,21 @@ type Key struct {
 	Env []string
 	// Default applies when nothing else sets it.
 	Default any
+	// Map marks a key whose value is a map of names the program does not
+	// know in advance (log-files: {streamer: /var/log/...}).
+	Map bool
 }
 
 // Load binds keys to their environment variables and to the flags in fs
 // that share their names, then merges configFile (if not empty) into v.
 func Load(v *viper.Viper, fs *pflag.FlagSet, configFile string, keys []Key) error {
 	known := make([]string, 0, len(keys))
+	var maps []string
 	for _, k := range keys {
 		known = append(known, k.Name)
+		if k.Map {
+			maps = append(maps, k.Name+".")
+		}
 		if k.Default != nil {
 			v.SetDefault(k.Name, k.Default)
 		}
@@ -58,7 +65,12 @@ func Load(v *viper.Viper, fs *pflag.FlagSet, configFile string, keys []Key) erro
 		return fmt.Errorf("config file %s: %w", configFile, err)
 	}
 	for _, k := range fv.AllKeys() {
-		if !slices.Contains(known, k) {
+		inMap := slices.ContainsFunc(maps, func(prefix string) bool {
+			// One level of names below a map key, no deeper.
+			rest, ok := strings.CutPrefix(k, prefix)
+			return ok && rest != "" && !strings.Contains(rest, ".")
+		})
+		if !inMap && !slices.Contains(known, k) {
 			return fmt.Errorf("config file %s: unknown key %q (known keys: %s)", configFile, k, strings.Join(known, ", "))
 		}
 	}
@@ -103,4 +115,13 @@ func EnvNames(keys []Key, name string) string {
 		}
 	}
 	return name
+}
+
+// StringMap reads a map setting of names to strings.
+func StringMap(v *viper.Viper, key string) map[string]string {
+	out := map[string]string{}
+	for k, val := range v.GetStringMap(key) {
+		out[k] = fmt.Sprint(val)
+	}
+	return out
 }

@@ -71,3 +71,13 @@ func TestList_AcceptsEveryShape(t *testing.T) {
 	}
 	assert.Empty(t, List(v, "missing"))
 }
+
+func TestLoad_MapKeys(t *testing.T) {
+	keys := append(testKeys, Key{Name: "log-files", Map: true})
+	v := viper.New()
+	require.NoError(t, Load(v, nil, writeFile(t, "log-files:\n  streamer: /var/log/s.log\n  audit: /var/log/a.log\n"), keys))
+	assert.Equal(t, map[string]string{"streamer": "/var/log/s.log", "audit": "/var/log/a.log"}, StringMap(v, "log-files"))
+
+	err := Load(viper.New(), nil, writeFile(t, "log-files:\n  streamer:\n    path: x\n"), keys)
+	require.Error(t, err, "only one level below a map key")
+}
