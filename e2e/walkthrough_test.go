@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"image/jpeg"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,7 +38,8 @@ func TestWalkthrough_ConsentArmActivatePingDeactivate(t *testing.T) {
 	out, stderr, err := testenv.Run(t, nil, "argus-agent", "enroll", "--server", srv.APIURL, "--token", enr, "--state-dir", state)
 	require.NoError(t, err, stderr)
 	agentID := strings.Fields(strings.TrimPrefix(out, "enrolled as agent "))[0]
-	testenv.StartAgent(t, state)
+	h := newHostFixture(t)
+	testenv.StartAgent(t, state, "ARGUS_AGENT_CONFIG="+h.config)
 	testenv.Eventually(t, 10*time.Second, func() bool { return strings.Contains(ctl("agent", "list", "--tenant", "acme"), "yes") }, "agent online")
 
 	ctl("tenant", "consent", "record", "acme", "--document-id", "DOC-2026-0042", "--signed-by", "Jane Roe, CISO", "--signed-at", "2026-11-20")
@@ -55,6 +57,24 @@ func TestWalkthrough_ConsentArmActivatePingDeactivate(t *testing.T) {
 	assert.Contains(t, ctl("support", "ping", "--session", sess.ID), "pong")
 	assert.Contains(t, ctl("support", "info", "--session", sess.ID), agentID)
 	assert.Contains(t, ctl("support", "list", "--active"), sess.ID)
+
+	// The commands operators come for, through argusctl.
+	assert.Equal(t, "last line", ctl("support", "tail-log", "--session", sess.ID, "--log", "streamer", "--lines", "1"))
+	copyPath := filepath.Join(t.TempDir(), "config.yaml")
+	ctl("support", "read-file", "--session", sess.ID, filepath.Join(h.root, "config.yaml"), "--out", copyPath)
+	got, err := os.ReadFile(copyPath)
+	require.NoError(t, err)
+	assert.Equal(t, h.configBody, got)
+	framePath := filepath.Join(t.TempDir(), "frame.jpg")
+	ctl("support", "camera", "--session", sess.ID, "--camera", "test", "--out", framePath)
+	frame, err := os.Open(framePath)
+	require.NoError(t, err)
+	img, err := jpeg.Decode(frame)
+	frame.Close()
+	require.NoError(t, err)
+	assert.Equal(t, 320, img.Bounds().Dx())
+	assert.Contains(t, ctl("support", "capabilities", "--session", sess.ID), `"kernel"`)
+	assert.Contains(t, ctl("agent", "show", agentID), "capabilities (advisory")
 
 	assert.Contains(t, ctl("support", "deactivate", sess.ID), "deactivated")
 	_, err = os.Stat(kept)
