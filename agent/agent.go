@@ -224,7 +224,6 @@ func (a *Agent) manifest() topics.ManifestMsg {
 	}
 }
 
-
 func (a *Agent) heartbeat(ctx context.Context) {
 	a.mu.Lock()
 	state, sid := a.stateLocked()
