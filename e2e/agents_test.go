@@ -112,7 +112,7 @@ func TestAgent_EnrollRunOnlineThenOffline(t *testing.T) {
 	}
 	require.NoError(t, json.Unmarshal(shown.Manifest, &manifest))
 	assert.Equal(t, st.AgentID, manifest.AgentID)
-	assert.Equal(t, []string{"ping", "agent_info"}, manifest.Commands)
+	assert.Equal(t, agent.SupportedCommands, manifest.Commands)
 
 	// Outbound only: the running agent has no listening socket at all.
 	assert.Empty(t, listeningSockets(t, a.Cmd.Process.Pid), "the agent never listens")
