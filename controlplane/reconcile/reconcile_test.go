@@ -1,0 +1,204 @@
+package reconcile_test
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/mail"
+	"github.com/argus-remote/argus/controlplane/reconcile"
+	"github.com/argus-remote/argus/internal/smtptest"
+	"github.com/argus-remote/argus/internal/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// history writes n audited actions from many goroutines at once.
+func history(t *testing.T, pool *pgxpool.Pool, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			assert.NoError(t, audit.Write(context.Background(), pool, audit.Entry{
+				Actor: "operator:alice", OperatorID: "6f1c5a8e-5a4e-4f7e-9a43-1d2b3c4d5e6f", Action: "test.action", Outcome: audit.Success,
+				ClientIP: "10.0.0." + strconv.Itoa(i%250+1), Reason: "reason " + strconv.Itoa(i),
+				Detail: map[string]any{"i": i, "path": "/etc/argus/x.conf", "nested": map[string]any{"z": 1, "a": []any{1, "two"}}},
+			}))
+		}()
+	}
+	wg.Wait()
+}
+
+func window() (time.Time, time.Time) { return time.Now().Add(-time.Hour), time.Now().Add(time.Minute) }
+
+// tamper runs statements as a superuser with triggers off, as an attacker
+// with database access would.
+func tamper(t *testing.T, pool *pgxpool.Pool, stmt string, args ...any) {
+	t.Helper()
+	err := pgx.BeginFunc(context.Background(), pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(context.Background(), "SET LOCAL session_replication_role = replica"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(context.Background(), stmt, args...)
+		return err
+	})
+	require.NoError(t, err)
+}
+
+func nthEvent(t *testing.T, pool *pgxpool.Pool, seq int) string {
+	t.Helper()
+	var id string
+	require.NoError(t, pool.QueryRow(context.Background(), "SELECT id FROM events WHERE seq = $1", seq).Scan(&id))
+	return id
+}
+
+func kinds(r reconcile.Report, id string) []string {
+	var out []string
+	for _, m := range r.Mismatches {
+		if m.ID == id {
+			out = append(out, m.Kind)
+		}
+	}
+	return out
+}
+
+func TestReconcile_CleanHistoryFromConcurrentWriters(t *testing.T) {
+	pool := testenv.Pool(t)
+	history(t, pool, 60)
+	from, to := window()
+	r, err := reconcile.Run(context.Background(), pool, from, to)
+	require.NoError(t, err)
+	assert.True(t, r.Clean, "%s", r.Text())
+	assert.Equal(t, 60, r.AuditRows)
+	assert.Equal(t, 60, r.Events)
+}
+
+func TestReconcile_ReportsEachTampering(t *testing.T) {
+	ctx := context.Background()
+	pool := testenv.Pool(t)
+	history(t, pool, 12)
+
+	// Each tampering hits a different row; the report names each.
+	deletedLog := nthEvent(t, pool, 2)
+	tamper(t, pool, "DELETE FROM audit_log WHERE id = $1", deletedLog)
+
+	editedLog := nthEvent(t, pool, 4)
+	tamper(t, pool, "UPDATE audit_log SET outcome = 'denied', reason = 'nothing to see' WHERE id = $1", editedLog)
+
+	deletedEvent := nthEvent(t, pool, 6)
+	tamper(t, pool, "DELETE FROM events WHERE id = $1", deletedEvent)
+	afterDeleted := nthEvent(t, pool, 7)
+
+	editedEvent := nthEvent(t, pool, 9)
+	tamper(t, pool, `UPDATE events SET payload = jsonb_set(payload, '{reason}', '"rewritten"') WHERE id = $1`, editedEvent)
+
+	forged := "00000000-0000-4000-8000-00000000f0f0"
+	tamper(t, pool, `INSERT INTO events (seq, id, occurred_at, action, payload, prev_hash, hash)
+		SELECT seq + 1, $1::uuid, now(), 'agent.enroll', jsonb_build_object('id', $1::text, 'action', 'agent.enroll'), hash, sha256('forged')
+		FROM events ORDER BY seq DESC LIMIT 1`, forged)
+
+	from, to := window()
+	r, err := reconcile.Run(ctx, pool, from, to)
+	require.NoError(t, err)
+	require.False(t, r.Clean)
+	t.Log(r.Text())
+
+	assert.Contains(t, kinds(r, deletedLog), reconcile.MissingAuditLog, "deleted audit_log row")
+	assert.Contains(t, kinds(r, editedLog), reconcile.FieldDiffers, "edited audit_log row")
+	assert.Contains(t, kinds(r, deletedEvent), reconcile.MissingEvent, "deleted event")
+	assert.Contains(t, kinds(r, afterDeleted), reconcile.SequenceGap, "the gap it leaves")
+	assert.Contains(t, kinds(r, afterDeleted), reconcile.BrokenChain, "the link it breaks")
+	assert.Contains(t, kinds(r, editedEvent), reconcile.BadHash, "edited event payload")
+	assert.Contains(t, kinds(r, editedEvent), reconcile.FieldDiffers)
+	assert.Contains(t, kinds(r, forged), reconcile.MissingAuditLog, "forged event")
+	assert.Contains(t, kinds(r, forged), reconcile.BadHash)
+
+	for _, m := range r.Mismatches {
+		if m.ID == editedLog {
+			assert.Contains(t, m.Detail, "outcome")
+			assert.Contains(t, m.Detail, "reason")
+		}
+	}
+}
+
+func TestNightly_MailsMismatchesNotCleanRuns(t *testing.T) {
+	ctx := context.Background()
+	pool := testenv.Pool(t)
+	history(t, pool, 5)
+	srv := smtptest.Start(t, smtptest.Options{TLS: true, Username: "argus", Password: "s3cret"})
+	port, _ := strconv.Atoi(srv.Port)
+	sender, err := mail.New(mail.Config{Host: srv.Host, Port: port, From: "argus@ops.example", To: []string{"security@ops.example", "sre@ops.example"},
+		Username: "argus", Password: "s3cret", StartTLS: true, CAFile: srv.CAFile}, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	n := &reconcile.Nightly{Pool: pool, Mail: sender, Overlap: time.Hour, Node: "n1", Log: slog.New(slog.DiscardHandler), MailAttempts: 1}
+
+	at := time.Now().Add(time.Minute).UTC().Truncate(time.Second)
+	r, ran, err := n.RunScheduled(ctx, at)
+	require.NoError(t, err)
+	require.True(t, ran)
+	assert.True(t, r.Clean)
+	select {
+	case m := <-srv.Messages:
+		t.Fatalf("a clean run sent mail: %s", m.Data)
+	default:
+	}
+	_, ran, err = (&reconcile.Nightly{Pool: pool, Overlap: time.Hour, Node: "n2", Log: slog.New(slog.DiscardHandler)}).RunScheduled(ctx, at)
+	require.NoError(t, err)
+	assert.False(t, ran, "a second server does not run the same scheduled reconciliation")
+
+	victim := nthEvent(t, pool, 3)
+	tamper(t, pool, "DELETE FROM audit_log WHERE id = $1", victim)
+	r, ran, err = n.RunScheduled(ctx, at.Add(time.Second))
+	require.NoError(t, err)
+	require.True(t, ran)
+	require.False(t, r.Clean)
+	select {
+	case m := <-srv.Messages:
+		assert.ElementsMatch(t, []string{"security@ops.example", "sre@ops.example"}, m.To)
+		assert.Contains(t, m.Data, "Subject: ARGUS audit reconciliation: ")
+		assert.Contains(t, m.Data, victim, "the mail names the row")
+		assert.Contains(t, m.Data, reconcile.MissingAuditLog)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no mail for a mismatch")
+	}
+
+	// Each run is audited twice, with its window and outcome.
+	var logRows, events int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM audit_log WHERE action = 'audit.reconcile'").Scan(&logRows))
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM events WHERE action = 'audit.reconcile'").Scan(&events))
+	assert.Equal(t, 2, logRows)
+	assert.Equal(t, 2, events)
+	var outcomes string
+	require.NoError(t, pool.QueryRow(ctx, "SELECT string_agg(outcome, ',' ORDER BY occurred_at) FROM audit_log WHERE action = 'audit.reconcile'").Scan(&outcomes))
+	assert.Equal(t, "success,failure", outcomes)
+}
+
+func TestMail_FailureIsCountedAndReturned(t *testing.T) {
+	sender, err := mail.New(mail.Config{Host: "127.0.0.1", Port: 1, From: "a@b.example", To: []string{"c@d.example"}}, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	err = sender.Send(context.Background(), "s", "b", 3, time.Millisecond)
+	require.Error(t, err)
+	assert.True(t, strings.Contains(err.Error(), "3 attempts"), err.Error())
+	assert.Equal(t, int64(3), sender.Failures())
+	assert.Equal(t, int64(0), sender.Sent())
+}
+
+func TestNightly_Schedule(t *testing.T) {
+	n := &reconcile.Nightly{At: 2 * time.Hour}
+	at := func(s string) time.Time { v, _ := time.Parse(time.RFC3339, s); return v }
+	assert.Equal(t, at("2026-11-26T02:00:00Z"), n.Next(at("2026-11-25T22:00:00Z")))
+	assert.Equal(t, at("2026-11-25T02:00:00Z"), n.Next(at("2026-11-25T01:59:59Z")))
+	assert.Equal(t, at("2026-11-26T02:00:00Z"), n.Next(at("2026-11-25T02:00:00Z")))
+}
