@@ -13,9 +13,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/viper"
 
+	"github.com/argus-remote/argus/controlplane/mail"
 	"github.com/argus-remote/argus/internal/settings"
 )
 
@@ -42,6 +44,11 @@ type Config struct {
 	NodeID            string
 	MQTTPublicURL     string
 	CommandSigningKey string
+
+	SMTP              mail.Config
+	ReconcileAt       time.Duration
+	ReconcileOverlap  time.Duration
+	ReconcileAllClear bool
 
 	LogLevel  slog.Level
 	LogFormat string
@@ -71,6 +78,17 @@ var Keys = []settings.Key{
 	{Name: "mqtt-public-url", Env: []string{"ARGUS_MQTT_PUBLIC_URL"}},
 	{Name: "node-id", Env: []string{"ARGUS_NODE_ID"}, Default: defaultNodeID()},
 	{Name: "command-signing-key", Env: []string{"ARGUS_COMMAND_SIGNING_KEY"}},
+	{Name: "smtp-host", Env: []string{"ARGUS_SMTP_HOST"}},
+	{Name: "smtp-port", Env: []string{"ARGUS_SMTP_PORT"}, Default: 587},
+	{Name: "smtp-from", Env: []string{"ARGUS_SMTP_FROM"}},
+	{Name: "smtp-to", Env: []string{"ARGUS_SMTP_TO"}},
+	{Name: "smtp-username", Env: []string{"ARGUS_SMTP_USERNAME"}},
+	{Name: "smtp-password", Env: []string{"ARGUS_SMTP_PASSWORD"}},
+	{Name: "smtp-starttls", Env: []string{"ARGUS_SMTP_STARTTLS"}, Default: true},
+	{Name: "smtp-ca-file", Env: []string{"ARGUS_SMTP_CA_FILE"}},
+	{Name: "audit-reconcile-at", Env: []string{"ARGUS_AUDIT_RECONCILE_AT"}, Default: "02:00"},
+	{Name: "audit-reconcile-overlap", Env: []string{"ARGUS_AUDIT_RECONCILE_OVERLAP"}, Default: "1h"},
+	{Name: "audit-all-clear-mail", Env: []string{"ARGUS_AUDIT_ALL_CLEAR_MAIL"}, Default: false},
 	{Name: "log-level", Env: []string{"ARGUS_LOG_LEVEL"}, Default: "info"},
 	{Name: "log-format", Env: []string{"ARGUS_LOG_FORMAT"}, Default: "text"},
 }
@@ -120,6 +138,10 @@ func FromViper(v *viper.Viper) (Config, error) {
 		NodeID:            v.GetString("node-id"),
 		MQTTPublicURL:     v.GetString("mqtt-public-url"),
 		CommandSigningKey: v.GetString("command-signing-key"),
+	}
+	c.SMTP = mail.Config{
+		Host: v.GetString("smtp-host"), Port: v.GetInt("smtp-port"), From: v.GetString("smtp-from"), To: settings.List(v, "smtp-to"),
+		Username: v.GetString("smtp-username"), Password: v.GetString("smtp-password"), CAFile: v.GetString("smtp-ca-file"),
 	}
 	if c.CommandSigningKey == "" && c.DataDir != "" {
 		c.CommandSigningKey = filepath.Join(c.DataDir, "command-signing.key")
@@ -172,6 +194,25 @@ func FromViper(v *viper.Viper) (Config, error) {
 	}
 	if c.RemoteSupport && c.OpsToken == "" {
 		bad("ops-token", "remote support is enabled but no ops token is set")
+	}
+	if c.SMTP.StartTLS, err = parseBool(v.Get("smtp-starttls")); err != nil {
+		bad("smtp-starttls", "%v", err)
+	}
+	if c.SMTP.Host != "" && (c.SMTP.From == "" || len(c.SMTP.To) == 0) {
+		bad("smtp-host", "mail needs smtp-from and smtp-to as well")
+	}
+	if hm, err := time.Parse("15:04", v.GetString("audit-reconcile-at")); err != nil {
+		bad("audit-reconcile-at", "%q is not a UTC time of day (HH:MM)", v.GetString("audit-reconcile-at"))
+	} else {
+		c.ReconcileAt = time.Duration(hm.Hour())*time.Hour + time.Duration(hm.Minute())*time.Minute
+	}
+	if d, err := time.ParseDuration(v.GetString("audit-reconcile-overlap")); err != nil || d < 0 || d > 24*time.Hour {
+		bad("audit-reconcile-overlap", "%q is not a duration within 0..24h", v.GetString("audit-reconcile-overlap"))
+	} else {
+		c.ReconcileOverlap = d
+	}
+	if c.ReconcileAllClear, err = parseBool(v.Get("audit-all-clear-mail")); err != nil {
+		bad("audit-all-clear-mail", "%v", err)
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString("log-level"))); err != nil {
 		bad("log-level", "%q is not debug, info, warn or error", v.GetString("log-level"))

@@ -19,7 +19,9 @@ import (
 	"github.com/argus-remote/argus/controlplane/agents"
 	"github.com/argus-remote/argus/controlplane/api"
 	"github.com/argus-remote/argus/controlplane/fleet"
+	"github.com/argus-remote/argus/controlplane/mail"
 	"github.com/argus-remote/argus/controlplane/operators"
+	"github.com/argus-remote/argus/controlplane/reconcile"
 	"github.com/argus-remote/argus/controlplane/sessions"
 	"github.com/argus-remote/argus/controlplane/signing"
 	"github.com/argus-remote/argus/controlplane/tenants"
@@ -40,8 +42,10 @@ type Server struct {
 	scheme   string
 	served   chan error
 
-	closeOnce sync.Once
-	closeErr  error
+	closeOnce   sync.Once
+	closeErr    error
+	stopNightly context.CancelFunc
+	nightlyDone chan struct{}
 }
 
 // Start opens the database, starts the broker and serves the API. It
@@ -104,6 +108,23 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if brokerURL == "" {
 		brokerURL = s.broker.URL()
 	}
+
+	var sender *mail.Sender
+	if cfg.SMTP.Enabled() {
+		if sender, err = mail.New(cfg.SMTP, log); err != nil {
+			return nil, err
+		}
+	}
+	nightly := &reconcile.Nightly{
+		Pool: s.db.Pool, Mail: sender, AllClear: cfg.ReconcileAllClear, At: cfg.ReconcileAt,
+		Overlap: cfg.ReconcileOverlap, Node: cfg.NodeID, Log: log,
+	}
+	nctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopNightly, s.nightlyDone = stop, make(chan struct{})
+	go func() {
+		defer close(s.nightlyDone)
+		nightly.Loop(nctx)
+	}()
 
 	httpTLS, err := loadTLS(cfg.HTTPTLSCert, cfg.HTTPTLSKey)
 	if err != nil {
@@ -213,6 +234,10 @@ func (s *Server) close(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var errs []error
+	if s.stopNightly != nil {
+		s.stopNightly()
+		<-s.nightlyDone
+	}
 	if s.http != nil {
 		if err := s.http.Shutdown(ctx); err != nil {
 			errs = append(errs, err)

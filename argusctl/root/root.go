@@ -5,6 +5,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/argus-remote/argus/argusctl/agent"
+	"github.com/argus-remote/argus/argusctl/auditcmd"
 	"github.com/argus-remote/argus/argusctl/cmdutil"
 	"github.com/argus-remote/argus/argusctl/config"
 	"github.com/argus-remote/argus/argusctl/iostreams"
@@ -64,6 +65,7 @@ selected profile of ~/.config/argusctl/config.yaml.`,
 		tenant.NewCmdTenant(f),
 		agent.NewCmdAgent(f),
 		support.NewCmdSupport(f),
+		auditcmd.NewCmdAudit(f),
 	)
 	return cmd, f
 }

@@ -71,6 +71,9 @@ func (s *Server) Handler() http.Handler {
 	// Disarming is never harder than arming.
 	mux.Handle("POST /v1/tenants/{tenant}/disarm", s.requireAnyScope(s.disarm, operators.ScopeTenantArm, operators.ScopeTenantAdmin))
 
+	mux.Handle("GET /v1/audit", scoped(operators.ScopeAuditRead, s.listAudit))
+	mux.Handle("POST /v1/audit/verify", scoped(operators.ScopeAuditRead, s.verifyAudit))
+
 	mux.Handle("POST /v1/support/sessions", s.gate(http.HandlerFunc(s.activate)))
 	mux.Handle("POST /v1/support/sessions/{session}/commands", s.gate(http.HandlerFunc(s.command)))
 	mux.Handle("GET /v1/support/sessions", s.supportAuth(s.listSessions))
