@@ -40,6 +40,10 @@ type Agent struct {
 	sess       *session
 	lastIssued time.Time
 	killSwitch bool
+	xfer       *transfer
+
+	// patchMu serialises patch application.
+	patchMu sync.Mutex
 	// Events, when set, is told what the agent does (tests await on it).
 	events chan<- Event
 }

@@ -40,7 +40,7 @@ const (
 )
 
 // SupportedCommands are the commands this agent can run inside a session.
-var SupportedCommands = []string{"ping", "agent_info", "tail_log", "read_file", "get_capabilities", "camera_view"}
+var SupportedCommands = []string{"ping", "agent_info", "tail_log", "read_file", "get_capabilities", "camera_view", "apply_patch"}
 
 func cmdErr(code, format string, args ...any) error {
 	return &CommandError{Code: code, Message: fmt.Sprintf(format, args...)}
@@ -481,7 +481,10 @@ func (a *Agent) capabilities(ctx context.Context) (any, error) {
 	c := Capabilities{
 		AgentVersion: Version, OS: runtime.GOOS, Arch: runtime.GOARCH, Hostname: host, CPUs: runtime.NumCPU(),
 		Disks: []DiskInfo{}, Cameras: []CameraInfo{}, Codecs: []string{}, LogFiles: []LogFileInfo{},
-		ReadableRoots: a.cfg.ReadableRoots, PatchTargets: []string{}, Commands: SupportedCommands, CollectedAt: time.Now().UTC(),
+		ReadableRoots: a.cfg.ReadableRoots, PatchTargets: sortedNames(a.cfg.PatchRoots), Commands: SupportedCommands, CollectedAt: time.Now().UTC(),
+	}
+	if applied, err := AppliedPatches(a.cfg.StateDir); err == nil {
+		c.AppliedPatches, _ = json.Marshal(applied)
 	}
 	if c.ReadableRoots == nil {
 		c.ReadableRoots = []string{}

@@ -4,6 +4,7 @@
 package agent
 
 import (
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/argus-remote/argus/internal/settings"
+	"github.com/argus-remote/argus/patch"
 )
 
 // Config is the agent's configuration, installed by the tenant.
@@ -41,6 +43,16 @@ type Config struct {
 	// StreamingAgentVersionFile, when set, holds the streaming agent's
 	// version for get_capabilities.
 	StreamingAgentVersionFile string
+
+	// PatchKeys are the public keys whose signatures the agent accepts on
+	// patches: installed by the tenant, never received over the network.
+	PatchKeys []ed25519.PublicKey
+	// PatchRoots are the directories patches may write below, by name.
+	PatchRoots map[string]string
+	// PatchHealthCheck is a command (argv) run after a patch; if it fails,
+	// the patch is rolled back. It comes from this file, never a bundle.
+	PatchHealthCheck   []string
+	PatchHealthTimeout time.Duration
 }
 
 // Keys are the agent's settings (env ARGUS_AGENT_*).
@@ -57,6 +69,10 @@ var Keys = []settings.Key{
 	{Name: "ffmpeg-path", Env: []string{"ARGUS_AGENT_FFMPEG_PATH"}, Default: "ffmpeg"},
 	{Name: "camera-timeout", Env: []string{"ARGUS_AGENT_CAMERA_TIMEOUT"}, Default: "10s"},
 	{Name: "streaming-agent-version-file"},
+	{Name: "patch-keys"},
+	{Name: "patch-roots", Map: true},
+	{Name: "patch-health-check"},
+	{Name: "patch-health-timeout", Default: "60s"},
 }
 
 // DefaultStateDir is /var/lib/argus-agent for root and
@@ -106,6 +122,40 @@ func ConfigFromViper(v *viper.Viper) (Config, error) {
 			bad("readable-roots", "%q is not an absolute path", r)
 		}
 		c.ReadableRoots[i] = filepath.Clean(r)
+	}
+	for _, p := range settings.List(v, "patch-keys") {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			bad("patch-keys", "%v", err)
+			continue
+		}
+		k, err := patch.ParsePublic(string(b))
+		if err != nil {
+			bad("patch-keys", "%s: %v", p, err)
+			continue
+		}
+		c.PatchKeys = append(c.PatchKeys, k)
+	}
+	c.PatchRoots = settings.StringMap(v, "patch-roots")
+	for name, p := range c.PatchRoots {
+		if !filepath.IsAbs(p) {
+			bad("patch-roots", "%s: %q is not an absolute path", name, p)
+		}
+	}
+	if hc := v.Get("patch-health-check"); hc != nil {
+		switch x := hc.(type) {
+		case []any:
+			for _, a := range x {
+				c.PatchHealthCheck = append(c.PatchHealthCheck, fmt.Sprint(a))
+			}
+		default:
+			bad("patch-health-check", "give the command as a list of arguments ([/usr/bin/systemctl, is-active, streamer])")
+		}
+	}
+	if d, err := time.ParseDuration(v.GetString("patch-health-timeout")); err != nil || d < time.Second || d > 10*time.Minute {
+		bad("patch-health-timeout", "%q is not a duration within 1s..10m", v.GetString("patch-health-timeout"))
+	} else {
+		c.PatchHealthTimeout = d
 	}
 	if d, err := time.ParseDuration(v.GetString("camera-timeout")); err != nil || d < 100*time.Millisecond || d > 5*time.Minute {
 		bad("camera-timeout", "%q is not a duration within 100ms..5m", v.GetString("camera-timeout"))

@@ -162,6 +162,7 @@ func (a *Agent) endSessionLocked(why string) bool {
 	a.sess.timer.Stop()
 	id := a.sess.id
 	a.sess = nil
+	a.xfer = nil
 	a.writeStatusLocked()
 	a.log.Warn("REMOTE SUPPORT SESSION ENDED; agent dormant", "session", id, "why", why)
 	a.emit("dormant", id)
@@ -322,6 +323,8 @@ func (a *Agent) run(ctx context.Context, cmd topics.CommandMsg) (any, error) {
 		return a.capabilities(ctx)
 	case "camera_view":
 		return a.cameraView(ctx, cmd.Args)
+	case "apply_patch":
+		return a.applyPatchChunk(ctx, cmd.SessionID, cmd.Args)
 	}
 	return nil, &CommandError{Code: "command_not_supported", Message: fmt.Sprintf("this agent does not run %q", cmd.Name)}
 }

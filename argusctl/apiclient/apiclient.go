@@ -48,21 +48,33 @@ func IsCode(err error, code string) bool {
 // Do sends a request with body (JSON, may be nil) and decodes a JSON
 // response into out (may be nil).
 func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
+	if body == nil {
+		return c.do(ctx, method, path, "", nil, out)
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, method, path, "application/json", b, out)
+}
+
+// DoRaw sends body as is, with the given content type.
+func (c *Client) DoRaw(ctx context.Context, method, path, contentType string, body []byte, out any) error {
+	return c.do(ctx, method, path, contentType, body, out)
+}
+
+func (c *Client) do(ctx context.Context, method, path, contentType string, body []byte, out any) error {
 	var rd io.Reader
 	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
+		rd = bytes.NewReader(body)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(c.BaseURL, "/")+path, rd)
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Accept", "application/json")
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)

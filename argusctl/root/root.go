@@ -9,6 +9,7 @@ import (
 	"github.com/argus-remote/argus/argusctl/cmdutil"
 	"github.com/argus-remote/argus/argusctl/config"
 	"github.com/argus-remote/argus/argusctl/iostreams"
+	"github.com/argus-remote/argus/argusctl/patchcmd"
 	"github.com/argus-remote/argus/argusctl/support"
 	"github.com/argus-remote/argus/argusctl/tenant"
 	"github.com/argus-remote/argus/argusctl/version"
@@ -66,6 +67,7 @@ selected profile of ~/.config/argusctl/config.yaml.`,
 		agent.NewCmdAgent(f),
 		support.NewCmdSupport(f),
 		auditcmd.NewCmdAudit(f),
+		patchcmd.NewCmdPatch(f),
 	)
 	return cmd, f
 }

@@ -204,3 +204,57 @@ func newCmdCamera(f *cmdutil.Factory) *cobra.Command {
 	}
 	return cmd
 }
+
+func newCmdPatch(f *cmdutil.Factory) *cobra.Command {
+	var session string
+	cmd := &cobra.Command{
+		Use:   "patch BUNDLE",
+		Short: "Send a signed hotfix bundle to the session's agent",
+		Long: `Send a bundle built with 'argusctl patch build'. The agent checks it against
+the patch-signing keys in its own configuration, refuses replays and
+downgrades, and rolls back every file if anything fails.`,
+		Example: `  argusctl support patch --session 5f0c... hf-007.bundle`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			data, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			token, err := loadToken(session)
+			if err != nil {
+				return err
+			}
+			c, err := f.APIClient()
+			if err != nil {
+				return err
+			}
+			c.SessionToken = token
+			var res struct {
+				PatchID string               `json:"patch_id"`
+				Version string               `json:"version"`
+				Status  string               `json:"status"`
+				Error   *apiclient.ErrorBody `json:"error"`
+				Data    json.RawMessage      `json:"data"`
+			}
+			if err := c.DoRaw(cmd.Context(), "POST", "/v1/support/sessions/"+session+"/patch", "application/octet-stream", data, &res); err != nil {
+				return err
+			}
+			if f.Output() == "json" {
+				_ = cmdutil.PrintJSON(f.IOStreams, res)
+			}
+			if res.Status != "ok" {
+				if res.Error != nil {
+					return fmt.Errorf("patch %s: %s (%s)", res.PatchID, res.Error.Message, res.Error.Code)
+				}
+				return fmt.Errorf("patch %s: %s", res.PatchID, res.Status)
+			}
+			if f.Output() != "json" {
+				fmt.Fprintf(f.IOStreams.Out, "applied patch %s version %s\n", res.PatchID, res.Version)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&session, "session", "", "session id (required)")
+	_ = cmd.MarkFlagRequired("session")
+	return cmd
+}

@@ -76,6 +76,7 @@ func (s *Server) Handler() http.Handler {
 
 	mux.Handle("POST /v1/support/sessions", s.gate(http.HandlerFunc(s.activate)))
 	mux.Handle("POST /v1/support/sessions/{session}/commands", s.gate(http.HandlerFunc(s.command)))
+	mux.Handle("POST /v1/support/sessions/{session}/patch", s.gate(http.HandlerFunc(s.applyPatch)))
 	mux.Handle("GET /v1/support/sessions", s.supportAuth(s.listSessions))
 	mux.Handle("GET /v1/support/sessions/{session}", s.supportAuth(s.getSession))
 	mux.Handle("POST /v1/support/sessions/{session}/deactivate", s.supportAuth(s.deactivate))

@@ -3,12 +3,14 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/argus-remote/argus/controlplane/apierror"
 	"github.com/argus-remote/argus/controlplane/sessions"
+	"github.com/argus-remote/argus/patch"
 )
 
 func sessionError(err error) error {
@@ -117,6 +119,26 @@ func (s *Server) command(w http.ResponseWriter, r *http.Request) {
 			apierror.Write(w, sessionError(err))
 			return
 		}
+		s.fail(w, r, sessionError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *Server) applyPatch(w http.ResponseWriter, r *http.Request) {
+	// A bundle is at most patch.MaxBundle; one byte more tells us it is over.
+	body, err := io.ReadAll(io.LimitReader(r.Body, patch.MaxBundle+1))
+	if err != nil {
+		apierror.Write(w, badRequest("reading the bundle: "+err.Error()))
+		return
+	}
+	by := actor(r)
+	by.ClientIP = gateIP(r)
+	res, err := s.Sessions.ApplyPatch(r.Context(), sessions.PatchRequest{
+		SessionID: r.PathValue("session"), Token: strings.TrimSpace(r.Header.Get("X-Argus-Session-Token")),
+		Bundle: body, By: by,
+	})
+	if err != nil {
 		s.fail(w, r, sessionError(err))
 		return
 	}

@@ -29,6 +29,7 @@ const maxArgs = 64 << 10
 // anything else is refused before it reaches the broker.
 var Commands = map[string]bool{
 	"ping": true, "agent_info": true, "tail_log": true, "read_file": true, "get_capabilities": true, "camera_view": true,
+	"apply_patch": true,
 }
 
 // auditArgsMax bounds the arguments kept verbatim in the audit; larger
@@ -55,29 +56,109 @@ type CommandResult struct {
 	Duration  string            `json:"duration"`
 }
 
+// session is what a command needs of its session.
+type session struct {
+	id, tenantID, agentID string
+	expiresAt             time.Time
+}
+
+// authorize checks a session token against that session alone. A refusal
+// is returned as *Refusal with the session's ids filled in for the audit.
+func (m *Manager) authorize(ctx context.Context, sessionID, token string) (session, error) {
+	var (
+		s     = session{id: sessionID}
+		hash  []byte
+		ended bool
+	)
+	if _, err := uuid.Parse(sessionID); err != nil {
+		return s, refuse(http.StatusNotFound, "session_not_found", "no such session")
+	}
+	err := m.Pool.QueryRow(ctx, `SELECT tenant_id, agent_id, token_hash, ended_at IS NOT NULL, expires_at
+		FROM support_sessions WHERE id = $1`, sessionID).Scan(&s.tenantID, &s.agentID, &hash, &ended, &s.expiresAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return s, refuse(http.StatusNotFound, "session_not_found", "no such session")
+	}
+	if err != nil {
+		return s, fmt.Errorf("command: %w", err)
+	}
+	if _, _, err := credential.Parse(credential.Session, token); err != nil || !credential.Verify(hash, token) {
+		return s, refuse(http.StatusForbidden, "session_token_invalid", "the session token does not belong to this session")
+	}
+	switch {
+	case ended:
+		return s, refuse(http.StatusConflict, "session_ended", "the session has ended")
+	case !s.expiresAt.After(time.Now()):
+		return s, refuse(http.StatusConflict, "session_expired", "the session has expired")
+	}
+	return s, nil
+}
+
+// exchange sends one signed command to the session's agent and waits for
+// its result, until the command timeout or the session's end.
+func (m *Manager) exchange(ctx context.Context, s session, cmdID, name string, args json.RawMessage) (topics.ResultMsg, error) {
+	now := time.Now()
+	deadline := now.Add(m.CommandTimeout)
+	if s.expiresAt.Before(deadline) {
+		deadline = s.expiresAt
+	}
+	msg := topics.CommandMsg{
+		V: topics.Version, ID: cmdID, SessionID: s.id, TenantID: s.tenantID, AgentID: s.agentID,
+		Name: name, Args: args, IssuedAt: now.UTC(), ExpiresAt: deadline.UTC(),
+	}
+	payload, err := topics.Sign(m.Key, topics.PurposeCommand, msg)
+	if err != nil {
+		return topics.ResultMsg{}, err
+	}
+	ch := make(chan topics.ResultMsg, 1)
+	m.mu.Lock()
+	m.results[cmdID] = ch
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.results, cmdID)
+		m.mu.Unlock()
+	}()
+	aid, _ := topics.ParseAgentID(s.agentID)
+	props := &packets.Properties{CorrelationData: []byte(cmdID), ResponseTopic: aid.Topic(topics.Results)}
+	if err := m.Broker.Publish(aid.Topic(topics.Commands), payload, false, 1, props); err != nil {
+		return topics.ResultMsg{}, fmt.Errorf("command: publish: %w", err)
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case res := <-ch:
+		return res, nil
+	case <-timer.C:
+		return topics.ResultMsg{Status: "timeout", Error: &topics.ErrorBody{Code: "agent_timeout", Message: "the agent did not answer in time"}}, nil
+	case <-ctx.Done():
+		return topics.ResultMsg{Status: "timeout", Error: &topics.ErrorBody{Code: "agent_timeout", Message: "the request was cancelled"}}, nil
+	}
+}
+
+// commandStatus maps a result to the commands row status and audit outcome.
+func commandStatus(res topics.ResultMsg) (status, outcome, code string) {
+	status, outcome = "succeeded", audit.Success
+	switch res.Status {
+	case topics.ResultRefused:
+		status, outcome = "refused", audit.Denied
+	case topics.ResultError:
+		status, outcome = "failed", audit.Failure
+	case "timeout":
+		status, outcome = "timeout", audit.Failure
+	}
+	if res.Error != nil {
+		code = res.Error.Code
+	}
+	return status, outcome, code
+}
+
 // Command runs one command in a session. The session's token is checked
 // against that session alone; its tenant and agent come from the session,
 // never from the request.
 func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResult, error) {
-	var (
-		tenantID, agentID string
-		hash              []byte
-		ended             bool
-		expiresAt         time.Time
-	)
-	if _, err := uuid.Parse(req.SessionID); err != nil {
-		return CommandResult{}, refuse(http.StatusNotFound, "session_not_found", "no such session")
-	}
-	err := m.Pool.QueryRow(ctx, `SELECT tenant_id, agent_id, token_hash, ended_at IS NOT NULL, expires_at
-		FROM support_sessions WHERE id = $1`, req.SessionID).Scan(&tenantID, &agentID, &hash, &ended, &expiresAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return CommandResult{}, refuse(http.StatusNotFound, "session_not_found", "no such session")
-	}
-	if err != nil {
-		return CommandResult{}, fmt.Errorf("command: %w", err)
-	}
+	s, authErr := m.authorize(ctx, req.SessionID, req.Token)
 	entry := req.By
-	entry.Action, entry.SessionID, entry.TenantID, entry.AgentID = "support.command", req.SessionID, tenantID, agentID
+	entry.Action, entry.SessionID, entry.TenantID, entry.AgentID = "support.command", req.SessionID, s.tenantID, s.agentID
 	entry.Detail = map[string]any{"command": req.Name}
 	deny := func(r *Refusal) (CommandResult, error) {
 		entry.Outcome = audit.Denied
@@ -87,14 +168,17 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 		}
 		return CommandResult{}, r
 	}
-	if _, _, err := credential.Parse(credential.Session, req.Token); err != nil || !credential.Verify(hash, req.Token) {
-		return deny(refuse(http.StatusForbidden, "session_token_invalid", "the session token does not belong to this session"))
-	}
+	var refusal *Refusal
 	switch {
-	case ended:
-		return deny(refuse(http.StatusConflict, "session_ended", "the session has ended"))
-	case !expiresAt.After(time.Now()):
-		return deny(refuse(http.StatusConflict, "session_expired", "the session has expired"))
+	case errors.As(authErr, &refusal):
+		if refusal.Code == "session_not_found" {
+			return CommandResult{}, refusal
+		}
+		return deny(refusal)
+	case authErr != nil:
+		return CommandResult{}, authErr
+	case req.Name == "apply_patch":
+		return deny(refuse(http.StatusBadRequest, "command_not_allowed", "patches go through the patch endpoint"))
 	case !Commands[req.Name]:
 		return deny(refuse(http.StatusBadRequest, "command_not_allowed", fmt.Sprintf("%q is not an allowed command", req.Name)))
 	case len(req.Args) > maxArgs:
@@ -114,7 +198,7 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 			entry.Detail["args"] = a
 		}
 	}
-	err = pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO commands (id, session_id, name, args_digest, status) VALUES ($1, $2, $3, $4, 'requested')`,
 			cmdID, req.SessionID, req.Name, digest[:]); err != nil {
 			return err
@@ -128,61 +212,15 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 		return CommandResult{}, fmt.Errorf("command: %w", err)
 	}
 
-	now := time.Now()
-	deadline := now.Add(m.CommandTimeout)
-	if expiresAt.Before(deadline) {
-		deadline = expiresAt
-	}
-	msg := topics.CommandMsg{
-		V: topics.Version, ID: cmdID, SessionID: req.SessionID, TenantID: tenantID, AgentID: agentID,
-		Name: req.Name, Args: req.Args, IssuedAt: now.UTC(), ExpiresAt: deadline.UTC(),
-	}
-	payload, err := topics.Sign(m.Key, topics.PurposeCommand, msg)
+	started := time.Now()
+	res, err := m.exchange(ctx, s, cmdID, req.Name, req.Args)
 	if err != nil {
 		return CommandResult{}, err
 	}
-	ch := make(chan topics.ResultMsg, 1)
-	m.mu.Lock()
-	m.results[cmdID] = ch
-	m.mu.Unlock()
-	defer func() {
-		m.mu.Lock()
-		delete(m.results, cmdID)
-		m.mu.Unlock()
-	}()
-	aid, _ := topics.ParseAgentID(agentID)
-	props := &packets.Properties{CorrelationData: []byte(cmdID), ResponseTopic: aid.Topic(topics.Results)}
-	if err := m.Broker.Publish(aid.Topic(topics.Commands), payload, false, 1, props); err != nil {
-		return CommandResult{}, fmt.Errorf("command: publish: %w", err)
-	}
-
-	out := CommandResult{CommandID: cmdID, SessionID: req.SessionID, Name: req.Name}
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-	var res topics.ResultMsg
-	select {
-	case res = <-ch:
-	case <-timer.C:
-		res = topics.ResultMsg{Status: "timeout", Error: &topics.ErrorBody{Code: "agent_timeout", Message: "the agent did not answer in time"}}
-	case <-ctx.Done():
-		res = topics.ResultMsg{Status: "timeout", Error: &topics.ErrorBody{Code: "agent_timeout", Message: "the request was cancelled"}}
-	}
-	out.Status, out.Error, out.Data = res.Status, res.Error, res.Data
-	out.Duration = time.Since(now).Round(time.Microsecond).String()
-
-	status, outcome := "succeeded", audit.Success
-	switch res.Status {
-	case topics.ResultRefused:
-		status, outcome = "refused", audit.Denied
-	case topics.ResultError:
-		status, outcome = "failed", audit.Failure
-	case "timeout":
-		status, outcome = "timeout", audit.Failure
-	}
-	code := ""
-	if res.Error != nil {
-		code = res.Error.Code
-	}
+	out := CommandResult{CommandID: cmdID, SessionID: req.SessionID, Name: req.Name, Status: res.Status, Error: res.Error, Data: res.Data}
+	out.Duration = time.Since(started).Round(time.Microsecond).String()
+	status, outcome, code := commandStatus(res)
+	agentID := s.agentID
 	err = pgx.BeginFunc(context.WithoutCancel(ctx), m.Pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE commands SET status = $2, error_code = NULLIF($3, ''), completed_at = now() WHERE id = $1`,
 			cmdID, status, code); err != nil {

@@ -1,0 +1,141 @@
+package sessions
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/patch"
+	"github.com/argus-remote/argus/topics"
+)
+
+// patchChunk is the largest slice of a bundle sent in one command: with
+// base64 and the envelope it stays well under the broker's packet limit.
+const patchChunk = 3 << 20
+
+// PatchRequest sends a bundle to a session's agent.
+type PatchRequest struct {
+	SessionID string
+	Token     string
+	Bundle    []byte
+	By        audit.Entry
+}
+
+// PatchResult is the outcome of one patch attempt.
+type PatchResult struct {
+	CommandID string            `json:"command_id"`
+	SessionID string            `json:"session_id"`
+	PatchID   string            `json:"patch_id"`
+	Version   string            `json:"version"`
+	Digest    string            `json:"bundle_sha256"`
+	Status    string            `json:"status"`
+	Error     *topics.ErrorBody `json:"error,omitempty"`
+	Data      json.RawMessage   `json:"data,omitempty"`
+	Duration  string            `json:"duration"`
+}
+
+// ApplyPatch sends a signed bundle to the session's agent, in chunks, and
+// returns what the agent did with it. The server does not vouch for the
+// bundle (only the agent's own keys do); it records what was sent. Every
+// attempt, accepted or refused anywhere, is one audited action.
+func (m *Manager) ApplyPatch(ctx context.Context, req PatchRequest) (PatchResult, error) {
+	sum := sha256.Sum256(req.Bundle)
+	out := PatchResult{SessionID: req.SessionID, Digest: hex.EncodeToString(sum[:])}
+	man, _, inspectErr := patch.Inspect(req.Bundle)
+	out.PatchID, out.Version = man.ID, man.Version
+
+	s, authErr := m.authorize(ctx, req.SessionID, req.Token)
+	entry := req.By
+	entry.Action, entry.SessionID, entry.TenantID, entry.AgentID = "support.patch", req.SessionID, s.tenantID, s.agentID
+	entry.Detail = map[string]any{"patch_id": man.ID, "version": man.Version, "bundle_sha256": out.Digest, "bytes": len(req.Bundle), "root": man.Root}
+	record := func(outcome, status, code string) error {
+		e := entry
+		e.Outcome = outcome
+		e.Detail["status"], e.Detail["code"] = status, code
+		return audit.Write(context.WithoutCancel(ctx), m.Pool, e)
+	}
+	deny := func(r *Refusal) (PatchResult, error) {
+		if err := record(audit.Denied, "refused_by_server", r.Code); err != nil {
+			return PatchResult{}, err
+		}
+		return PatchResult{}, r
+	}
+	var refusal *Refusal
+	switch {
+	case errors.As(authErr, &refusal):
+		if refusal.Code == "session_not_found" {
+			return PatchResult{}, refusal
+		}
+		return deny(refusal)
+	case authErr != nil:
+		return PatchResult{}, authErr
+	case len(req.Bundle) > patch.MaxBundle:
+		return deny(refuse(http.StatusRequestEntityTooLarge, patch.CodeTooLarge, fmt.Sprintf("the bundle is %d bytes; the limit is %d", len(req.Bundle), patch.MaxBundle)))
+	case inspectErr != nil:
+		return deny(refuse(http.StatusBadRequest, patch.CodeMalformed, "not a patch bundle"))
+	}
+
+	cmdID := uuid.NewString()
+	out.CommandID = cmdID
+	entry.Detail["command_id"] = cmdID
+	if _, err := m.Pool.Exec(ctx, `INSERT INTO commands (id, session_id, name, args_digest, status) VALUES ($1, $2, 'apply_patch', $3, 'requested')`,
+		cmdID, req.SessionID, sum[:]); err != nil {
+		return PatchResult{}, fmt.Errorf("patch: %w", err)
+	}
+
+	started := time.Now()
+	count := (len(req.Bundle) + patchChunk - 1) / patchChunk
+	var res topics.ResultMsg
+	for i := 0; i < count; i++ {
+		end := min((i+1)*patchChunk, len(req.Bundle))
+		args, _ := json.Marshal(map[string]any{
+			"transfer": cmdID, "index": i, "count": count, "sha256": out.Digest,
+			"data": base64.StdEncoding.EncodeToString(req.Bundle[i*patchChunk : end]),
+		})
+		// Each chunk is its own signed command; the last one's answer is
+		// the patch's outcome.
+		id := cmdID
+		if i < count-1 {
+			id = uuid.NewString()
+		}
+		var err error
+		if res, err = m.exchange(ctx, s, id, "apply_patch", args); err != nil {
+			return PatchResult{}, err
+		}
+		if res.Status != topics.ResultOK {
+			break
+		}
+	}
+	out.Status, out.Error, out.Data = res.Status, res.Error, res.Data
+	out.Duration = time.Since(started).Round(time.Microsecond).String()
+
+	status, outcome, code := commandStatus(res)
+	err := pgx.BeginFunc(context.WithoutCancel(ctx), m.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `UPDATE commands SET status = $2, error_code = NULLIF($3, ''), completed_at = now() WHERE id = $1`,
+			cmdID, status, code); err != nil {
+			return err
+		}
+		e := entry
+		e.Outcome = outcome
+		e.Detail["status"], e.Detail["code"], e.Detail["duration"] = status, code, out.Duration
+		_, err := audit.Record(ctx, tx, e)
+		return err
+	})
+	if err != nil {
+		return PatchResult{}, fmt.Errorf("patch: %w", err)
+	}
+	if status == "timeout" {
+		return out, refuse(http.StatusGatewayTimeout, "agent_timeout", res.Error.Message)
+	}
+	return out, nil
+}
