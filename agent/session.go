@@ -19,8 +19,9 @@ import (
 // activation says: the same cap the server enforces, checked again here.
 const maxSession = 120 * time.Minute
 
-// maxCommand bounds a signed command envelope.
-const maxCommand = 256 << 10
+// maxCommand bounds a signed command envelope: a patch chunk is the
+// largest command.
+const maxCommand = MaxResultBytes
 
 // session is the activation in force.
 type session struct {

@@ -251,7 +251,7 @@ func TestCommands_DormantAgentRefusesEach(t *testing.T) {
 	id, _ := topics.ParseAgentID(agentID)
 	cl, ok := s.srv.Broker().Server().Clients.Get(agentID)
 	require.True(t, ok)
-	for _, name := range []string{"tail_log", "read_file", "get_capabilities", "camera_view"} {
+	for _, name := range []string{"tail_log", "read_file", "get_capabilities", "camera_view", "apply_patch"} {
 		cmd := topics.CommandMsg{V: topics.Version, ID: uuid.NewString(), SessionID: uuid.NewString(), AgentID: agentID, Name: name,
 			Args: json.RawMessage(`{}`), IssuedAt: time.Now().UTC(), ExpiresAt: time.Now().Add(time.Minute).UTC()}
 		payload, err := topics.Sign(s.key, topics.PurposeCommand, cmd)

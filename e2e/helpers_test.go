@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net"
 	"os"
@@ -53,3 +54,8 @@ func listeningSockets(t *testing.T, pid int) []string {
 	}
 	return out
 }
+
+// jsonB64 decodes the base64 form encoding/json gives []byte fields.
+type jsonB64 struct{}
+
+func (jsonB64) decode(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }

@@ -1,0 +1,305 @@
+package e2e
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/argus-remote/argus/agent"
+	"github.com/argus-remote/argus/internal/testenv"
+	"github.com/argus-remote/argus/patch"
+)
+
+// snapshot lists every file under dir with its mode and digest.
+func snapshot(t *testing.T, dir string) string {
+	t.Helper()
+	var lines []string
+	require.NoError(t, filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		line := fmt.Sprintf("%s %v", strings.TrimPrefix(p, dir), fi.Mode())
+		if fi.Mode().IsRegular() {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			sum := sha256.Sum256(b)
+			line += " " + hex.EncodeToString(sum[:8])
+		}
+		lines = append(lines, line)
+		return nil
+	}))
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+type patchEnv struct {
+	*supportEnv
+	root, healthMarker string
+	key, otherKey      ed25519.PrivateKey
+	sessionID, token   string
+	agentID, stateDir  string
+}
+
+func newPatchEnv(t *testing.T) *patchEnv {
+	t.Helper()
+	dir := t.TempDir()
+	p := &patchEnv{root: filepath.Join(dir, "streamer"), healthMarker: filepath.Join(dir, "unhealthy")}
+	require.NoError(t, os.MkdirAll(filepath.Join(p.root, "bin"), 0o755))
+	require.NoError(t, os.MkdirAll(filepath.Join(p.root, "etc", "busy.conf"), 0o755)) // a directory where a file will be aimed
+	require.NoError(t, os.WriteFile(filepath.Join(p.root, "bin", "run.sh"), []byte("#!/bin/sh\necho v1\n"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(p.root, "etc", "app.conf"), []byte("level=1\n"), 0o644))
+
+	pub, key, _ := ed25519.GenerateKey(nil)
+	_, other, _ := ed25519.GenerateKey(nil)
+	p.key, p.otherKey = key, other
+	pubFile := filepath.Join(dir, "patch-signing.pub")
+	require.NoError(t, os.WriteFile(pubFile, []byte(patch.EncodePublic(pub)+"\n"), 0o644))
+	config := filepath.Join(dir, "agent.yaml")
+	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf(`patch-keys: [%s]
+patch-roots:
+  streamer: %s
+patch-health-check: [/bin/sh, -c, "test ! -e %s"]
+patch-health-timeout: 10s
+`, pubFile, p.root, p.healthMarker)), 0o600))
+
+	p.supportEnv = newSupportEnv(t, nil)
+	p.consentAndArm(t)
+	p.agentID, p.stateDir, _ = p.runConfiguredAgent(t, "cam-gw-1", config)
+	sess, token := p.activate(t, p.agentID, "")
+	p.sessionID, p.token = sess.ID, token
+	return p
+}
+
+func (p *patchEnv) bundle(t *testing.T, key ed25519.PrivateKey, m patch.Manifest, contents map[string][]byte) []byte {
+	t.Helper()
+	if m.Root == "" {
+		m.Root = "streamer"
+	}
+	b, err := patch.Build(m, contents, key)
+	require.NoError(t, err)
+	return b
+}
+
+// send posts a bundle and returns the outcome code ("ok" on success).
+func (p *patchEnv) send(t *testing.T, bundle []byte) (string, json.RawMessage) {
+	t.Helper()
+	c := *p.api
+	c.SessionToken = p.token
+	var res struct {
+		Status string `json:"status"`
+		Error  *struct {
+			Code string `json:"code"`
+		} `json:"error"`
+		Data json.RawMessage `json:"data"`
+	}
+	err := c.DoRaw(context.Background(), "POST", "/v1/support/sessions/"+p.sessionID+"/patch", "application/octet-stream", bundle, &res)
+	if err != nil {
+		return apiCode(err), nil
+	}
+	if res.Error != nil {
+		return res.Error.Code, nil
+	}
+	return res.Status, res.Data
+}
+
+// craft signs an arbitrary manifest, for bundles Build would refuse.
+func craft(t *testing.T, key ed25519.PrivateKey, manifest map[string]any, files map[string][]byte) []byte {
+	t.Helper()
+	mb, err := json.Marshal(manifest)
+	require.NoError(t, err)
+	b, err := json.Marshal(map[string]any{
+		"v": 1, "key_id": patch.KeyID(key.Public().(ed25519.PublicKey)), "manifest": mb,
+		"signature": ed25519.Sign(key, append([]byte("argus/v1/patch\x00"), mb...)), "files": files,
+	})
+	require.NoError(t, err)
+	return b
+}
+
+func digest(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func TestPatch_AppliesAndRefusesWithoutTouchingDisk(t *testing.T) {
+	p := newPatchEnv(t)
+	runV2 := []byte("#!/bin/sh\necho v2\n")
+	newConf := []byte("added=yes\n")
+	attempts := 0
+	send := func(b []byte) (string, json.RawMessage) { attempts++; return p.send(t, b) }
+
+	good := p.bundle(t, p.key, patch.Manifest{ID: "HF-1", Version: "1.1.0", Files: []patch.File{
+		{Target: "bin/run.sh", Mode: "0755"}, {Target: "etc/new.conf", Mode: "0600"},
+	}}, map[string][]byte{"bin/run.sh": runV2, "etc/new.conf": newConf})
+
+	// Refusals first, each leaving the disk exactly as it was.
+	before := snapshot(t, p.root)
+	var raw map[string]any
+	require.NoError(t, json.Unmarshal(good, &raw))
+	tamperFile := func() []byte {
+		var m map[string]any
+		require.NoError(t, json.Unmarshal(good, &m))
+		m["files"].(map[string]any)["bin/run.sh"] = "IyEvYmluL3NoCmVjaG8gZXZpbAo=" // "#!/bin/sh\necho evil\n"
+		b, _ := json.Marshal(m)
+		return b
+	}
+	tamperManifest := func() []byte {
+		var m map[string]any
+		require.NoError(t, json.Unmarshal(good, &m))
+		var man map[string]any
+		mb, _ := json.Marshal(m["manifest"])
+		var s string
+		_ = json.Unmarshal(mb, &s)
+		dec, _ := (&jsonB64{}).decode(s)
+		require.NoError(t, json.Unmarshal(dec, &man))
+		man["version"] = "9.9.9"
+		nb, _ := json.Marshal(man)
+		m["manifest"] = nb
+		b, _ := json.Marshal(m)
+		return b
+	}
+	for name, tc := range map[string]struct {
+		bundle []byte
+		code   string
+	}{
+		"tampered file":     {tamperFile(), "digest_mismatch"},
+		"tampered manifest": {tamperManifest(), "bad_signature"},
+		"unknown signer":    {p.bundle(t, p.otherKey, patch.Manifest{ID: "HF-X", Version: "1.1.0", Files: []patch.File{{Target: "bin/run.sh"}}}, map[string][]byte{"bin/run.sh": runV2}), "unknown_signer"},
+		"expired": {p.bundle(t, p.key, patch.Manifest{ID: "HF-E", Version: "1.1.0", NotAfter: time.Now().Add(-time.Hour),
+			Files: []patch.File{{Target: "bin/run.sh"}}}, map[string][]byte{"bin/run.sh": runV2}), "patch_expired"},
+		"dot-dot target": {craft(t, p.key, map[string]any{"v": 1, "id": "HF-D", "version": "1.1.0", "series": "streamer", "root": "streamer",
+			"created": time.Now(), "files": []map[string]any{{"target": "../escape.sh", "sha256": digest(runV2), "mode": "0755", "size": len(runV2)}}},
+			map[string][]byte{"../escape.sh": runV2}), "path_not_allowed"},
+		"absolute target": {craft(t, p.key, map[string]any{"v": 1, "id": "HF-A", "version": "1.1.0", "series": "streamer", "root": "streamer",
+			"created": time.Now(), "files": []map[string]any{{"target": "/etc/cron.d/x", "sha256": digest(runV2), "mode": "0644", "size": len(runV2)}}},
+			map[string][]byte{"/etc/cron.d/x": runV2}), "path_not_allowed"},
+		"unknown root": {p.bundle(t, p.key, patch.Manifest{ID: "HF-R", Version: "1.1.0", Root: "kernel", Files: []patch.File{{Target: "x"}}},
+			map[string][]byte{"x": runV2}), "path_not_allowed"},
+		"halfway failure": {p.bundle(t, p.key, patch.Manifest{ID: "HF-H", Version: "1.1.0", Files: []patch.File{
+			{Target: "bin/run.sh", Mode: "0755"}, {Target: "etc/busy.conf"}}}, map[string][]byte{"bin/run.sh": runV2, "etc/busy.conf": newConf}), "patch_rolled_back"},
+		"not a bundle": {[]byte("#!/bin/sh\nrm -rf /\n"), "bad_bundle"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			code, _ := send(tc.bundle)
+			assert.Equal(t, tc.code, code)
+			assert.Equal(t, before, snapshot(t, p.root), "nothing changed on disk")
+		})
+	}
+
+	// The health check fails: the patch goes in, then comes back out.
+	require.NoError(t, os.WriteFile(p.healthMarker, nil, 0o644))
+	code, _ := send(good)
+	assert.Equal(t, "patch_rolled_back", code)
+	assert.Equal(t, before, snapshot(t, p.root), "rolled back after a failing health check")
+	require.NoError(t, os.Remove(p.healthMarker))
+
+	// The valid patch applies: new content, new modes.
+	code, data := send(good)
+	require.Equal(t, "ok", code)
+	got, err := os.ReadFile(filepath.Join(p.root, "bin", "run.sh"))
+	require.NoError(t, err)
+	assert.Equal(t, runV2, got)
+	fi, err := os.Stat(filepath.Join(p.root, "bin", "run.sh"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o755), fi.Mode().Perm())
+	fi, err = os.Stat(filepath.Join(p.root, "etc", "new.conf"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	var res agent.PatchResult
+	require.NoError(t, json.Unmarshal(data, &res))
+	assert.Equal(t, "HF-1", res.ID)
+	entries, _ := os.ReadDir(filepath.Join(p.root, "bin"))
+	assert.Len(t, entries, 1, "no staging or backup files left behind")
+
+	applied, err := agent.AppliedPatches(p.stateDir)
+	require.NoError(t, err)
+	require.Len(t, applied, 1)
+	assert.Equal(t, digest(good), applied[0].Digest)
+
+	// Replays and downgrades.
+	after := snapshot(t, p.root)
+	code, _ = send(good)
+	assert.Equal(t, "patch_replayed", code, "the same id again")
+	code, _ = send(p.bundle(t, p.key, patch.Manifest{ID: "HF-0", Version: "1.0.9", Files: []patch.File{{Target: "bin/run.sh"}}},
+		map[string][]byte{"bin/run.sh": []byte("old\n")}))
+	assert.Equal(t, "patch_replayed", code, "a downgrade")
+	assert.Equal(t, after, snapshot(t, p.root))
+
+	// get_capabilities lists applied patches.
+	caps := p.run(t, p.sessionID, p.token, "get_capabilities", nil)
+	assert.Contains(t, string(caps.Data), `"HF-1"`)
+
+	// Every attempt is one audited action: one audit_log row, one event.
+	logRows, events := p.auditPair(t, "support.patch", p.sessionID)
+	assert.Equal(t, attempts, logRows)
+	assert.Equal(t, attempts, events)
+	var withDigest int
+	require.NoError(t, p.srv.Database().Pool.QueryRow(context.Background(),
+		"SELECT count(*) FROM audit_log WHERE action = 'support.patch' AND detail->>'patch_id' = 'HF-1' AND detail->>'bundle_sha256' = $1 AND outcome = 'success'",
+		digest(good)).Scan(&withDigest))
+	assert.Equal(t, 1, withDigest)
+}
+
+func TestPatch_LargeBundleArrivesInChunks(t *testing.T) {
+	p := newPatchEnv(t)
+	big := make([]byte, 7<<20) // > two chunks, over the broker's packet size in base64
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	b := p.bundle(t, p.key, patch.Manifest{ID: "HF-BIG", Version: "2.0", Files: []patch.File{{Target: "bin/blob"}}}, map[string][]byte{"bin/blob": big})
+	code, _ := p.send(t, b)
+	require.Equal(t, "ok", code)
+	got, err := os.ReadFile(filepath.Join(p.root, "bin", "blob"))
+	require.NoError(t, err)
+	assert.Equal(t, digest(big), digest(got))
+
+	tooBig := make([]byte, patch.MaxBundle+1)
+	code, _ = p.send(t, tooBig)
+	assert.Equal(t, "bundle_too_large", code)
+}
+
+func TestPatch_ThroughArgusctl(t *testing.T) {
+	p := newPatchEnv(t)
+	keys := t.TempDir()
+	out, stderr, err := testenv.Run(t, nil, "argusctl", "patch", "keygen", "--out", keys)
+	require.NoError(t, err, stderr)
+	assert.Contains(t, out, "patch-signing.pub")
+	fi, err := os.Stat(filepath.Join(keys, "patch-signing.key"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+
+	src := filepath.Join(t.TempDir(), "run.sh")
+	require.NoError(t, os.WriteFile(src, []byte("#!/bin/sh\necho cli\n"), 0o750))
+	bundle := filepath.Join(t.TempDir(), "hf.bundle")
+	_, stderr, err = testenv.Run(t, nil, "argusctl", "patch", "build", "--key", filepath.Join(keys, "patch-signing.key"),
+		"--id", "HF-CLI", "--version", "3.0", "--root", "streamer", "--not-after", "2099-01-01", "--out", bundle, src+"=bin/run.sh")
+	require.NoError(t, err, stderr)
+	out, stderr, err = testenv.Run(t, nil, "argusctl", "patch", "verify", "--pub", filepath.Join(keys, "patch-signing.pub"), bundle)
+	require.NoError(t, err, stderr)
+	assert.Contains(t, out, "valid: patch HF-CLI version 3.0")
+	assert.Contains(t, out, "0750 bin/run.sh")
+
+	// This key is not in the agent's configuration: refused there.
+	data, err := os.ReadFile(bundle)
+	require.NoError(t, err)
+	code, _ := p.send(t, data)
+	assert.Equal(t, "unknown_signer", code)
+}
