@@ -20,10 +20,8 @@ import (
 	"github.com/argus-remote/argus/agent"
 	"github.com/argus-remote/argus/argusctl/apiclient"
 	"github.com/argus-remote/argus/controlplane/agents"
-	"github.com/argus-remote/argus/controlplane/audit"
 	"github.com/argus-remote/argus/controlplane/operators"
 	"github.com/argus-remote/argus/controlplane/signing"
-	"github.com/argus-remote/argus/controlplane/tenants"
 	"github.com/argus-remote/argus/internal/testenv"
 	"github.com/argus-remote/argus/topics"
 )
@@ -57,8 +55,6 @@ func newSupportEnv(t *testing.T, overrides map[string]any) *supportEnv {
 	srv := testenv.StartInProcess(t, env, o)
 	ctx := context.Background()
 	pool := srv.Database().Pool
-	_, err := tenants.NewStore(pool).Create(ctx, "acme", audit.Entry{Actor: "test"})
-	require.NoError(t, err)
 	_, token, err := operators.NewStore(pool).Create(ctx, "alice", operators.NewToken{Scopes: []operators.Scope{
 		operators.ScopeRemoteSupport, operators.ScopeTenantArm, operators.ScopeTenantAdmin, operators.ScopeAgentAdmin,
 		operators.ScopeAuditRead, operators.ScopeOperatorAdmin, operators.ScopeMonitor,
@@ -71,6 +67,7 @@ func newSupportEnv(t *testing.T, overrides map[string]any) *supportEnv {
 		api:       &apiclient.Client{BaseURL: srv.APIURL(), Token: token, OpsToken: opsToken},
 		tenant:    "acme", key: key, acks: make(chan topics.ActivationAckMsg, 64),
 	}
+	require.NoError(t, s.do(t, "POST", "/v1/tenants", map[string]string{"name": "acme"}, nil))
 	brk := srv.Broker().Server()
 	require.NoError(t, brk.Subscribe(topics.AgentFilter(topics.ActivationAck), 90, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
 		var a topics.ActivationAckMsg

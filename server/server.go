@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -68,6 +69,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 	agentStore := agents.NewStore(s.db.Pool)
 	s.policy = acl.New(agentStore, log)
+	tenantStore := tenants.NewStore(s.db.Pool)
+	opStore := operators.NewStore(s.db.Pool)
+	s.policy.Tokens = watcherTokens{ops: opStore, tenants: tenantStore}
 	s.fleet = fleet.New(agentStore, s.db.Pool, s.policy, cfg.NodeID, log)
 	s.policy.OnDeny = s.fleet.OnDeny
 
@@ -123,6 +127,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	s.stopNightly, s.nightlyDone = stop, make(chan struct{})
 	go func() {
 		defer close(s.nightlyDone)
+		go s.publishSummary(nctx)
 		nightly.Loop(nctx)
 	}()
 
@@ -142,6 +147,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 			TrustedProxies: cfg.TrustedProxies, OpsToken: cfg.OpsToken,
 		},
 		BrokerURL:        brokerURL,
+		BrowserMQTTURL:   brokerURL,
 		SigningPublicKey: topics.EncodePublicKey(signingKey.Public().(ed25519.PublicKey)),
 		Log:              log,
 	}
@@ -184,6 +190,37 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	return s, nil
 }
 
+// ServerStatus is the retained summary of one server node.
+type ServerStatus struct {
+	V             int       `json:"v"`
+	NodeID        string    `json:"node_id"`
+	Version       string    `json:"version"`
+	UptimeSeconds int64     `json:"uptime_seconds"`
+	AgentsOnline  int       `json:"agents_online"`
+	LiveSessions  int       `json:"live_sessions"`
+	Time          time.Time `json:"time"`
+}
+
+// publishSummary keeps the retained server summary fresh for monitors.
+func (s *Server) publishSummary(ctx context.Context) {
+	started := time.Now()
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		st := ServerStatus{V: topics.Version, NodeID: s.cfg.NodeID, Version: api.Version, UptimeSeconds: int64(time.Since(started).Seconds()),
+			AgentsOnline: s.fleet.OnlineCount(), LiveSessions: s.sessions.LiveCount(), Time: time.Now().UTC()}
+		b, _ := json.Marshal(st)
+		if err := s.broker.Publish(topics.ServerStatus, b, true, 0, nil); err != nil {
+			s.log.Warn("publish server status", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // Broker returns the embedded broker.
 func (s *Server) Broker() *broker.Broker { return s.broker }
 
@@ -192,6 +229,22 @@ func (s *Server) Sessions() *sessions.Manager { return s.sessions }
 
 // Policy returns the broker's access policy.
 func (s *Server) Policy() *acl.Policy { return s.policy }
+
+// watcherTokens checks monitor and viewer credentials for the broker.
+type watcherTokens struct {
+	ops     *operators.Store
+	tenants *tenants.Store
+}
+
+func (w watcherTokens) Monitor(ctx context.Context, token string) bool {
+	p, err := w.ops.Authenticate(ctx, token)
+	return err == nil && p.Has(operators.ScopeMonitor)
+}
+
+func (w watcherTokens) Viewer(ctx context.Context, token string) (string, bool) {
+	t, err := w.tenants.AuthenticateViewer(ctx, token)
+	return t, err == nil
+}
 
 // agentControl revokes an agent on this node's broker.
 type agentControl struct {

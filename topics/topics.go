@@ -119,6 +119,12 @@ func AgentFilter(k Kind) string { return agentsRoot + "+/" + string(k) }
 // StatusFilter is the filter for every status topic.
 const StatusFilter = statusRoot + "#"
 
+// StatusRoot is the prefix of every status topic.
+const StatusRoot = statusRoot
+
+// StatusPrefix is the prefix of every status topic about one tenant.
+func (t TenantID) StatusPrefix() string { return tenantsRoot + t.s + "/" }
+
 // ServerStatus is the retained server summary topic.
 const ServerStatus = statusRoot + "server"
 

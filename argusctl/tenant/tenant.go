@@ -18,7 +18,7 @@ func NewCmdTenant(f *cmdutil.Factory) *cobra.Command {
 		Use:   "tenant",
 		Short: "Manage tenants, their consent and arm state",
 	}
-	cmd.AddCommand(newCmdCreate(f), newCmdList(f), newCmdShow(f), newCmdConsent(f), newCmdArm(f), newCmdDisarm(f))
+	cmd.AddCommand(newCmdCreate(f), newCmdList(f), newCmdShow(f), newCmdConsent(f), newCmdArm(f), newCmdDisarm(f), newCmdViewerToken(f))
 	return cmd
 }
 

@@ -14,6 +14,7 @@ package acl
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,20 @@ import (
 type Credentials interface {
 	Credentials(ctx context.Context, agentID string) (hash []byte, revoked bool, tenantID string, err error)
 }
+
+// Tokens checks the credentials of read-only watchers: monitors (an
+// operator token with the monitor scope) and tenant viewers.
+type Tokens interface {
+	Monitor(ctx context.Context, token string) bool
+	Viewer(ctx context.Context, token string) (tenantID string, ok bool)
+}
+
+// Watcher usernames: a monitor connects as "monitor"; a tenant viewer as
+// "viewer:<tenant id>", which the token must belong to.
+const (
+	MonitorUser      = "monitor"
+	ViewerUserPrefix = "viewer:"
+)
 
 // Denial describes one refused access, for counting and auditing.
 type Denial struct {
@@ -52,7 +67,9 @@ type cred struct {
 // Policy implements broker.Policy.
 type Policy struct {
 	creds Credentials
-	log   *slog.Logger
+	// Tokens, when set, admits monitors and tenant viewers.
+	Tokens Tokens
+	log    *slog.Logger
 	// OnDeny, when set, is told of every refusal. It runs in the broker's
 	// goroutines and must not block.
 	OnDeny func(Denial)
@@ -78,6 +95,9 @@ var _ broker.Policy = (*Policy)(nil)
 // Authenticate admits an agent presenting its own id and current secret,
 // on a clean session without a will message.
 func (p *Policy) Authenticate(r broker.ConnectRequest) bool {
+	if r.Username == MonitorUser || strings.HasPrefix(r.Username, ViewerUserPrefix) {
+		return p.authenticateWatcher(r)
+	}
 	id, err := topics.ParseAgentID(r.Username)
 	if err != nil || r.ClientID != r.Username {
 		return false
@@ -95,6 +115,29 @@ func (p *Policy) Authenticate(r broker.ConnectRequest) bool {
 		return false
 	}
 	return credential.Verify(c.hash, string(r.Password))
+}
+
+// authenticateWatcher admits a read-only monitor or viewer. Its client id
+// may not look like an agent's, so it can never take over an agent's
+// session.
+func (p *Policy) authenticateWatcher(r broker.ConnectRequest) bool {
+	if p.Tokens == nil || r.ClientID == "" || len(r.ClientID) > 128 || r.HasWill || r.SessionExpiry != 0 || len(r.Password) > maxPassword {
+		return false
+	}
+	if _, err := topics.ParseAgentID(r.ClientID); err == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if r.Username == MonitorUser {
+		return p.Tokens.Monitor(ctx, string(r.Password))
+	}
+	want, err := topics.ParseTenantID(strings.TrimPrefix(r.Username, ViewerUserPrefix))
+	if err != nil {
+		return false
+	}
+	got, ok := p.Tokens.Viewer(ctx, string(r.Password))
+	return ok && got == want.String()
 }
 
 func (p *Policy) lookup(id string) (cred, bool) {
@@ -190,6 +233,15 @@ func (p *Policy) Allow(clientID, username, topic string, write bool) bool {
 }
 
 func (p *Policy) allow(clientID, username, topic string, write bool) (bool, string) {
+	// Watchers read status topics and nothing else; they never publish.
+	if username == MonitorUser {
+		return !write && !strings.HasPrefix(topic, "$share") &&
+			(strings.HasPrefix(topic, topics.StatusRoot) || strings.HasPrefix(topic, "$SYS/")), ""
+	}
+	if rest, ok := strings.CutPrefix(username, ViewerUserPrefix); ok {
+		tid, err := topics.ParseTenantID(rest)
+		return err == nil && !write && strings.HasPrefix(topic, tid.StatusPrefix()), ""
+	}
 	id, err := topics.ParseAgentID(username)
 	if err != nil || clientID != username {
 		return false, ""

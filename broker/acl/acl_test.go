@@ -162,3 +162,51 @@ func TestAllow_NonAgentsGetNothing(t *testing.T) {
 		assert.False(t, p.Allow(c[0], c[1], mustID(agentA).Topic(topics.Activation), false))
 	}
 }
+
+type fakeTokens struct{}
+
+const tenantA, tenantB = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
+
+func (fakeTokens) Monitor(_ context.Context, tok string) bool { return tok == "mon" }
+func (fakeTokens) Viewer(_ context.Context, tok string) (string, bool) {
+	if tok == "view-a" {
+		return tenantA, true
+	}
+	return "", false
+}
+
+func TestWatchers(t *testing.T) {
+	p, _ := newPolicy()
+	p.Tokens = fakeTokens{}
+	req := func(id, user, pass string) broker.ConnectRequest {
+		return broker.ConnectRequest{ClientID: id, Username: user, Password: []byte(pass), CleanStart: true, ProtocolVersion: 5}
+	}
+	assert.True(t, p.Authenticate(req("grafana-1", MonitorUser, "mon")))
+	assert.False(t, p.Authenticate(req("grafana-1", MonitorUser, "nope")))
+	assert.False(t, p.Authenticate(req(agentA, MonitorUser, "mon")), "a watcher cannot use an agent's client id")
+	assert.True(t, p.Authenticate(req("page-1", ViewerUserPrefix+tenantA, "view-a")))
+	assert.False(t, p.Authenticate(req("page-1", ViewerUserPrefix+tenantB, "view-a")), "a viewer token opens only its own tenant")
+
+	a := mustID(agentA)
+	for _, c := range []struct {
+		user, topic string
+		write, want bool
+	}{
+		{MonitorUser, topics.StatusFilter, false, true},
+		{MonitorUser, a.Status(), false, true},
+		{MonitorUser, "$SYS/#", false, true},
+		{MonitorUser, a.Status(), true, false},
+		{MonitorUser, a.Topic(topics.Heartbeat), false, false},
+		{MonitorUser, "#", false, false},
+		{MonitorUser, "$share/g/" + topics.StatusFilter, false, false},
+		{ViewerUserPrefix + tenantA, "argus/v1/status/tenants/" + tenantA + "/#", false, true},
+		{ViewerUserPrefix + tenantA, "argus/v1/status/tenants/" + tenantA + "/remote-support", false, true},
+		{ViewerUserPrefix + tenantA, "argus/v1/status/tenants/" + tenantB + "/#", false, false},
+		{ViewerUserPrefix + tenantA, "argus/v1/status/tenants/+/remote-support", false, false},
+		{ViewerUserPrefix + tenantA, topics.StatusFilter, false, false},
+		{ViewerUserPrefix + tenantA, a.Status(), false, false},
+		{ViewerUserPrefix + tenantA, "argus/v1/status/tenants/" + tenantA + "/remote-support", true, false},
+	} {
+		assert.Equal(t, c.want, p.Allow("w", c.user, c.topic, c.write), "%s %s write=%v", c.user, c.topic, c.write)
+	}
+}

@@ -37,7 +37,9 @@ type Server struct {
 	// BrokerURL and SigningPublicKey are handed to agents at enrollment.
 	BrokerURL        string
 	SigningPublicKey string
-	Log              *slog.Logger
+	// BrowserMQTTURL is the broker's WebSocket URL as a browser reaches it.
+	BrowserMQTTURL string
+	Log            *slog.Logger
 
 	enrollLimit    *limiter
 	gateAuditLimit *limiter
@@ -70,6 +72,11 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/tenants/{tenant}/arm", scoped(operators.ScopeTenantArm, s.arm))
 	// Disarming is never harder than arming.
 	mux.Handle("POST /v1/tenants/{tenant}/disarm", s.requireAnyScope(s.disarm, operators.ScopeTenantArm, operators.ScopeTenantAdmin))
+
+	mux.Handle("POST /v1/tenants/{tenant}/viewer-tokens", scoped(operators.ScopeTenantAdmin, s.createViewerToken))
+	mux.Handle("GET /v1/tenants/{tenant}/viewer-tokens", scoped(operators.ScopeTenantAdmin, s.listViewerTokens))
+	mux.Handle("POST /v1/tenants/{tenant}/viewer-tokens/{id}/revoke", scoped(operators.ScopeTenantAdmin, s.revokeViewerToken))
+	mux.HandleFunc("GET /v1/viewer", s.viewer)
 
 	mux.Handle("GET /v1/audit", scoped(operators.ScopeAuditRead, s.listAudit))
 	mux.Handle("POST /v1/audit/verify", scoped(operators.ScopeAuditRead, s.verifyAudit))

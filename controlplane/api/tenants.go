@@ -33,6 +33,9 @@ func (s *Server) createTenant(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, tenantError(err))
 		return
 	}
+	if s.Sessions != nil {
+		s.Sessions.PublishTenant(t.ID)
+	}
 	writeJSON(w, http.StatusCreated, t)
 }
 

@@ -118,6 +118,13 @@ func (w *Watcher) Online(agentID string) bool {
 	return ok
 }
 
+// OnlineCount is how many agents are connected here.
+func (w *Watcher) OnlineCount() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.online)
+}
+
 // KillSwitch reports whether the agent's last heartbeat said its kill
 // switch is engaged.
 func (w *Watcher) KillSwitch(agentID string) bool {

@@ -270,6 +270,10 @@ type SessionStatus struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
+// PublishTenant (re)publishes a tenant's indicator: for a new tenant, so
+// "nothing active" is said from the start.
+func (m *Manager) PublishTenant(tenantID string) { m.publishTenant(tenantID) }
+
 func (m *Manager) publishTenant(tenantID string) {
 	tid, err := topics.ParseTenantID(tenantID)
 	if err != nil {
@@ -288,6 +292,13 @@ func (m *Manager) publishTenant(tenantID string) {
 	if err := m.Broker.Publish(tid.RemoteSupport(), b, true, 1, nil); err != nil {
 		m.Log.Error("publish tenant status", "tenant", tenantID, "err", err)
 	}
+}
+
+// LiveCount is how many sessions are live on this node.
+func (m *Manager) LiveCount() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.live)
 }
 
 // Live returns the live session of an agent on this node, if any.

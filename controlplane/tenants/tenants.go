@@ -17,6 +17,7 @@ import (
 
 	"github.com/argus-remote/argus/controlplane/audit"
 	"github.com/argus-remote/argus/controlplane/sessions"
+	"github.com/argus-remote/argus/internal/credential"
 )
 
 // Errors callers map to API codes.
@@ -343,4 +344,101 @@ func nullUUID(s string) *string {
 		return nil
 	}
 	return &s
+}
+
+// ViewerToken is a tenant viewer token as listed; Token is set only when
+// it is minted.
+type ViewerToken struct {
+	ID          string     `json:"id"`
+	TenantID    string     `json:"tenant_id"`
+	Token       string     `json:"token,omitempty"`
+	Description string     `json:"description,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+	RevokedAt   *time.Time `json:"revoked_at,omitempty"`
+}
+
+// ErrViewerTokenNotFound is returned for an unknown viewer token id.
+var ErrViewerTokenNotFound = errors.New("viewer token not found")
+
+// CreateViewerToken mints a read-only token for the tenant's indicator.
+func (s *Store) CreateViewerToken(ctx context.Context, ref, description string, by audit.Entry) (ViewerToken, error) {
+	m, err := credential.Mint(credential.Viewer)
+	if err != nil {
+		return ViewerToken{}, err
+	}
+	v := ViewerToken{ID: m.ID, Token: m.Plain, Description: description}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		if v.TenantID, _, err = lockTenant(ctx, tx, ref); err != nil {
+			return err
+		}
+		if err := tx.QueryRow(ctx, `INSERT INTO tenant_viewer_tokens (id, tenant_id, secret_hash, description, created_by)
+			VALUES ($1, $2, $3, $4, $5) RETURNING created_at`, m.ID, v.TenantID, m.Hash, description, nullUUID(by.OperatorID)).Scan(&v.CreatedAt); err != nil {
+			return err
+		}
+		by.Action, by.Outcome, by.TenantID = "tenant.viewer_token.create", audit.Success, v.TenantID
+		by.Detail = map[string]any{"token_id": m.ID}
+		_, err = audit.Record(ctx, tx, by)
+		return err
+	})
+	if err != nil {
+		return ViewerToken{}, fmt.Errorf("create viewer token: %w", err)
+	}
+	return v, nil
+}
+
+// ViewerTokens lists a tenant's viewer tokens.
+func (s *Store) ViewerTokens(ctx context.Context, ref string) ([]ViewerToken, error) {
+	t, err := s.Get(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT id, tenant_id, description, created_at, revoked_at FROM tenant_viewer_tokens
+		WHERE tenant_id = $1 ORDER BY created_at`, t.ID)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (ViewerToken, error) {
+		var v ViewerToken
+		err := r.Scan(&v.ID, &v.TenantID, &v.Description, &v.CreatedAt, &v.RevokedAt)
+		return v, err
+	})
+}
+
+// RevokeViewerToken revokes one viewer token of the tenant.
+func (s *Store) RevokeViewerToken(ctx context.Context, ref, id string, by audit.Entry) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tid, _, err := lockTenant(ctx, tx, ref)
+		if err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, "UPDATE tenant_viewer_tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 AND tenant_id = $2", id, tid)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return ErrViewerTokenNotFound
+		}
+		by.Action, by.Outcome, by.TenantID = "tenant.viewer_token.revoke", audit.Success, tid
+		by.Detail = map[string]any{"token_id": id}
+		_, err = audit.Record(ctx, tx, by)
+		return err
+	})
+}
+
+// AuthenticateViewer returns the tenant of a live viewer token.
+func (s *Store) AuthenticateViewer(ctx context.Context, plain string) (string, error) {
+	id, secret, err := credential.Parse(credential.Viewer, plain)
+	if err != nil {
+		return "", ErrViewerTokenNotFound
+	}
+	var tenant string
+	var hash []byte
+	var revoked bool
+	err = s.pool.QueryRow(ctx, "SELECT tenant_id, secret_hash, revoked_at IS NOT NULL FROM tenant_viewer_tokens WHERE id = $1", id).
+		Scan(&tenant, &hash, &revoked)
+	if err != nil || revoked || !credential.Verify(hash, secret) {
+		return "", ErrViewerTokenNotFound
+	}
+	return tenant, nil
 }

@@ -25,6 +25,7 @@ const (
 	Operator   Kind = "pat"
 	Enrollment Kind = "enr"
 	Session    Kind = "ses"
+	Viewer     Kind = "vwr"
 )
 
 const (
