@@ -25,6 +25,7 @@ import (
 	"github.com/argus-remote/argus/controlplane/reconcile"
 	"github.com/argus-remote/argus/controlplane/sessions"
 	"github.com/argus-remote/argus/controlplane/signing"
+	"github.com/argus-remote/argus/controlplane/statuspage"
 	"github.com/argus-remote/argus/controlplane/tenants"
 	"github.com/argus-remote/argus/topics"
 )
@@ -75,6 +76,23 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	s.fleet = fleet.New(agentStore, s.db.Pool, s.policy, cfg.NodeID, log)
 	s.policy.OnDeny = s.fleet.OnDeny
 
+	// The API listens first: its origin is one the broker lets browsers
+	// (the status page) connect from.
+	if s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("http-addr: %w", err)
+	}
+	httpTLS, err := loadTLS(cfg.HTTPTLSCert, cfg.HTTPTLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("http-tls-cert: %w", err)
+	}
+	if httpTLS != nil {
+		s.scheme = "https"
+	}
+	origins := append([]string{s.APIURL()}, cfg.MQTTOrigins...)
+	if host, port, err := net.SplitHostPort(s.httpLn.Addr().String()); err == nil && (host == "127.0.0.1" || host == "::1") {
+		origins = append(origins, s.scheme+"://localhost:"+port)
+	}
+
 	mqttTLS, err := loadTLS(cfg.MQTTTLSCert, cfg.MQTTTLSKey)
 	if err != nil {
 		return nil, fmt.Errorf("mqtt-tls-cert: %w", err)
@@ -83,7 +101,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		WSAddr:         cfg.MQTTWSAddr,
 		WSPath:         cfg.MQTTWSPath,
 		TLS:            mqttTLS,
-		AllowedOrigins: cfg.MQTTOrigins,
+		AllowedOrigins: origins,
 		MaxPacketSize:  cfg.MQTTMaxPacket,
 		Policy:         s.policy,
 		Hooks:          []mqtt.Hook{s.fleet.Hook()},
@@ -131,10 +149,6 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		nightly.Loop(nctx)
 	}()
 
-	httpTLS, err := loadTLS(cfg.HTTPTLSCert, cfg.HTTPTLSKey)
-	if err != nil {
-		return nil, fmt.Errorf("http-tls-cert: %w", err)
-	}
 	apiSrv := &api.Server{
 		Pool:         s.db.Pool,
 		Operators:    operators.NewStore(s.db.Pool),
@@ -151,20 +165,17 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		SigningPublicKey: topics.EncodePublicKey(signingKey.Public().(ed25519.PublicKey)),
 		Log:              log,
 	}
+	mux := http.NewServeMux()
+	mux.Handle("/status/", statuspage.Handler("/status/"))
+	mux.Handle("/", apiSrv.Handler())
 	s.http = &http.Server{
-		Handler:           apiSrv.Handler(),
+		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		TLSConfig:         httpTLS,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
-	if s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-		return nil, fmt.Errorf("http-addr: %w", err)
-	}
-	if httpTLS != nil {
-		s.scheme = "https"
 	}
 	go func() {
 		var err error
@@ -295,6 +306,8 @@ func (s *Server) close(ctx context.Context) error {
 		if err := s.http.Shutdown(ctx); err != nil {
 			errs = append(errs, err)
 		}
+	} else if s.httpLn != nil {
+		_ = s.httpLn.Close()
 	}
 	if s.broker != nil {
 		if err := s.broker.Close(); err != nil {

@@ -258,16 +258,21 @@ type TenantStatus struct {
 	TenantID string          `json:"tenant_id"`
 	Active   bool            `json:"active"`
 	Sessions []SessionStatus `json:"sessions"`
-	Time     time.Time       `json:"time"`
+	// Today is every session of the tenant since midnight UTC.
+	Today []SessionStatus `json:"today"`
+	Time  time.Time       `json:"time"`
 }
 
 // SessionStatus is one live session in a tenant's indicator.
 type SessionStatus struct {
-	SessionID string    `json:"session_id"`
-	AgentID   string    `json:"agent_id"`
-	Operator  string    `json:"operator"`
-	Since     time.Time `json:"since"`
-	ExpiresAt time.Time `json:"expires_at"`
+	SessionID string     `json:"session_id"`
+	AgentID   string     `json:"agent_id"`
+	AgentName string     `json:"agent_name,omitempty"`
+	Operator  string     `json:"operator"`
+	Since     time.Time  `json:"since"`
+	ExpiresAt time.Time  `json:"expires_at"`
+	EndedAt   *time.Time `json:"ended_at,omitempty"`
+	EndReason string     `json:"end_reason,omitempty"`
 }
 
 // PublishTenant (re)publishes a tenant's indicator: for a new tenant, so
@@ -279,11 +284,31 @@ func (m *Manager) publishTenant(tenantID string) {
 	if err != nil {
 		return
 	}
-	st := TenantStatus{V: topics.Version, TenantID: tenantID, Sessions: []SessionStatus{}, Time: time.Now().UTC()}
+	st := TenantStatus{V: topics.Version, TenantID: tenantID, Sessions: []SessionStatus{}, Today: []SessionStatus{}, Time: time.Now().UTC()}
+	names := map[string]string{}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rows, err := m.Pool.Query(ctx, `SELECT s.id, s.agent_id, a.name, o.name, s.created_at, s.expires_at, s.ended_at, COALESCE(s.end_reason, '')
+		FROM support_sessions s JOIN agents a ON a.id = s.agent_id JOIN operators o ON o.id = s.operator_id
+		WHERE s.tenant_id = $1 AND s.created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+		ORDER BY s.created_at`, tenantID)
+	if err == nil {
+		st.Today, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (SessionStatus, error) {
+			var x SessionStatus
+			err := r.Scan(&x.SessionID, &x.AgentID, &x.AgentName, &x.Operator, &x.Since, &x.ExpiresAt, &x.EndedAt, &x.EndReason)
+			names[x.AgentID] = x.AgentName
+			return x, err
+		})
+	}
+	if err != nil {
+		// The indicator itself must still go out; the history is extra.
+		m.Log.Warn("tenant session history", "tenant", tenantID, "err", err)
+		st.Today = []SessionStatus{}
+	}
 	m.mu.Lock()
 	for _, l := range m.live {
 		if l.tenantID == tenantID {
-			st.Sessions = append(st.Sessions, SessionStatus{SessionID: l.id, AgentID: l.agentID, Operator: l.operator, Since: l.createdAt.UTC(), ExpiresAt: l.expiresAt.UTC()})
+			st.Sessions = append(st.Sessions, SessionStatus{SessionID: l.id, AgentID: l.agentID, AgentName: names[l.agentID], Operator: l.operator, Since: l.createdAt.UTC(), ExpiresAt: l.expiresAt.UTC()})
 		}
 	}
 	m.mu.Unlock()
