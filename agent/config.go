@@ -53,6 +53,9 @@ type Config struct {
 	// the patch is rolled back. It comes from this file, never a bundle.
 	PatchHealthCheck   []string
 	PatchHealthTimeout time.Duration
+
+	// OTLPEndpoint, when set, receives the agent's traces.
+	OTLPEndpoint string
 }
 
 // Keys are the agent's settings (env ARGUS_AGENT_*).
@@ -73,6 +76,7 @@ var Keys = []settings.Key{
 	{Name: "patch-roots", Map: true},
 	{Name: "patch-health-check"},
 	{Name: "patch-health-timeout", Default: "60s"},
+	{Name: "otlp-endpoint", Env: []string{"ARGUS_AGENT_OTLP_ENDPOINT"}},
 }
 
 // DefaultStateDir is /var/lib/argus-agent for root and
@@ -103,6 +107,7 @@ func ConfigFromViper(v *viper.Viper) (Config, error) {
 		Cameras:                   settings.StringMap(v, "cameras"),
 		FFmpegPath:                v.GetString("ffmpeg-path"),
 		StreamingAgentVersionFile: v.GetString("streaming-agent-version-file"),
+		OTLPEndpoint:              v.GetString("otlp-endpoint"),
 	}
 
 	var errs []error

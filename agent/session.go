@@ -11,9 +11,15 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/argus-remote/argus/internal/telemetry"
 	"github.com/argus-remote/argus/topics"
 )
+
+var tracer = otel.Tracer("argus/agent")
 
 // maxSession is the longest session the agent accepts, whatever an
 // activation says: the same cap the server enforces, checked again here.
@@ -209,6 +215,17 @@ func (a *Agent) unsubscribeCommands(ctx context.Context) {
 // for this agent and the session in force, unexpired, and not seen before.
 // Anything else is refused, and the refusal reported.
 func (a *Agent) onCommand(ctx context.Context, p *paho.Publish) {
+	// Continue the operator's trace: the control plane put its context in
+	// the packet's user properties.
+	if p.Properties != nil {
+		up := &telemetry.UserProps{}
+		for _, u := range p.Properties.User {
+			up.Set(u.Key, u.Value)
+		}
+		ctx = telemetry.Extract(ctx, up)
+	}
+	ctx, span := tracer.Start(ctx, "agent.command", trace.WithSpanKind(trace.SpanKindConsumer))
+	defer span.End()
 	var cmd topics.CommandMsg
 	err := topics.Open(a.pub, topics.PurposeCommand, p.Payload, maxCommand, &cmd)
 	now := time.Now()
@@ -237,14 +254,16 @@ func (a *Agent) onCommand(ctx context.Context, p *paho.Publish) {
 	}
 	a.mu.Unlock()
 
+	span.SetAttributes(attribute.String("argus.command", cmd.Name), attribute.String("argus.command_id", cmd.ID))
 	if code != "" {
-		a.log.Warn("refused command", "command", cmd.Name, "id", cmd.ID, "code", code)
+		span.SetAttributes(attribute.String("argus.code", code))
+		a.log.WarnContext(ctx, "refused command", "command", cmd.Name, "id", cmd.ID, "code", code)
 		a.emit("refused", code)
 		a.reply(ctx, p, topics.ResultMsg{CommandID: cmd.ID, SessionID: cmd.SessionID, Status: topics.ResultRefused,
 			Error: &topics.ErrorBody{Code: code, Message: why}})
 		return
 	}
-	a.log.Info("running command", "command", cmd.Name, "id", cmd.ID, "session", cmd.SessionID)
+	a.log.InfoContext(ctx, "running command", "command", cmd.Name, "id", cmd.ID, "session", cmd.SessionID)
 	data, cerr := a.run(ctx, cmd)
 	res := topics.ResultMsg{CommandID: cmd.ID, SessionID: cmd.SessionID, Status: topics.ResultOK}
 	if cerr != nil {
@@ -284,6 +303,10 @@ func (a *Agent) reply(ctx context.Context, p *paho.Publish, res topics.ResultMsg
 	props := &paho.PublishProperties{}
 	if p.Properties != nil {
 		props.CorrelationData = p.Properties.CorrelationData
+	}
+	up := telemetry.Inject(ctx)
+	for i, k := range up.Keys {
+		props.User = append(props.User, paho.UserProperty{Key: k, Value: up.Values[i]})
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/viper"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/argus-remote/argus/controlplane/mail"
 	"github.com/argus-remote/argus/internal/settings"
@@ -49,6 +50,10 @@ type Config struct {
 	ReconcileAt       time.Duration
 	ReconcileOverlap  time.Duration
 	ReconcileAllClear bool
+
+	OTLPEndpoint string
+	// SpanProcessor, when set (by tests), also receives every span.
+	SpanProcessor sdktrace.SpanProcessor
 
 	LogLevel  slog.Level
 	LogFormat string
@@ -89,6 +94,7 @@ var Keys = []settings.Key{
 	{Name: "audit-reconcile-at", Env: []string{"ARGUS_AUDIT_RECONCILE_AT"}, Default: "02:00"},
 	{Name: "audit-reconcile-overlap", Env: []string{"ARGUS_AUDIT_RECONCILE_OVERLAP"}, Default: "1h"},
 	{Name: "audit-all-clear-mail", Env: []string{"ARGUS_AUDIT_ALL_CLEAR_MAIL"}, Default: false},
+	{Name: "otlp-endpoint", Env: []string{"ARGUS_OTLP_ENDPOINT"}},
 	{Name: "log-level", Env: []string{"ARGUS_LOG_LEVEL"}, Default: "info"},
 	{Name: "log-format", Env: []string{"ARGUS_LOG_FORMAT"}, Default: "text"},
 }
@@ -135,6 +141,7 @@ func FromViper(v *viper.Viper) (Config, error) {
 		OpsToken:    v.GetString("ops-token"),
 		LogFormat:   v.GetString("log-format"),
 
+		OTLPEndpoint:      v.GetString("otlp-endpoint"),
 		NodeID:            v.GetString("node-id"),
 		MQTTPublicURL:     v.GetString("mqtt-public-url"),
 		CommandSigningKey: v.GetString("command-signing-key"),

@@ -14,6 +14,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/argus-remote/argus/broker"
 	"github.com/argus-remote/argus/broker/acl"
@@ -27,6 +29,7 @@ import (
 	"github.com/argus-remote/argus/controlplane/signing"
 	"github.com/argus-remote/argus/controlplane/statuspage"
 	"github.com/argus-remote/argus/controlplane/tenants"
+	"github.com/argus-remote/argus/internal/telemetry"
 	"github.com/argus-remote/argus/topics"
 )
 
@@ -44,6 +47,7 @@ type Server struct {
 	scheme   string
 	served   chan error
 
+	tel         *telemetry.Telemetry
 	closeOnce   sync.Once
 	closeErr    error
 	stopNightly context.CancelFunc
@@ -60,6 +64,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		}
 	}()
 
+	if s.tel, err = telemetry.Setup(ctx, telemetry.Options{
+		Service: "argus-server", Version: api.Version, OTLPEndpoint: cfg.OTLPEndpoint, Metrics: true, SpanProcessor: cfg.SpanProcessor,
+	}); err != nil {
+		return nil, fmt.Errorf("telemetry: %w", err)
+	}
 	if s.db, err = OpenDatabase(ctx, cfg, log, true); err != nil {
 		return nil, err
 	}
@@ -165,7 +174,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		SigningPublicKey: topics.EncodePublicKey(signingKey.Public().(ed25519.PublicKey)),
 		Log:              log,
 	}
+	if err := s.observe(sender); err != nil {
+		return nil, err
+	}
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.tel.MetricsHandler())
 	mux.Handle("/status/", statuspage.Handler("/status/"))
 	mux.Handle("/", apiSrv.Handler())
 	s.http = &http.Server{
@@ -199,6 +212,39 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	log.Info("argus-server ready", "api", s.APIURL(), "mqtt", s.broker.URL(), "database", db,
 		"remote_support_enabled", cfg.RemoteSupport)
 	return s, nil
+}
+
+// observe registers the gauges read from live state at scrape time.
+func (s *Server) observe(sender *mail.Sender) error {
+	m := otel.Meter("argus/server")
+	agentsGauge, err := m.Int64ObservableGauge("argus_agents_connected", metric.WithDescription("Agents connected to this node."))
+	if err != nil {
+		return err
+	}
+	sessionsGauge, err := m.Int64ObservableGauge("argus_sessions_live", metric.WithDescription("Live support sessions on this node."))
+	if err != nil {
+		return err
+	}
+	denials, err := m.Int64ObservableCounter("argus_acl_denials", metric.WithDescription("Broker accesses refused by the ACL."))
+	if err != nil {
+		return err
+	}
+	mailFailures, err := m.Int64ObservableCounter("argus_mail_failures", metric.WithDescription("Failed attempts to send audit mail."))
+	if err != nil {
+		return err
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(agentsGauge, int64(s.fleet.OnlineCount()))
+		o.ObserveInt64(sessionsGauge, int64(s.sessions.LiveCount()))
+		o.ObserveInt64(denials, s.policy.Denials())
+		if sender != nil {
+			o.ObserveInt64(mailFailures, sender.Failures())
+		} else {
+			o.ObserveInt64(mailFailures, 0)
+		}
+		return nil
+	}, agentsGauge, sessionsGauge, denials, mailFailures)
+	return err
 }
 
 // ServerStatus is the retained summary of one server node.
@@ -324,6 +370,9 @@ func (s *Server) close(ctx context.Context) error {
 		if err := s.db.Close(ctx); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := s.tel.Shutdown(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
 		s.log.Info("argus-server stopped")

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os/signal"
@@ -9,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/argus-remote/argus/agent"
+	"github.com/argus-remote/argus/internal/telemetry"
 )
 
 func newRunCmd(io IOStreams) *cobra.Command {
@@ -30,8 +32,13 @@ any port.`,
 			if err != nil {
 				return err
 			}
-			log := slog.New(slog.NewTextHandler(io.ErrOut, &slog.HandlerOptions{Level: cfg.LogLevel}))
+			log := slog.New(telemetry.LogHandler(slog.NewTextHandler(io.ErrOut, &slog.HandlerOptions{Level: cfg.LogLevel})))
 			agent.Version = Version
+			tel, err := telemetry.Setup(cmd.Context(), telemetry.Options{Service: "argus-agent", Version: Version, OTLPEndpoint: cfg.OTLPEndpoint})
+			if err != nil {
+				return err
+			}
+			defer tel.Shutdown(context.Background())
 			a, err := agent.New(cfg, st, log)
 			if err != nil {
 				return err

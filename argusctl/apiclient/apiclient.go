@@ -13,6 +13,9 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
 )
 
 // maxResponseBytes bounds what the client reads from one response.
@@ -73,6 +76,8 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body 
 		return err
 	}
 	req.Header.Set("Accept", "application/json")
+	// One command is one trace: the server continues this context.
+	otel.GetTextMapPropagator().Inject(ctx, propagation.HeaderCarrier(req.Header))
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}

@@ -16,6 +16,9 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 )
 
 // Outcomes.
@@ -24,6 +27,9 @@ const (
 	Denied  = "denied"
 	Failure = "failure"
 )
+
+var auditWrites, _ = otel.Meter("argus/audit").Int64Counter("argus_audit_writes",
+	metric.WithDescription("Audited actions written (one audit_log row and one event each)."))
 
 // chainLock is the advisory lock key that serialises the events chain head
 // ("argusaud").
@@ -121,6 +127,7 @@ func Record(ctx context.Context, tx pgx.Tx, e Entry) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("audit: events: %w", err)
 	}
+	auditWrites.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", e.Outcome)))
 	return id, nil
 }
 

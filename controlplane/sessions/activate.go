@@ -11,6 +11,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/argus-remote/argus/controlplane/audit"
 	"github.com/argus-remote/argus/internal/credential"
@@ -54,7 +58,21 @@ type Session struct {
 // Activate runs the checks in their fixed order, mints the session, sends
 // the agent its signed activation, opens its commands topic, and waits for
 // its ack. Every attempt is audited; the token is returned once.
-func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (Session, string, error) {
+func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session, _ string, err error) {
+	ctx, span := tracer.Start(ctx, "support.activate", trace.WithAttributes(attribute.String("argus.agent_id", req.Agent)))
+	defer func() {
+		code := "ok"
+		var r *Refusal
+		if errors.As(err, &r) {
+			code = r.Code
+		} else if err != nil {
+			code = "error"
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.SetAttributes(attribute.String("argus.code", code))
+		activations.Add(ctx, 1, metric.WithAttributes(attribute.String("code", code)))
+		span.End()
+	}()
 	entry := audit.Entry{
 		Actor: "operator:" + req.Operator, OperatorID: req.OperatorID, Action: "support.activate",
 		ClientIP: req.ClientIP, Reason: req.Reason, AgentID: req.Agent,

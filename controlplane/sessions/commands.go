@@ -12,9 +12,13 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/argus-remote/argus/controlplane/audit"
 	"github.com/argus-remote/argus/internal/credential"
+	"github.com/argus-remote/argus/internal/telemetry"
 	"github.com/argus-remote/argus/topics"
 )
 
@@ -95,7 +99,13 @@ func (m *Manager) authorize(ctx context.Context, sessionID, token string) (sessi
 
 // exchange sends one signed command to the session's agent and waits for
 // its result, until the command timeout or the session's end.
-func (m *Manager) exchange(ctx context.Context, s session, cmdID, name string, args json.RawMessage) (topics.ResultMsg, error) {
+func (m *Manager) exchange(ctx context.Context, s session, cmdID, name string, args json.RawMessage) (res topics.ResultMsg, err error) {
+	ctx, span := tracer.Start(ctx, "command.exchange "+name, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("argus.command_id", cmdID), attribute.String("argus.agent_id", s.agentID)))
+	defer func() {
+		span.SetAttributes(attribute.String("argus.result", res.Status))
+		span.End()
+	}()
 	now := time.Now()
 	deadline := now.Add(m.CommandTimeout)
 	if s.expiresAt.Before(deadline) {
@@ -120,6 +130,11 @@ func (m *Manager) exchange(ctx context.Context, s session, cmdID, name string, a
 	}()
 	aid, _ := topics.ParseAgentID(s.agentID)
 	props := &packets.Properties{CorrelationData: []byte(cmdID), ResponseTopic: aid.Topic(topics.Results)}
+	// The trace continues on the agent: its context rides in user properties.
+	up := telemetry.Inject(ctx)
+	for i, k := range up.Keys {
+		props.User = append(props.User, packets.UserProperty{Key: k, Val: up.Values[i]})
+	}
 	if err := m.Broker.Publish(aid.Topic(topics.Commands), payload, false, 1, props); err != nil {
 		return topics.ResultMsg{}, fmt.Errorf("command: publish: %w", err)
 	}
@@ -156,6 +171,9 @@ func commandStatus(res topics.ResultMsg) (status, outcome, code string) {
 // against that session alone; its tenant and agent come from the session,
 // never from the request.
 func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResult, error) {
+	ctx, span := tracer.Start(ctx, "support.command", trace.WithAttributes(attribute.String("argus.command", req.Name),
+		attribute.String("argus.session_id", req.SessionID)))
+	defer span.End()
 	s, authErr := m.authorize(ctx, req.SessionID, req.Token)
 	entry := req.By
 	entry.Action, entry.SessionID, entry.TenantID, entry.AgentID = "support.command", req.SessionID, s.tenantID, s.agentID
@@ -220,6 +238,9 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 	out := CommandResult{CommandID: cmdID, SessionID: req.SessionID, Name: req.Name, Status: res.Status, Error: res.Error, Data: res.Data}
 	out.Duration = time.Since(started).Round(time.Microsecond).String()
 	status, outcome, code := commandStatus(res)
+	attrs := metric.WithAttributes(attribute.String("name", req.Name), attribute.String("outcome", status))
+	commandsTotal.Add(ctx, 1, attrs)
+	commandSeconds.Record(ctx, time.Since(started).Seconds(), metric.WithAttributes(attribute.String("name", req.Name)))
 	agentID := s.agentID
 	err = pgx.BeginFunc(context.WithoutCancel(ctx), m.Pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE commands SET status = $2, error_code = NULLIF($3, ''), completed_at = now() WHERE id = $1`,

@@ -23,6 +23,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/argus-remote/argus/controlplane/audit"
 	"github.com/argus-remote/argus/topics"
@@ -44,6 +46,16 @@ const (
 	EndConsentWithdrawn = "consent_withdrawn"
 	EndAgentRevoked     = "agent_revoked"
 	EndNoAck            = "agent_did_not_acknowledge"
+)
+
+var (
+	tracer            = otel.Tracer("argus/sessions")
+	meter             = otel.Meter("argus/sessions")
+	activations, _    = meter.Int64Counter("argus_activations", metric.WithDescription("Session activation attempts by outcome and code."))
+	commandsTotal, _  = meter.Int64Counter("argus_commands", metric.WithDescription("Commands by name and outcome."))
+	commandSeconds, _ = meter.Float64Histogram("argus_command_duration", metric.WithUnit("s"),
+		metric.WithDescription("Command round trip, API to agent and back."),
+		metric.WithExplicitBucketBoundaries(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
 )
 
 // Refusal is a refused request with a stable code; the API returns it.

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/argus-remote/argus/internal/settings"
+	"github.com/argus-remote/argus/internal/telemetry"
 	"github.com/argus-remote/argus/server"
 )
 
@@ -78,9 +79,9 @@ func loadConfig(cmd *cobra.Command) (server.Config, *slog.Logger, error) {
 func newLogger(w io.Writer, cfg server.Config) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(telemetry.LogHandler(slog.NewJSONHandler(w, opts)))
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(telemetry.LogHandler(slog.NewTextHandler(w, opts)))
 }
 
 func newVersionCmd(io IOStreams) *cobra.Command {
