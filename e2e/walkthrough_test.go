@@ -23,11 +23,13 @@ func TestWalkthrough_ConsentArmActivatePingDeactivate(t *testing.T) {
 	srv := env.StartServer(t, []string{"REMOTE_SUPPORT_ENABLED=true", "REMOTE_SUPPORT_OPERATOR_CIDRS=127.0.0.0/8", "ARGUS_OPS_TOKEN=" + opsToken})
 	token := env.Operator(t, "admin", "operator:admin", "tenant:admin", "tenant:arm", "agent:admin", "remote_support")
 	cfgDir := t.TempDir()
+	var ctlErrs strings.Builder
 	ctl := func(args ...string) string {
 		t.Helper()
 		cmdEnv := []string{"ARGUSCTL_SERVER=" + srv.APIURL, "ARGUSCTL_TOKEN=" + token, "ARGUSCTL_OPS_TOKEN=" + opsToken,
 			"ARGUSCTL_CONFIG=", "XDG_CONFIG_HOME=" + cfgDir}
 		out, stderr, err := testenv.Run(t, cmdEnv, "argusctl", args...)
+		ctlErrs.WriteString(stderr)
 		require.NoError(t, err, "argusctl %v\n%s", args, stderr)
 		return out
 	}
@@ -39,7 +41,7 @@ func TestWalkthrough_ConsentArmActivatePingDeactivate(t *testing.T) {
 	require.NoError(t, err, stderr)
 	agentID := strings.Fields(strings.TrimPrefix(out, "enrolled as agent "))[0]
 	h := newHostFixture(t)
-	testenv.StartAgent(t, state, "ARGUS_AGENT_CONFIG="+h.config)
+	agentProc := testenv.StartAgent(t, state, "ARGUS_AGENT_CONFIG="+h.config)
 	testenv.Eventually(t, 10*time.Second, func() bool { return strings.Contains(ctl("agent", "list", "--tenant", "acme"), "yes") }, "agent online")
 
 	ctl("tenant", "consent", "record", "acme", "--document-id", "DOC-2026-0042", "--signed-by", "Jane Roe, CISO", "--signed-at", "2026-11-20")
@@ -76,8 +78,34 @@ func TestWalkthrough_ConsentArmActivatePingDeactivate(t *testing.T) {
 	assert.Contains(t, ctl("support", "capabilities", "--session", sess.ID), `"kernel"`)
 	assert.Contains(t, ctl("agent", "show", agentID), "capabilities (advisory")
 
+	sessionToken, err := os.ReadFile(kept)
+	require.NoError(t, err)
 	assert.Contains(t, ctl("support", "deactivate", sess.ID), "deactivated")
 	_, err = os.Stat(kept)
 	assert.ErrorIs(t, err, os.ErrNotExist, "the kept token is removed with the session")
 	assert.NotContains(t, ctl("support", "list", "--active"), sess.ID)
+
+	// No secret this run minted or used appears in any log of it.
+	st, err := os.ReadFile(filepath.Join(state, "enrollment.json"))
+	require.NoError(t, err)
+	var enrolled struct {
+		Secret string `json:"secret"`
+	}
+	require.NoError(t, json.Unmarshal(st, &enrolled))
+	logs := srv.Logs() + "\n" + agentProc.Logs() + "\n" + ctlErrs.String()
+	require.Contains(t, logs, "api request", "the logs were captured")
+	for name, secret := range map[string]string{
+		"operator token":        token,
+		"operator token secret": token[len(token)-64:],
+		"enrollment token":      enr,
+		"enrollment secret":     enr[len(enr)-64:],
+		"agent secret":          enrolled.Secret,
+		"session token":         strings.TrimSpace(string(sessionToken)),
+		"session secret":        strings.TrimSpace(string(sessionToken))[len(strings.TrimSpace(string(sessionToken)))-64:],
+		"ops token":             opsToken,
+	} {
+		require.NotEmpty(t, secret, name)
+		assert.NotContains(t, logs, secret, "%s must never be logged", name)
+	}
+	assert.Regexp(t, `"trace_id":"[0-9a-f]{32}"`, srv.Logs(), "request log lines carry their trace id")
 }

@@ -90,6 +90,13 @@ func CLIJSON(t testing.TB, apiURL, token string, v any, args ...string) {
 // ports, for tests that need to reach inside (the broker's inline client).
 func StartInProcess(t testing.TB, env *Env, overrides map[string]any) *server.Server {
 	t.Helper()
+	return StartInProcessWith(t, env, overrides, nil)
+}
+
+// StartInProcessWith is StartInProcess with a last say over the
+// configuration (a span processor, say).
+func StartInProcessWith(t testing.TB, env *Env, overrides map[string]any, mutate func(*server.Config)) *server.Server {
+	t.Helper()
 	v := viper.New()
 	if err := settings.Load(v, nil, "", server.Keys); err != nil {
 		t.Fatal(err)
@@ -104,6 +111,9 @@ func StartInProcess(t testing.TB, env *Env, overrides map[string]any) *server.Se
 	cfg, err := server.FromViper(v)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if mutate != nil {
+		mutate(&cfg)
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	srv, err := server.Start(context.Background(), cfg, log)
