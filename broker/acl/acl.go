@@ -19,6 +19,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/argus-remote/argus/broker"
 	"github.com/argus-remote/argus/internal/credential"
 	"github.com/argus-remote/argus/topics"
@@ -50,6 +54,8 @@ type Denial struct {
 	Topic    string
 	Write    bool
 }
+
+var tracer = otel.Tracer("argus/broker")
 
 // cacheTTL bounds how long a looked-up credential is trusted without
 // asking the database again; revocation invalidates it at once.
@@ -153,6 +159,8 @@ func (p *Policy) lookup(id string) (cred, bool) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	ctx, span := tracer.Start(ctx, "broker.authenticate", trace.WithAttributes(attribute.String("argus.agent_id", id)))
+	defer span.End()
 	hash, isRevoked, tenant, err := p.creds.Credentials(ctx, id)
 	if err != nil {
 		p.log.Debug("agent credential lookup failed", "agent", id, "err", err)

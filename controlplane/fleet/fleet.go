@@ -18,12 +18,15 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"go.opentelemetry.io/otel"
 
 	"github.com/argus-remote/argus/broker/acl"
 	"github.com/argus-remote/argus/controlplane/agents"
 	"github.com/argus-remote/argus/controlplane/audit"
 	"github.com/argus-remote/argus/topics"
 )
+
+var tracer = otel.Tracer("argus/fleet")
 
 const (
 	flushEvery = 2 * time.Second
@@ -197,7 +200,7 @@ func (w *Watcher) work() {
 	for {
 		select {
 		case f := <-w.queue:
-			f(ctx)
+			w.traced(ctx, f)
 		case <-tick.C:
 			w.flushSeen(ctx)
 		case <-w.stop:
@@ -212,6 +215,14 @@ func (w *Watcher) work() {
 			}
 		}
 	}
+}
+
+// traced runs one piece of queued database work under a span: these are
+// the broker hooks' writes.
+func (w *Watcher) traced(ctx context.Context, f func(context.Context)) {
+	ctx, span := tracer.Start(ctx, "broker.hook.store")
+	defer span.End()
+	f(ctx)
 }
 
 func (w *Watcher) flushSeen(ctx context.Context) {
