@@ -41,6 +41,10 @@ type Agent struct {
 	lastIssued time.Time
 	killSwitch bool
 	xfer       *transfer
+	// inbox hands delivered messages to one worker, in order, so paho's
+	// receive path never waits on what a message makes the agent do
+	// (publishing an ack waits for the broker, which a disconnect stops).
+	inbox chan *paho.Publish
 
 	// patchMu serialises patch application.
 	patchMu sync.Mutex
@@ -130,12 +134,27 @@ func (a *Agent) Run(ctx context.Context) error {
 			ClientID: a.st.AgentID,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 				func(pr paho.PublishReceived) (bool, error) {
-					a.onPublish(ctx, pr.Packet)
+					select {
+					case a.inbox <- pr.Packet:
+					default:
+						a.log.Warn("inbox full; message dropped", "topic", pr.Packet.Topic)
+					}
 					return true, nil
 				},
 			},
 		},
 	}
+	a.inbox = make(chan *paho.Publish, 256)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case p := <-a.inbox:
+				a.onPublish(ctx, p)
+			}
+		}
+	}()
 	cm, err := autopaho.NewConnection(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("broker connection: %w", err)

@@ -19,7 +19,9 @@ import (
 	"github.com/argus-remote/argus/topics"
 )
 
-var tracer = otel.Tracer("argus/agent")
+// tracer is looked up at each use: a provider installed later (a second
+// server in one test process) must be the one that records.
+func tracer() trace.Tracer { return otel.Tracer("argus/agent") }
 
 // maxSession is the longest session the agent accepts, whatever an
 // activation says: the same cap the server enforces, checked again here.
@@ -224,7 +226,7 @@ func (a *Agent) onCommand(ctx context.Context, p *paho.Publish) {
 		}
 		ctx = telemetry.Extract(ctx, up)
 	}
-	ctx, span := tracer.Start(ctx, "agent.command", trace.WithSpanKind(trace.SpanKindConsumer))
+	ctx, span := tracer().Start(ctx, "agent.command", trace.WithSpanKind(trace.SpanKindConsumer))
 	defer span.End()
 	var cmd topics.CommandMsg
 	err := topics.Open(a.pub, topics.PurposeCommand, p.Payload, maxCommand, &cmd)

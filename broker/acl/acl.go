@@ -55,7 +55,9 @@ type Denial struct {
 	Write    bool
 }
 
-var tracer = otel.Tracer("argus/broker")
+// tracer is looked up at each use: a provider installed later (a second
+// server in one test process) must be the one that records.
+func tracer() trace.Tracer { return otel.Tracer("argus/broker") }
 
 // cacheTTL bounds how long a looked-up credential is trusted without
 // asking the database again; revocation invalidates it at once.
@@ -159,7 +161,7 @@ func (p *Policy) lookup(id string) (cred, bool) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	ctx, span := tracer.Start(ctx, "broker.authenticate", trace.WithAttributes(attribute.String("argus.agent_id", id)))
+	ctx, span := tracer().Start(ctx, "broker.authenticate", trace.WithAttributes(attribute.String("argus.agent_id", id)))
 	defer span.End()
 	hash, isRevoked, tenant, err := p.creds.Credentials(ctx, id)
 	if err != nil {

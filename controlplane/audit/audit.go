@@ -28,8 +28,13 @@ const (
 	Failure = "failure"
 )
 
-var auditWrites, _ = otel.Meter("argus/audit").Int64Counter("argus_audit_writes",
-	metric.WithDescription("Audited actions written (one audit_log row and one event each)."))
+// auditWrites is looked up at each use, like every instrument here, so it
+// reports to the meter provider installed now, not the first one ever.
+func auditWrites() metric.Int64Counter {
+	c, _ := otel.Meter("argus/audit").Int64Counter("argus_audit_writes",
+		metric.WithDescription("Audited actions written (one audit_log row and one event each)."))
+	return c
+}
 
 // chainLock is the advisory lock key that serialises the events chain head
 // ("argusaud").
@@ -127,7 +132,7 @@ func Record(ctx context.Context, tx pgx.Tx, e Entry) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("audit: events: %w", err)
 	}
-	auditWrites.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", e.Outcome)))
+	auditWrites().Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", e.Outcome)))
 	return id, nil
 }
 

@@ -19,6 +19,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/argus-remote/argus/broker/acl"
 	"github.com/argus-remote/argus/controlplane/agents"
@@ -26,7 +27,9 @@ import (
 	"github.com/argus-remote/argus/topics"
 )
 
-var tracer = otel.Tracer("argus/fleet")
+// tracer is looked up at each use: a provider installed later (a second
+// server in one test process) must be the one that records.
+func tracer() trace.Tracer { return otel.Tracer("argus/fleet") }
 
 const (
 	flushEvery = 2 * time.Second
@@ -220,7 +223,7 @@ func (w *Watcher) work() {
 // traced runs one piece of queued database work under a span: these are
 // the broker hooks' writes.
 func (w *Watcher) traced(ctx context.Context, f func(context.Context)) {
-	ctx, span := tracer.Start(ctx, "broker.hook.store")
+	ctx, span := tracer().Start(ctx, "broker.hook.store")
 	defer span.End()
 	f(ctx)
 }

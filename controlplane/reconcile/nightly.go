@@ -14,12 +14,15 @@ import (
 	"github.com/argus-remote/argus/controlplane/mail"
 )
 
-var mismatchCount, _ = otel.Meter("argus/reconcile").Int64Counter("argus_reconcile_mismatches",
-	metric.WithDescription("Mismatches found by audit reconciliation runs."))
+func mismatchCount() metric.Int64Counter {
+	c, _ := otel.Meter("argus/reconcile").Int64Counter("argus_reconcile_mismatches",
+		metric.WithDescription("Mismatches found by audit reconciliation runs."))
+	return c
+}
 
 // Record audits a reconciliation run (both rows) with its window and outcome.
 func Record(ctx context.Context, pool *pgxpool.Pool, r Report, by audit.Entry) error {
-	mismatchCount.Add(ctx, int64(len(r.Mismatches)))
+	mismatchCount().Add(ctx, int64(len(r.Mismatches)))
 	by.Action = "audit.reconcile"
 	by.Outcome = audit.Success
 	if !r.Clean {

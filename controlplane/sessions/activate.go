@@ -59,7 +59,7 @@ type Session struct {
 // the agent its signed activation, opens its commands topic, and waits for
 // its ack. Every attempt is audited; the token is returned once.
 func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session, _ string, err error) {
-	ctx, span := tracer.Start(ctx, "support.activate", trace.WithAttributes(attribute.String("argus.agent_id", req.Agent)))
+	ctx, span := tracer().Start(ctx, "support.activate", trace.WithAttributes(attribute.String("argus.agent_id", req.Agent)))
 	defer func() {
 		code := "ok"
 		var r *Refusal
@@ -70,7 +70,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 			span.SetStatus(codes.Error, err.Error())
 		}
 		span.SetAttributes(attribute.String("argus.code", code))
-		activations.Add(ctx, 1, metric.WithAttributes(attribute.String("code", code)))
+		activations().Add(ctx, 1, metric.WithAttributes(attribute.String("code", code)))
 		span.End()
 	}()
 	entry := audit.Entry{

@@ -100,7 +100,7 @@ func (m *Manager) authorize(ctx context.Context, sessionID, token string) (sessi
 // exchange sends one signed command to the session's agent and waits for
 // its result, until the command timeout or the session's end.
 func (m *Manager) exchange(ctx context.Context, s session, cmdID, name string, args json.RawMessage) (res topics.ResultMsg, err error) {
-	ctx, span := tracer.Start(ctx, "command.exchange "+name, trace.WithSpanKind(trace.SpanKindProducer),
+	ctx, span := tracer().Start(ctx, "command.exchange "+name, trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.String("argus.command_id", cmdID), attribute.String("argus.agent_id", s.agentID)))
 	defer func() {
 		span.SetAttributes(attribute.String("argus.result", res.Status))
@@ -171,7 +171,7 @@ func commandStatus(res topics.ResultMsg) (status, outcome, code string) {
 // against that session alone; its tenant and agent come from the session,
 // never from the request.
 func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResult, error) {
-	ctx, span := tracer.Start(ctx, "support.command", trace.WithAttributes(attribute.String("argus.command", req.Name),
+	ctx, span := tracer().Start(ctx, "support.command", trace.WithAttributes(attribute.String("argus.command", req.Name),
 		attribute.String("argus.session_id", req.SessionID)))
 	defer span.End()
 	s, authErr := m.authorize(ctx, req.SessionID, req.Token)
@@ -239,8 +239,8 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 	out.Duration = time.Since(started).Round(time.Microsecond).String()
 	status, outcome, code := commandStatus(res)
 	attrs := metric.WithAttributes(attribute.String("name", req.Name), attribute.String("outcome", status))
-	commandsTotal.Add(ctx, 1, attrs)
-	commandSeconds.Record(ctx, time.Since(started).Seconds(), metric.WithAttributes(attribute.String("name", req.Name)))
+	commandsTotal().Add(ctx, 1, attrs)
+	commandSeconds().Record(ctx, time.Since(started).Seconds(), metric.WithAttributes(attribute.String("name", req.Name)))
 	agentID := s.agentID
 	err = pgx.BeginFunc(context.WithoutCancel(ctx), m.Pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE commands SET status = $2, error_code = NULLIF($3, ''), completed_at = now() WHERE id = $1`,

@@ -122,8 +122,8 @@ func (m *Manager) ApplyPatch(ctx context.Context, req PatchRequest) (PatchResult
 	out.Duration = time.Since(started).Round(time.Microsecond).String()
 
 	status, outcome, code := commandStatus(res)
-	commandsTotal.Add(ctx, 1, metric.WithAttributes(attribute.String("name", "apply_patch"), attribute.String("outcome", status)))
-	commandSeconds.Record(ctx, time.Since(started).Seconds(), metric.WithAttributes(attribute.String("name", "apply_patch")))
+	commandsTotal().Add(ctx, 1, metric.WithAttributes(attribute.String("name", "apply_patch"), attribute.String("outcome", status)))
+	commandSeconds().Record(ctx, time.Since(started).Seconds(), metric.WithAttributes(attribute.String("name", "apply_patch")))
 	err := pgx.BeginFunc(context.WithoutCancel(ctx), m.Pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE commands SET status = $2, error_code = NULLIF($3, ''), completed_at = now() WHERE id = $1`,
 			cmdID, status, code); err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/argus-remote/argus/controlplane/audit"
 	"github.com/argus-remote/argus/topics"
@@ -48,15 +49,26 @@ const (
 	EndNoAck            = "agent_did_not_acknowledge"
 )
 
-var (
-	tracer            = otel.Tracer("argus/sessions")
-	meter             = otel.Meter("argus/sessions")
-	activations, _    = meter.Int64Counter("argus_activations", metric.WithDescription("Session activation attempts by outcome and code."))
-	commandsTotal, _  = meter.Int64Counter("argus_commands", metric.WithDescription("Commands by name and outcome."))
-	commandSeconds, _ = meter.Float64Histogram("argus_command_duration", metric.WithUnit("s"),
+// Telemetry is looked up at each use, so it reports to the providers
+// installed now (a test process runs several servers in turn).
+func tracer() trace.Tracer { return otel.Tracer("argus/sessions") }
+
+func activations() metric.Int64Counter {
+	c, _ := otel.Meter("argus/sessions").Int64Counter("argus_activations", metric.WithDescription("Session activation attempts by code."))
+	return c
+}
+
+func commandsTotal() metric.Int64Counter {
+	c, _ := otel.Meter("argus/sessions").Int64Counter("argus_commands", metric.WithDescription("Commands by name and outcome."))
+	return c
+}
+
+func commandSeconds() metric.Float64Histogram {
+	h, _ := otel.Meter("argus/sessions").Float64Histogram("argus_command_duration", metric.WithUnit("s"),
 		metric.WithDescription("Command round trip, API to agent and back."),
 		metric.WithExplicitBucketBoundaries(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
-)
+	return h
+}
 
 // Refusal is a refused request with a stable code; the API returns it.
 type Refusal struct {
