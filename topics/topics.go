@@ -10,8 +10,6 @@ package topics
 import (
 	"errors"
 	"strings"
-
-	"github.com/google/uuid"
 )
 
 // Root is the prefix of every ARGUS topic.
@@ -49,12 +47,26 @@ func ParseTenantID(s string) (TenantID, error) {
 	return TenantID{s}, nil
 }
 
+// canonicalUUID accepts exactly the lowercase, hyphenated form; it runs on
+// every broker ACL check, so it does not allocate.
 func canonicalUUID(s string) bool {
 	if len(s) != 36 {
 		return false
 	}
-	u, err := uuid.Parse(s)
-	return err == nil && u.String() == s
+	for i := 0; i < 36; i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (a AgentID) String() string  { return a.s }

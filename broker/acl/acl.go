@@ -14,6 +14,7 @@ package acl
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -263,20 +264,19 @@ func (p *Policy) allow(clientID, username, topic string, write bool) (bool, stri
 	if revoked {
 		return false, agent
 	}
-	// Exact matches only: a filter with a wildcard or a $share prefix never
-	// equals a topic built here.
-	if write {
-		for _, k := range topics.AgentPublishes {
-			if topic == id.Topic(k) {
-				return true, agent
-			}
-		}
+	// Exact topics only: a filter with a wildcard, a $share prefix or
+	// another agent's id never parses as this agent's topic.
+	tid, kind, ok := topics.ParseAgentTopic(topic)
+	if !ok || tid != id {
 		return false, agent
 	}
-	switch topic {
-	case id.Topic(topics.Activation):
+	if write {
+		return slices.Contains(topics.AgentPublishes, kind), agent
+	}
+	switch kind {
+	case topics.Activation:
 		return true, agent
-	case id.Topic(topics.Commands):
+	case topics.Commands:
 		return active, agent
 	}
 	return false, agent
