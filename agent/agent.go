@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"runtime"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/gorilla/websocket"
 
 	"github.com/argus-remote/argus/topics"
 )
@@ -45,6 +47,8 @@ type Agent struct {
 	// receive path never waits on what a message makes the agent do
 	// (publishing an ack waits for the broker, which a disconnect stops).
 	inbox chan *paho.Publish
+
+	noStatus bool
 
 	// patchMu serialises patch application.
 	patchMu sync.Mutex
@@ -118,6 +122,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			c.CleanStart = true
 			return c, nil
 		},
+		WebSocketCfg: a.webSocketConfig(),
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 			go a.onUp(ctx, cm)
 		},
@@ -185,6 +190,18 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.heartbeat(ctx)
 		}
 	}
+}
+
+// webSocketConfig dials from LocalAddr when one is set.
+func (a *Agent) webSocketConfig() *autopaho.WebSocketConfig {
+	if a.cfg.LocalAddr == "" {
+		return nil
+	}
+	return &autopaho.WebSocketConfig{Dialer: func(_ *url.URL, tlsCfg *tls.Config) *websocket.Dialer {
+		nd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(a.cfg.LocalAddr)}, Timeout: 10 * time.Second}
+		return &websocket.Dialer{NetDialContext: nd.DialContext, TLSClientConfig: tlsCfg, Subprotocols: []string{"mqtt"},
+			HandshakeTimeout: 10 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024}
+	}}
 }
 
 func (a *Agent) tlsConfig() (*tls.Config, error) {

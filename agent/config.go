@@ -56,6 +56,10 @@ type Config struct {
 
 	// OTLPEndpoint, when set, receives the agent's traces.
 	OTLPEndpoint string
+
+	// LocalAddr, when set, is the source address the agent dials from
+	// (the load harness spreads agents over 127.0.0.x).
+	LocalAddr string
 }
 
 // Keys are the agent's settings (env ARGUS_AGENT_*).

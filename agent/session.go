@@ -66,7 +66,14 @@ func ReadStatus(dir string) (Status, error) {
 	return s, json.Unmarshal(b, &s)
 }
 
+// DisableStatusFile stops the agent writing status.json (the load harness
+// runs thousands of agents in one process, sharing no state directory).
+func (a *Agent) DisableStatusFile() { a.noStatus = true }
+
 func (a *Agent) writeStatusLocked() {
+	if a.noStatus {
+		return
+	}
 	s := Status{State: topics.StateDormant, KillSwitch: a.killSwitch, Connected: a.connected, UpdatedAt: time.Now().UTC()}
 	if a.sess != nil {
 		s.State, s.SessionID, s.Operator, s.Since, s.ExpiresAt = topics.StateActive, a.sess.id, a.sess.operator, a.sess.since, a.sess.expiresAt

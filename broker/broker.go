@@ -78,7 +78,11 @@ func New(cfg Config) (*Broker, error) {
 
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
-		InlineClient: true,
+		// Small per-client buffers: agents are idle nearly always; large
+		// packets stream through bufio without needing big buffers.
+		ClientNetReadBufferSize:  1024,
+		ClientNetWriteBufferSize: 1024,
+		InlineClient:             true,
 		Logger:       log.With("component", "broker"),
 	})
 	if err := srv.AddHook(&accessHook{policy: cfg.Policy}, nil); err != nil {

@@ -44,7 +44,9 @@ func newWSListener(id, address, path string, tlsConf *tls.Config, origins []stri
 		Subprotocols:     []string{"mqtt"},
 		HandshakeTimeout: 10 * time.Second,
 		CheckOrigin:      l.checkOrigin,
-		// Idle agents hold no write buffer between messages.
+		// A small read buffer of its own, so net/http's 4 KiB one is not
+		// kept for the connection's life; and no write buffer while idle.
+		ReadBufferSize:  512,
 		WriteBufferPool: &sync.Pool{},
 	}
 	return l
@@ -129,12 +131,18 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // Upgrade has answered the request.
 	}
-	defer c.Close()
 	c.SetReadLimit(l.readMax)
 	l.mu.Lock()
 	establish := l.establish
 	l.mu.Unlock()
-	if err := establish(l.id, wsnet.NewConn(c)); err != nil {
-		l.log.Debug("client connection ended", "remote", r.RemoteAddr, "err", err)
-	}
+	remote := r.RemoteAddr
+	// The MQTT loop runs on a fresh goroutine and the handler returns, so
+	// net/http's goroutine, its deep stack and its buffers are freed for
+	// the connection's life (gorilla/websocket documents the same).
+	go func() {
+		defer c.Close()
+		if err := establish(l.id, wsnet.NewConn(c)); err != nil {
+			l.log.Debug("client connection ended", "remote", remote, "err", err)
+		}
+	}()
 }

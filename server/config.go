@@ -51,7 +51,10 @@ type Config struct {
 	ReconcileOverlap  time.Duration
 	ReconcileAllClear bool
 
-	OTLPEndpoint string
+	OTLPEndpoint    string
+	EnrollPerMinute int
+	// PprofAddr, when set, serves Go's profiles there (loopback only).
+	PprofAddr string
 	// SpanProcessor, when set (by tests), also receives every span.
 	SpanProcessor sdktrace.SpanProcessor
 
@@ -95,6 +98,8 @@ var Keys = []settings.Key{
 	{Name: "audit-reconcile-overlap", Env: []string{"ARGUS_AUDIT_RECONCILE_OVERLAP"}, Default: "1h"},
 	{Name: "audit-all-clear-mail", Env: []string{"ARGUS_AUDIT_ALL_CLEAR_MAIL"}, Default: false},
 	{Name: "otlp-endpoint", Env: []string{"ARGUS_OTLP_ENDPOINT"}},
+	{Name: "pprof-addr", Env: []string{"ARGUS_PPROF_ADDR"}},
+	{Name: "enroll-rate-limit", Env: []string{"ARGUS_ENROLL_RATE_LIMIT"}, Default: 10},
 	{Name: "log-level", Env: []string{"ARGUS_LOG_LEVEL"}, Default: "info"},
 	{Name: "log-format", Env: []string{"ARGUS_LOG_FORMAT"}, Default: "text"},
 }
@@ -142,6 +147,8 @@ func FromViper(v *viper.Viper) (Config, error) {
 		LogFormat:   v.GetString("log-format"),
 
 		OTLPEndpoint:      v.GetString("otlp-endpoint"),
+		EnrollPerMinute:   v.GetInt("enroll-rate-limit"),
+		PprofAddr:         v.GetString("pprof-addr"),
 		NodeID:            v.GetString("node-id"),
 		MQTTPublicURL:     v.GetString("mqtt-public-url"),
 		CommandSigningKey: v.GetString("command-signing-key"),
@@ -183,6 +190,11 @@ func FromViper(v *viper.Viper) (Config, error) {
 	}
 	if u := c.MQTTPublicURL; u != "" && !strings.HasPrefix(u, "ws://") && !strings.HasPrefix(u, "wss://") {
 		bad("mqtt-public-url", "%q is not a ws:// or wss:// URL", u)
+	}
+	if c.PprofAddr != "" {
+		if host, _, err := net.SplitHostPort(c.PprofAddr); err != nil || (host != "127.0.0.1" && host != "::1" && host != "localhost") {
+			bad("pprof-addr", "%q must be a loopback host:port", c.PprofAddr)
+		}
 	}
 	if c.NodeID == "" {
 		bad("node-id", "empty")

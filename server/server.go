@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -171,11 +172,21 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		},
 		BrokerURL:        brokerURL,
 		BrowserMQTTURL:   brokerURL,
+		EnrollPerMinute:  cfg.EnrollPerMinute,
 		SigningPublicKey: topics.EncodePublicKey(signingKey.Public().(ed25519.PublicKey)),
 		Log:              log,
 	}
 	if err := s.observe(sender); err != nil {
 		return nil, err
+	}
+	if cfg.PprofAddr != "" {
+		pm := http.NewServeMux()
+		pm.HandleFunc("/debug/pprof/", pprof.Index)
+		pm.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		pm.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		ps := &http.Server{Addr: cfg.PprofAddr, Handler: pm, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = ps.ListenAndServe() }()
+		log.Warn("profiling endpoint on", "addr", cfg.PprofAddr)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", s.tel.MetricsHandler())

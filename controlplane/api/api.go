@@ -43,7 +43,9 @@ type Server struct {
 	SigningPublicKey string
 	// BrowserMQTTURL is the broker's WebSocket URL as a browser reaches it.
 	BrowserMQTTURL string
-	Log            *slog.Logger
+	// EnrollPerMinute bounds enrollment attempts per client address (10).
+	EnrollPerMinute int
+	Log             *slog.Logger
 
 	enrollLimit    *limiter
 	gateAuditLimit *limiter
@@ -51,7 +53,11 @@ type Server struct {
 
 // Handler returns the API's routes.
 func (s *Server) Handler() http.Handler {
-	s.enrollLimit = newLimiter(10, time.Minute)
+	per := s.EnrollPerMinute
+	if per <= 0 {
+		per = 10
+	}
+	s.enrollLimit = newLimiter(per, time.Minute)
 	s.gateAuditLimit = newLimiter(60, time.Minute)
 	scoped := func(scope operators.Scope, h http.HandlerFunc) http.Handler { return s.requireScope(scope, h) }
 	mux := http.NewServeMux()

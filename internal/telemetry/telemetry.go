@@ -13,6 +13,7 @@ import (
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
@@ -66,6 +67,8 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 
 	if o.Metrics {
 		t.registry = prometheus.NewRegistry()
+		// The Go runtime's own figures (goroutines, heap) beside ours.
+		t.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		exp, err := otelprom.New(otelprom.WithRegisterer(t.registry), otelprom.WithoutScopeInfo(), otelprom.WithoutTargetInfo())
 		if err != nil {
 			return nil, err

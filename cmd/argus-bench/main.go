@@ -1,0 +1,135 @@
+// Command argus-bench measures ARGUS remote support: idle agents held over
+// MQTT-over-WebSocket, audited command round trips through the 3-factor
+// gate, activation latency, and reconnection after a server restart. It
+// starts a real argus-server and drives it with real agents.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/argus-remote/argus/internal/bench"
+)
+
+func main() {
+	var (
+		serverBin string
+		asJSON    bool
+	)
+	root := &cobra.Command{
+		Use:           "argus-bench",
+		Short:         "Measure argus-server with real agents",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&serverBin, "server-bin", "", "argus-server binary (default: beside this one, else on PATH)")
+	root.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
+	bin := func() (string, error) {
+		if serverBin != "" {
+			return serverBin, nil
+		}
+		if self, err := os.Executable(); err == nil {
+			p := filepath.Join(filepath.Dir(self), "argus-server")
+			if _, err := os.Stat(p); err == nil {
+				return p, nil
+			}
+		}
+		return exec.LookPath("argus-server")
+	}
+	print := func(v any, rows [][2]string) error {
+		if asJSON {
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(v)
+		}
+		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(tw, "machine\t%d CPUs, %s/%s, %s\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
+		for _, r := range rows {
+			fmt.Fprintf(tw, "%s\t%s\n", r[0], r[1])
+		}
+		return tw.Flush()
+	}
+
+	var agents, sources int
+	var hold time.Duration
+	var reconnect bool
+	idle := &cobra.Command{
+		Use:     "idle",
+		Short:   "Connect N agents and measure the server holding them (and, with --reconnect, their return after a restart)",
+		Example: `  argus-bench idle --agents 10000 --sources 4 --reconnect`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := bin()
+			if err != nil {
+				return err
+			}
+			r, err := bench.Idle(cmd.Context(), b, agents, sources, hold, reconnect)
+			if err != nil {
+				return err
+			}
+			rows := [][2]string{
+				{"agents", fmt.Sprintf("%d from %d source addresses (fd limit %d)", r.Agents, r.Sources, r.FDLimit)},
+				{"connect rate", fmt.Sprintf("%.0f agents/s", r.ConnectRate)},
+				{"connect p50 / p99", fmt.Sprintf("%.1f ms / %.1f ms", r.Connect.P50, r.Connect.P99)},
+				{"server RSS", fmt.Sprintf("%.1f MiB (baseline %.1f MiB)", r.RSSMiB, r.RSSBaselineMiB)},
+				{"RSS per idle agent", fmt.Sprintf("%.1f KiB", r.RSSPerAgentKiB)},
+				{"goroutines / heap in use", fmt.Sprintf("%.0f / %.1f MiB", r.Goroutines, r.HeapInuseMiB)},
+				{"connected after " + r.HeldFor, fmt.Sprintf("%.0f", r.ConnectedAtEnd)},
+			}
+			if r.ReconnectAllIn != "" {
+				rows = append(rows, [2]string{"all back after restart", r.ReconnectAllIn})
+			}
+			return print(r, rows)
+		},
+	}
+	idle.Flags().IntVar(&agents, "agents", 1000, "how many agents")
+	idle.Flags().IntVar(&sources, "sources", 4, "loopback source addresses (127.0.0.1..N)")
+	idle.Flags().DurationVar(&hold, "hold", 0, "hold them this long, then count")
+	idle.Flags().BoolVar(&reconnect, "reconnect", false, "then kill and restart the server and time their return")
+
+	var seq, window, acts int
+	var dur time.Duration
+	rtt := &cobra.Command{
+		Use:     "rtt",
+		Short:   "Audited ping round trips through the API and gate, and activation latency",
+		Example: `  argus-bench rtt --sequential 2000 --window 64 --duration 10s`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := bin()
+			if err != nil {
+				return err
+			}
+			r, err := bench.RTT(cmd.Context(), b, seq, window, dur, acts)
+			if err != nil {
+				return err
+			}
+			q := func(x bench.Quantiles) string {
+				return fmt.Sprintf("p50 %.2f  p90 %.2f  p99 %.2f  max %.2f ms (n=%d)", x.P50, x.P90, x.P99, x.Max, x.N)
+			}
+			return print(r, [][2]string{
+				{"ping, sequential", q(r.Sequential)},
+				{fmt.Sprintf("ping, %d in flight", r.Window), fmt.Sprintf("%.0f commands/s; %s", r.Throughput, q(r.Concurrent))},
+				{"activation", q(r.Activate)},
+			})
+		},
+	}
+	rtt.Flags().IntVar(&seq, "sequential", 1000, "sequential pings")
+	rtt.Flags().IntVar(&window, "window", 64, "commands in flight for the concurrent run")
+	rtt.Flags().DurationVar(&dur, "duration", 10*time.Second, "length of the concurrent run")
+	rtt.Flags().IntVar(&acts, "activations", 200, "activations to time")
+
+	root.AddCommand(idle, rtt)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "argus-bench:", err)
+		os.Exit(1)
+	}
+}
