@@ -83,7 +83,7 @@ func New(cfg Config) (*Broker, error) {
 		ClientNetReadBufferSize:  1024,
 		ClientNetWriteBufferSize: 1024,
 		InlineClient:             true,
-		Logger:       log.With("component", "broker"),
+		Logger:                   log.With("component", "broker"),
 	})
 	if err := srv.AddHook(&accessHook{policy: cfg.Policy}, nil); err != nil {
 		return nil, fmt.Errorf("broker: add access hook: %w", err)
