@@ -22,6 +22,7 @@ import (
 	"github.com/argus-remote/argus/broker/acl"
 	"github.com/argus-remote/argus/controlplane/agents"
 	"github.com/argus-remote/argus/controlplane/api"
+	"github.com/argus-remote/argus/controlplane/audit"
 	"github.com/argus-remote/argus/controlplane/fleet"
 	"github.com/argus-remote/argus/controlplane/mail"
 	"github.com/argus-remote/argus/controlplane/operators"
@@ -43,6 +44,7 @@ type Server struct {
 	policy   *acl.Policy
 	fleet    *fleet.Watcher
 	sessions *sessions.Manager
+	commits  *audit.Committer
 	http     *http.Server
 	httpLn   net.Listener
 	scheme   string
@@ -120,9 +122,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if err != nil {
 		return nil, err
 	}
+	s.commits = audit.NewCommitter(s.db.Pool)
 	s.sessions = sessions.New(sessions.Options{
 		Pool: s.db.Pool, Key: signingKey, Broker: s.broker, ACL: s.policy, Fleet: s.fleet, Log: log,
-		Disabled: !cfg.RemoteSupport,
+		Disabled: !cfg.RemoteSupport, Commits: s.commits,
 	})
 	s.fleet.OnConnect = s.sessions.OnAgentConnected
 	// The watcher and the sessions rebuild their state and subscribe before
@@ -376,6 +379,9 @@ func (s *Server) close(ctx context.Context) error {
 	}
 	if s.fleet != nil && s.broker != nil {
 		s.fleet.Stop()
+	}
+	if s.commits != nil {
+		s.commits.Close()
 	}
 	if s.db != nil {
 		if err := s.db.Close(ctx); err != nil {

@@ -103,37 +103,64 @@ func Record(ctx context.Context, tx pgx.Tx, e Entry) (string, error) {
 	if a, err := netip.ParseAddr(e.ClientIP); err == nil {
 		ip = &a
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO audit_log
-		(id, occurred_at, actor, action, outcome, tenant_id, agent_id, session_id, client_ip, reason, detail)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
-		id, now, e.Actor, e.Action, e.Outcome, nullUUID(e.TenantID), nullUUID(e.AgentID), nullUUID(e.SessionID),
-		ip, nullString(e.Reason), detail)
+	seq, prev, err := chainHead(ctx, tx)
 	if err != nil {
-		return "", fmt.Errorf("audit: audit_log: %w", err)
+		return "", err
 	}
+	hash := ChainHash(prev, payload)
+	// Both rows in one statement: one round trip, one snapshot.
+	_, err = tx.Exec(ctx, `WITH a AS (
+			INSERT INTO audit_log (id, occurred_at, actor, action, outcome, tenant_id, agent_id, session_id, client_ip, reason, detail)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+		)
+		INSERT INTO events (seq, id, occurred_at, action, payload, prev_hash, hash)
+		VALUES ($12, $1, $2, $4, $13, $14, $15)`,
+		id, now, e.Actor, e.Action, e.Outcome, nullUUID(e.TenantID), nullUUID(e.AgentID), nullUUID(e.SessionID),
+		ip, nullString(e.Reason), detail, seq+1, json.RawMessage(payload), prev, hash)
+	if err != nil {
+		return "", fmt.Errorf("audit: write: %w", err)
+	}
+	if c, ok := ctx.Value(chainKey{}).(*chain); ok {
+		c.seq, c.hash = seq+1, hash
+	}
+	auditWrites().Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", e.Outcome)))
+	return id, nil
+}
 
+// chain carries the chain head through a group commit: the transaction
+// holds the chain lock, so the head read once stays true while it lives.
+type chain struct {
+	seq   int64
+	hash  []byte
+	valid bool
+}
+
+type chainKey struct{}
+
+// chainHead takes the chain lock (once per transaction) and returns the
+// sequence number and hash of the newest event.
+func chainHead(ctx context.Context, tx pgx.Tx) (int64, []byte, error) {
+	c, ok := ctx.Value(chainKey{}).(*chain)
+	if ok && c.valid {
+		return c.seq, c.hash, nil
+	}
 	// One chain head: concurrent writers queue here rather than fork it.
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", chainLock); err != nil {
-		return "", fmt.Errorf("audit: chain lock: %w", err)
+		return 0, nil, fmt.Errorf("audit: chain lock: %w", err)
 	}
-	var (
-		seq  int64
-		prev []byte
-	)
-	err = tx.QueryRow(ctx, "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").Scan(&seq, &prev)
+	var seq int64
+	var prev []byte
+	err := tx.QueryRow(ctx, "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").Scan(&seq, &prev)
 	if errors.Is(err, pgx.ErrNoRows) {
 		seq, prev, err = 0, make([]byte, sha256.Size), nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("audit: chain head: %w", err)
+		return 0, nil, fmt.Errorf("audit: chain head: %w", err)
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO events (seq, id, occurred_at, action, payload, prev_hash, hash)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)`, seq+1, id, now, e.Action, json.RawMessage(payload), prev, ChainHash(prev, payload))
-	if err != nil {
-		return "", fmt.Errorf("audit: events: %w", err)
+	if ok {
+		c.seq, c.hash, c.valid = seq, prev, true
 	}
-	auditWrites().Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", e.Outcome)))
-	return id, nil
+	return seq, prev, nil
 }
 
 // Write records e in a transaction of its own: for attempts that change

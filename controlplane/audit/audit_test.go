@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -72,4 +73,51 @@ func TestRecord_RolledBackWithItsTransaction(t *testing.T) {
 	var n int
 	require.NoError(t, pool.QueryRow(ctx, "SELECT (SELECT count(*) FROM audit_log) + (SELECT count(*) FROM events)").Scan(&n))
 	assert.Zero(t, n, "neither row survives a rollback")
+}
+
+func TestCommitter_GroupsWithoutForkingAndIsolatesFailures(t *testing.T) {
+	pool := testenv.Pool(t)
+	ctx := context.Background()
+	c := audit.NewCommitter(pool)
+	defer c.Close()
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for i := range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- c.Do(ctx, func(ctx context.Context, tx pgx.Tx) error {
+				if _, err := audit.Record(ctx, tx, audit.Entry{Actor: "system", Action: "test.group", Outcome: audit.Success,
+					Detail: map[string]any{"i": i}}); err != nil {
+					return err
+				}
+				if i%10 == 0 { // a job whose own work fails after its audit row
+					_, err := tx.Exec(ctx, "SELECT 1/0")
+					return err
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	failed := 0
+	for err := range errs {
+		if err != nil {
+			failed++
+		}
+	}
+	assert.Equal(t, 10, failed, "exactly the failing jobs fail")
+
+	var logRows, events int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM audit_log").Scan(&logRows))
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM events").Scan(&events))
+	assert.Equal(t, 90, logRows, "a failed job leaves no audit row")
+	assert.Equal(t, 90, events)
+	var gaps, broken int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE seq - lag_seq <> 1), count(*) FILTER (WHERE prev_hash <> lag_hash)
+		FROM (SELECT seq, prev_hash, lag(seq) OVER w AS lag_seq, lag(hash) OVER w AS lag_hash FROM events WINDOW w AS (ORDER BY seq)) x`).Scan(&gaps, &broken))
+	assert.Zero(t, gaps, "no gap in the sequence")
+	assert.Zero(t, broken, "no broken link")
 }

@@ -216,7 +216,7 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 			entry.Detail["args"] = a
 		}
 	}
-	err := pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {
+	err := m.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO commands (id, session_id, name, args_digest, status) VALUES ($1, $2, $3, $4, 'requested')`,
 			cmdID, req.SessionID, req.Name, digest[:]); err != nil {
 			return err
@@ -242,7 +242,7 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 	commandsTotal().Add(ctx, 1, attrs)
 	commandSeconds().Record(ctx, time.Since(started).Seconds(), metric.WithAttributes(attribute.String("name", req.Name)))
 	agentID := s.agentID
-	err = pgx.BeginFunc(context.WithoutCancel(ctx), m.Pool, func(tx pgx.Tx) error {
+	err = m.inTx(context.WithoutCancel(ctx), func(ctx context.Context, tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE commands SET status = $2, error_code = NULLIF($3, ''), completed_at = now() WHERE id = $1`,
 			cmdID, status, code); err != nil {
 			return err

@@ -118,6 +118,9 @@ type Options struct {
 	// Disabled is remote support switched off: sessions left live from
 	// before are ended at start, since none may be opened or used.
 	Disabled bool
+	// Commits groups the command path's audited transactions; nil means
+	// each commits alone.
+	Commits *audit.Committer
 }
 
 // Manager runs sessions on this node.
@@ -341,6 +344,15 @@ func (m *Manager) publishTenant(tenantID string) {
 	if err := m.Broker.Publish(tid.RemoteSupport(), b, true, 1, nil); err != nil {
 		m.Log.Error("publish tenant status", "tenant", tenantID, "err", err)
 	}
+}
+
+// inTx runs fn in an audited transaction: grouped with others when a
+// committer is set, alone otherwise. Either way it commits whole.
+func (m *Manager) inTx(ctx context.Context, fn func(context.Context, pgx.Tx) error) error {
+	if m.Commits != nil {
+		return m.Commits.Do(ctx, fn)
+	}
+	return pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error { return fn(ctx, tx) })
 }
 
 // LiveCount is how many sessions are live on this node.

@@ -1,0 +1,146 @@
+package audit
+
+import (
+	"context"
+	"errors"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Committer groups audited transactions into shared commits. Every
+// audited write serialises on the events chain head, so each one paying
+// for its own commit (a WAL flush, and the lock and head read) caps
+// throughput. Here the jobs queued at once share one transaction: the
+// chain lock and head are taken once and carried, and one flush serves
+// them all. Nothing is weakened: a job's Do returns only after the commit
+// that holds it, and a job that fails makes the others run again alone, so
+// each still commits or vanishes whole with its state change and both
+// audit rows.
+type Committer struct {
+	pool     *pgxpool.Pool
+	jobs     chan *job
+	maxBatch int
+	stop     chan struct{}
+	stopped  chan struct{}
+}
+
+type job struct {
+	ctx  context.Context
+	fn   func(context.Context, pgx.Tx) error
+	done chan error
+}
+
+// NewCommitter starts a committer over pool; Close stops it.
+func NewCommitter(pool *pgxpool.Pool) *Committer {
+	c := &Committer{pool: pool, jobs: make(chan *job, 1024), maxBatch: 64, stop: make(chan struct{}), stopped: make(chan struct{})}
+	go c.run()
+	return c
+}
+
+// ErrClosed is returned for jobs submitted after Close.
+var ErrClosed = errors.New("audit: committer closed")
+
+// Do runs fn in the next group commit and returns once that
+// commit is durable (or fn's own error). fn must do all its work in tx,
+// with the context it is given: a caller giving up must not cancel a
+// statement of the shared transaction.
+func (c *Committer) Do(ctx context.Context, fn func(context.Context, pgx.Tx) error) error {
+	if c == nil {
+		return errors.New("audit: no committer")
+	}
+	j := &job{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	select {
+	case c.jobs <- j:
+	case <-c.stop:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-j.done
+}
+
+// Write records e through the committer, in a transaction of its own kind.
+func (c *Committer) Write(ctx context.Context, e Entry) error {
+	return c.Do(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		_, err := Record(ctx, tx, e)
+		return err
+	})
+}
+
+// Close finishes the queued jobs and stops.
+func (c *Committer) Close() {
+	close(c.stop)
+	<-c.stopped
+}
+
+func (c *Committer) run() {
+	defer close(c.stopped)
+	for {
+		var first *job
+		select {
+		case first = <-c.jobs:
+		case <-c.stop:
+			// Finish what was queued before the stop.
+			for {
+				select {
+				case j := <-c.jobs:
+					c.commit([]*job{j})
+				default:
+					return
+				}
+			}
+		}
+		batch := []*job{first}
+	fill:
+		for len(batch) < c.maxBatch {
+			select {
+			case j := <-c.jobs:
+				batch = append(batch, j)
+			default:
+				break fill
+			}
+		}
+		c.commit(batch)
+	}
+}
+
+func (c *Committer) commit(batch []*job) {
+	var live []*job
+	for _, j := range batch {
+		if err := j.ctx.Err(); err != nil {
+			j.done <- err
+			continue
+		}
+		live = append(live, j)
+	}
+	if len(live) == 0 {
+		return
+	}
+	if err := c.run1(live); err == nil || len(live) == 1 {
+		for _, j := range live {
+			j.done <- err
+		}
+		return
+	}
+	// One job failed and took the group's transaction with it: each one
+	// again, alone, so only the failing one fails.
+	for _, j := range live {
+		j.done <- c.run1([]*job{j})
+	}
+}
+
+// run1 runs jobs in one transaction that holds the chain lock from its
+// first audit row to its commit.
+func (c *Committer) run1(jobs []*job) error {
+	// The shared transaction must not die with one caller's context.
+	ctx := context.WithValue(context.Background(), chainKey{}, &chain{})
+	return pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+		for _, j := range jobs {
+			if err := j.fn(context.WithValue(context.WithoutCancel(j.ctx), chainKey{}, ctx.Value(chainKey{})), tx); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
