@@ -85,6 +85,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	tenantStore := tenants.NewStore(s.db.Pool)
 	opStore := operators.NewStore(s.db.Pool)
 	s.policy.Tokens = watcherTokens{ops: opStore, tenants: tenantStore}
+	if err := s.policy.Warm(ctx, agentStore.LiveCredentials); err != nil {
+		return nil, fmt.Errorf("loading agent credentials: %w", err)
+	}
 	s.fleet = fleet.New(agentStore, s.db.Pool, s.policy, cfg.NodeID, log)
 	s.policy.OnDeny = s.fleet.OnDeny
 

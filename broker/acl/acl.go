@@ -62,7 +62,7 @@ func tracer() trace.Tracer { return otel.Tracer("argus/broker") }
 
 // cacheTTL bounds how long a looked-up credential is trusted without
 // asking the database again; revocation invalidates it at once.
-const cacheTTL = 5 * time.Minute
+const cacheTTL = 15 * time.Minute
 
 // maxPassword bounds what is hashed per CONNECT.
 const maxPassword = 256
@@ -182,6 +182,28 @@ func (p *Policy) lookup(id string) (cred, bool) {
 	c = cred{hash: hash, tenant: tenant, fetched: time.Now()}
 	p.cache[id] = c
 	return c, true
+}
+
+// Warm loads every live agent's credential at once, so a fleet
+// reconnecting after a restart is checked from memory rather than with a
+// query per connect. Revocation still wins (Revoke, and the revoked flag
+// read here).
+func (p *Policy) Warm(ctx context.Context, all func(ctx context.Context, each func(id string, hash []byte, tenant string)) error) error {
+	now := time.Now()
+	loaded := map[string]cred{}
+	if err := all(ctx, func(id string, hash []byte, tenant string) {
+		loaded[id] = cred{hash: hash, tenant: tenant, fetched: now}
+	}); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, c := range loaded {
+		if !p.revoked[id] {
+			p.cache[id] = c
+		}
+	}
+	return nil
 }
 
 // Revoke refuses the agent from now on: its cached credential is dropped

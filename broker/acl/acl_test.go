@@ -210,3 +210,17 @@ func TestWatchers(t *testing.T) {
 		assert.Equal(t, c.want, p.Allow("w", c.user, c.topic, c.write), "%s %s write=%v", c.user, c.topic, c.write)
 	}
 }
+
+func TestWarm_NoQueryPerConnectAndRevokedStaysOut(t *testing.T) {
+	p, f := newPolicy()
+	p.Revoke(agentB)
+	require := assert.New(t)
+	require.NoError(p.Warm(context.Background(), func(_ context.Context, each func(string, []byte, string)) error {
+		each(agentA, credential.Hash("secret-a"), "t")
+		each(agentB, credential.Hash("secret-b"), "t")
+		return nil
+	}))
+	require.True(p.Authenticate(connect(agentA, agentA, "secret-a")))
+	require.Equal(int64(0), f.calls.Load(), "served from the warmed cache")
+	require.False(p.Authenticate(connect(agentB, agentB, "secret-b")), "a revoked agent is not warmed back in")
+}

@@ -370,3 +370,21 @@ func nullUUID(s string) *string {
 	}
 	return &s
 }
+
+// LiveCredentials calls each for every live agent's credential.
+func (s *Store) LiveCredentials(ctx context.Context, each func(id string, hash []byte, tenant string)) error {
+	rows, err := s.pool.Query(ctx, "SELECT id, secret_hash, tenant_id FROM agents WHERE revoked_at IS NULL")
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, tenant string
+		var hash []byte
+		if err := rows.Scan(&id, &hash, &tenant); err != nil {
+			return err
+		}
+		each(id, hash, tenant)
+	}
+	return rows.Err()
+}
