@@ -1,7 +1,9 @@
 // Command argus-bench measures ARGUS remote support: idle agents held over
 // MQTT-over-WebSocket, audited command round trips through the 3-factor
 // gate, activation latency, and reconnection after a server restart. It
-// starts a real argus-server and drives it with real agents.
+// starts a real argus-server and drives it with real agents; with
+// --against mosquitto it measures Debian's Mosquitto the same way, side by
+// side.
 package main
 
 import (
@@ -12,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"text/tabwriter"
 	"time"
 
@@ -27,7 +30,7 @@ func main() {
 	)
 	root := &cobra.Command{
 		Use:           "argus-bench",
-		Short:         "Measure argus-server with real agents",
+		Short:         "Measure argus-server with real agents, beside Mosquitto",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -45,7 +48,7 @@ func main() {
 		}
 		return exec.LookPath("argus-server")
 	}
-	print := func(v any, rows [][2]string) error {
+	emit := func(v any, rows [][2]string) error {
 		if asJSON {
 			enc := json.NewEncoder(os.Stdout)
 			enc.SetIndent("", "  ")
@@ -58,15 +61,27 @@ func main() {
 		}
 		return tw.Flush()
 	}
+	checkAgainst := func(a string) error {
+		if a != "" && a != "mosquitto" {
+			return fmt.Errorf("--against: only mosquitto")
+		}
+		return nil
+	}
 
-	var agents, sources int
-	var hold time.Duration
-	var reconnect bool
+	var (
+		agents, sources int
+		hold            time.Duration
+		reconnect       bool
+		against         string
+	)
 	idle := &cobra.Command{
 		Use:     "idle",
 		Short:   "Connect N agents and measure the server holding them (and, with --reconnect, their return after a restart)",
-		Example: `  argus-bench idle --agents 10000 --sources 4 --reconnect`,
+		Example: `  argus-bench idle --agents 10000 --sources 4 --reconnect --against mosquitto`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkAgainst(against); err != nil {
+				return err
+			}
 			b, err := bin()
 			if err != nil {
 				return err
@@ -75,33 +90,48 @@ func main() {
 			if err != nil {
 				return err
 			}
-			rows := [][2]string{
-				{"agents", fmt.Sprintf("%d from %d source addresses (fd limit %d)", r.Agents, r.Sources, r.FDLimit)},
-				{"connect rate", fmt.Sprintf("%.0f agents/s", r.ConnectRate)},
-				{"connect p50 / p99", fmt.Sprintf("%.1f ms / %.1f ms", r.Connect.P50, r.Connect.P99)},
-				{"server RSS", fmt.Sprintf("%.1f MiB (baseline %.1f MiB)", r.RSSMiB, r.RSSBaselineMiB)},
-				{"RSS per idle agent", fmt.Sprintf("%.1f KiB", r.RSSPerAgentKiB)},
-				{"goroutines / heap in use", fmt.Sprintf("%.0f / %.1f MiB", r.Goroutines, r.HeapInuseMiB)},
-				{"connected after " + r.HeldFor, fmt.Sprintf("%.0f", r.ConnectedAtEnd)},
+			if against == "" {
+				return emit(r, idleRows(r))
 			}
-			if r.ReconnectAllIn != "" {
-				rows = append(rows, [2]string{"all back after restart", r.ReconnectAllIn})
+			bare, err := bench.IdleAgainst(cmd.Context(), b, agents, sources)
+			if err != nil {
+				return err
 			}
-			return print(r, rows)
+			if asJSON {
+				return emit(map[string]any{"agents": r, "bare_clients": bare}, nil)
+			}
+			if err := emit(nil, idleRows(r)); err != nil {
+				return err
+			}
+			fmt.Println()
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "bare idle clients\tclients\tconnects/s\tRSS per connection\tvs mosquitto")
+			ref := bare[len(bare)-1].RSSPerConnKiB
+			for _, x := range bare {
+				fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.1f KiB\t%.2fx\n", x.Broker, x.Clients, x.ConnectRate, x.RSSPerConnKiB, x.RSSPerConnKiB/ref)
+			}
+			return tw.Flush()
 		},
 	}
 	idle.Flags().IntVar(&agents, "agents", 1000, "how many agents")
 	idle.Flags().IntVar(&sources, "sources", 4, "loopback source addresses (127.0.0.1..N)")
 	idle.Flags().DurationVar(&hold, "hold", 0, "hold them this long, then count")
 	idle.Flags().BoolVar(&reconnect, "reconnect", false, "then kill and restart the server and time their return")
+	idle.Flags().StringVar(&against, "against", "", "also measure bare idle clients here and on mosquitto, side by side")
 
-	var seq, window, acts int
-	var dur time.Duration
+	var (
+		seq, window, acts int
+		dur               time.Duration
+		rttAgainst        string
+	)
 	rtt := &cobra.Command{
 		Use:     "rtt",
 		Short:   "Audited ping round trips through the API and gate, and activation latency",
-		Example: `  argus-bench rtt --sequential 2000 --window 64 --duration 10s`,
+		Example: `  argus-bench rtt --sequential 1000 --window 64 --duration 10s --against mosquitto`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkAgainst(rttAgainst); err != nil {
+				return err
+			}
 			b, err := bin()
 			if err != nil {
 				return err
@@ -113,17 +143,33 @@ func main() {
 			q := func(x bench.Quantiles) string {
 				return fmt.Sprintf("p50 %.2f  p90 %.2f  p99 %.2f  max %.2f ms (n=%d)", x.P50, x.P90, x.P99, x.Max, x.N)
 			}
-			return print(r, [][2]string{
-				{"ping, sequential", q(r.Sequential)},
-				{fmt.Sprintf("ping, %d in flight", r.Window), fmt.Sprintf("%.0f commands/s; %s", r.Throughput, q(r.Concurrent))},
+			rows := [][2]string{
+				{"audited ping, sequential", q(r.Sequential)},
+				{fmt.Sprintf("audited ping, %d in flight", r.Window), fmt.Sprintf("%.0f commands/s; %s", r.Throughput, q(r.Concurrent))},
 				{"activation", q(r.Activate)},
-			})
+			}
+			var bare map[string]bench.Quantiles
+			if rttAgainst != "" {
+				if bare, err = bench.EchoAgainst(cmd.Context(), seq); err != nil {
+					return err
+				}
+				names := make([]string, 0, len(bare))
+				for n := range bare {
+					names = append(names, n)
+				}
+				sort.Strings(names)
+				for _, n := range names {
+					rows = append(rows, [2]string{"bare request/response, " + n, q(bare[n])})
+				}
+			}
+			return emit(map[string]any{"api": r, "bare_request_response": bare}, rows)
 		},
 	}
-	rtt.Flags().IntVar(&seq, "sequential", 1000, "sequential pings")
+	rtt.Flags().IntVar(&seq, "sequential", 1000, "sequential pings (and bare request/responses)")
 	rtt.Flags().IntVar(&window, "window", 64, "commands in flight for the concurrent run")
 	rtt.Flags().DurationVar(&dur, "duration", 10*time.Second, "length of the concurrent run")
 	rtt.Flags().IntVar(&acts, "activations", 200, "activations to time")
+	rtt.Flags().StringVar(&rttAgainst, "against", "", "also measure bare MQTT request/response on this project's broker and on mosquitto")
 
 	root.AddCommand(idle, rtt)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -132,4 +178,20 @@ func main() {
 		fmt.Fprintln(os.Stderr, "argus-bench:", err)
 		os.Exit(1)
 	}
+}
+
+func idleRows(r bench.IdleResult) [][2]string {
+	rows := [][2]string{
+		{"agents", fmt.Sprintf("%d from %d source addresses (fd limit %d)", r.Agents, r.Sources, r.FDLimit)},
+		{"connect rate", fmt.Sprintf("%.0f agents/s", r.ConnectRate)},
+		{"connect p50 / p99", fmt.Sprintf("%.1f ms / %.1f ms", r.Connect.P50, r.Connect.P99)},
+		{"server RSS", fmt.Sprintf("%.1f MiB (baseline %.1f MiB)", r.RSSMiB, r.RSSBaselineMiB)},
+		{"RSS per idle agent", fmt.Sprintf("%.1f KiB", r.RSSPerAgentKiB)},
+		{"goroutines / heap in use", fmt.Sprintf("%.0f / %.1f MiB", r.Goroutines, r.HeapInuseMiB)},
+		{"connected after " + r.HeldFor, fmt.Sprintf("%.0f", r.ConnectedAtEnd)},
+	}
+	if r.ReconnectAllIn != "" {
+		rows = append(rows, [2]string{"all back after restart", r.ReconnectAllIn})
+	}
+	return rows
 }
