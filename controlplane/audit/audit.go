@@ -77,54 +77,80 @@ type Event struct {
 
 // Record writes e's two rows in tx and returns the audit id.
 func Record(ctx context.Context, tx pgx.Tx, e Entry) (string, error) {
-	if e.Actor == "" || e.Action == "" || e.Outcome == "" {
-		return "", errors.New("audit: actor, action and outcome are required")
-	}
-	id := uuid.NewString()
-	// Microseconds: what PostgreSQL stores, so the row reads back as written.
-	now := time.Now().UTC().Truncate(time.Microsecond)
-	ev := Event{
-		ID: id, OccurredAt: now.Format(time.RFC3339Nano), Actor: e.Actor, OperatorID: e.OperatorID, Action: e.Action, Outcome: e.Outcome,
-		TenantID: e.TenantID, AgentID: e.AgentID, SessionID: e.SessionID, ClientIP: e.ClientIP,
-		Reason: e.Reason, Detail: e.Detail,
-	}
-	payload, err := Canonical(ev)
+	r, err := prepare(e)
 	if err != nil {
 		return "", err
-	}
-	detail := make(map[string]any, len(e.Detail)+1)
-	for k, v := range e.Detail {
-		detail[k] = v
-	}
-	if e.OperatorID != "" {
-		detail["operator_id"] = e.OperatorID
-	}
-	var ip *netip.Addr
-	if a, err := netip.ParseAddr(e.ClientIP); err == nil {
-		ip = &a
 	}
 	seq, prev, err := chainHead(ctx, tx)
 	if err != nil {
 		return "", err
 	}
-	hash := ChainHash(prev, payload)
+	sql, args := r.insert(seq+1, prev)
+	if _, err := tx.Exec(ctx, sql, args...); err != nil {
+		return "", fmt.Errorf("audit: write: %w", err)
+	}
+	if c, ok := ctx.Value(chainKey{}).(*chain); ok {
+		c.seq, c.hash = seq+1, r.hash
+	}
+	auditWrites().Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", e.Outcome)))
+	return r.id, nil
+}
+
+// row is an audited action ready to be written once its place in the
+// chain is known.
+type row struct {
+	id      string
+	at      time.Time
+	e       Entry
+	payload []byte
+	detail  map[string]any
+	ip      *netip.Addr
+	hash    []byte
+}
+
+func prepare(e Entry) (*row, error) {
+	if e.Actor == "" || e.Action == "" || e.Outcome == "" {
+		return nil, errors.New("audit: actor, action and outcome are required")
+	}
+	r := &row{id: uuid.NewString(), e: e}
+	// Microseconds: what PostgreSQL stores, so the row reads back as written.
+	r.at = time.Now().UTC().Truncate(time.Microsecond)
+	ev := Event{
+		ID: r.id, OccurredAt: r.at.Format(time.RFC3339Nano), Actor: e.Actor, OperatorID: e.OperatorID, Action: e.Action, Outcome: e.Outcome,
+		TenantID: e.TenantID, AgentID: e.AgentID, SessionID: e.SessionID, ClientIP: e.ClientIP,
+		Reason: e.Reason, Detail: e.Detail,
+	}
+	var err error
+	if r.payload, err = Canonical(ev); err != nil {
+		return nil, err
+	}
+	r.detail = make(map[string]any, len(e.Detail)+1)
+	for k, v := range e.Detail {
+		r.detail[k] = v
+	}
+	if e.OperatorID != "" {
+		r.detail["operator_id"] = e.OperatorID
+	}
+	if a, err := netip.ParseAddr(e.ClientIP); err == nil {
+		r.ip = &a
+	}
+	return r, nil
+}
+
+// insert returns the statement writing both rows at sequence seq after
+// the event whose hash is prev, and records the row's own hash.
+func (r *row) insert(seq int64, prev []byte) (string, []any) {
+	r.hash = ChainHash(prev, r.payload)
+	e := r.e
 	// Both rows in one statement: one round trip, one snapshot.
-	_, err = tx.Exec(ctx, `WITH a AS (
+	return `WITH a AS (
 			INSERT INTO audit_log (id, occurred_at, actor, action, outcome, tenant_id, agent_id, session_id, client_ip, reason, detail)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 		)
 		INSERT INTO events (seq, id, occurred_at, action, payload, prev_hash, hash)
 		VALUES ($12, $1, $2, $4, $13, $14, $15)`,
-		id, now, e.Actor, e.Action, e.Outcome, nullUUID(e.TenantID), nullUUID(e.AgentID), nullUUID(e.SessionID),
-		ip, nullString(e.Reason), detail, seq+1, json.RawMessage(payload), prev, hash)
-	if err != nil {
-		return "", fmt.Errorf("audit: write: %w", err)
-	}
-	if c, ok := ctx.Value(chainKey{}).(*chain); ok {
-		c.seq, c.hash = seq+1, hash
-	}
-	auditWrites().Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", e.Outcome)))
-	return id, nil
+		[]any{r.id, r.at, e.Actor, e.Action, e.Outcome, nullUUID(e.TenantID), nullUUID(e.AgentID), nullUUID(e.SessionID),
+			r.ip, nullString(e.Reason), r.detail, seq, json.RawMessage(r.payload), prev, r.hash}
 }
 
 // chain carries the chain head through a group commit: the transaction

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -120,4 +121,44 @@ func TestCommitter_GroupsWithoutForkingAndIsolatesFailures(t *testing.T) {
 		FROM (SELECT seq, prev_hash, lag(seq) OVER w AS lag_seq, lag(hash) OVER w AS lag_hash FROM events WINDOW w AS (ORDER BY seq)) x`).Scan(&gaps, &broken))
 	assert.Zero(t, gaps, "no gap in the sequence")
 	assert.Zero(t, broken, "no broken link")
+}
+
+func TestCommitter_PipelinedJobsChainAndReconcile(t *testing.T) {
+	pool := testenv.Pool(t)
+	ctx := context.Background()
+	_, err := pool.Exec(ctx, "CREATE TABLE scratch (n int PRIMARY KEY)")
+	require.NoError(t, err)
+	c := audit.NewCommitter(pool)
+	defer c.Close()
+
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for i := range 80 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := i
+			if i%20 == 0 {
+				n = 1000 // the same key twice: the second insert fails and takes only itself down
+			}
+			err := c.Exec(ctx, []audit.Stmt{{SQL: "INSERT INTO scratch (n) VALUES ($1)", Args: []any{n}}},
+				audit.Entry{Actor: "system", Action: "test.pipeline", Outcome: audit.Success, Detail: map[string]any{"n": n}})
+			if err != nil {
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	assert.Equal(t, int64(3), failed.Load(), "three of the four duplicate keys fail, alone")
+	var scratch, logRows, events int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM scratch").Scan(&scratch))
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM audit_log").Scan(&logRows))
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM events").Scan(&events))
+	assert.Equal(t, 77, scratch)
+	assert.Equal(t, 77, logRows, "each state change has its audit row, and only those")
+	assert.Equal(t, 77, events)
+
+	r, err := reconcileWindow(ctx, pool)
+	require.NoError(t, err)
+	assert.True(t, r, "the pipelined chain reconciles")
 }

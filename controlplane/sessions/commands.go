@@ -216,16 +216,12 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 			entry.Detail["args"] = a
 		}
 	}
-	err := m.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO commands (id, session_id, name, args_digest, status) VALUES ($1, $2, $3, $4, 'requested')`,
-			cmdID, req.SessionID, req.Name, digest[:]); err != nil {
-			return err
-		}
-		e := entry
-		e.Action, e.Outcome = "support.command.requested", audit.Success
-		_, err := audit.Record(ctx, tx, e)
-		return err
-	})
+	requested := entry
+	requested.Action, requested.Outcome = "support.command.requested", audit.Success
+	err := m.record(ctx, []audit.Stmt{{
+		SQL:  `INSERT INTO commands (id, session_id, name, args_digest, status) VALUES ($1, $2, $3, $4, 'requested')`,
+		Args: []any{cmdID, req.SessionID, req.Name, digest[:]},
+	}}, requested)
 	if err != nil {
 		return CommandResult{}, fmt.Errorf("command: %w", err)
 	}
@@ -242,36 +238,31 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 	commandsTotal().Add(ctx, 1, attrs)
 	commandSeconds().Record(ctx, time.Since(started).Seconds(), metric.WithAttributes(attribute.String("name", req.Name)))
 	agentID := s.agentID
-	err = m.inTx(context.WithoutCancel(ctx), func(ctx context.Context, tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `UPDATE commands SET status = $2, error_code = NULLIF($3, ''), completed_at = now() WHERE id = $1`,
-			cmdID, status, code); err != nil {
-			return err
+	done := entry
+	done.Action, done.Outcome = "support.command.completed", outcome
+	done.Detail = map[string]any{"command": req.Name, "command_id": cmdID, "status": status, "code": code, "duration": out.Duration}
+	// What came back, by size and digest; never the content.
+	var summary struct {
+		Bytes  *int   `json:"bytes"`
+		SHA256 string `json:"sha256"`
+	}
+	if json.Unmarshal(res.Data, &summary) == nil {
+		if summary.Bytes != nil {
+			done.Detail["bytes"] = *summary.Bytes
 		}
-		e := entry
-		e.Action, e.Outcome = "support.command.completed", outcome
-		e.Detail = map[string]any{"command": req.Name, "command_id": cmdID, "status": status, "code": code, "duration": out.Duration}
-		// What came back, by size and digest; never the content.
-		var summary struct {
-			Bytes  *int   `json:"bytes"`
-			SHA256 string `json:"sha256"`
+		if summary.SHA256 != "" {
+			done.Detail["sha256"] = summary.SHA256
 		}
-		if json.Unmarshal(res.Data, &summary) == nil {
-			if summary.Bytes != nil {
-				e.Detail["bytes"] = *summary.Bytes
-			}
-			if summary.SHA256 != "" {
-				e.Detail["sha256"] = summary.SHA256
-			}
-		}
-		e.Detail["result_bytes"] = len(res.Data)
-		if req.Name == "get_capabilities" && status == "succeeded" && json.Valid(res.Data) {
-			if _, err := tx.Exec(ctx, "UPDATE agents SET capabilities = $2, capabilities_at = now() WHERE id = $1", agentID, res.Data); err != nil {
-				return err
-			}
-		}
-		_, err := audit.Record(ctx, tx, e)
-		return err
-	})
+	}
+	done.Detail["result_bytes"] = len(res.Data)
+	stmts := []audit.Stmt{{
+		SQL:  `UPDATE commands SET status = $2, error_code = NULLIF($3, ''), completed_at = now() WHERE id = $1`,
+		Args: []any{cmdID, status, code},
+	}}
+	if req.Name == "get_capabilities" && status == "succeeded" && json.Valid(res.Data) {
+		stmts = append(stmts, audit.Stmt{SQL: "UPDATE agents SET capabilities = $2, capabilities_at = now() WHERE id = $1", Args: []any{agentID, json.RawMessage(res.Data)}})
+	}
+	err = m.record(context.WithoutCancel(ctx), stmts, done)
 	if err != nil {
 		return CommandResult{}, fmt.Errorf("command: %w", err)
 	}

@@ -346,13 +346,26 @@ func (m *Manager) publishTenant(tenantID string) {
 	}
 }
 
-// inTx runs fn in an audited transaction: grouped with others when a
-// committer is set, alone otherwise. Either way it commits whole.
-func (m *Manager) inTx(ctx context.Context, fn func(context.Context, pgx.Tx) error) error {
+// record runs stmts and writes entries in one audited transaction:
+// pipelined in a group commit when a committer is set, alone otherwise.
+// Either way they commit whole.
+func (m *Manager) record(ctx context.Context, stmts []audit.Stmt, entries ...audit.Entry) error {
 	if m.Commits != nil {
-		return m.Commits.Do(ctx, fn)
+		return m.Commits.Exec(ctx, stmts, entries...)
 	}
-	return pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error { return fn(ctx, tx) })
+	return pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {
+		for _, st := range stmts {
+			if _, err := tx.Exec(ctx, st.SQL, st.Args...); err != nil {
+				return err
+			}
+		}
+		for _, e := range entries {
+			if _, err := audit.Record(ctx, tx, e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // LiveCount is how many sessions are live on this node.
