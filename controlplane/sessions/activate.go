@@ -78,14 +78,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 		ClientIP: req.ClientIP, Reason: req.Reason, AgentID: req.Agent,
 		Detail: map[string]any{"tenant": req.Tenant, "ttl": req.TTL.String()},
 	}
-	deny := func(r *Refusal) (Session, string, error) {
-		entry.Outcome = audit.Denied
-		entry.Detail["code"] = r.Code
-		if err := audit.Write(ctx, m.Pool, entry); err != nil {
-			return Session{}, "", err
-		}
-		return Session{}, "", r
-	}
+	deny := func(r *Refusal) (Session, string, error) { return Session{}, "", m.denied(ctx, entry, r) }
 	if strings.TrimSpace(req.Reason) == "" {
 		return deny(refuse(http.StatusBadRequest, "reason_required", "a reason is required"))
 	}

@@ -178,14 +178,7 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 	entry := req.By
 	entry.Action, entry.SessionID, entry.TenantID, entry.AgentID = "support.command", req.SessionID, s.tenantID, s.agentID
 	entry.Detail = map[string]any{"command": req.Name}
-	deny := func(r *Refusal) (CommandResult, error) {
-		entry.Outcome = audit.Denied
-		entry.Detail["code"] = r.Code
-		if err := audit.Write(ctx, m.Pool, entry); err != nil {
-			return CommandResult{}, err
-		}
-		return CommandResult{}, r
-	}
+	deny := func(r *Refusal) (CommandResult, error) { return CommandResult{}, m.denied(ctx, entry, r) }
 	var refusal *Refusal
 	switch {
 	case errors.As(authErr, &refusal):

@@ -60,17 +60,13 @@ func (m *Manager) ApplyPatch(ctx context.Context, req PatchRequest) (PatchResult
 	entry := req.By
 	entry.Action, entry.SessionID, entry.TenantID, entry.AgentID = "support.patch", req.SessionID, s.tenantID, s.agentID
 	entry.Detail = map[string]any{"patch_id": man.ID, "version": man.Version, "bundle_sha256": out.Digest, "bytes": len(req.Bundle), "root": man.Root}
-	record := func(outcome, status, code string) error {
-		e := entry
-		e.Outcome = outcome
-		e.Detail["status"], e.Detail["code"] = status, code
-		return audit.Write(context.WithoutCancel(ctx), m.Pool, e)
-	}
 	deny := func(r *Refusal) (PatchResult, error) {
-		if err := record(audit.Denied, "refused_by_server", r.Code); err != nil {
-			return PatchResult{}, err
+		e := entry
+		e.Detail = map[string]any{"status": "refused_by_server"}
+		for k, v := range entry.Detail {
+			e.Detail[k] = v
 		}
-		return PatchResult{}, r
+		return PatchResult{}, m.denied(ctx, e, r)
 	}
 	var refusal *Refusal
 	switch {

@@ -83,6 +83,22 @@ func refuse(status int, code, msg string) *Refusal {
 	return &Refusal{Status: status, Code: code, Message: msg}
 }
 
+// denied audits a refused attempt (both rows) and returns the refusal, or
+// the error that kept it from being audited: nothing is refused unrecorded.
+func (m *Manager) denied(ctx context.Context, e audit.Entry, r *Refusal) error {
+	e.Outcome = audit.Denied
+	detail := make(map[string]any, len(e.Detail)+1)
+	for k, v := range e.Detail {
+		detail[k] = v
+	}
+	detail["code"] = r.Code
+	e.Detail = detail
+	if err := audit.Write(context.WithoutCancel(ctx), m.Pool, e); err != nil {
+		return err
+	}
+	return r
+}
+
 // Broker is what the manager needs of the broker.
 type Broker interface {
 	Publish(topic string, payload []byte, retain bool, qos byte, props *packets.Properties) error
