@@ -139,10 +139,20 @@ func (a *Agent) Run(ctx context.Context) error {
 			ClientID: a.st.AgentID,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 				func(pr paho.PublishReceived) (bool, error) {
+					// Activation states are never dropped (they may end a
+					// session); a command that finds the queue full is, and
+					// times out at the server.
+					if _, kind, ok := topics.ParseAgentTopic(pr.Packet.Topic); ok && kind == topics.Activation {
+						select {
+						case a.inbox <- pr.Packet:
+						case <-ctx.Done():
+						}
+						return true, nil
+					}
 					select {
 					case a.inbox <- pr.Packet:
 					default:
-						a.log.Warn("inbox full; message dropped", "topic", pr.Packet.Topic)
+						a.log.Warn("inbox full; command dropped", "topic", pr.Packet.Topic)
 					}
 					return true, nil
 				},

@@ -127,7 +127,8 @@ func (a *Agent) tailLog(raw json.RawMessage) (any, error) {
 // tailFile returns the last n lines of path, reading at most budget bytes
 // from its end; whole says the whole file was read.
 func tailFile(path string, n, budget int) (lines []string, whole bool, used int, err error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: a FIFO where a log should be must not hang the agent.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, false, 0, err
 	}
@@ -174,6 +175,10 @@ type FileResult struct {
 	ContentBase64 string    `json:"content_base64"`
 	Bytes         int       `json:"bytes"`
 }
+
+// pseudoFS are filesystem magic numbers of kernel interfaces: proc,
+// sysfs, devtmpfs/tmpfs-backed /dev, debugfs, securityfs, cgroup2.
+var pseudoFS = map[int64]bool{0x9fa0: true, 0x62656572: true, 0x1cd1: true, 0x64626720: true, 0x73636673: true, 0x63677270: true}
 
 // forbiddenTrees are never read, whatever the roots say: their "files" are
 // kernel interfaces, not files.
@@ -239,6 +244,11 @@ func (a *Agent) readFile(raw json.RawMessage) (any, error) {
 	}
 	if err := checkFile(clean, fi); err != nil {
 		return nil, err
+	}
+	// Whatever path led here, kernel interfaces are not files to hand out.
+	var fs syscall.Statfs_t
+	if err := syscall.Fstatfs(int(f.Fd()), &fs); err != nil || pseudoFS[int64(fs.Type)] {
+		return nil, cmdErr("path_not_allowed", "%s is on a kernel pseudo-filesystem", clean)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
 	if err != nil {

@@ -130,7 +130,19 @@ func ConfigFromViper(v *viper.Viper) (Config, error) {
 		if !filepath.IsAbs(r) {
 			bad("readable-roots", "%q is not an absolute path", r)
 		}
-		c.ReadableRoots[i] = filepath.Clean(r)
+		r = filepath.Clean(r)
+		c.ReadableRoots[i] = r
+		// A root may not hold the agent's own credentials, nor kernel
+		// interfaces.
+		state, _ := filepath.Abs(c.StateDir)
+		if within(state, r) {
+			bad("readable-roots", "%q contains the state directory %s (the agent's secret)", r, state)
+		}
+		for _, t := range forbiddenTrees {
+			if within(t, r) || within(r, t) {
+				bad("readable-roots", "%q overlaps %s", r, t)
+			}
+		}
 	}
 	for _, p := range settings.List(v, "patch-keys") {
 		b, err := os.ReadFile(p)

@@ -140,6 +140,15 @@ func (a *Agent) onActivation(ctx context.Context, payload []byte) {
 		a.publish(ctx, topics.ActivationAck, ack, 1)
 		return
 	}
+	// A dormant state for some other session (an end that arrives after a
+	// newer session began) does not end the one in force.
+	if msg.State == topics.StateDormant && a.sess != nil && msg.SessionID != "" && msg.SessionID != a.sess.id {
+		sid := a.sess.id
+		a.mu.Unlock()
+		ack.State, ack.SessionID, ack.Error = topics.StateActive, sid, "stale_activation"
+		a.publish(ctx, topics.ActivationAck, ack, 1)
+		return
+	}
 	a.lastIssued = msg.IssuedAt
 	if msg.State == topics.StateDormant {
 		ended := a.endSessionLocked("control plane ended it")

@@ -305,3 +305,39 @@ func TestKillSwitch_RefusesActivationUntilReleased(t *testing.T) {
 		return s.do(t, "POST", "/v1/support/sessions", map[string]string{"tenant": "acme", "agent": agentID, "reason": "x"}, nil) == nil
 	}, "activation works once released")
 }
+
+// TestActivate_RaceWithDisarmLeavesNothingLive races activations against
+// disarms: whenever the tenant ends up disarmed, no session may be live.
+func TestActivate_RaceWithDisarmLeavesNothingLive(t *testing.T) {
+	s := newSupportEnv(t, nil)
+	s.consentAndArm(t)
+	agentID, _, _ := s.runAgent(t, "cam-gw-1")
+	ctx := context.Background()
+	for i := 0; i < 8; i++ {
+		require.NoError(t, s.do(t, "POST", "/v1/tenants/acme/arm", map[string]string{"reason": "again"}, nil))
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = s.do(t, "POST", "/v1/support/sessions", map[string]string{"tenant": "acme", "agent": agentID, "reason": "race"}, nil)
+		}()
+		require.NoError(t, s.do(t, "POST", "/v1/tenants/acme/disarm", map[string]string{"reason": "race"}, nil))
+		<-done
+		var live int
+		require.NoError(t, s.srv.Database().Pool.QueryRow(ctx, `SELECT count(*) FROM support_sessions s JOIN tenants t ON t.id = s.tenant_id
+			WHERE s.ended_at IS NULL AND t.armed_at IS NULL`).Scan(&live))
+		require.Zero(t, live, "round %d: a live session on a disarmed tenant", i)
+		// End anything the race left (on an armed tenant there is none now).
+		var ids []string
+		rows, err := s.srv.Database().Pool.Query(ctx, "SELECT id::text FROM support_sessions WHERE ended_at IS NULL")
+		require.NoError(t, err)
+		for rows.Next() {
+			var id string
+			require.NoError(t, rows.Scan(&id))
+			ids = append(ids, id)
+		}
+		rows.Close()
+		for _, id := range ids {
+			_ = s.do(t, "POST", "/v1/support/sessions/"+id+"/deactivate", nil, nil)
+		}
+	}
+}

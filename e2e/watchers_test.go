@@ -34,10 +34,10 @@ func TestWatchers_MonitorSeesPresenceViewerSeesOnlyItsTenant(t *testing.T) {
 	require.NoError(t, s.do(t, "GET", "/v1/tenants/beta", nil, &beta))
 	url := s.srv.MQTTURL()
 
-	_, _, err = mqtttest.Dial(t, url, mqtttest.Options{ClientID: "mon-1", Username: "monitor", Password: noMonitor})
+	_, _, err = mqtttest.Dial(t, url, mqtttest.Options{ClientID: "monitor-1", Username: "monitor", Password: noMonitor})
 	assert.Error(t, err, "an operator token without the monitor scope is refused")
 
-	mon, _, err := mqtttest.Dial(t, url, mqtttest.Options{ClientID: "mon-1", Username: "monitor", Password: monitorToken})
+	mon, _, err := mqtttest.Dial(t, url, mqtttest.Options{ClientID: "monitor-1", Username: "monitor", Password: monitorToken})
 	require.NoError(t, err)
 	_, err = mon.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: topics.StatusFilter, QoS: 1}}})
 	require.NoError(t, err)
@@ -70,9 +70,9 @@ func TestWatchers_MonitorSeesPresenceViewerSeesOnlyItsTenant(t *testing.T) {
 	assert.GreaterOrEqual(t, sa.Reasons[0], byte(0x80))
 
 	// A viewer of acme.
-	_, _, err = mqtttest.Dial(t, url, mqtttest.Options{ClientID: "page-1", Username: "viewer:" + beta.ID, Password: viewerA.Token})
+	_, _, err = mqtttest.Dial(t, url, mqtttest.Options{ClientID: "viewer-" + beta.ID + "-page", Username: "viewer:" + beta.ID, Password: viewerA.Token})
 	assert.Error(t, err, "acme's token does not open beta")
-	v, _, err := mqtttest.Dial(t, url, mqtttest.Options{ClientID: "page-1", Username: "viewer:" + viewerA.TenantID, Password: viewerA.Token})
+	v, _, err := mqtttest.Dial(t, url, mqtttest.Options{ClientID: "viewer-" + viewerA.TenantID + "-page", Username: "viewer:" + viewerA.TenantID, Password: viewerA.Token})
 	require.NoError(t, err)
 	for _, filter := range []string{
 		"argus/v1/status/tenants/" + beta.ID + "/#",

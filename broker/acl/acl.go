@@ -130,19 +130,22 @@ func (p *Policy) Authenticate(r broker.ConnectRequest) bool {
 // may not look like an agent's, so it can never take over an agent's
 // session.
 func (p *Policy) authenticateWatcher(r broker.ConnectRequest) bool {
-	if p.Tokens == nil || r.ClientID == "" || len(r.ClientID) > 128 || r.HasWill || r.SessionExpiry != 0 || len(r.Password) > maxPassword {
-		return false
-	}
-	if _, err := topics.ParseAgentID(r.ClientID); err == nil {
+	// Clean sessions only, and a client id in the principal's own
+	// namespace ("monitor-...", "viewer-<tenant id>-..."): no watcher can
+	// take over an agent's session, or another tenant's viewer's.
+	if p.Tokens == nil || len(r.ClientID) > 128 || r.HasWill || !r.CleanStart || r.SessionExpiry != 0 || len(r.Password) > maxPassword {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if r.Username == MonitorUser {
-		return p.Tokens.Monitor(ctx, string(r.Password))
+		return strings.HasPrefix(r.ClientID, "monitor-") && len(r.ClientID) > len("monitor-") && p.Tokens.Monitor(ctx, string(r.Password))
 	}
 	want, err := topics.ParseTenantID(strings.TrimPrefix(r.Username, ViewerUserPrefix))
 	if err != nil {
+		return false
+	}
+	if prefix := "viewer-" + want.String() + "-"; !strings.HasPrefix(r.ClientID, prefix) || len(r.ClientID) == len(prefix) {
 		return false
 	}
 	got, ok := p.Tokens.Viewer(ctx, string(r.Password))

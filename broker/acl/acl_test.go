@@ -181,11 +181,17 @@ func TestWatchers(t *testing.T) {
 	req := func(id, user, pass string) broker.ConnectRequest {
 		return broker.ConnectRequest{ClientID: id, Username: user, Password: []byte(pass), CleanStart: true, ProtocolVersion: 5}
 	}
-	assert.True(t, p.Authenticate(req("grafana-1", MonitorUser, "mon")))
-	assert.False(t, p.Authenticate(req("grafana-1", MonitorUser, "nope")))
+	assert.True(t, p.Authenticate(req("monitor-grafana", MonitorUser, "mon")))
+	assert.False(t, p.Authenticate(req("monitor-grafana", MonitorUser, "nope")))
 	assert.False(t, p.Authenticate(req(agentA, MonitorUser, "mon")), "a watcher cannot use an agent's client id")
-	assert.True(t, p.Authenticate(req("page-1", ViewerUserPrefix+tenantA, "view-a")))
-	assert.False(t, p.Authenticate(req("page-1", ViewerUserPrefix+tenantB, "view-a")), "a viewer token opens only its own tenant")
+	assert.False(t, p.Authenticate(req("grafana", MonitorUser, "mon")), "monitors live in monitor-*")
+	resumed := req("monitor-grafana", MonitorUser, "mon")
+	resumed.CleanStart = false
+	assert.False(t, p.Authenticate(resumed), "no watcher resumes a session")
+	assert.True(t, p.Authenticate(req("viewer-"+tenantA+"-page", ViewerUserPrefix+tenantA, "view-a")))
+	assert.False(t, p.Authenticate(req("viewer-"+tenantB+"-page", ViewerUserPrefix+tenantB, "view-a")), "a viewer token opens only its own tenant")
+	assert.False(t, p.Authenticate(req("viewer-"+tenantB+"-page", ViewerUserPrefix+tenantA, "view-a")), "nor another tenant's client ids")
+	assert.False(t, p.Authenticate(req("monitor-x", ViewerUserPrefix+tenantA, "view-a")))
 
 	a := mustID(agentA)
 	for _, c := range []struct {

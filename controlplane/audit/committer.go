@@ -63,6 +63,12 @@ func (c *Committer) Do(ctx context.Context, fn func(context.Context, pgx.Tx) err
 		return errors.New("audit: no committer")
 	}
 	j := &job{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	return c.submit(ctx, j)
+}
+
+// submit queues j and waits for its outcome; a job that slipped in as the
+// committer closed gets ErrClosed rather than a wait that never ends.
+func (c *Committer) submit(ctx context.Context, j *job) error {
 	select {
 	case c.jobs <- j:
 	case <-c.stop:
@@ -70,7 +76,17 @@ func (c *Committer) Do(ctx context.Context, fn func(context.Context, pgx.Tx) err
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return <-j.done
+	select {
+	case err := <-j.done:
+		return err
+	case <-c.stopped:
+		select {
+		case err := <-j.done:
+			return err
+		default:
+			return ErrClosed
+		}
+	}
 }
 
 // Exec runs stmts and records entries, all in the next group commit. The
@@ -82,15 +98,7 @@ func (c *Committer) Exec(ctx context.Context, stmts []Stmt, entries ...Entry) er
 	}
 	rows := make([]Entry, len(entries))
 	copy(rows, entries)
-	j := &job{ctx: ctx, stmts: stmts, entries: rows, done: make(chan error, 1)}
-	select {
-	case c.jobs <- j:
-	case <-c.stop:
-		return ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	return <-j.done
+	return c.submit(ctx, &job{ctx: ctx, stmts: stmts, entries: rows, done: make(chan error, 1)})
 }
 
 // Write records e through the committer, in a transaction of its own kind.

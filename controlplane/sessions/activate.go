@@ -136,7 +136,28 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 		return Session{}, "", err
 	}
 	var s Session
+	var raced *Refusal
 	err = pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {
+		// Checked again under share locks: a disarm, a consent withdrawal
+		// or a revocation that commits after the checks above and before
+		// this insert would otherwise find no session to end.
+		var consentNow, armedNow, revokedNow bool
+		if err := tx.QueryRow(ctx, `SELECT t.consent_id IS NOT NULL, t.armed_at IS NOT NULL, a.revoked_at IS NOT NULL
+			FROM agents a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = $1 FOR SHARE OF a, t`, req.Agent).
+			Scan(&consentNow, &armedNow, &revokedNow); err != nil {
+			return err
+		}
+		switch {
+		case revokedNow:
+			raced = refuse(http.StatusConflict, "agent_revoked", "the agent's enrollment is revoked")
+		case !consentNow:
+			raced = refuse(http.StatusConflict, "tenant_consent_required", "the tenant has no signed remote-support consent on record")
+		case !armedNow:
+			raced = refuse(http.StatusConflict, "tenant_not_armed", "the tenant is not armed")
+		}
+		if raced != nil {
+			return raced
+		}
 		err := tx.QueryRow(ctx, `INSERT INTO support_sessions (tenant_id, agent_id, operator_id, token_hash, reason, client_ip, expires_at)
 			VALUES ($1, $2, $3, $4, $5, $6::inet, now() + $7::interval) RETURNING id, created_at, expires_at`,
 			agentTenant, req.Agent, req.OperatorID, credential.Hash(tok.Plain), req.Reason, nullIP(req.ClientIP), req.TTL.String()).
@@ -149,6 +170,9 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 		_, err = audit.Record(ctx, tx, entry)
 		return err
 	})
+	if raced != nil {
+		return deny(raced)
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.ConstraintName == "support_sessions_one_live_per_agent" {
 		return deny(refuse(http.StatusConflict, "agent_busy", "the agent already has a live session"))
@@ -183,8 +207,12 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 				m.Log.Warn("agent refused activation", "session", s.ID, "code", ack.Error)
 				return m.failActivation(ctx, s, "the agent refused the activation: "+ack.Error)
 			}
-			if _, err := m.Pool.Exec(ctx, "UPDATE support_sessions SET acked_at = now() WHERE id = $1 AND ended_at IS NULL", s.ID); err != nil {
-				return Session{}, "", fmt.Errorf("activate: %w", err)
+			tag, err := m.Pool.Exec(ctx, "UPDATE support_sessions SET acked_at = now() WHERE id = $1 AND ended_at IS NULL", s.ID)
+			if err != nil {
+				return m.failActivation(context.WithoutCancel(ctx), s, "the acknowledgement could not be recorded")
+			}
+			if tag.RowsAffected() == 0 {
+				return Session{}, "", refuse(http.StatusConflict, "session_ended", "the session ended while it was being activated")
 			}
 			now := time.Now().UTC()
 			s.AckedAt = &now
@@ -266,9 +294,15 @@ func (m *Manager) AfterEnd(ended ...Ended) {
 	tenants := map[string]bool{}
 	for _, e := range ended {
 		m.mu.Lock()
-		if l, ok := m.live[e.AgentID]; ok && l.id == e.ID {
-			delete(m.live, e.AgentID)
+		l, ok := m.live[e.AgentID]
+		if ok && l.id != e.ID {
+			// A newer session of this agent is live: this end is stale and
+			// must not close it.
+			m.mu.Unlock()
+			tenants[e.TenantID] = true
+			continue
 		}
+		delete(m.live, e.AgentID)
 		m.mu.Unlock()
 		m.ACL.SetActive(e.AgentID, false)
 		if id, err := topics.ParseAgentID(e.AgentID); err == nil {

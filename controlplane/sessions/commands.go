@@ -142,6 +142,15 @@ func (m *Manager) exchange(ctx context.Context, s session, cmdID, name string, a
 	defer timer.Stop()
 	select {
 	case res := <-ch:
+		// Only the server says "timeout"; an agent's answer is one of three.
+		switch res.Status {
+		case topics.ResultOK, topics.ResultError, topics.ResultRefused:
+		default:
+			res.Status, res.Error = topics.ResultError, &topics.ErrorBody{Code: "bad_result", Message: "the agent answered with an unknown status"}
+		}
+		if res.Status != topics.ResultOK && res.Error == nil {
+			res.Error = &topics.ErrorBody{Code: "bad_result", Message: "the agent gave no reason"}
+		}
 		return res, nil
 	case <-timer.C:
 		return topics.ResultMsg{Status: "timeout", Error: &topics.ErrorBody{Code: "agent_timeout", Message: "the agent did not answer in time"}}, nil

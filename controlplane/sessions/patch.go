@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
@@ -86,11 +85,10 @@ func (m *Manager) ApplyPatch(ctx context.Context, req PatchRequest) (PatchResult
 	cmdID := uuid.NewString()
 	out.CommandID = cmdID
 	entry.Detail["command_id"] = cmdID
-	if _, err := m.Pool.Exec(ctx, `INSERT INTO commands (id, session_id, name, args_digest, status) VALUES ($1, $2, 'apply_patch', $3, 'requested')`,
-		cmdID, req.SessionID, sum[:]); err != nil {
-		return PatchResult{}, fmt.Errorf("patch: %w", err)
-	}
 
+	// The commands row is written once, with the outcome and the audit
+	// action, whatever happens on the way: nothing about the attempt is
+	// left unaudited.
 	started := time.Now()
 	count := (len(req.Bundle) + patchChunk - 1) / patchChunk
 	var res topics.ResultMsg
@@ -108,7 +106,8 @@ func (m *Manager) ApplyPatch(ctx context.Context, req PatchRequest) (PatchResult
 		}
 		var err error
 		if res, err = m.exchange(ctx, s, id, "apply_patch", args); err != nil {
-			return PatchResult{}, err
+			res = topics.ResultMsg{Status: topics.ResultError, Error: &topics.ErrorBody{Code: "internal", Message: "the bundle could not be sent"}}
+			m.Log.Error("sending patch chunk", "session", req.SessionID, "err", err)
 		}
 		if res.Status != topics.ResultOK {
 			break
@@ -120,22 +119,19 @@ func (m *Manager) ApplyPatch(ctx context.Context, req PatchRequest) (PatchResult
 	status, outcome, code := commandStatus(res)
 	commandsTotal().Add(ctx, 1, metric.WithAttributes(attribute.String("name", "apply_patch"), attribute.String("outcome", status)))
 	commandSeconds().Record(ctx, time.Since(started).Seconds(), metric.WithAttributes(attribute.String("name", "apply_patch")))
-	err := pgx.BeginFunc(context.WithoutCancel(ctx), m.Pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `UPDATE commands SET status = $2, error_code = NULLIF($3, ''), completed_at = now() WHERE id = $1`,
-			cmdID, status, code); err != nil {
-			return err
-		}
-		e := entry
-		e.Outcome = outcome
-		e.Detail["status"], e.Detail["code"], e.Detail["duration"] = status, code, out.Duration
-		_, err := audit.Record(ctx, tx, e)
-		return err
-	})
+	e := entry
+	e.Outcome = outcome
+	e.Detail["status"], e.Detail["code"], e.Detail["duration"] = status, code, out.Duration
+	err := m.record(context.WithoutCancel(ctx), []audit.Stmt{{
+		SQL: `INSERT INTO commands (id, session_id, name, args_digest, status, error_code, requested_at, completed_at)
+			VALUES ($1, $2, 'apply_patch', $3, $4, NULLIF($5, ''), $6, now())`,
+		Args: []any{cmdID, req.SessionID, sum[:], status, code, started},
+	}}, e)
 	if err != nil {
 		return PatchResult{}, fmt.Errorf("patch: %w", err)
 	}
 	if status == "timeout" {
-		return out, refuse(http.StatusGatewayTimeout, "agent_timeout", res.Error.Message)
+		return out, refuse(http.StatusGatewayTimeout, "agent_timeout", "the agent did not answer in time; what it did is unknown")
 	}
 	return out, nil
 }

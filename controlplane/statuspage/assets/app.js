@@ -48,7 +48,7 @@
         $("tenant").textContent = v.tenant;
         var client = mqtt.connect(v.mqtt_url, {
           username: v.mqtt_username, password: token, protocolVersion: 5, clean: true,
-          clientId: "status-page-" + Math.random().toString(16).slice(2, 12), reconnectPeriod: 2000
+          clientId: "viewer-" + v.tenant_id + "-page-" + Math.random().toString(16).slice(2, 12), reconnectPeriod: 2000
         });
         client.on("connect", function () {
           $("conn").textContent = "connected, live";
