@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -50,6 +51,27 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
+// reapOrphans stops test clusters whose test binary is gone.
+func reapOrphans() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "argus-pg-*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "owner.pid"))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || !pgcluster.Exited(pid) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if c, err := pgcluster.Start(ctx, pgcluster.Options{Dir: filepath.Join(d, "pg"), Ephemeral: true}); err == nil {
+			_ = c.Stop(ctx)
+		}
+		cancel()
+		_ = os.RemoveAll(d)
+	}
+}
+
 func teardown() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -75,11 +97,15 @@ func AdminURL(t testing.TB) string {
 			shared.adminURL = u
 			return
 		}
+		reapOrphans()
 		dir, err := os.MkdirTemp("", "argus-pg-")
 		if err != nil {
 			shared.err = err
 			return
 		}
+		// The owner's pid lets a later run stop this cluster should this
+		// test binary die without its teardown (a panic, a kill).
+		_ = os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644)
 		// When the tests run as root the cluster runs as postgres, which
 		// must be able to pass through this directory.
 		if err := os.Chmod(dir, 0o711); err != nil {
