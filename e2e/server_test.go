@@ -60,6 +60,9 @@ func TestServe_PrivateClusterComesUpAndShutsDownClean(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(out), &who), out)
 	assert.Equal(t, "admin", who.Operator)
 	assert.ElementsMatch(t, []string{"operator:admin", "agent:admin"}, who.Scopes)
+	out, stderr, err = testenv.Run(t, nil, "argusctl", "operator", "list", "--server", srv.APIURL, "--token", token)
+	require.NoError(t, err, stderr)
+	assert.Contains(t, out, "admin")
 
 	// Deny by default: the broker admits nobody yet.
 	_, ack, err := mqtttest.Dial(t, srv.MQTTURL, mqtttest.Options{ClientID: "x", Username: "x", Password: "y"})

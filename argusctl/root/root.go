@@ -9,6 +9,7 @@ import (
 	"github.com/argus-remote/argus/argusctl/cmdutil"
 	"github.com/argus-remote/argus/argusctl/config"
 	"github.com/argus-remote/argus/argusctl/iostreams"
+	"github.com/argus-remote/argus/argusctl/operator"
 	"github.com/argus-remote/argus/argusctl/patchcmd"
 	"github.com/argus-remote/argus/argusctl/support"
 	"github.com/argus-remote/argus/argusctl/tenant"
@@ -68,6 +69,7 @@ selected profile of ~/.config/argusctl/config.yaml.`,
 		support.NewCmdSupport(f),
 		auditcmd.NewCmdAudit(f),
 		patchcmd.NewCmdPatch(f),
+		operator.NewCmdOperator(f),
 	)
 	return cmd, f
 }
