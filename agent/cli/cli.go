@@ -4,11 +4,8 @@ package cli
 import (
 	"fmt"
 	"io"
-	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/viper"
 
 	"github.com/argus-remote/argus/agent"
 	"github.com/argus-remote/argus/internal/settings"
@@ -54,19 +51,7 @@ func Execute(args []string, io IOStreams) int {
 }
 
 func loadConfig(cmd *cobra.Command) (agent.Config, error) {
-	file, _ := cmd.Flags().GetString("config")
-	if file == "" {
-		file = os.Getenv("ARGUS_AGENT_CONFIG")
-	}
-	v := viper.New()
-	if err := settings.Load(v, cmd.Flags(), file, agent.Keys); err != nil {
-		return agent.Config{}, err
-	}
-	cfg, err := agent.ConfigFromViper(v)
-	if err != nil {
-		return agent.Config{}, fmt.Errorf("configuration:\n  %s", strings.ReplaceAll(err.Error(), "\n", "\n  "))
-	}
-	return cfg, nil
+	return settings.ForCommand(cmd.Flags(), "ARGUS_AGENT_CONFIG", agent.Keys, agent.ConfigFromViper)
 }
 
 func newVersionCmd(io IOStreams) *cobra.Command {

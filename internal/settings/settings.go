@@ -9,6 +9,7 @@ package settings
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 
@@ -124,4 +125,25 @@ func StringMap(v *viper.Viper, key string) map[string]string {
 		out[k] = fmt.Sprint(val)
 	}
 	return out
+}
+
+// ForCommand loads keys for a command: the file named by its --config flag
+// (or, without one, by the environment variable configEnv), then the
+// environment, then its flags. decode turns the result into the program's
+// configuration; its errors are indented under one heading.
+func ForCommand[T any](fs *pflag.FlagSet, configEnv string, keys []Key, decode func(*viper.Viper) (T, error)) (T, error) {
+	var zero T
+	file, _ := fs.GetString("config")
+	if file == "" {
+		file = os.Getenv(configEnv)
+	}
+	v := viper.New()
+	if err := Load(v, fs, file, keys); err != nil {
+		return zero, err
+	}
+	cfg, err := decode(v)
+	if err != nil {
+		return zero, fmt.Errorf("configuration:\n  %s", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+	}
+	return cfg, nil
 }

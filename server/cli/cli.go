@@ -6,11 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/viper"
 
 	"github.com/argus-remote/argus/internal/settings"
 	"github.com/argus-remote/argus/internal/telemetry"
@@ -61,17 +58,9 @@ func Execute(args []string, io IOStreams) int {
 // loadConfig reads the configuration for cmd: defaults, then the YAML
 // file, then the environment, then cmd's flags.
 func loadConfig(cmd *cobra.Command) (server.Config, *slog.Logger, error) {
-	file, _ := cmd.Flags().GetString("config")
-	if file == "" {
-		file = os.Getenv("ARGUS_CONFIG")
-	}
-	v := viper.New()
-	if err := settings.Load(v, cmd.Flags(), file, server.Keys); err != nil {
-		return server.Config{}, nil, err
-	}
-	cfg, err := server.FromViper(v)
+	cfg, err := settings.ForCommand(cmd.Flags(), "ARGUS_CONFIG", server.Keys, server.FromViper)
 	if err != nil {
-		return server.Config{}, nil, fmt.Errorf("configuration:\n  %s", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+		return server.Config{}, nil, err
 	}
 	return cfg, newLogger(cmd.ErrOrStderr(), cfg), nil
 }
