@@ -103,4 +103,21 @@ func TestWatchers_MonitorSeesPresenceViewerSeesOnlyItsTenant(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("viewer got no indicator")
 	}
+
+	// Revoking the token ends the live connection, and it cannot return.
+	var list struct {
+		Tokens []struct {
+			ID string `json:"id"`
+		} `json:"viewer_tokens"`
+	}
+	require.NoError(t, s.do(t, "GET", "/v1/tenants/acme/viewer-tokens", nil, &list))
+	require.Len(t, list.Tokens, 1)
+	require.NoError(t, s.do(t, "POST", "/v1/tenants/acme/viewer-tokens/"+list.Tokens[0].ID+"/revoke", nil, nil))
+	select {
+	case <-v.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the revoked viewer is still connected")
+	}
+	_, _, err = mqtttest.Dial(t, url, mqtttest.Options{ClientID: "viewer-" + viewerA.TenantID + "-page", Username: "viewer:" + viewerA.TenantID, Password: viewerA.Token})
+	assert.Error(t, err, "a revoked viewer token cannot reconnect")
 }

@@ -326,6 +326,10 @@ type agentControl struct {
 	broker *broker.Broker
 }
 
+func (c agentControl) DisconnectViewers(tenantID string) {
+	c.broker.DisconnectUser(acl.ViewerUserPrefix+tenantID, packets.ErrNotAuthorized)
+}
+
 func (c agentControl) RevokeAgent(agentID string) {
 	c.policy.Revoke(agentID)
 	c.broker.Disconnect(agentID, packets.ErrNotAuthorized)

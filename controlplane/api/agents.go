@@ -15,6 +15,9 @@ type AgentControl interface {
 	// RevokeAgent drops the agent's credential from the broker and
 	// disconnects it, at once.
 	RevokeAgent(agentID string)
+	// DisconnectViewers ends the tenant's viewer connections; each must
+	// authenticate again, which a revoked token cannot.
+	DisconnectViewers(tenantID string)
 }
 
 func agentError(err error) error {

@@ -46,6 +46,11 @@ func (s *Server) revokeViewerToken(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, viewerError(err))
 		return
 	}
+	// The broker cannot tell which viewer holds which token: all of the
+	// tenant's viewers reconnect, and the revoked one cannot.
+	if t, err := s.Tenants.Get(r.Context(), r.PathValue("tenant")); err == nil && s.AgentControl != nil {
+		s.AgentControl.DisconnectViewers(t.ID)
+	}
 	writeJSON(w, http.StatusOK, map[string]string{"revoked": r.PathValue("id")})
 }
 
