@@ -300,19 +300,10 @@ func (a *Agent) onCommand(ctx context.Context, p *paho.Publish) {
 // reply publishes a result, correlated with its command.
 func (a *Agent) reply(ctx context.Context, p *paho.Publish, res topics.ResultMsg) {
 	res.V, res.AgentID, res.Completed = topics.Version, a.st.AgentID, time.Now().UTC()
-	b, err := json.Marshal(res)
+	b, err := encodeResult(res, MaxResultBytes)
 	if err != nil {
+		a.log.Error("encode result", "err", err)
 		return
-	}
-	// Over the cap, the result is replaced by a refusal that says so: never
-	// dropped, never truncated.
-	if len(b) > MaxResultBytes {
-		size := len(b)
-		res.Status, res.Data = topics.ResultError, nil
-		res.Error = &topics.ErrorBody{Code: "result_too_large", Message: fmt.Sprintf("the result is %d bytes; the limit is %d", size, MaxResultBytes)}
-		if b, err = json.Marshal(res); err != nil {
-			return
-		}
 	}
 	cm := a.conn()
 	if cm == nil {
@@ -331,6 +322,19 @@ func (a *Agent) reply(ctx context.Context, p *paho.Publish, res topics.ResultMsg
 	if _, err := cm.Publish(pctx, &paho.Publish{Topic: a.id.Topic(topics.Results), QoS: 1, Payload: b, Properties: props}); err != nil {
 		a.log.Warn("publish result", "err", err)
 	}
+}
+
+// encodeResult encodes res; over max bytes, the result is replaced by an
+// error that says so, with the size: never dropped, never truncated.
+func encodeResult(res topics.ResultMsg, max int) ([]byte, error) {
+	b, err := json.Marshal(res)
+	if err != nil || len(b) <= max {
+		return b, err
+	}
+	size := len(b)
+	res.Status, res.Data = topics.ResultError, nil
+	res.Error = &topics.ErrorBody{Code: "result_too_large", Message: fmt.Sprintf("the result is %d bytes; the limit is %d", size, max)}
+	return json.Marshal(res)
 }
 
 // CommandError is a command failure with a stable code.
