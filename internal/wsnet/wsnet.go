@@ -23,11 +23,16 @@ type Conn struct {
 	ws       *websocket.Conn
 	cur      io.Reader
 	wmu      sync.Mutex
+
+	// paho writes a packet in several Writes and pings from a goroutine
+	// of its own; it holds a conn's Locker around each packet, so packets
+	// do not interleave (autopaho's WebSocket conn does the same).
+	sync.Locker
 }
 
 // NewConn wraps ws.
 func NewConn(ws *websocket.Conn) *Conn {
-	return &Conn{Conn: ws.NetConn(), ws: ws}
+	return &Conn{Conn: ws.NetConn(), ws: ws, Locker: new(sync.Mutex)}
 }
 
 func (c *Conn) Read(p []byte) (int, error) {
