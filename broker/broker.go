@@ -78,9 +78,11 @@ func New(cfg Config) (*Broker, error) {
 
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
-		// Small per-client buffers: agents are idle nearly always; large
-		// packets stream through bufio without needing big buffers.
-		ClientNetReadBufferSize:  1024,
+		// Small per-client buffers: agents are idle nearly always; the
+		// WebSocket connection buffers a burst of input itself (from a pool,
+		// only while there is some), and large packets are read straight
+		// into their own slice.
+		ClientNetReadBufferSize:  64,
 		ClientNetWriteBufferSize: 1024,
 		InlineClient:             true,
 		Logger:                   log.With("component", "broker"),

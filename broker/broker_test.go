@@ -1,7 +1,10 @@
 package broker_test
 
 import (
+	"fmt"
 	"net/http"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -116,3 +119,65 @@ func TestBroker_RefusesOversizedPackets(t *testing.T) {
 	default:
 	}
 }
+
+// An idle client must cost the broker one small goroutine waiting for its
+// input: no goroutine under mochi's attachClient (whose frames are deep)
+// and no writer while nothing is queued for it.
+func TestBroker_IdleClientsHoldOnlyAWaitingGoroutine(t *testing.T) {
+	b := start(t, broker.Config{Policy: anyPolicy{}})
+	const n = 20
+	for i := range n {
+		c, _, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: fmt.Sprintf("idle-%d", i), Username: "u", Password: "p"})
+		require.NoError(t, err)
+		_, err = c.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "t/idle", QoS: 1}}})
+		require.NoError(t, err)
+	}
+	// One message to every client, so each has had a writer once.
+	require.NoError(t, b.Server().Publish("t/idle", []byte("x"), false, 0))
+
+	// Frames of running goroutines, not "created by" lines.
+	count := func(fn string) int {
+		buf := make([]byte, 8<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		return strings.Count(stacks, "\ngithub.com/mochi-mqtt/server/v2."+fn+"(")
+	}
+	require.Eventually(t, func() bool {
+		return count("(*Server).readWhenReady") == n &&
+			count("(*Client).drainOutbound") == 0 &&
+			count("(*Server).attachClient") == 0 &&
+			count("(*Client).WriteLoop") == 0
+	}, 5*time.Second, 10*time.Millisecond, "idle clients: want %d waiting goroutines and nothing else", n)
+}
+
+// The writer that exists only while messages are queued must keep their
+// order.
+func TestBroker_DeliversInOrderThroughOnDemandWriter(t *testing.T) {
+	b := start(t, broker.Config{Policy: anyPolicy{}})
+	c, _, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "order", Username: "u", Password: "p"})
+	require.NoError(t, err)
+	_, err = c.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "t/order", QoS: 0}}})
+	require.NoError(t, err)
+	next := 0
+	for burst := range 20 {
+		// Bursts smaller than the client's pending-write queue, so none is
+		// dropped, with the writer starting and stopping between them.
+		for i := range 32 {
+			require.NoError(t, b.Server().Publish("t/order", []byte(strconv.Itoa(burst*32+i)), false, 0))
+		}
+		for range 32 {
+			select {
+			case pk := <-c.Received:
+				require.Equal(t, strconv.Itoa(next), string(pk.Payload))
+				next++
+			case <-time.After(5 * time.Second):
+				t.Fatalf("message %d not delivered", next)
+			}
+		}
+	}
+}
+
+// anyPolicy admits every client and topic.
+type anyPolicy struct{}
+
+func (anyPolicy) Authenticate(broker.ConnectRequest) bool { return true }
+func (anyPolicy) Allow(_, _, _ string, _ bool) bool       { return true }

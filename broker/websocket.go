@@ -44,9 +44,9 @@ func newWSListener(id, address, path string, tlsConf *tls.Config, origins []stri
 		Subprotocols:     []string{"mqtt"},
 		HandshakeTimeout: 10 * time.Second,
 		CheckOrigin:      l.checkOrigin,
-		// A small read buffer of its own, so net/http's 4 KiB one is not
-		// kept for the connection's life; and no write buffer while idle.
-		ReadBufferSize:  512,
+		// gorilla's connection is dropped after the handshake; these keep
+		// what it allocates for it small.
+		ReadBufferSize:  256,
 		WriteBufferPool: &sync.Pool{},
 	}
 	return l
@@ -131,18 +131,21 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // Upgrade has answered the request.
 	}
-	c.SetReadLimit(l.readMax)
 	l.mu.Lock()
 	establish := l.establish
 	l.mu.Unlock()
 	remote := r.RemoteAddr
-	// The MQTT loop runs on a fresh goroutine and the handler returns, so
-	// net/http's goroutine, its deep stack and its buffers are freed for
-	// the connection's life (gorilla/websocket documents the same).
+	// gorilla only did the handshake (it refuses clients that send before
+	// it ends, so nothing is buffered); wsnet frames the stream itself so an
+	// idle connection holds no read buffer and can be waited on without
+	// reading (mochi's ReadWaiter). The broker owns the connection from here
+	// and closes it when the client ends. The MQTT loop runs on a fresh
+	// goroutine and the handler returns, so net/http's goroutine, its deep
+	// stack and its buffers are freed.
+	conn := wsnet.NewServerConn(c.NetConn(), l.readMax)
 	go func() {
-		defer c.Close()
-		if err := establish(l.id, wsnet.NewConn(c)); err != nil {
-			l.log.Debug("client connection ended", "remote", remote, "err", err)
+		if err := establish(l.id, conn); err != nil {
+			l.log.Debug("client connection refused", "remote", remote, "err", err)
 		}
 	}()
 }

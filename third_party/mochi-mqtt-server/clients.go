@@ -155,6 +155,7 @@ type ClientState struct {
 	open            context.Context      // indicate that the client is open for packet exchange
 	cancelOpen      context.CancelFunc   // cancel function for open context
 	outboundQty     int32                // number of messages currently in the outbound queue
+	writing         atomic.Bool          // a goroutine is draining outbound
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
 }
@@ -191,19 +192,56 @@ func newClient(c net.Conn, o *ops) *Client {
 }
 
 // WriteLoop ranges over pending outbound messages and writes them to the client connection.
+// The server no longer runs it: queued packets are written by a goroutine that exists only
+// while the queue is not empty (see startWriter). It is kept for callers of the exported API.
 func (cl *Client) WriteLoop() {
 	for {
 		select {
 		case pk := <-cl.State.outbound:
-			if err := cl.WritePacket(*pk); err != nil {
-				// TODO : Figure out what to do with error
-				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
-			}
-			atomic.AddInt32(&cl.State.outboundQty, -1)
+			cl.writeOutbound(pk)
 		case <-cl.State.open.Done():
 			return
 		}
 	}
+}
+
+// startWriter makes sure a goroutine is draining the outbound queue. An idle client has
+// none, so it costs no stack while nothing is pending.
+func (cl *Client) startWriter() {
+	if cl.State.writing.CompareAndSwap(false, true) {
+		go cl.drainOutbound()
+	}
+}
+
+// drainOutbound writes queued packets in order until the queue is empty. Only one runs
+// at a time for a client (startWriter's flag), so the order of the queue is kept.
+func (cl *Client) drainOutbound() {
+	for {
+		for done := false; !done; {
+			select {
+			case pk := <-cl.State.outbound:
+				cl.writeOutbound(pk)
+			default:
+				done = true
+			}
+		}
+		cl.State.writing.Store(false)
+		// A packet queued after the queue was seen empty but before the flag was
+		// cleared found a writer running and started none: take it on.
+		if len(cl.State.outbound) == 0 || !cl.State.writing.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+func (cl *Client) writeOutbound(pk *packets.Packet) {
+	if !cl.Closed() {
+		if err := cl.WritePacket(*pk); err != nil {
+			// TODO : Figure out what to do with error
+			cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+		}
+	}
+	atomic.AddInt32(&cl.State.outboundQty, -1)
 }
 
 // ParseConnect parses the connect parameters and properties for a client.
@@ -385,6 +423,38 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 		err = packetHandler(cl, pk) // Process inbound packet.
 		if err != nil {
 			return err
+		}
+	}
+}
+
+// readBuffered reads and handles packets while their first byte has already been
+// received, so it returns (nil) when the connection has no more input waiting. A
+// packet that is only partly received is read to its end.
+func (cl *Client) readBuffered(packetHandler ReadFn) error {
+	for {
+		if cl.Closed() {
+			return nil
+		}
+
+		cl.refreshDeadline(cl.State.Keepalive)
+		fh := new(packets.FixedHeader)
+		if err := cl.ReadFixedHeader(fh); err != nil {
+			return err
+		}
+
+		pk, err := cl.ReadPacket(fh)
+		if err != nil {
+			return err
+		}
+
+		if err := packetHandler(cl, pk); err != nil {
+			return err
+		}
+
+		if cl.Net.bconn.Buffered() == 0 {
+			if b, ok := cl.Net.Conn.(interface{ Buffered() int }); !ok || b.Buffered() == 0 {
+				return nil
+			}
 		}
 	}
 }

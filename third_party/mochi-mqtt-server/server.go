@@ -401,15 +401,44 @@ func (s *Server) EstablishConnection(listener string, c net.Conn) error {
 	return s.attachClient(cl, listener)
 }
 
+// ReadWaiter is implemented by connections that can wait for input without
+// reading it. A client on such a connection is read by a goroutine that
+// exists only while input is being handled: the wait happens at the top of a
+// fresh goroutine (the smallest stack) and the handling, with its deep
+// frames, on that goroutine once input is there, which then leaves the next
+// wait to a fresh goroutine of its own. An idle client then holds one small
+// stack, not attachClient's.
+type ReadWaiter interface {
+	// WaitRead blocks until input is available, at EOF or on error; it
+	// returns an error only if the connection cannot be read (deadline,
+	// closed).
+	WaitRead() error
+}
+
 // attachClient validates an incoming client connection and if viable, attaches the client
-// to the server, performs session housekeeping, and reads incoming packets.
+// to the server, performs session housekeeping, and reads incoming packets. On a
+// connection that is a ReadWaiter, it returns once the session is established and the
+// client is served from then on without a goroutine of its own while idle; it then
+// returns nil, and the broker closes the connection when the client ends.
 func (s *Server) attachClient(cl *Client, listener string) error {
-	defer s.Listeners.ClientsWg.Done()
 	s.Listeners.ClientsWg.Add(1)
+	if err := s.establishClient(cl, listener); err != nil {
+		cl.Stop(nil)
+		s.Listeners.ClientsWg.Done()
+		return err
+	}
 
-	go cl.WriteLoop()
-	defer cl.Stop(nil)
+	if w, ok := cl.Net.Conn.(ReadWaiter); ok {
+		go s.readWhenReady(cl, listener, w)
+		return nil
+	}
 
+	return s.detachClient(cl, listener, cl.Read(s.receivePacket))
+}
+
+// establishClient reads and answers a client's CONNECT. On success the client is
+// counted as connected and registered, and must be ended by detachClient.
+func (s *Server) establishClient(cl *Client, listener string) error {
 	pk, err := s.readConnectionPacket(cl)
 	if err != nil {
 		return fmt.Errorf("read connection: %w", err)
@@ -450,7 +479,6 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	}
 
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
-	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
 
 	s.hooks.OnSessionEstablish(cl, pk)
 
@@ -458,22 +486,57 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
 
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
-	if err != nil {
-		return fmt.Errorf("ack connection packet: %w", err)
-	}
-
-	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
-
-	if sessionPresent {
-		err = cl.ResendInflightMessages(true)
-		if err != nil {
-			return fmt.Errorf("resend inflight: %w", err)
+	if err == nil {
+		s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
+		if sessionPresent {
+			if err = cl.ResendInflightMessages(true); err != nil {
+				err = fmt.Errorf("resend inflight: %w", err)
+			}
 		}
+	} else {
+		err = fmt.Errorf("ack connection packet: %w", err)
+	}
+	if err != nil {
+		// As before the split: the client leaves without the disconnect
+		// housekeeping, but is no longer counted.
+		atomic.AddInt64(&s.Info.ClientsConnected, -1)
+		return err
 	}
 
 	s.hooks.OnSessionEstablished(cl, pk)
+	return nil
+}
 
-	err = cl.Read(s.receivePacket)
+// readWhenReady waits for a client's input at the top of a fresh goroutine, then reads
+// and handles every packet already received, and hands the next wait to a fresh
+// goroutine.
+func (s *Server) readWhenReady(cl *Client, listener string, w ReadWaiter) {
+	if cl.Closed() {
+		s.detachClient(cl, listener, nil)
+		return
+	}
+	cl.refreshDeadline(cl.State.Keepalive)
+	var err error
+	if cl.Net.bconn.Buffered() == 0 {
+		err = w.WaitRead()
+	}
+	if err == nil {
+		err = cl.readBuffered(s.receivePacket)
+	}
+	if err != nil || cl.Closed() {
+		s.detachClient(cl, listener, err)
+		return
+	}
+	go s.readWhenReady(cl, listener, w)
+}
+
+// detachClient ends a client established by establishClient, after its reading
+// ended with err (nil when the client disconnected or was closed).
+func (s *Server) detachClient(cl *Client, listener string, err error) error {
+	defer s.Listeners.ClientsWg.Done()
+	defer cl.Stop(nil)
+	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
+
 	if err != nil {
 		s.sendLWT(cl)
 		cl.Stop(err)
@@ -1100,6 +1163,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	select {
 	case cl.State.outbound <- &out:
 		atomic.AddInt32(&cl.State.outboundQty, 1)
+		cl.startWriter()
 	default:
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
