@@ -65,6 +65,17 @@ func (cl *Clients) GetAll() map[string]*Client {
 	return m
 }
 
+// AppendAll appends every client to dst and returns it: a periodic scan can
+// reuse one slice rather than copy the map each time.
+func (cl *Clients) AppendAll(dst []*Client) []*Client {
+	cl.RLock()
+	defer cl.RUnlock()
+	for _, v := range cl.internal {
+		dst = append(dst, v)
+	}
+	return dst
+}
+
 // Get returns the value of a client if it exists.
 func (cl *Clients) Get(id string) (*Client, bool) {
 	cl.RLock()
@@ -379,6 +390,9 @@ func (cl *Client) ClearInflights() {
 // ClearExpiredInflights deletes any inflight messages which have expired.
 func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 	deleted := []uint16{}
+	if cl.State.Inflight.Len() == 0 {
+		return deleted
+	}
 	for _, tk := range cl.State.Inflight.GetAll(false) {
 		expired := tk.ProtocolVersion == 5 && tk.Expiry > 0 && tk.Expiry < now // [MQTT-3.3.2-5]
 

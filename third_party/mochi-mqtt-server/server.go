@@ -152,6 +152,7 @@ type loop struct {
 	clientExpiry   *time.Ticker     // interval ticker for cleaning expired clients
 	inflightExpiry *time.Ticker     // interval ticker for cleaning up expired inflight messages
 	retainedExpiry *time.Ticker     // interval ticker for cleaning retained messages
+	scan           []*Client        // the event loop's reused list of clients to scan
 	willDelaySend  *time.Ticker     // interval ticker for sending Will Messages with a delay
 	willDelayed    *packets.Packets // activate LWT packets which will be sent after a delay
 }
@@ -1759,7 +1760,10 @@ func (s *Server) loadRetained(v []storage.Message) {
 // clearExpiredClients deletes all clients which have been disconnected for longer
 // than their given expiry intervals.
 func (s *Server) clearExpiredClients(dt int64) {
-	for id, client := range s.Clients.GetAll() {
+	s.loop.scan = s.Clients.AppendAll(s.loop.scan[:0])
+	defer clear(s.loop.scan)
+	for _, client := range s.loop.scan {
+		id := client.ID
 		disconnected := client.StopTime()
 		if disconnected == 0 {
 			continue
@@ -1779,24 +1783,27 @@ func (s *Server) clearExpiredClients(dt int64) {
 
 // clearExpiredRetainedMessage deletes retained messages from topics if they have expired.
 func (s *Server) clearExpiredRetainedMessages(now int64) {
-	for filter, pk := range s.Topics.Retained.GetAll() {
-		expired := pk.ProtocolVersion == 5 && pk.Expiry > 0 && pk.Expiry < now // [MQTT-3.3.2-5]
-
+	var expired []string
+	s.Topics.Retained.Range(func(filter string, pk *packets.Packet) bool {
 		// If the maximum message expiry interval is set (greater than 0), and the message
 		// retention period exceeds the maximum expiry, the message will be forcibly removed.
-		enforced := s.Options.Capabilities.MaximumMessageExpiryInterval > 0 &&
-			now-pk.Created > s.Options.Capabilities.MaximumMessageExpiryInterval
-
-		if expired || enforced {
-			s.Topics.Retained.Delete(filter)
-			s.hooks.OnRetainedExpired(filter)
+		if pk.ProtocolVersion == 5 && pk.Expiry > 0 && pk.Expiry < now || // [MQTT-3.3.2-5]
+			s.Options.Capabilities.MaximumMessageExpiryInterval > 0 && now-pk.Created > s.Options.Capabilities.MaximumMessageExpiryInterval {
+			expired = append(expired, filter)
 		}
+		return true
+	})
+	for _, filter := range expired {
+		s.Topics.Retained.Delete(filter)
+		s.hooks.OnRetainedExpired(filter)
 	}
 }
 
 // clearExpiredInflights deletes any inflight messages which have expired.
 func (s *Server) clearExpiredInflights(now int64) {
-	for _, client := range s.Clients.GetAll() {
+	s.loop.scan = s.Clients.AppendAll(s.loop.scan[:0])
+	defer clear(s.loop.scan)
+	for _, client := range s.loop.scan {
 		if deleted := client.ClearExpiredInflights(now, s.Options.Capabilities.MaximumMessageExpiryInterval); len(deleted) > 0 {
 			for _, id := range deleted {
 				s.hooks.OnQosDropped(client, packets.Packet{PacketID: id})

@@ -93,6 +93,20 @@ func (p *Packets) GetAll() map[string]Packet {
 	return m
 }
 
+// Range calls f for each packet in the map, under the map's read lock, until
+// f returns false; f must not call back into the map. Unlike GetAll it
+// copies nothing to the heap, so a periodic scan of many retained messages
+// makes no garbage.
+func (p *Packets) Range(f func(id string, pk *Packet) bool) {
+	p.RLock()
+	defer p.RUnlock()
+	for k, v := range p.internal {
+		if !f(k, &v) {
+			return
+		}
+	}
+}
+
 // Get returns a specific packet in the map by packet id.
 func (p *Packets) Get(id string) (val Packet, ok bool) {
 	p.RLock()
