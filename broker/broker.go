@@ -74,6 +74,9 @@ func New(cfg Config) (*Broker, error) {
 	// Agents use clean sessions; nothing needs to outlive a connection.
 	caps.MaximumSessionExpiryInterval = 0
 	caps.SharedSubAvailable = 0
+	// Retained status describes state that can last for weeks unchanged;
+	// mochi's default would drop every retained message after a day.
+	caps.MaximumMessageExpiryInterval = 0
 	caps.MaximumQos = 1
 
 	srv := mqtt.New(&mqtt.Options{

@@ -181,3 +181,13 @@ type anyPolicy struct{}
 
 func (anyPolicy) Authenticate(broker.ConnectRequest) bool { return true }
 func (anyPolicy) Allow(_, _, _ string, _ bool) bool       { return true }
+
+// Retained status is published when state changes, which may be weeks
+// apart; the broker must not expire it on its own.
+func TestBroker_RetainedMessagesDoNotExpire(t *testing.T) {
+	b := start(t, broker.Config{Policy: anyPolicy{}})
+	require.NoError(t, b.Publish("t/status", []byte("{}"), true, 0, nil))
+	pk, ok := b.Server().Topics.Retained.Get("t/status")
+	require.True(t, ok)
+	assert.Zero(t, pk.Expiry, "retained message given an expiry")
+}
