@@ -245,16 +245,19 @@ func (s *InlineSubscriptions) Delete(id int) {
 	delete(s.internal, id)
 }
 
-// Subscriptions is a map of subscriptions keyed on client.
+// Subscriptions is a map of subscriptions keyed on client. It holds
+// pointers: every client and every topic has one, and a map stores its
+// values in groups of eight slots, so a map of values costs eight
+// Subscriptions for the first one.
 type Subscriptions struct {
-	internal map[string]packets.Subscription
+	internal map[string]*packets.Subscription
 	sync.RWMutex
 }
 
 // NewSubscriptions returns a new instance of Subscriptions.
 func NewSubscriptions() *Subscriptions {
 	return &Subscriptions{
-		internal: map[string]packets.Subscription{},
+		internal: map[string]*packets.Subscription{},
 	}
 }
 
@@ -263,7 +266,7 @@ func NewSubscriptions() *Subscriptions {
 func (s *Subscriptions) Add(id string, val packets.Subscription) {
 	s.Lock()
 	defer s.Unlock()
-	s.internal[id] = val
+	s.internal[id] = &val
 }
 
 // GetAll returns all subscriptions.
@@ -272,7 +275,7 @@ func (s *Subscriptions) GetAll() map[string]packets.Subscription {
 	defer s.RUnlock()
 	m := map[string]packets.Subscription{}
 	for k, v := range s.internal {
-		m[k] = v
+		m[k] = *v
 	}
 	return m
 }
@@ -281,7 +284,10 @@ func (s *Subscriptions) GetAll() map[string]packets.Subscription {
 func (s *Subscriptions) Get(id string) (val packets.Subscription, ok bool) {
 	s.RLock()
 	defer s.RUnlock()
-	val, ok = s.internal[id]
+	v, ok := s.internal[id]
+	if ok {
+		val = *v
+	}
 	return val, ok
 }
 

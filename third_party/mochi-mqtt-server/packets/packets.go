@@ -62,16 +62,18 @@ var (
 	}
 )
 
-// Packets is a concurrency safe map of packets.
+// Packets is a concurrency safe map of packets. It holds pointers: a Packet
+// is 800 bytes, and a map stores its values in groups of eight slots, so a
+// map of values costs several Packets of memory per entry as it grows.
 type Packets struct {
-	internal map[string]Packet
+	internal map[string]*Packet
 	sync.RWMutex
 }
 
 // NewPackets returns a new instance of Packets.
 func NewPackets() *Packets {
 	return &Packets{
-		internal: map[string]Packet{},
+		internal: map[string]*Packet{},
 	}
 }
 
@@ -79,7 +81,7 @@ func NewPackets() *Packets {
 func (p *Packets) Add(id string, val Packet) {
 	p.Lock()
 	defer p.Unlock()
-	p.internal[id] = val
+	p.internal[id] = &val
 }
 
 // GetAll returns all packets in the map.
@@ -88,20 +90,20 @@ func (p *Packets) GetAll() map[string]Packet {
 	defer p.RUnlock()
 	m := map[string]Packet{}
 	for k, v := range p.internal {
-		m[k] = v
+		m[k] = *v
 	}
 	return m
 }
 
 // Range calls f for each packet in the map, under the map's read lock, until
-// f returns false; f must not call back into the map. Unlike GetAll it
+// f returns false; f must not change *pk or call back into the map. Unlike GetAll it
 // copies nothing to the heap, so a periodic scan of many retained messages
 // makes no garbage.
 func (p *Packets) Range(f func(id string, pk *Packet) bool) {
 	p.RLock()
 	defer p.RUnlock()
 	for k, v := range p.internal {
-		if !f(k, &v) {
+		if !f(k, v) {
 			return
 		}
 	}
@@ -111,7 +113,10 @@ func (p *Packets) Range(f func(id string, pk *Packet) bool) {
 func (p *Packets) Get(id string) (val Packet, ok bool) {
 	p.RLock()
 	defer p.RUnlock()
-	val, ok = p.internal[id]
+	v, ok := p.internal[id]
+	if ok {
+		val = *v
+	}
 	return val, ok
 }
 
