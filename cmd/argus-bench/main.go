@@ -186,9 +186,16 @@ func idleRows(r bench.IdleResult) [][2]string {
 		{"connect rate", fmt.Sprintf("%.0f agents/s", r.ConnectRate)},
 		{"connect p50 / p99", fmt.Sprintf("%.1f ms / %.1f ms", r.Connect.P50, r.Connect.P99)},
 		{"server RSS", fmt.Sprintf("%.1f MiB (baseline %.1f MiB)", r.RSSMiB, r.RSSBaselineMiB)},
-		{"RSS per idle agent", fmt.Sprintf("%.1f KiB", r.RSSPerAgentKiB)},
+		{"RSS per idle agent, 10 s after connecting", fmt.Sprintf("%.1f KiB", r.RSSPerAgentKiB)},
 		{"goroutines / heap in use", fmt.Sprintf("%.0f / %.1f MiB", r.Goroutines, r.HeapInuseMiB)},
 		{"connected after " + r.HeldFor, fmt.Sprintf("%.0f", r.ConnectedAtEnd)},
+	}
+	if r.SettledRSSMiB > 0 {
+		rows = append(rows,
+			[2]string{"settled: server RSS", fmt.Sprintf("%.1f MiB (heap %.1f MiB, stacks %.1f MiB)", r.SettledRSSMiB, r.SettledHeapInuseMiB, r.SettledStackInuseMiB)},
+			[2]string{"settled: RSS per idle agent", fmt.Sprintf("%.1f KiB", r.SettledRSSPerAgentKiB)})
+	} else {
+		rows = append(rows, [2]string{"settled: RSS per idle agent", "not measured (no GC during the hold; hold 2m30s or more)"})
 	}
 	if r.ReconnectAllIn != "" {
 		rows = append(rows, [2]string{"all back after restart", r.ReconnectAllIn})

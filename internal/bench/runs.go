@@ -22,20 +22,28 @@ func freeAddr() (string, error) {
 
 // IdleResult is what the idle run measures.
 type IdleResult struct {
-	Agents          int       `json:"agents"`
-	Sources         int       `json:"sources"`
-	FDLimit         uint64    `json:"fd_limit"`
-	ConnectRate     float64   `json:"connects_per_s"`
-	Connect         Quantiles `json:"connect"`
-	RSSBaselineMiB  float64   `json:"rss_baseline_mib"`
-	RSSMiB          float64   `json:"rss_mib"`
-	RSSPerAgentKiB  float64   `json:"rss_per_agent_kib"`
-	Goroutines      float64   `json:"goroutines"`
-	HeapInuseMiB    float64   `json:"heap_inuse_mib"`
-	HeldFor         string    `json:"held_for"`
-	ConnectedAtEnd  float64   `json:"connected_at_end"`
-	ReconnectAllIn  string    `json:"reconnect_all_in,omitempty"`
-	ReconnectAgents int       `json:"reconnect_agents,omitempty"`
+	Agents         int       `json:"agents"`
+	Sources        int       `json:"sources"`
+	FDLimit        uint64    `json:"fd_limit"`
+	ConnectRate    float64   `json:"connects_per_s"`
+	Connect        Quantiles `json:"connect"`
+	RSSBaselineMiB float64   `json:"rss_baseline_mib"`
+	RSSMiB         float64   `json:"rss_mib"`
+	RSSPerAgentKiB float64   `json:"rss_per_agent_kib"`
+	// Settled is measured at the end of the hold, once the server's
+	// runtime has run a garbage collection after the connections came in
+	// (with no load, Go collects at least every two minutes) and returned
+	// freed memory; zero if none ran during the hold.
+	SettledRSSMiB         float64 `json:"settled_rss_mib,omitempty"`
+	SettledRSSPerAgentKiB float64 `json:"settled_rss_per_agent_kib,omitempty"`
+	SettledHeapInuseMiB   float64 `json:"settled_heap_inuse_mib,omitempty"`
+	SettledStackInuseMiB  float64 `json:"settled_stack_inuse_mib,omitempty"`
+	Goroutines            float64 `json:"goroutines"`
+	HeapInuseMiB          float64 `json:"heap_inuse_mib"`
+	HeldFor               string  `json:"held_for"`
+	ConnectedAtEnd        float64 `json:"connected_at_end"`
+	ReconnectAllIn        string  `json:"reconnect_all_in,omitempty"`
+	ReconnectAgents       int     `json:"reconnect_agents,omitempty"`
 }
 
 // Idle connects n agents and measures the server holding them.
@@ -71,8 +79,20 @@ func Idle(ctx context.Context, bin string, n, sources int, hold time.Duration, r
 	r.Goroutines, _ = f.Server.Metric("go_goroutines")
 	heap, _ := f.Server.Metric("go_memstats_heap_inuse_bytes")
 	r.HeapInuseMiB = heap / (1 << 20)
+	gcs, _ := f.Server.Metric("go_gc_duration_seconds_count")
 	if hold > 0 {
 		time.Sleep(hold)
+	}
+	if after, _ := f.Server.Metric("go_gc_duration_seconds_count"); after > gcs {
+		rss, err := f.Server.RSS()
+		if err != nil {
+			return r, err
+		}
+		r.SettledRSSMiB = float64(rss) / (1 << 20)
+		r.SettledRSSPerAgentKiB = float64(rss-base) / float64(n) / 1024
+		heap, _ := f.Server.Metric("go_memstats_heap_inuse_bytes")
+		stack, _ := f.Server.Metric("go_memstats_stack_inuse_bytes")
+		r.SettledHeapInuseMiB, r.SettledStackInuseMiB = heap/(1<<20), stack/(1<<20)
 	}
 	r.ConnectedAtEnd, _ = f.Server.Metric("argus_agents_connected")
 	if reconnect {
