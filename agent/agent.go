@@ -49,6 +49,8 @@ type Agent struct {
 	inbox chan *paho.Publish
 
 	noStatus bool
+	// noKillSwitchWatch: see DisableKillSwitchWatch.
+	noKillSwitchWatch bool
 
 	// patchMu serialises patch application.
 	patchMu sync.Mutex
@@ -179,7 +181,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.writeStatusLocked()
 	a.mu.Unlock()
 	a.log.Info("agent started; dormant until a signed activation", "broker", u.Redacted(), "version", Version, "kill_switch", a.killSwitch)
-	go a.watchKillSwitch(ctx)
+	if !a.noKillSwitchWatch {
+		go a.watchKillSwitch(ctx)
+	}
 
 	tick := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer tick.Stop()

@@ -40,6 +40,12 @@ func KillSwitchEngaged(dir string) bool {
 	return err == nil
 }
 
+// DisableKillSwitchWatch stops the agent polling its kill-switch file (the
+// load harness runs thousands of agents in one process, where 4 polls a
+// second each would cost more than the server it measures; a real agent
+// runs alone).
+func (a *Agent) DisableKillSwitchWatch() { a.noKillSwitchWatch = true }
+
 // watchKillSwitch polls the kill-switch file; on engagement it ends the
 // session and tells the server why.
 func (a *Agent) watchKillSwitch(ctx context.Context) {

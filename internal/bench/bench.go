@@ -171,6 +171,7 @@ func (f *Fleet) Connect(ctx context.Context, states []agent.State, sources, conc
 			return nil, 0, err
 		}
 		a.DisableStatusFile()
+		a.DisableKillSwitchWatch()
 		events := make(chan agent.Event, 16)
 		a.Notify(events)
 		actx, cancel := context.WithCancel(ctx)
