@@ -47,6 +47,8 @@ type Agent struct {
 	// receive path never waits on what a message makes the agent do
 	// (publishing an ack waits for the broker, which a disconnect stops).
 	inbox chan *paho.Publish
+	// running bounds the commands that run at once (see onCommand).
+	running chan struct{}
 
 	noStatus bool
 	// noKillSwitchWatch: see DisableKillSwitchWatch.
@@ -77,7 +79,8 @@ func New(cfg Config, st State, log *slog.Logger) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{cfg: cfg, st: st, id: id, pub: pub, log: log.With("agent", st.AgentID), started: time.Now()}
+	a := &Agent{cfg: cfg, st: st, id: id, pub: pub, log: log.With("agent", st.AgentID), started: time.Now(),
+		running: make(chan struct{}, maxRunningCommands)}
 	a.killSwitch = KillSwitchEngaged(cfg.StateDir)
 	return a, nil
 }

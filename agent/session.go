@@ -243,7 +243,6 @@ func (a *Agent) onCommand(ctx context.Context, p *paho.Publish) {
 		ctx = telemetry.Extract(ctx, up)
 	}
 	ctx, span := tracer().Start(ctx, "agent.command", trace.WithSpanKind(trace.SpanKindConsumer))
-	defer span.End()
 	var cmd topics.CommandMsg
 	err := topics.Open(a.pub, topics.PurposeCommand, p.Payload, maxCommand, &cmd)
 	now := time.Now()
@@ -279,8 +278,27 @@ func (a *Agent) onCommand(ctx context.Context, p *paho.Publish) {
 		a.emit("refused", code)
 		a.reply(ctx, p, topics.ResultMsg{CommandID: cmd.ID, SessionID: cmd.SessionID, Status: topics.ResultRefused,
 			Error: &topics.ErrorBody{Code: code, Message: why}})
+		span.End()
 		return
 	}
+	// Accepted commands run beside each other, so a slow one (a camera
+	// frame, a patch's health check) does not hold up the next, and a
+	// result's wait for the broker's acknowledgement does not pace the
+	// session. They were checked above in arrival order; the inbox waits
+	// here only while maxRunningCommands are running.
+	a.running <- struct{}{}
+	go func() {
+		defer func() { <-a.running }()
+		defer span.End()
+		a.execute(ctx, p, cmd)
+	}()
+}
+
+// maxRunningCommands bounds the commands an agent runs at once.
+const maxRunningCommands = 16
+
+// execute runs an accepted command and replies with its result.
+func (a *Agent) execute(ctx context.Context, p *paho.Publish, cmd topics.CommandMsg) {
 	a.log.InfoContext(ctx, "running command", "command", cmd.Name, "id", cmd.ID, "session", cmd.SessionID)
 	data, cerr := a.run(ctx, cmd)
 	res := topics.ResultMsg{CommandID: cmd.ID, SessionID: cmd.SessionID, Status: topics.ResultOK}

@@ -227,7 +227,35 @@ func TestCommands_ThroughRealServerAndAgent(t *testing.T) {
 			assert.WithinDuration(t, time.Now(), fr.CapturedAt, time.Minute)
 		}
 		assert.Equal(t, "unknown_camera", code(run("camera_view", map[string]string{"camera": "rtsp://10.0.0.1/x"})))
-		assert.Equal(t, "camera_timeout", code(run("camera_view", map[string]string{"camera": "dead"})), "a source that never answers")
+		// A source that never answers times out, and holds up nothing else
+		// meanwhile: a ping sent while it waits comes back first.
+		dead := make(chan string, 1)
+		go func() {
+			c := *s.api
+			c.SessionToken = token
+			var res apiclient.CommandResult
+			if err := c.Do(context.Background(), "POST", "/v1/support/sessions/"+sess.ID+"/commands",
+				map[string]any{"name": "camera_view", "args": map[string]string{"camera": "dead"}}, &res); err != nil {
+				dead <- err.Error()
+				return
+			}
+			dead <- code(res)
+		}()
+		// The camera command is on its way to the agent once its row is
+		// written (the row comes before the send).
+		require.Eventually(t, func() bool {
+			var n int
+			_ = s.srv.Database().Pool.QueryRow(context.Background(),
+				`SELECT count(*) FROM commands WHERE name = 'camera_view' AND status = 'requested'`).Scan(&n)
+			return n == 1
+		}, 10*time.Second, 5*time.Millisecond)
+		require.Equal(t, "ok", run("ping", nil).Status)
+		select {
+		case c := <-dead:
+			t.Fatalf("camera_view (%s) ended before the ping sent after it", c)
+		default:
+		}
+		assert.Equal(t, "camera_timeout", <-dead, "a source that never answers")
 	})
 
 	t.Run("audited with arguments, sizes and digests", func(t *testing.T) {
