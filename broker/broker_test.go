@@ -191,3 +191,33 @@ func TestBroker_RetainedMessagesDoNotExpire(t *testing.T) {
 	require.True(t, ok)
 	assert.Zero(t, pk.Expiry, "retained message given an expiry")
 }
+
+// A watcher subscribing to a subtree gets every retained message in it,
+// however many there are: they are not dropped for want of room in its
+// pending-write queue.
+func TestBroker_SubscriberGetsEveryRetainedMessage(t *testing.T) {
+	b := start(t, broker.Config{Policy: anyPolicy{}})
+	const n = 1000
+	for i := range n {
+		require.NoError(t, b.Publish(fmt.Sprintf("t/r/%d", i), []byte(strconv.Itoa(i)), true, 0, nil))
+	}
+	c, _, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "watcher", Username: "u", Password: "p"})
+	require.NoError(t, err)
+	seen := make(map[string]bool)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for len(seen) < n {
+			select {
+			case pk := <-c.Received:
+				seen[pk.Topic] = true
+			case <-time.After(5 * time.Second):
+				return
+			}
+		}
+	}()
+	_, err = c.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "t/r/#", QoS: 0}}})
+	require.NoError(t, err)
+	<-done
+	assert.Len(t, seen, n, "retained messages delivered on subscribe")
+}

@@ -44,7 +44,7 @@ func Dial(t testing.TB, url string, o Options) (*Client, *paho.Connack, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	c := &Client{Received: make(chan *paho.Publish, 64)}
+	c := &Client{Received: make(chan *paho.Publish, 1024)}
 	c.Client = paho.NewClient(paho.ClientConfig{
 		Conn: wsnet.NewConn(ws),
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){

@@ -402,6 +402,11 @@ func (s *Server) EstablishConnection(listener string, c net.Conn) error {
 	return s.attachClient(cl, listener)
 }
 
+// RetainedDeliveryWait bounds how long retained messages sent on subscribe wait, in
+// all, for room in the subscriber's pending-write queue; after it they are dropped
+// as other publishes to a full queue are.
+var RetainedDeliveryWait = 30 * time.Second
+
 // ReadWaiter is implemented by connections that can wait for input without
 // reading it. A client on such a connection is read by a goroutine that
 // exists only while input is being handled: the wait happens at the top of a
@@ -1086,6 +1091,12 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 }
 
 func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packets.Packet) (packets.Packet, error) {
+	return s.queueForClient(cl, sub, pk, nil)
+}
+
+// queueForClient is publishToClient; until wait is closed, when the client's pending-write
+// queue is full it waits for room rather than drop the packet.
+func (s *Server) queueForClient(cl *Client, sub packets.Subscription, pk packets.Packet, wait <-chan struct{}) (packets.Packet, error) {
 	if sub.NoLocal && pk.Origin == cl.ID {
 		return pk, nil // [MQTT-3.8.3-3]
 	}
@@ -1161,6 +1172,18 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		return out, packets.CodeDisconnect
 	}
 
+	if wait != nil {
+		select {
+		case cl.State.outbound <- &out:
+			atomic.AddInt32(&cl.State.outboundQty, 1)
+			cl.startWriter()
+			return out, nil
+		case <-cl.State.open.Done():
+			return out, packets.CodeDisconnect
+		case <-wait:
+		}
+	}
+
 	select {
 	case cl.State.outbound <- &out:
 		atomic.AddInt32(&cl.State.outboundQty, 1)
@@ -1188,8 +1211,15 @@ func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, e
 	}
 
 	sub.FwdRetainedFlag = true
+	// A subscription to a subtree can match more retained messages than the client's
+	// pending-write queue holds: they wait for room (this is the subscriber's own read
+	// path, so only it waits), for a bounded time, so a client that stops reading
+	// cannot hold its reader here for ever.
+	expired := make(chan struct{})
+	t := time.AfterFunc(RetainedDeliveryWait, func() { close(expired) })
+	defer t.Stop()
 	for _, pkv := range s.Topics.Messages(sub.Filter) { // [MQTT-3.8.4-4]
-		_, err := s.publishToClient(cl, sub, pkv)
+		_, err := s.queueForClient(cl, sub, pkv, expired)
 		if err != nil {
 			s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", pkv)
 			continue

@@ -3933,3 +3933,57 @@ func TestMinimum(t *testing.T) {
 	require.EqualValues(t, -1, minimum(-1, 20))
 	require.EqualValues(t, -2, minimum(-1, -2))
 }
+
+func TestPublishRetainedToClientWaitsForRoom(t *testing.T) {
+	s := newServer()
+	defer s.Close()
+	cl, r, _ := newTestClient() // a pending-write queue of 3
+	s.Clients.Add(cl)
+	for i := 0; i < 50; i++ {
+		s.Topics.RetainMessage(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true},
+			TopicName: "a/" + strconv.Itoa(i), Payload: []byte("x")})
+	}
+	read := make(chan int)
+	go func() {
+		n := 0
+		buf := make([]byte, 1024)
+		for {
+			k, err := r.Read(buf)
+			if err != nil {
+				read <- n
+				return
+			}
+			n += k
+		}
+	}()
+	s.publishRetainedToClient(cl, packets.Subscription{Filter: "a/#"}, false)
+	require.Zero(t, atomic.LoadInt64(&s.Info.MessagesDropped), "none dropped for want of room")
+	cl.Stop(nil)
+	require.Positive(t, <-read)
+}
+
+func TestPublishRetainedToClientWaitIsBounded(t *testing.T) {
+	s := newServer()
+	defer s.Close()
+	old := RetainedDeliveryWait
+	RetainedDeliveryWait = 50 * time.Millisecond
+	defer func() { RetainedDeliveryWait = old }()
+	cl, _, _ := newTestClient() // nobody reads it
+	defer cl.Stop(nil)
+	s.Clients.Add(cl)
+	for i := 0; i < 50; i++ {
+		s.Topics.RetainMessage(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true},
+			TopicName: "a/" + strconv.Itoa(i), Payload: []byte("x")})
+	}
+	done := make(chan struct{})
+	go func() {
+		s.publishRetainedToClient(cl, packets.Subscription{Filter: "a/#"}, false)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a subscriber that does not read held its reader past the wait")
+	}
+	require.Positive(t, atomic.LoadInt64(&s.Info.MessagesDropped))
+}
