@@ -716,3 +716,39 @@ func FuzzServerConnRead(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkServerConnRead reads 100-byte binary messages (an agent's
+// heartbeat or result is about this size) through the framing.
+func BenchmarkServerConnRead(b *testing.B) {
+	const perRun = 1000
+	var stream []byte
+	for range perRun {
+		stream = append(stream, clientFrame(0x80|opBinary, make([]byte, 100))...)
+	}
+	p := make([]byte, 256)
+	b.SetBytes(100 * perRun)
+	b.ReportAllocs()
+	for b.Loop() {
+		c := NewServerConn(&fakeConn{r: bytes.NewReader(stream), chunk: 4096}, 1<<20)
+		for n := 0; n < 100*perRun; {
+			k, err := c.Read(p)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n += k
+		}
+	}
+}
+
+// BenchmarkServerConnWrite frames 100-byte writes.
+func BenchmarkServerConnWrite(b *testing.B) {
+	c := NewServerConn(&fakeConn{r: bytes.NewReader(nil), chunk: 1}, 1<<20)
+	p := make([]byte, 100)
+	b.SetBytes(int64(len(p)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Write(p); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
