@@ -1813,15 +1813,12 @@ func (s *Server) clearExpiredClients(dt int64) {
 
 // clearExpiredRetainedMessage deletes retained messages from topics if they have expired.
 func (s *Server) clearExpiredRetainedMessages(now int64) {
-	var expired []string
-	s.Topics.Retained.Range(func(filter string, pk *packets.Packet) bool {
+	maxExpiry := s.Options.Capabilities.MaximumMessageExpiryInterval
+	expired := s.Topics.Retained.Expiring(func(protocolVersion byte, created, expiry int64) bool {
 		// If the maximum message expiry interval is set (greater than 0), and the message
 		// retention period exceeds the maximum expiry, the message will be forcibly removed.
-		if pk.ProtocolVersion == 5 && pk.Expiry > 0 && pk.Expiry < now || // [MQTT-3.3.2-5]
-			s.Options.Capabilities.MaximumMessageExpiryInterval > 0 && now-pk.Created > s.Options.Capabilities.MaximumMessageExpiryInterval {
-			expired = append(expired, filter)
-		}
-		return true
+		return protocolVersion == 5 && expiry > 0 && expiry < now || // [MQTT-3.3.2-5]
+			maxExpiry > 0 && now-created > maxExpiry
 	})
 	for _, filter := range expired {
 		s.Topics.Retained.Delete(filter)

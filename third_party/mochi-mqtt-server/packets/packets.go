@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -62,26 +63,75 @@ var (
 	}
 )
 
-// Packets is a concurrency safe map of packets. It holds pointers: a Packet
-// is 800 bytes, and a map stores its values in groups of eight slots, so a
-// map of values costs several Packets of memory per entry as it grows.
+// Packets is a concurrency safe map of packets. It holds them compactly: a
+// Packet is 800 bytes, mostly fields a stored publish (a retained message, a
+// delayed will) leaves empty, and a broker may hold one or two for every
+// client it has ever seen.
 type Packets struct {
-	internal map[string]*Packet
+	internal map[string]*storedPacket
 	sync.RWMutex
+}
+
+// storedPacket holds the fields a stored publish uses; a packet with any
+// other field set is kept whole in full.
+type storedPacket struct {
+	topic           string
+	origin          string
+	payload         []byte
+	props           *Properties
+	full            *Packet
+	created, expiry int64
+	fixedHeader     FixedHeader
+	packetID        uint16
+	protocolVersion byte
+}
+
+func storePacket(pk Packet) *storedPacket {
+	s := &storedPacket{
+		topic: pk.TopicName, origin: pk.Origin, payload: pk.Payload, created: pk.Created, expiry: pk.Expiry,
+		fixedHeader: pk.FixedHeader, packetID: pk.PacketID, protocolVersion: pk.ProtocolVersion,
+	}
+	rest := pk
+	rest.TopicName, rest.Origin, rest.Payload, rest.Created, rest.Expiry = "", "", nil, 0, 0
+	rest.FixedHeader, rest.PacketID, rest.ProtocolVersion = FixedHeader{}, 0, 0
+	props := rest.Properties
+	rest.Properties = Properties{}
+	if !reflect.ValueOf(rest).IsZero() {
+		return &storedPacket{full: &pk}
+	}
+	if !reflect.ValueOf(props).IsZero() {
+		s.props = &props
+	}
+	return s
+}
+
+func (s *storedPacket) packet() Packet {
+	if s.full != nil {
+		return *s.full
+	}
+	pk := Packet{
+		TopicName: s.topic, Origin: s.origin, Payload: s.payload, Created: s.created, Expiry: s.expiry,
+		FixedHeader: s.fixedHeader, PacketID: s.packetID, ProtocolVersion: s.protocolVersion,
+	}
+	if s.props != nil {
+		pk.Properties = *s.props
+	}
+	return pk
 }
 
 // NewPackets returns a new instance of Packets.
 func NewPackets() *Packets {
 	return &Packets{
-		internal: map[string]*Packet{},
+		internal: map[string]*storedPacket{},
 	}
 }
 
 // Add adds a new packet to the map.
 func (p *Packets) Add(id string, val Packet) {
+	sp := storePacket(val)
 	p.Lock()
 	defer p.Unlock()
-	p.internal[id] = &val
+	p.internal[id] = sp
 }
 
 // GetAll returns all packets in the map.
@@ -90,23 +140,29 @@ func (p *Packets) GetAll() map[string]Packet {
 	defer p.RUnlock()
 	m := map[string]Packet{}
 	for k, v := range p.internal {
-		m[k] = *v
+		m[k] = v.packet()
 	}
 	return m
 }
 
-// Range calls f for each packet in the map, under the map's read lock, until
-// f returns false; f must not change *pk or call back into the map. Unlike GetAll it
-// copies nothing to the heap, so a periodic scan of many retained messages
-// makes no garbage.
-func (p *Packets) Range(f func(id string, pk *Packet) bool) {
+// Expiring calls f with the creation and expiry times of each packet in the map,
+// under the map's read lock, and returns the ids f reports true for; f must not call
+// back into the map. Unlike GetAll it copies no packet, so a periodic scan of many
+// stored messages makes no garbage.
+func (p *Packets) Expiring(f func(protocolVersion byte, created, expiry int64) bool) []string {
 	p.RLock()
 	defer p.RUnlock()
+	var ids []string
 	for k, v := range p.internal {
-		if !f(k, v) {
-			return
+		pv, created, expiry := v.protocolVersion, v.created, v.expiry
+		if v.full != nil {
+			pv, created, expiry = v.full.ProtocolVersion, v.full.Created, v.full.Expiry
+		}
+		if f(pv, created, expiry) {
+			ids = append(ids, k)
 		}
 	}
+	return ids
 }
 
 // Get returns a specific packet in the map by packet id.
@@ -115,7 +171,7 @@ func (p *Packets) Get(id string) (val Packet, ok bool) {
 	defer p.RUnlock()
 	v, ok := p.internal[id]
 	if ok {
-		val = *v
+		val = v.packet()
 	}
 	return val, ok
 }

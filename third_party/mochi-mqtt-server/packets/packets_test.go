@@ -503,3 +503,33 @@ func TestMergeSubscription(t *testing.T) {
 	}
 	require.Equal(t, expect, sub.Merge(sub2))
 }
+
+func TestPacketsStoreCompactlyAndReturnWhole(t *testing.T) {
+	for name, pk := range map[string]Packet{
+		"plain publish": {FixedHeader: FixedHeader{Type: Publish, Qos: 1, Retain: true}, TopicName: "a/b", Payload: []byte("x"),
+			Origin: "cl1", Created: 10, Expiry: 20, PacketID: 7, ProtocolVersion: 5},
+		"with properties": {FixedHeader: FixedHeader{Type: Publish, Retain: true}, TopicName: "a/b", Payload: []byte("x"),
+			Properties: Properties{ContentType: "text/plain", User: []UserProperty{{Key: "k", Val: "v"}}}},
+		"other fields": {FixedHeader: FixedHeader{Type: Publish}, TopicName: "a/b", Mods: Mods{MaxSize: 10},
+			Connect: ConnectParams{WillTopic: "w"}},
+	} {
+		s := NewPackets()
+		s.Add("x", pk)
+		got, ok := s.Get("x")
+		require.True(t, ok, name)
+		require.Equal(t, pk, got, name)
+		require.Equal(t, pk, s.GetAll()["x"], name)
+	}
+	s := NewPackets()
+	s.Add("x", Packet{TopicName: "a"})
+	require.Nil(t, s.internal["x"].full, "a plain publish is kept compactly")
+	require.Nil(t, s.internal["x"].props)
+}
+
+func TestPacketsExpiring(t *testing.T) {
+	s := NewPackets()
+	s.Add("old", Packet{ProtocolVersion: 5, Created: 1, Expiry: 5})
+	s.Add("new", Packet{ProtocolVersion: 5, Created: 1, Expiry: 50})
+	ids := s.Expiring(func(pv byte, created, expiry int64) bool { return pv == 5 && expiry < 10 })
+	require.Equal(t, []string{"old"}, ids)
+}
