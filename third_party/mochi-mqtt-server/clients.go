@@ -260,7 +260,9 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 	cl.Net.Listener = lid
 
 	cl.Properties.ProtocolVersion = pk.ProtocolVersion
-	cl.Properties.Username = pk.Connect.Username
+	// A copy: the packet's bytes, which hold the password too, are not kept
+	// for the connection's life.
+	cl.Properties.Username = append([]byte(nil), pk.Connect.Username...)
 	cl.Properties.Clean = pk.Connect.Clean
 	cl.Properties.Props = pk.Properties.Copy(false)
 

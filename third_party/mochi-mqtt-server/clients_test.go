@@ -933,3 +933,11 @@ var (
 		packets.TPacketData[packets.Auth].Get(packets.TAuth),
 	}
 )
+
+func TestClientParseConnectCopiesUsername(t *testing.T) {
+	cl, _, _ := newTestClient()
+	pk := packets.Packet{Connect: packets.ConnectParams{Username: []byte("user"), Password: []byte("secret"), ClientIdentifier: "c"}}
+	cl.ParseConnect("tcp1", pk)
+	pk.Connect.Username[0] = 'X'
+	require.Equal(t, []byte("user"), cl.Properties.Username, "the client keeps its own copy, not the packet's bytes")
+}
