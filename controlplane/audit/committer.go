@@ -33,9 +33,9 @@ type job struct {
 	fn  func(context.Context, pgx.Tx) error
 	// Or, instead of fn, statements and audit entries sent in one pipeline
 	// with the rest of the group.
-	stmts   []Stmt
-	entries []Entry
-	done    chan error
+	stmts []Stmt
+	rows  []*row
+	done  chan error
 }
 
 // Stmt is one SQL statement of a pipelined job.
@@ -96,9 +96,17 @@ func (c *Committer) Exec(ctx context.Context, stmts []Stmt, entries ...Entry) er
 	if c == nil {
 		return errors.New("audit: no committer")
 	}
-	rows := make([]Entry, len(entries))
-	copy(rows, entries)
-	return c.submit(ctx, &job{ctx: ctx, stmts: stmts, entries: rows, done: make(chan error, 1)})
+	// Each row's canonical payload is encoded here, on the caller's
+	// goroutine: only its place in the chain waits for the group.
+	rows := make([]*row, len(entries))
+	for i, e := range entries {
+		r, err := prepare(e)
+		if err != nil {
+			return err
+		}
+		rows[i] = r
+	}
+	return c.submit(ctx, &job{ctx: ctx, stmts: stmts, rows: rows, done: make(chan error, 1)})
 }
 
 // Write records e through the committer, in a transaction of its own kind.
@@ -212,16 +220,12 @@ func (c *Committer) pipeline(ctx context.Context, tx pgx.Tx, jobs []*job) error 
 		for _, st := range j.stmts {
 			b.Queue(st.SQL, st.Args...)
 		}
-		for _, e := range j.entries {
-			r, err := prepare(e)
-			if err != nil {
-				return err
-			}
+		for _, r := range j.rows {
 			seq++
 			sql, args := r.insert(seq, prev)
 			prev = r.hash
 			b.Queue(sql, args...)
-			outcomes = append(outcomes, e.Outcome)
+			outcomes = append(outcomes, r.e.Outcome)
 		}
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
