@@ -99,6 +99,20 @@ func tcpPair(t *testing.T, maxFrame int64) (net.Conn, *ServerConn) {
 	return client, NewServerConn(sc, maxFrame)
 }
 
+// waitPending starts WaitRead and checks it is still waiting a moment
+// later (a moment: it must not return, so there is no event to await).
+func waitPending(t *testing.T, sc *ServerConn, why string) chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- sc.WaitRead() }()
+	select {
+	case err := <-done:
+		t.Fatalf("WaitRead returned %v %s", err, why)
+	case <-time.After(50 * time.Millisecond):
+	}
+	return done
+}
+
 func waitResult(t *testing.T, ch <-chan error) error {
 	t.Helper()
 	select {
@@ -285,13 +299,7 @@ func TestServerConnWaitRead(t *testing.T) {
 	client, sc := tcpPair(t, 1<<20)
 	require.NotNil(t, sc.raw, "a TCP conn is waited on by peeking")
 
-	done := make(chan error, 1)
-	go func() { done <- sc.WaitRead() }()
-	select {
-	case err := <-done:
-		t.Fatalf("WaitRead returned %v before any input", err)
-	case <-time.After(50 * time.Millisecond):
-	}
+	done := waitPending(t, sc, "before any input")
 	_, err := client.Write(binFrame("hello"))
 	require.NoError(t, err)
 	require.NoError(t, waitResult(t, done))
@@ -331,13 +339,7 @@ func TestServerConnWaitReadPartialHeader(t *testing.T) {
 		require.NoError(t, sc.readMore())
 	}
 
-	done := make(chan error, 1)
-	go func() { done <- sc.WaitRead() }()
-	select {
-	case err := <-done:
-		t.Fatalf("WaitRead returned %v on a partial header", err)
-	case <-time.After(50 * time.Millisecond):
-	}
+	done := waitPending(t, sc, "on a partial header")
 	_, err = client.Write(f[len(f)-len("cd")-3:])
 	require.NoError(t, err)
 	require.NoError(t, waitResult(t, done))
@@ -383,13 +385,7 @@ func TestServerConnWaitReadDeadlineMidHeader(t *testing.T) {
 
 func TestServerConnWaitReadClosed(t *testing.T) {
 	_, sc := tcpPair(t, 1<<20)
-	done := make(chan error, 1)
-	go func() { done <- sc.WaitRead() }()
-	select {
-	case err := <-done:
-		t.Fatalf("WaitRead returned %v before any input", err)
-	case <-time.After(20 * time.Millisecond):
-	}
+	done := waitPending(t, sc, "before any input")
 	require.NoError(t, sc.Close())
 	require.ErrorIs(t, waitResult(t, done), net.ErrClosed, "Close wakes a waiting WaitRead")
 	require.ErrorIs(t, sc.WaitRead(), net.ErrClosed, "WaitRead after Close")
@@ -422,13 +418,7 @@ func TestServerConnWaitReadFallback(t *testing.T) {
 	defer sc.Close()
 	require.Nil(t, sc.raw)
 
-	done := make(chan error, 1)
-	go func() { done <- sc.WaitRead() }()
-	select {
-	case err := <-done:
-		t.Fatalf("WaitRead returned %v before any input", err)
-	case <-time.After(50 * time.Millisecond):
-	}
+	done := waitPending(t, sc, "before any input")
 	_, err := client.Write(binFrame("hi"))
 	require.NoError(t, err)
 	require.NoError(t, waitResult(t, done))
