@@ -417,27 +417,11 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 // Read reads incoming packets from the connected client and transforms them into
 // packets to be handled by the packetHandler.
 func (cl *Client) Read(packetHandler ReadFn) error {
-	var err error
-
 	for {
 		if cl.Closed() {
 			return nil
 		}
-
-		cl.refreshDeadline(cl.State.Keepalive)
-		fh := new(packets.FixedHeader)
-		err = cl.ReadFixedHeader(fh)
-		if err != nil {
-			return err
-		}
-
-		pk, err := cl.ReadPacket(fh)
-		if err != nil {
-			return err
-		}
-
-		err = packetHandler(cl, pk) // Process inbound packet.
-		if err != nil {
+		if err := cl.readOne(packetHandler); err != nil {
 			return err
 		}
 	}
@@ -451,28 +435,31 @@ func (cl *Client) readBuffered(packetHandler ReadFn) error {
 		if cl.Closed() {
 			return nil
 		}
-
-		cl.refreshDeadline(cl.State.Keepalive)
-		fh := new(packets.FixedHeader)
-		if err := cl.ReadFixedHeader(fh); err != nil {
+		if err := cl.readOne(packetHandler); err != nil {
 			return err
 		}
-
-		pk, err := cl.ReadPacket(fh)
-		if err != nil {
-			return err
-		}
-
-		if err := packetHandler(cl, pk); err != nil {
-			return err
-		}
-
 		if cl.Net.bconn.Buffered() == 0 {
 			if b, ok := cl.Net.Conn.(interface{ Buffered() int }); !ok || b.Buffered() == 0 {
 				return nil
 			}
 		}
 	}
+}
+
+// readOne reads the next packet and hands it to packetHandler.
+func (cl *Client) readOne(packetHandler ReadFn) error {
+	cl.refreshDeadline(cl.State.Keepalive)
+	fh := new(packets.FixedHeader)
+	if err := cl.ReadFixedHeader(fh); err != nil {
+		return err
+	}
+
+	pk, err := cl.ReadPacket(fh)
+	if err != nil {
+		return err
+	}
+
+	return packetHandler(cl, pk) // Process inbound packet.
 }
 
 // Stop instructs the client to shut down all processing goroutines and disconnect.
