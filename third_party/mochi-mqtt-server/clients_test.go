@@ -9,8 +9,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -127,6 +129,49 @@ func TestClientsGetByListener(t *testing.T) {
 	require.NotEmpty(t, clients)
 	require.Equal(t, 1, len(clients))
 	require.Equal(t, "tcp1", clients[0].Net.Listener)
+}
+
+// GetByListener runs while clients come and go (a server closing its
+// listeners as clients disconnect). It once took the read lock twice, which
+// deadlocks as soon as a Delete waits for the lock between the two.
+func TestClientsGetByListenerWithConcurrentDelete(t *testing.T) {
+	cl := NewClients()
+	for i := 0; i < 64; i++ {
+		cl.Add(&Client{ID: fmt.Sprint("c", i), State: ClientState{open: context.Background()}, Net: ClientConnection{Listener: "ws1"}})
+	}
+
+	stop := make(chan struct{})
+	churned := make(chan struct{})
+	go func() {
+		defer close(churned)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			id := fmt.Sprint("x", i%8)
+			cl.Add(&Client{ID: id, State: ClientState{open: context.Background()}, Net: ClientConnection{Listener: "ws1"}})
+			cl.Delete(id)
+		}
+	}()
+
+	fewest := make(chan int, 1)
+	go func() {
+		n := math.MaxInt
+		for i := 0; i < 20000; i++ {
+			n = min(n, len(cl.GetByListener("ws1")))
+		}
+		fewest <- n
+	}()
+	select {
+	case n := <-fewest:
+		require.GreaterOrEqual(t, n, 64)
+	case <-time.After(10 * time.Second):
+		t.Fatal("GetByListener deadlocked with a concurrent Delete")
+	}
+	close(stop)
+	<-churned
 }
 
 func TestNewClient(t *testing.T) {
