@@ -258,9 +258,16 @@ func TestSession_EveryWayItEnds(t *testing.T) {
 			s := newSupportEnv(t, nil)
 			s.consentAndArm(t)
 			agentID, dir, proc := s.runAgent(t, "cam-gw-1")
-			sess, _ := s.activate(t, agentID, tc.ttl)
+			sess, token := s.activate(t, agentID, tc.ttl)
+			// A command first, so the server holds the session in its cache.
+			s.awaitAck(t, sess.ID)
+			res, err := s.command(t, sess.ID, token, "ping")
+			require.NoError(t, err)
+			require.Equal(t, "ok", res.Status)
 			tc.end(t, s, sess.ID, agentID, dir)
 			s.assertClosed(t, sess, dir, proc, tc.reason)
+			_, err = s.command(t, sess.ID, token, "ping")
+			assert.Contains(t, []string{"session_ended", "session_expired"}, apiCode(err), "a command after the end is refused")
 			logRows, events := s.auditPair(t, "support.session.end", sess.ID)
 			assert.Equal(t, 1, logRows, "one audit_log row for the end")
 			assert.Equal(t, 1, events, "one events row for the end")
@@ -340,4 +347,38 @@ func TestActivate_RaceWithDisarmLeavesNothingLive(t *testing.T) {
 			_ = s.do(t, "POST", "/v1/support/sessions/"+id+"/deactivate", nil, nil)
 		}
 	}
+}
+
+// The server caches the sessions and operator tokens it checks on every
+// request. A change made in the database by anyone else (another node, an
+// administrator at a psql prompt) must reach it promptly: well inside the
+// cache's ten-second bound, so only the change announcement can explain it.
+func TestCachedRows_ChangesMadeElsewhereApplyPromptly(t *testing.T) {
+	s := newSupportEnv(t, nil)
+	s.consentAndArm(t)
+	agentID, _, _ := s.runAgent(t, "cam-gw-1")
+	sess, token := s.activate(t, agentID, "")
+	res, err := s.command(t, sess.ID, token, "ping")
+	require.NoError(t, err)
+	require.Equal(t, "ok", res.Status)
+
+	pool := s.srv.Database().Pool
+	ctx := context.Background()
+	_, err = pool.Exec(ctx, "UPDATE support_sessions SET ended_at = now(), end_reason = 'deactivated' WHERE id = $1", sess.ID)
+	require.NoError(t, err)
+	testenv.Eventually(t, 2*time.Second, func() bool {
+		_, err := s.command(t, sess.ID, token, "ping")
+		return apiCode(err) == "session_ended"
+	}, "command refused once the session ended in the database")
+
+	var who struct {
+		TokenID string `json:"token_id"`
+	}
+	require.NoError(t, s.do(t, "GET", "/v1/whoami", nil, &who))
+	require.NotEmpty(t, who.TokenID)
+	_, err = pool.Exec(ctx, "UPDATE operator_tokens SET revoked_at = now() WHERE id = $1", who.TokenID)
+	require.NoError(t, err)
+	testenv.Eventually(t, 2*time.Second, func() bool {
+		return apiCode(s.do(t, "GET", "/v1/whoami", nil, &who)) == "token_revoked"
+	}, "operator token refused once revoked in the database")
 }

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"go.opentelemetry.io/otel"
@@ -27,6 +28,7 @@ import (
 	"github.com/argus-remote/argus/controlplane/mail"
 	"github.com/argus-remote/argus/controlplane/operators"
 	"github.com/argus-remote/argus/controlplane/reconcile"
+	"github.com/argus-remote/argus/controlplane/rowcache"
 	"github.com/argus-remote/argus/controlplane/sessions"
 	"github.com/argus-remote/argus/controlplane/signing"
 	"github.com/argus-remote/argus/controlplane/statuspage"
@@ -55,6 +57,8 @@ type Server struct {
 	closeErr    error
 	stopNightly context.CancelFunc
 	nightlyDone chan struct{}
+	stopRows    context.CancelFunc
+	rowsDone    chan struct{}
 }
 
 // Start opens the database, starts the broker and serves the API. It
@@ -80,10 +84,20 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if err != nil {
 		return nil, fmt.Errorf("command-signing-key: %w", err)
 	}
+	// Rows read on every request are cached while a listener hears of
+	// their changes (rowcache); until it listens, they are read each time.
+	rows := rowcache.NewListener(func(ctx context.Context) (*pgx.Conn, error) {
+		return pgx.ConnectConfig(ctx, s.db.Pool.Config().ConnConfig.Copy())
+	}, log)
+	rctx, stopRows := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopRows, s.rowsDone = stopRows, make(chan struct{})
+	go func() { defer close(s.rowsDone); rows.Run(rctx) }()
+
 	agentStore := agents.NewStore(s.db.Pool)
 	s.policy = acl.New(agentStore, log)
 	tenantStore := tenants.NewStore(s.db.Pool)
 	opStore := operators.NewStore(s.db.Pool)
+	opStore.UseCache(rows)
 	s.policy.Tokens = watcherTokens{ops: opStore, tenants: tenantStore}
 	if err := s.policy.Warm(ctx, agentStore.LiveCredentials); err != nil {
 		return nil, fmt.Errorf("loading agent credentials: %w", err)
@@ -128,7 +142,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	s.commits = audit.NewCommitter(s.db.Pool)
 	s.sessions = sessions.New(sessions.Options{
 		Pool: s.db.Pool, Key: signingKey, Broker: s.broker, ACL: s.policy, Fleet: s.fleet, Log: log,
-		Disabled: !cfg.RemoteSupport, Commits: s.commits,
+		Disabled: !cfg.RemoteSupport, Commits: s.commits, Rows: rows,
 	})
 	s.fleet.OnConnect = s.sessions.OnAgentConnected
 	// The watcher and the sessions rebuild their state and subscribe before
@@ -167,8 +181,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 
 	apiSrv := &api.Server{
 		Pool:         s.db.Pool,
-		Operators:    operators.NewStore(s.db.Pool),
-		Tenants:      tenants.NewStore(s.db.Pool),
+		Operators:    opStore,
+		Tenants:      tenantStore,
 		Agents:       agentStore,
 		AgentControl: agentControl{policy: s.policy, broker: s.broker},
 		Sessions:     s.sessions,
@@ -389,6 +403,10 @@ func (s *Server) close(ctx context.Context) error {
 	}
 	if s.commits != nil {
 		s.commits.Close()
+	}
+	if s.stopRows != nil {
+		s.stopRows()
+		<-s.rowsDone
 	}
 	if s.db != nil {
 		if err := s.db.Close(ctx); err != nil {

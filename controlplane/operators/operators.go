@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/argus-remote/argus/controlplane/rowcache"
 	"github.com/argus-remote/argus/internal/credential"
 )
 
@@ -95,6 +96,7 @@ var (
 type Store struct {
 	pool *pgxpool.Pool
 	now  func() time.Time
+	rows *rowcache.Cache[tokenRow] // nil: read every time
 }
 
 // NewStore returns a Store over pool.
@@ -159,23 +161,58 @@ func (s *Store) insertToken(ctx context.Context, tx pgx.Tx, operatorID string, t
 	return m.ID, m.Plain, expires, nil
 }
 
+// tokenRow is what authentication reads of a token and its operator.
+type tokenRow struct {
+	operatorID, operatorName   string
+	hash                       []byte
+	scopes                     []Scope
+	expires, revoked, disabled *time.Time
+	lastUsedAt                 *time.Time
+}
+
+// Token rows are cached for this long at most; changes evict them sooner
+// (see rowcache).
+const (
+	cacheTTL = 10 * time.Second
+	cacheMax = 10_000
+)
+
+// UseCache keeps the token rows Authenticate reads in a cache that l keeps
+// fresh, so that a request is not a query.
+func (s *Store) UseCache(l *rowcache.Listener) {
+	s.rows = rowcache.New[tokenRow](l, "operator_tokens", cacheTTL, cacheMax)
+}
+
+func (s *Store) token(ctx context.Context, id string) (tokenRow, error) {
+	if r, ok := s.rows.Get(id); ok {
+		return r, nil
+	}
+	gen := s.rows.Gen()
+	var (
+		r      tokenRow
+		scopes []string
+	)
+	err := s.pool.QueryRow(ctx, `
+		SELECT t.operator_id, o.name, t.secret_hash, t.scopes, t.expires_at, t.revoked_at, o.disabled_at, t.last_used_at
+		FROM operator_tokens t JOIN operators o ON o.id = t.operator_id
+		WHERE t.id = $1`, id).Scan(&r.operatorID, &r.operatorName, &r.hash, &scopes, &r.expires, &r.revoked, &r.disabled, &r.lastUsedAt)
+	if err != nil {
+		return tokenRow{}, err
+	}
+	for _, sc := range scopes {
+		r.scopes = append(r.scopes, Scope(sc))
+	}
+	s.rows.Put(id, r, gen)
+	return r, nil
+}
+
 // Authenticate turns a presented token into a Principal, or says why not.
 func (s *Store) Authenticate(ctx context.Context, plain string) (Principal, error) {
 	id, secret, err := credential.Parse(credential.Operator, plain)
 	if err != nil {
 		return Principal{}, ErrMalformed
 	}
-	var (
-		p                    Principal
-		hash                 []byte
-		scopes               []string
-		expires, revoked     *time.Time
-		disabled, lastUsedAt *time.Time
-	)
-	err = s.pool.QueryRow(ctx, `
-		SELECT t.operator_id, o.name, t.secret_hash, t.scopes, t.expires_at, t.revoked_at, o.disabled_at, t.last_used_at
-		FROM operator_tokens t JOIN operators o ON o.id = t.operator_id
-		WHERE t.id = $1`, id).Scan(&p.OperatorID, &p.OperatorName, &hash, &scopes, &expires, &revoked, &disabled, &lastUsedAt)
+	r, err := s.token(ctx, id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Spend the same hashing work as a found token does.
 		credential.Verify(make([]byte, 32), secret)
@@ -184,31 +221,29 @@ func (s *Store) Authenticate(ctx context.Context, plain string) (Principal, erro
 	if err != nil {
 		return Principal{}, fmt.Errorf("authenticate: %w", err)
 	}
-	if !credential.Verify(hash, secret) {
+	if !credential.Verify(r.hash, secret) {
 		return Principal{}, ErrInvalid
 	}
 	// Only a holder of the secret learns why a real token no longer works.
 	now := s.now()
 	switch {
-	case revoked != nil:
+	case r.revoked != nil:
 		return Principal{}, ErrRevoked
-	case disabled != nil:
+	case r.disabled != nil:
 		return Principal{}, ErrDisabled
-	case expires != nil && !now.Before(*expires):
+	case r.expires != nil && !now.Before(*r.expires):
 		return Principal{}, ErrExpired
 	}
-	p.TokenID = id
-	for _, sc := range scopes {
-		p.Scopes = append(p.Scopes, Scope(sc))
-	}
-	if expires != nil {
-		p.ExpiresAt = expires.UTC()
+	p := Principal{OperatorID: r.operatorID, OperatorName: r.operatorName, TokenID: id, Scopes: slices.Clone(r.scopes)}
+	if r.expires != nil {
+		p.ExpiresAt = r.expires.UTC()
 	}
 	// Record use at most once a minute, so authentication is not a write per request.
-	if lastUsedAt == nil || now.Sub(*lastUsedAt) > time.Minute {
+	if r.lastUsedAt == nil || now.Sub(*r.lastUsedAt) > time.Minute {
 		if _, err := s.pool.Exec(ctx, "UPDATE operator_tokens SET last_used_at = now() WHERE id = $1", id); err != nil {
 			return Principal{}, fmt.Errorf("authenticate: %w", err)
 		}
+		s.rows.Evict(id)
 	}
 	return p, nil
 }
@@ -219,6 +254,7 @@ func (s *Store) RevokeToken(ctx context.Context, tokenID string) error {
 	if err != nil {
 		return fmt.Errorf("revoke token: %w", err)
 	}
+	s.rows.Evict(tokenID)
 	if tag.RowsAffected() == 0 {
 		return ErrInvalid
 	}

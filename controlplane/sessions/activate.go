@@ -293,6 +293,7 @@ func EndTx(ctx context.Context, tx pgx.Tx, where string, arg any, reason string,
 func (m *Manager) AfterEnd(ended ...Ended) {
 	tenants := map[string]bool{}
 	for _, e := range ended {
+		m.rows.Evict(e.ID)
 		m.mu.Lock()
 		l, ok := m.live[e.AgentID]
 		if ok && l.id != e.ID {

@@ -66,30 +66,56 @@ type session struct {
 	expiresAt             time.Time
 }
 
+// sessionRow is what authorize reads of a session.
+type sessionRow struct {
+	tenantID, agentID string
+	hash              []byte
+	ended             bool
+	expiresAt         time.Time
+}
+
+// Session rows are cached for this long at most; a change evicts them
+// sooner (see rowcache), and so does AfterEnd, at once.
+const (
+	rowCacheTTL = 10 * time.Second
+	rowCacheMax = 10_000
+)
+
+func (m *Manager) sessionRow(ctx context.Context, id string) (sessionRow, error) {
+	if r, ok := m.rows.Get(id); ok {
+		return r, nil
+	}
+	gen := m.rows.Gen()
+	var r sessionRow
+	err := m.Pool.QueryRow(ctx, `SELECT tenant_id, agent_id, token_hash, ended_at IS NOT NULL, expires_at
+		FROM support_sessions WHERE id = $1`, id).Scan(&r.tenantID, &r.agentID, &r.hash, &r.ended, &r.expiresAt)
+	if err != nil {
+		return sessionRow{}, err
+	}
+	m.rows.Put(id, r, gen)
+	return r, nil
+}
+
 // authorize checks a session token against that session alone. A refusal
 // is returned as *Refusal with the session's ids filled in for the audit.
 func (m *Manager) authorize(ctx context.Context, sessionID, token string) (session, error) {
-	var (
-		s     = session{id: sessionID}
-		hash  []byte
-		ended bool
-	)
+	s := session{id: sessionID}
 	if _, err := uuid.Parse(sessionID); err != nil {
 		return s, refuse(http.StatusNotFound, "session_not_found", "no such session")
 	}
-	err := m.Pool.QueryRow(ctx, `SELECT tenant_id, agent_id, token_hash, ended_at IS NOT NULL, expires_at
-		FROM support_sessions WHERE id = $1`, sessionID).Scan(&s.tenantID, &s.agentID, &hash, &ended, &s.expiresAt)
+	r, err := m.sessionRow(ctx, sessionID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return s, refuse(http.StatusNotFound, "session_not_found", "no such session")
 	}
 	if err != nil {
 		return s, fmt.Errorf("command: %w", err)
 	}
-	if _, _, err := credential.Parse(credential.Session, token); err != nil || !credential.Verify(hash, token) {
+	s.tenantID, s.agentID, s.expiresAt = r.tenantID, r.agentID, r.expiresAt
+	if _, _, err := credential.Parse(credential.Session, token); err != nil || !credential.Verify(r.hash, token) {
 		return s, refuse(http.StatusForbidden, "session_token_invalid", "the session token does not belong to this session")
 	}
 	switch {
-	case ended:
+	case r.ended:
 		return s, refuse(http.StatusConflict, "session_ended", "the session has ended")
 	case !s.expiresAt.After(time.Now()):
 		return s, refuse(http.StatusConflict, "session_expired", "the session has expired")

@@ -28,6 +28,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/rowcache"
 	"github.com/argus-remote/argus/topics"
 )
 
@@ -137,6 +138,9 @@ type Options struct {
 	// Commits groups the command path's audited transactions; nil means
 	// each commits alone.
 	Commits *audit.Committer
+	// Rows, when set, keeps the sessions commands are checked against in
+	// a cache it keeps fresh; nil means a query per command.
+	Rows *rowcache.Listener
 }
 
 // Manager runs sessions on this node.
@@ -150,6 +154,7 @@ type Manager struct {
 	stop     chan struct{}
 	stopped  chan struct{}
 	inflight sync.WaitGroup
+	rows     *rowcache.Cache[sessionRow]
 }
 
 // live is a session in force, as the broker side needs it.
@@ -169,11 +174,15 @@ func New(o Options) *Manager {
 	if o.SweepEvery == 0 {
 		o.SweepEvery = time.Second
 	}
-	return &Manager{
+	m := &Manager{
 		Options: o,
 		live:    map[string]*live{}, acks: map[string]chan topics.ActivationAckMsg{}, results: map[string]chan topics.ResultMsg{},
 		stop: make(chan struct{}), stopped: make(chan struct{}),
 	}
+	if o.Rows != nil {
+		m.rows = rowcache.New[sessionRow](o.Rows, "support_sessions", rowCacheTTL, rowCacheMax)
+	}
+	return m
 }
 
 // Start rebuilds the broker-side state from the database (ending what
