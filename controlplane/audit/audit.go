@@ -5,7 +5,6 @@
 package audit
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -198,23 +197,6 @@ func Write(ctx context.Context, db interface {
 		_, err := Record(ctx, tx, e)
 		return err
 	})
-}
-
-// Canonical encodes v the one way its hash is computed: JSON with object
-// keys sorted and numbers kept as written. A payload read back from jsonb
-// re-encodes to the same bytes.
-func Canonical(v any) ([]byte, error) {
-	raw, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var generic any
-	if err := dec.Decode(&generic); err != nil {
-		return nil, err
-	}
-	return json.Marshal(generic)
 }
 
 // ChainHash links a payload to the hash before it.

@@ -1,0 +1,229 @@
+package audit
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"slices"
+)
+
+// Canonical encodes v the one way its hash is computed: JSON with object
+// keys sorted and numbers kept as written. A payload read back from jsonb
+// re-encodes to the same bytes.
+//
+// The bytes are those of encoding/json decoding v's JSON into interface
+// values (numbers as json.Number) and encoding them again: compact, keys in
+// byte order with the last of duplicate keys kept, strings escaped as
+// encoding/json escapes them (HTML characters too). It gets there in one
+// pass over the JSON and without the interface values, since every audited
+// action is hashed on the command path.
+func Canonical(v any) ([]byte, error) {
+	var raw []byte
+	if r, ok := v.(json.RawMessage); ok {
+		if !json.Valid(r) {
+			return nil, errors.New("audit: canonical: invalid JSON")
+		}
+		raw = r
+	} else {
+		var err error
+		if raw, err = json.Marshal(v); err != nil {
+			return nil, err
+		}
+	}
+	c := canonicalizer{in: raw, out: make([]byte, 0, len(raw))}
+	if err := c.value(); err != nil {
+		return nil, err
+	}
+	return c.out, nil
+}
+
+// canonicalizer reads valid JSON from in and appends it, canonical, to out.
+type canonicalizer struct {
+	in  []byte
+	pos int
+	out []byte
+}
+
+func (c *canonicalizer) skipSpace() {
+	for c.pos < len(c.in) {
+		switch c.in[c.pos] {
+		case ' ', '\t', '\n', '\r':
+			c.pos++
+		default:
+			return
+		}
+	}
+}
+
+var errTruncated = errors.New("audit: canonical: truncated JSON")
+
+func (c *canonicalizer) value() error {
+	c.skipSpace()
+	if c.pos >= len(c.in) {
+		return errTruncated
+	}
+	switch b := c.in[c.pos]; {
+	case b == '{':
+		return c.object()
+	case b == '[':
+		return c.array()
+	case b == '"':
+		s, err := c.str()
+		if err != nil {
+			return err
+		}
+		c.out = appendString(c.out, s)
+		return nil
+	default: // number, true, false, null: as written
+		start := c.pos
+		for c.pos < len(c.in) && !isDelim(c.in[c.pos]) {
+			c.pos++
+		}
+		c.out = append(c.out, c.in[start:c.pos]...)
+		return nil
+	}
+}
+
+func isDelim(b byte) bool {
+	switch b {
+	case ',', ']', '}', ' ', '\t', '\n', '\r':
+		return true
+	}
+	return false
+}
+
+// member is one key of an object and where its canonical value sits in out.
+type member struct {
+	key        string
+	start, end int
+}
+
+func (c *canonicalizer) object() error {
+	c.pos++ // {
+	// Values are encoded to the end of out as they come, then the object
+	// is rebuilt from them in key order.
+	base := len(c.out)
+	var members []member
+	for {
+		c.skipSpace()
+		if c.pos >= len(c.in) {
+			return errTruncated
+		}
+		if c.in[c.pos] == '}' {
+			c.pos++
+			break
+		}
+		if c.in[c.pos] == ',' {
+			c.pos++
+			continue
+		}
+		key, err := c.str()
+		if err != nil {
+			return err
+		}
+		c.skipSpace()
+		if c.pos >= len(c.in) || c.in[c.pos] != ':' {
+			return errors.New("audit: canonical: expected ':'")
+		}
+		c.pos++
+		start := len(c.out)
+		if err := c.value(); err != nil {
+			return err
+		}
+		members = append(members, member{key: key, start: start, end: len(c.out)})
+	}
+	// Stable, so that of equal keys the last stays last and is kept.
+	slices.SortStableFunc(members, func(a, b member) int { return cmp.Compare(a.key, b.key) })
+	values := c.out[base:]
+	obj := make([]byte, 0, len(values)+len(members)*8+2)
+	obj = append(obj, '{')
+	first := true
+	for i, m := range members {
+		if i+1 < len(members) && members[i+1].key == m.key {
+			continue
+		}
+		if !first {
+			obj = append(obj, ',')
+		}
+		first = false
+		obj = appendString(obj, m.key)
+		obj = append(obj, ':')
+		obj = append(obj, c.out[m.start:m.end]...)
+	}
+	obj = append(obj, '}')
+	c.out = append(c.out[:base], obj...)
+	return nil
+}
+
+func (c *canonicalizer) array() error {
+	c.pos++ // [
+	c.out = append(c.out, '[')
+	n := 0
+	for {
+		c.skipSpace()
+		if c.pos >= len(c.in) {
+			return errTruncated
+		}
+		switch c.in[c.pos] {
+		case ']':
+			c.pos++
+			c.out = append(c.out, ']')
+			return nil
+		case ',':
+			c.pos++
+			continue
+		}
+		if n > 0 {
+			c.out = append(c.out, ',')
+		}
+		if err := c.value(); err != nil {
+			return err
+		}
+		n++
+	}
+}
+
+// str reads a string literal and returns its decoded value.
+func (c *canonicalizer) str() (string, error) {
+	if c.pos >= len(c.in) || c.in[c.pos] != '"' {
+		return "", errors.New("audit: canonical: expected a string")
+	}
+	start := c.pos
+	plain := true
+	for c.pos++; c.pos < len(c.in); c.pos++ {
+		switch b := c.in[c.pos]; {
+		case b == '\\':
+			plain = false
+			c.pos++
+		case b >= 0x80:
+			plain = false
+		case b == '"':
+			c.pos++
+			lit := c.in[start:c.pos]
+			if plain {
+				return string(lit[1 : len(lit)-1]), nil
+			}
+			// Escapes and non-ASCII decode as encoding/json decodes them
+			// (invalid UTF-8 and lone surrogates become U+FFFD).
+			var s string
+			if err := json.Unmarshal(lit, &s); err != nil {
+				return "", err
+			}
+			return s, nil
+		}
+	}
+	return "", errTruncated
+}
+
+// appendString appends s quoted as encoding/json quotes it.
+func appendString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if b := s[i]; b < 0x20 || b >= 0x80 || b == '"' || b == '\\' || b == '<' || b == '>' || b == '&' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(dst, q...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
+}
