@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"runtime"
@@ -20,6 +21,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/gorilla/websocket"
 
+	"github.com/argus-remote/argus/internal/wsnet"
 	"github.com/argus-remote/argus/topics"
 )
 
@@ -127,7 +129,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			c.CleanStart = true
 			return c, nil
 		},
-		WebSocketCfg: a.webSocketConfig(),
+		AttemptConnection: a.dial,
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 			go a.onUp(ctx, cm)
 		},
@@ -209,16 +211,34 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// webSocketConfig dials from LocalAddr when one is set.
-func (a *Agent) webSocketConfig() *autopaho.WebSocketConfig {
-	if a.cfg.LocalAddr == "" {
-		return nil
+// writeBuffers lend WebSocket write buffers to connections only while
+// they write.
+var writeBuffers sync.Pool
+
+// dial opens the WebSocket to the broker, from LocalAddr when one is set.
+// The connection sends each MQTT packet as one WebSocket message
+// (wsnet.Conn); autopaho's own would send each of the pieces paho writes
+// a packet in as a message, and a system call, of its own.
+func (a *Agent) dial(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+	if cfg.ConnectTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.ConnectTimeout)
+		defer cancel()
 	}
-	return &autopaho.WebSocketConfig{Dialer: func(_ *url.URL, tlsCfg *tls.Config) *websocket.Dialer {
-		nd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(a.cfg.LocalAddr)}, Timeout: 10 * time.Second}
-		return &websocket.Dialer{NetDialContext: nd.DialContext, TLSClientConfig: tlsCfg, Subprotocols: []string{"mqtt"},
-			HandshakeTimeout: 10 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024}
-	}}
+	nd := &net.Dialer{Timeout: 10 * time.Second}
+	if a.cfg.LocalAddr != "" {
+		nd.LocalAddr = &net.TCPAddr{IP: net.ParseIP(a.cfg.LocalAddr)}
+	}
+	d := websocket.Dialer{
+		NetDialContext: nd.DialContext, Proxy: http.ProxyFromEnvironment, TLSClientConfig: cfg.TlsCfg,
+		Subprotocols: []string{"mqtt"}, HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize: 1024, WriteBufferPool: &writeBuffers,
+	}
+	ws, _, err := d.DialContext(ctx, u.String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("websocket connection failed: %w", err)
+	}
+	return wsnet.NewConn(ws), nil
 }
 
 func (a *Agent) tlsConfig() (*tls.Config, error) {
