@@ -297,3 +297,17 @@ func TestCommands_DormantAgentRefusesEach(t *testing.T) {
 		}, name+" refused by the dormant agent")
 	}
 }
+
+// Over wss:// the agent verifies the broker against its CA file and runs
+// commands as over ws://.
+func TestCommands_OverTLS(t *testing.T) {
+	cert, key := testenv.SelfSignedFiles(t)
+	s := newSupportEnv(t, map[string]any{"mqtt-tls-cert": cert, "mqtt-tls-key": key})
+	require.True(t, strings.HasPrefix(s.srv.Broker().URL(), "wss://"), s.srv.Broker().URL())
+	s.consentAndArm(t)
+	agentID, _, _ := s.runAgent(t, "cam-gw-1", "ARGUS_AGENT_CA_FILE="+cert)
+	sess, token := s.activate(t, agentID, "")
+	res, err := s.command(t, sess.ID, token, "ping")
+	require.NoError(t, err)
+	assert.Equal(t, "ok", res.Status)
+}

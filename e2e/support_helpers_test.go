@@ -98,7 +98,7 @@ func (s *supportEnv) consentAndArm(t *testing.T) {
 }
 
 // runAgent enrolls an agent through the API and runs the real binary.
-func (s *supportEnv) runAgent(t *testing.T, name string) (string, string, *testenv.AgentProcess) {
+func (s *supportEnv) runAgent(t *testing.T, name string, extraEnv ...string) (string, string, *testenv.AgentProcess) {
 	t.Helper()
 	var tok agents.EnrollmentToken
 	require.NoError(t, s.do(t, "POST", "/v1/enrollment-tokens", map[string]string{"tenant": s.tenant, "name": name}, &tok))
@@ -107,7 +107,7 @@ func (s *supportEnv) runAgent(t *testing.T, name string) (string, string, *teste
 	require.NoError(t, err, stderr)
 	st, err := agent.LoadState(dir)
 	require.NoError(t, err)
-	proc := testenv.StartAgent(t, dir)
+	proc := testenv.StartAgent(t, dir, extraEnv...)
 	proc.WaitLog(t, 0, "connected to broker", 1, 10*time.Second)
 	testenv.Eventually(t, 5*time.Second, func() bool { return s.online(st.AgentID) }, "agent online")
 	return st.AgentID, dir, proc
