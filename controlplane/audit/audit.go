@@ -84,12 +84,12 @@ func Record(ctx context.Context, tx pgx.Tx, e Entry) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	sql, args := r.insert(seq+1, prev)
-	if _, err := tx.Exec(ctx, sql, args...); err != nil {
+	args, seq, head := insert([]*row{r}, seq, prev)
+	if _, err := tx.Exec(ctx, insertRows, args...); err != nil {
 		return "", fmt.Errorf("audit: write: %w", err)
 	}
 	if c, ok := ctx.Value(chainKey{}).(*chain); ok {
-		c.seq, c.hash = seq+1, r.hash
+		c.seq, c.hash = seq, head
 	}
 	auditWrites().Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", e.Outcome)))
 	return r.id, nil
@@ -102,8 +102,8 @@ type row struct {
 	at      time.Time
 	e       Entry
 	payload []byte
-	detail  map[string]any
-	ip      *netip.Addr
+	detail  string  // audit_log.detail, JSON
+	ip      *string // audit_log.client_ip, when e.ClientIP is an address
 	hash    []byte
 }
 
@@ -123,33 +123,66 @@ func prepare(e Entry) (*row, error) {
 	if r.payload, err = Canonical(ev); err != nil {
 		return nil, err
 	}
-	r.detail = make(map[string]any, len(e.Detail)+1)
+	detail := make(map[string]any, len(e.Detail)+1)
 	for k, v := range e.Detail {
-		r.detail[k] = v
+		detail[k] = v
 	}
 	if e.OperatorID != "" {
-		r.detail["operator_id"] = e.OperatorID
+		detail["operator_id"] = e.OperatorID
 	}
+	d, err := json.Marshal(detail)
+	if err != nil {
+		return nil, err
+	}
+	r.detail = string(d)
 	if a, err := netip.ParseAddr(e.ClientIP); err == nil {
-		r.ip = &a
+		ip := a.WithZone("").String()
+		r.ip = &ip
 	}
 	return r, nil
 }
 
-// insert returns the statement writing both rows at sequence seq after
-// the event whose hash is prev, and records the row's own hash.
-func (r *row) insert(seq int64, prev []byte) (string, []any) {
-	r.hash = ChainHash(prev, r.payload)
-	e := r.e
-	// Both rows in one statement: one round trip, one snapshot.
-	return `WITH a AS (
-			INSERT INTO audit_log (id, occurred_at, actor, action, outcome, tenant_id, agent_id, session_id, client_ip, reason, detail)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-		)
-		INSERT INTO events (seq, id, occurred_at, action, payload, prev_hash, hash)
-		VALUES ($12, $1, $2, $4, $13, $14, $15)`,
-		[]any{r.id, r.at, e.Actor, e.Action, e.Outcome, nullUUID(e.TenantID), nullUUID(e.AgentID), nullUUID(e.SessionID),
-			r.ip, nullString(e.Reason), r.detail, seq, json.RawMessage(r.payload), prev, r.hash}
+// insertRows is the statement that writes rows, both of each row's rows,
+// whatever their number: a group's audit is one statement, not one per
+// action. Values travel as arrays, one per column, text where PostgreSQL
+// casts them.
+const insertRows = `WITH r AS (
+		SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+			$8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[], $14::bytea[], $15::bytea[])
+		AS r (id, occurred_at, actor, action, outcome, tenant_id, agent_id, session_id, client_ip, reason, detail,
+			seq, payload, prev_hash, hash)
+	), a AS (
+		INSERT INTO audit_log (id, occurred_at, actor, action, outcome, tenant_id, agent_id, session_id, client_ip, reason, detail)
+		SELECT id::uuid, occurred_at, actor, action, outcome, tenant_id::uuid, agent_id::uuid, session_id::uuid,
+			client_ip::inet, reason, detail::jsonb FROM r
+	)
+	INSERT INTO events (seq, id, occurred_at, action, payload, prev_hash, hash)
+	SELECT seq, id::uuid, occurred_at, action, payload::jsonb, prev_hash, hash FROM r`
+
+// insert returns the arguments of insertRows for rows placed in the chain
+// after the event seq whose hash is prev, and records each row's hash. It
+// returns the new head.
+func insert(rows []*row, seq int64, prev []byte) ([]any, int64, []byte) {
+	n := len(rows)
+	var (
+		ids, actors, actions, outcomes, details, payloads = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		tenants, agents, sessions, ips, reasons           = make([]*string, n), make([]*string, n), make([]*string, n), make([]*string, n), make([]*string, n)
+		ats                                               = make([]time.Time, n)
+		seqs                                              = make([]int64, n)
+		prevs, hashes                                     = make([][]byte, n), make([][]byte, n)
+	)
+	for i, r := range rows {
+		seq++
+		r.hash = ChainHash(prev, r.payload)
+		e := r.e
+		ids[i], ats[i], actors[i], actions[i], outcomes[i] = r.id, r.at, e.Actor, e.Action, e.Outcome
+		tenants[i], agents[i], sessions[i] = nullUUID(e.TenantID), nullUUID(e.AgentID), nullUUID(e.SessionID)
+		ips[i], reasons[i], details[i] = r.ip, nullString(e.Reason), r.detail
+		seqs[i], payloads[i], prevs[i], hashes[i] = seq, string(r.payload), prev, r.hash
+		prev = r.hash
+	}
+	return []any{ids, ats, actors, actions, outcomes, tenants, agents, sessions, ips, reasons, details,
+		seqs, payloads, prevs, hashes}, seq, prev
 }
 
 // chain carries the chain head through a group commit: the transaction

@@ -162,3 +162,69 @@ func TestCommitter_PipelinedJobsChainAndReconcile(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, r, "the pipelined chain reconciles")
 }
+
+// Every column of both rows is written as given, for entries that fill
+// each optional field and entries that leave it out, alone and in a group.
+func TestCommitter_WritesEveryColumn(t *testing.T) {
+	pool := testenv.Pool(t)
+	ctx := context.Background()
+	c := audit.NewCommitter(pool)
+	defer c.Close()
+	full := audit.Entry{
+		Actor: "operator:alice", OperatorID: "7c1e2a9b-4d3f-4e8a-9b1c-2d3e4f5a6b7c", Action: "test.full", Outcome: audit.Denied,
+		TenantID: "1d2e3f4a-5b6c-4d7e-8f9a-0b1c2d3e4f5a", AgentID: "2e3f4a5b-6c7d-4e8f-9a0b-1c2d3e4f5a6b",
+		SessionID: "3f4a5b6c-7d8e-4f9a-0b1c-2d3e4f5a6b7c", ClientIP: "2001:db8::7", Reason: "INC-7 <ticket>",
+		Detail: map[string]any{"n": 1, "s": "é"},
+	}
+	bare := audit.Entry{Actor: "system", Action: "test.bare", Outcome: audit.Success, TenantID: "not-a-uuid", ClientIP: "unknown"}
+	require.NoError(t, c.Exec(ctx, nil, full, bare))
+	require.NoError(t, audit.Write(ctx, pool, full))
+
+	type logRow struct {
+		Actor, Action, Outcome                      string
+		Tenant, Agent, Session, IP, Reason, Payload *string
+		Detail                                      map[string]any
+	}
+	read := func(action string) []logRow {
+		rows, err := pool.Query(ctx, `SELECT a.actor, a.action, a.outcome, a.tenant_id::text, a.agent_id::text, a.session_id::text,
+			host(a.client_ip), a.reason, e.payload::text, a.detail
+			FROM audit_log a JOIN events e USING (id) WHERE a.action = $1 ORDER BY e.seq`, action)
+		require.NoError(t, err)
+		out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (logRow, error) {
+			var l logRow
+			err := r.Scan(&l.Actor, &l.Action, &l.Outcome, &l.Tenant, &l.Agent, &l.Session, &l.IP, &l.Reason, &l.Payload, &l.Detail)
+			return l, err
+		})
+		require.NoError(t, err)
+		return out
+	}
+	fulls := read("test.full")
+	require.Len(t, fulls, 2, "grouped and alone")
+	for _, l := range fulls {
+		assert.Equal(t, "operator:alice", l.Actor)
+		assert.Equal(t, audit.Denied, l.Outcome)
+		assert.Equal(t, full.TenantID, *l.Tenant)
+		assert.Equal(t, full.AgentID, *l.Agent)
+		assert.Equal(t, full.SessionID, *l.Session)
+		assert.Equal(t, "2001:db8::7", *l.IP)
+		assert.Equal(t, "INC-7 <ticket>", *l.Reason)
+		assert.Equal(t, map[string]any{"n": float64(1), "s": "é", "operator_id": full.OperatorID}, l.Detail)
+		var ev audit.Event
+		require.NoError(t, json.Unmarshal([]byte(*l.Payload), &ev))
+		assert.Equal(t, "test.full", ev.Action)
+		assert.Equal(t, full.ClientIP, ev.ClientIP)
+	}
+	bares := read("test.bare")
+	require.Len(t, bares, 1)
+	b := bares[0]
+	assert.Nil(t, b.Tenant, "a tenant id that is not a UUID is kept in the event only")
+	assert.Nil(t, b.Agent)
+	assert.Nil(t, b.Session)
+	assert.Nil(t, b.IP, "a client address that is not an address is kept in the event only")
+	assert.Nil(t, b.Reason)
+	assert.Empty(t, b.Detail)
+
+	ok, err := reconcileWindow(ctx, pool)
+	require.NoError(t, err)
+	assert.True(t, ok)
+}

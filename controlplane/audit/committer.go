@@ -215,18 +215,23 @@ func (c *Committer) pipeline(ctx context.Context, tx pgx.Tx, jobs []*job) error 
 		return err
 	}
 	b := &pgx.Batch{}
-	var outcomes []string
+	var (
+		rows     []*row
+		outcomes []string
+	)
 	for _, j := range jobs {
 		for _, st := range j.stmts {
 			b.Queue(st.SQL, st.Args...)
 		}
 		for _, r := range j.rows {
-			seq++
-			sql, args := r.insert(seq, prev)
-			prev = r.hash
-			b.Queue(sql, args...)
+			rows = append(rows, r)
 			outcomes = append(outcomes, r.e.Outcome)
 		}
+	}
+	if len(rows) > 0 {
+		var args []any
+		args, seq, prev = insert(rows, seq, prev)
+		b.Queue(insertRows, args...)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("audit: pipeline: %w", err)
