@@ -1,7 +1,7 @@
 package audit
 
 import (
-	"cmp"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"slices"
@@ -42,6 +42,10 @@ type canonicalizer struct {
 	in  []byte
 	pos int
 	out []byte
+	// members is a stack: the members of each open object, above those
+	// of the object it is in.
+	members []member
+	scratch []byte // an object's values while it is rebuilt in order
 }
 
 func (c *canonicalizer) skipSpace() {
@@ -94,7 +98,7 @@ func isDelim(b byte) bool {
 
 // member is one key of an object and where its canonical value sits in out.
 type member struct {
-	key        string
+	key        []byte
 	start, end int
 }
 
@@ -102,8 +106,7 @@ func (c *canonicalizer) object() error {
 	c.pos++ // {
 	// Values are encoded to the end of out as they come, then the object
 	// is rebuilt from them in key order.
-	base := len(c.out)
-	var members []member
+	base, mbase := len(c.out), len(c.members)
 	for {
 		c.skipSpace()
 		if c.pos >= len(c.in) {
@@ -130,28 +133,28 @@ func (c *canonicalizer) object() error {
 		if err := c.value(); err != nil {
 			return err
 		}
-		members = append(members, member{key: key, start: start, end: len(c.out)})
+		c.members = append(c.members, member{key: key, start: start - base, end: len(c.out) - base})
 	}
+	members := c.members[mbase:]
 	// Stable, so that of equal keys the last stays last and is kept.
-	slices.SortStableFunc(members, func(a, b member) int { return cmp.Compare(a.key, b.key) })
-	values := c.out[base:]
-	obj := make([]byte, 0, len(values)+len(members)*8+2)
-	obj = append(obj, '{')
+	slices.SortStableFunc(members, func(a, b member) int { return bytes.Compare(a.key, b.key) })
+	c.scratch = append(c.scratch[:0], c.out[base:]...)
+	c.out = append(c.out[:base], '{')
 	first := true
 	for i, m := range members {
-		if i+1 < len(members) && members[i+1].key == m.key {
+		if i+1 < len(members) && bytes.Equal(members[i+1].key, m.key) {
 			continue
 		}
 		if !first {
-			obj = append(obj, ',')
+			c.out = append(c.out, ',')
 		}
 		first = false
-		obj = appendString(obj, m.key)
-		obj = append(obj, ':')
-		obj = append(obj, c.out[m.start:m.end]...)
+		c.out = appendString(c.out, m.key)
+		c.out = append(c.out, ':')
+		c.out = append(c.out, c.scratch[m.start:m.end]...)
 	}
-	obj = append(obj, '}')
-	c.out = append(c.out[:base], obj...)
+	c.out = append(c.out, '}')
+	c.members = c.members[:mbase]
 	return nil
 }
 
@@ -183,10 +186,11 @@ func (c *canonicalizer) array() error {
 	}
 }
 
-// str reads a string literal and returns its decoded value.
-func (c *canonicalizer) str() (string, error) {
+// str reads a string literal and returns its decoded value: for a plain
+// one (ASCII, no escapes), the literal's own bytes.
+func (c *canonicalizer) str() ([]byte, error) {
 	if c.pos >= len(c.in) || c.in[c.pos] != '"' {
-		return "", errors.New("audit: canonical: expected a string")
+		return nil, errors.New("audit: canonical: expected a string")
 	}
 	start := c.pos
 	plain := true
@@ -201,25 +205,25 @@ func (c *canonicalizer) str() (string, error) {
 			c.pos++
 			lit := c.in[start:c.pos]
 			if plain {
-				return string(lit[1 : len(lit)-1]), nil
+				return lit[1 : len(lit)-1], nil
 			}
 			// Escapes and non-ASCII decode as encoding/json decodes them
 			// (invalid UTF-8 and lone surrogates become U+FFFD).
 			var s string
 			if err := json.Unmarshal(lit, &s); err != nil {
-				return "", err
+				return nil, err
 			}
-			return s, nil
+			return []byte(s), nil
 		}
 	}
-	return "", errTruncated
+	return nil, errTruncated
 }
 
 // appendString appends s quoted as encoding/json quotes it.
-func appendString(dst []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if b := s[i]; b < 0x20 || b >= 0x80 || b == '"' || b == '\\' || b == '<' || b == '>' || b == '&' {
-			q, _ := json.Marshal(s) // a string always encodes
+func appendString(dst, s []byte) []byte {
+	for _, b := range s {
+		if b < 0x20 || b >= 0x80 || b == '"' || b == '\\' || b == '<' || b == '>' || b == '&' {
+			q, _ := json.Marshal(string(s)) // a string always encodes
 			return append(dst, q...)
 		}
 	}
