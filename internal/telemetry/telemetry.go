@@ -61,6 +61,11 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 	if o.SpanProcessor != nil {
 		topts = append(topts, sdktrace.WithSpanProcessor(o.SpanProcessor))
 	}
+	if o.OTLPEndpoint == "" && o.SpanProcessor == nil {
+		// Nothing would receive a span: do not record them. Spans still
+		// get ids, which logs and the trace context sent on carry.
+		topts = append(topts, sdktrace.WithSampler(sdktrace.NeverSample()))
+	}
 	t := &Telemetry{tp: sdktrace.NewTracerProvider(topts...)}
 	otel.SetTracerProvider(t.tp)
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
