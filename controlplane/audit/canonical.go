@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"sync"
 )
 
 // Canonical encodes v the one way its hash is computed: JSON with object
@@ -30,12 +31,26 @@ func Canonical(v any) ([]byte, error) {
 			return nil, err
 		}
 	}
-	c := canonicalizer{in: raw, out: make([]byte, 0, len(raw))}
+	c := canonicalizers.Get().(*canonicalizer)
+	defer func() {
+		clear(c.members[:cap(c.members)]) // keys may point into the input
+		c.in, c.out, c.members, c.scratch = nil, nil, c.members[:0], c.scratch[:0]
+		if cap(c.scratch) <= maxKeptScratch {
+			canonicalizers.Put(c)
+		}
+	}()
+	c.in, c.pos, c.out = raw, 0, make([]byte, 0, len(raw))
 	if err := c.value(); err != nil {
 		return nil, err
 	}
 	return c.out, nil
 }
+
+// canonicalizers keep their member stacks and scratch buffers between
+// calls; one that grew past maxKeptScratch is let go.
+var canonicalizers = sync.Pool{New: func() any { return new(canonicalizer) }}
+
+const maxKeptScratch = 64 << 10
 
 // canonicalizer reads valid JSON from in and appends it, canonical, to out.
 type canonicalizer struct {
