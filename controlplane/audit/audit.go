@@ -15,9 +15,10 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/argus-remote/argus/internal/telemetry"
 )
 
 // Outcomes.
@@ -29,11 +30,12 @@ const (
 
 // auditWrites is looked up at each use, like every instrument here, so it
 // reports to the meter provider installed now, not the first one ever.
-func auditWrites() metric.Int64Counter {
-	c, _ := otel.Meter("argus/audit").Int64Counter("argus_audit_writes",
+var auditWritesCounter = telemetry.NewInstrument("argus/audit", func(m metric.Meter) (metric.Int64Counter, error) {
+	return m.Int64Counter("argus_audit_writes",
 		metric.WithDescription("Audited actions written (one audit_log row and one event each)."))
-	return c
-}
+})
+
+func auditWrites() metric.Int64Counter { return auditWritesCounter.Get() }
 
 // chainLock is the advisory lock key that serialises the events chain head
 // ("argusaud").

@@ -7,18 +7,19 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/argus-remote/argus/controlplane/audit"
 	"github.com/argus-remote/argus/controlplane/mail"
+	"github.com/argus-remote/argus/internal/telemetry"
 )
 
-func mismatchCount() metric.Int64Counter {
-	c, _ := otel.Meter("argus/reconcile").Int64Counter("argus_reconcile_mismatches",
+var mismatchCounter = telemetry.NewInstrument("argus/reconcile", func(m metric.Meter) (metric.Int64Counter, error) {
+	return m.Int64Counter("argus_reconcile_mismatches",
 		metric.WithDescription("Mismatches found by audit reconciliation runs."))
-	return c
-}
+})
+
+func mismatchCount() metric.Int64Counter { return mismatchCounter.Get() }
 
 // Record audits a reconciliation run (both rows) with its window and outcome.
 func Record(ctx context.Context, pool *pgxpool.Pool, r Report, by audit.Entry) error {

@@ -29,6 +29,7 @@ import (
 
 	"github.com/argus-remote/argus/controlplane/audit"
 	"github.com/argus-remote/argus/controlplane/rowcache"
+	"github.com/argus-remote/argus/internal/telemetry"
 	"github.com/argus-remote/argus/topics"
 )
 
@@ -54,22 +55,23 @@ const (
 // installed now (a test process runs several servers in turn).
 func tracer() trace.Tracer { return otel.Tracer("argus/sessions") }
 
-func activations() metric.Int64Counter {
-	c, _ := otel.Meter("argus/sessions").Int64Counter("argus_activations", metric.WithDescription("Session activation attempts by code."))
-	return c
-}
+var (
+	activationsCounter = telemetry.NewInstrument("argus/sessions", func(m metric.Meter) (metric.Int64Counter, error) {
+		return m.Int64Counter("argus_activations", metric.WithDescription("Session activation attempts by code."))
+	})
+	commandsCounter = telemetry.NewInstrument("argus/sessions", func(m metric.Meter) (metric.Int64Counter, error) {
+		return m.Int64Counter("argus_commands", metric.WithDescription("Commands by name and outcome."))
+	})
+	commandHistogram = telemetry.NewInstrument("argus/sessions", func(m metric.Meter) (metric.Float64Histogram, error) {
+		return m.Float64Histogram("argus_command_duration", metric.WithUnit("s"),
+			metric.WithDescription("Command round trip, API to agent and back."),
+			metric.WithExplicitBucketBoundaries(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+	})
+)
 
-func commandsTotal() metric.Int64Counter {
-	c, _ := otel.Meter("argus/sessions").Int64Counter("argus_commands", metric.WithDescription("Commands by name and outcome."))
-	return c
-}
-
-func commandSeconds() metric.Float64Histogram {
-	h, _ := otel.Meter("argus/sessions").Float64Histogram("argus_command_duration", metric.WithUnit("s"),
-		metric.WithDescription("Command round trip, API to agent and back."),
-		metric.WithExplicitBucketBoundaries(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
-	return h
-}
+func activations() metric.Int64Counter        { return activationsCounter.Get() }
+func commandsTotal() metric.Int64Counter      { return commandsCounter.Get() }
+func commandSeconds() metric.Float64Histogram { return commandHistogram.Get() }
 
 // Refusal is a refused request with a stable code; the API returns it.
 type Refusal struct {
