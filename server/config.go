@@ -55,6 +55,10 @@ type Config struct {
 	EnrollPerMinute int
 	// PprofAddr, when set, serves Go's profiles there (loopback only).
 	PprofAddr string
+	// GCHeapFloor is the heap goal, in bytes, below which the collector
+	// is not run more often (heapfloor); 0 leaves GOGC alone. Set by the
+	// serve command, which owns the process.
+	GCHeapFloor uint64
 	// SpanProcessor, when set (by tests), also receives every span.
 	SpanProcessor sdktrace.SpanProcessor
 
@@ -99,6 +103,7 @@ var Keys = []settings.Key{
 	{Name: "audit-all-clear-mail", Env: []string{"ARGUS_AUDIT_ALL_CLEAR_MAIL"}, Default: false},
 	{Name: "otlp-endpoint", Env: []string{"ARGUS_OTLP_ENDPOINT"}},
 	{Name: "pprof-addr", Env: []string{"ARGUS_PPROF_ADDR"}},
+	{Name: "gc-heap-floor", Env: []string{"ARGUS_GC_HEAP_FLOOR"}, Default: 64 << 20},
 	{Name: "enroll-rate-limit", Env: []string{"ARGUS_ENROLL_RATE_LIMIT"}, Default: 10},
 	{Name: "log-level", Env: []string{"ARGUS_LOG_LEVEL"}, Default: "info"},
 	{Name: "log-format", Env: []string{"ARGUS_LOG_FORMAT"}, Default: "text"},
@@ -179,6 +184,11 @@ func FromViper(v *viper.Viper) (Config, error) {
 		bad("mqtt-max-packet-size", "%d is outside 1024..67108864 bytes", n)
 	} else {
 		c.MQTTMaxPacket = uint32(n)
+	}
+	if n := v.GetInt64("gc-heap-floor"); n < 0 || n > 64<<30 {
+		bad("gc-heap-floor", "%d is outside 0..68719476736 bytes", n)
+	} else {
+		c.GCHeapFloor = uint64(n)
 	}
 	if c.DataDir == "" && c.DatabaseURL == "" {
 		bad("data-dir", "empty, and no database-url is set")

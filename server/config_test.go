@@ -21,6 +21,21 @@ func TestExampleConfigLoads(t *testing.T) {
 	assert.Equal(t, "127.0.0.1:8080", cfg.HTTPAddr)
 	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.20.0.0/16")}, cfg.OperatorCIDRs)
 	assert.False(t, cfg.RemoteSupport)
+	assert.Equal(t, uint64(64<<20), cfg.GCHeapFloor)
+}
+
+func TestGCHeapFloorBounds(t *testing.T) {
+	for value, ok := range map[string]bool{"0": true, "1048576": true, "-1": false, "68719476737": false} {
+		t.Setenv("ARGUS_GC_HEAP_FLOOR", value)
+		v := viper.New()
+		require.NoError(t, settings.Load(v, nil, "", server.Keys))
+		_, err := server.FromViper(v)
+		if ok {
+			assert.NoError(t, err, value)
+		} else {
+			assert.ErrorContains(t, err, "ARGUS_GC_HEAP_FLOOR", value)
+		}
+	}
 }
 
 func TestProductEnvironmentNames(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/argus-remote/argus/controlplane/api"
+	"github.com/argus-remote/argus/internal/heapfloor"
 	"github.com/argus-remote/argus/server"
 )
 
@@ -36,6 +37,9 @@ Everything listens on loopback unless configured otherwise.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			api.Version = Version
+			if cfg.GCHeapFloor > 0 {
+				heapfloor.Start(cfg.GCHeapFloor)
+			}
 			srv, err := server.Start(ctx, cfg, log)
 			if err != nil {
 				return err
