@@ -66,10 +66,15 @@ func TestConnWritesUnderLockAreOneMessage(t *testing.T) {
 	_, err = c.Write([]byte("ef"))
 	require.NoError(t, err)
 	c.Lock()
-	c.Unlock() // nothing written: no message
+	_, err = c.Write(nil) // an empty packet sends no message
+	c.Unlock()
+	require.NoError(t, err)
+	_, err = c.Write([]byte("gh"))
+	require.NoError(t, err)
 
 	assert.Equal(t, "abcd", next(t, msgs))
 	assert.Equal(t, "ef", next(t, msgs), "a Write without the Locker is its own message")
+	assert.Equal(t, "gh", next(t, msgs), "nothing was sent for the empty packet")
 }
 
 // paho writes a PUBLISH in pieces (header, topic and properties, payload)
