@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -204,6 +205,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		pm.HandleFunc("/debug/pprof/", pprof.Index)
 		pm.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		pm.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		// Measurements of resident memory (argus-bench) start from a
+		// collected heap with its free memory returned to the system.
+		pm.HandleFunc("POST /debug/free-os-memory", func(w http.ResponseWriter, _ *http.Request) {
+			debug.FreeOSMemory()
+			w.WriteHeader(http.StatusNoContent)
+		})
 		ps := &http.Server{Addr: cfg.PprofAddr, Handler: pm, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = ps.ListenAndServe() }()
 		log.Warn("profiling endpoint on", "addr", cfg.PprofAddr)

@@ -35,6 +35,10 @@ func IdleAgainst(ctx context.Context, bin string, n, sources int) ([]BareIdle, e
 		return nil, err
 	}
 	Settle(3 * time.Second)
+	if err := f.Server.FreeOSMemory(); err != nil {
+		f.Close()
+		return nil, err
+	}
 	base, _ := f.Server.RSS()
 	clients, rate, err := IdleRaw(ctx, f.Server.MQTTURL, n, sources, func(i int) (string, string, string, string) {
 		id, _ := topics.ParseAgentID(states[i].AgentID)

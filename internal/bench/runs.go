@@ -55,6 +55,9 @@ func Idle(ctx context.Context, bin string, n, sources int, hold time.Duration, r
 	}
 	defer f.Close()
 	Settle(3 * time.Second)
+	if err := f.Server.FreeOSMemory(); err != nil {
+		return r, err
+	}
 	base, err := f.Server.RSS()
 	if err != nil {
 		return r, err

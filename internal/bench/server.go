@@ -31,6 +31,7 @@ type Server struct {
 	dir     string
 	APIURL  string
 	MQTTURL string
+	pprof   string // the server's loopback debug listener
 	done    chan error
 }
 
@@ -52,14 +53,20 @@ func StartServer(ctx context.Context, bin string, extraArgs ...string) (*Server,
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{dir: dir, done: make(chan error, 1), args: append([]string{"--http-addr", api, "--mqtt-ws-addr", mq}, extraArgs...)}
+	pprof := os.Getenv("ARGUS_BENCH_PPROF")
+	if pprof == "" {
+		if pprof, err = freeAddr(); err != nil {
+			return nil, err
+		}
+	}
+	s := &Server{dir: dir, pprof: pprof, done: make(chan error, 1), args: append([]string{"--http-addr", api, "--mqtt-ws-addr", mq}, extraArgs...)}
 	return s, s.start(ctx, bin, s.args...)
 }
 
 func (s *Server) env() []string {
 	return append(os.Environ(), "ARGUS_DATA_DIR="+s.dir, "REMOTE_SUPPORT_ENABLED=true",
 		"REMOTE_SUPPORT_OPERATOR_CIDRS=127.0.0.0/8", "ARGUS_OPS_TOKEN="+OpsToken, "ARGUS_ENROLL_RATE_LIMIT=100000000",
-		"ARGUS_LOG_LEVEL=warn", "ARGUS_PPROF_ADDR="+os.Getenv("ARGUS_BENCH_PPROF"))
+		"ARGUS_LOG_LEVEL=warn", "ARGUS_PPROF_ADDR="+s.pprof)
 }
 
 func (s *Server) start(ctx context.Context, bin string, extraArgs ...string) error {
@@ -117,6 +124,22 @@ func (s *Server) Operator(bin, name string) (string, error) {
 		return "", fmt.Errorf("operator create: %w", err)
 	}
 	return strings.TrimSpace(string(out)), nil
+}
+
+// FreeOSMemory has the server collect its garbage and return the free
+// memory to the system, so that a resident-memory baseline taken next
+// holds only what is live: garbage in it would be collected, and its
+// memory reused, as the clients being measured arrive.
+func (s *Server) FreeOSMemory() error {
+	resp, err := http.Post("http://"+s.pprof+"/debug/free-os-memory", "", nil)
+	if err != nil {
+		return fmt.Errorf("free os memory: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return fmt.Errorf("free os memory: %s", resp.Status)
+	}
+	return nil
 }
 
 // PID is the server's process id.
