@@ -22,6 +22,7 @@ import (
 
 	"github.com/argus-remote/argus/agent"
 	"github.com/argus-remote/argus/argusctl/apiclient"
+	"github.com/argus-remote/argus/internal/testcert"
 	"github.com/argus-remote/argus/internal/testenv"
 	"github.com/argus-remote/argus/topics"
 )
@@ -301,7 +302,7 @@ func TestCommands_DormantAgentRefusesEach(t *testing.T) {
 // Over wss:// the agent verifies the broker against its CA file and runs
 // commands as over ws://.
 func TestCommands_OverTLS(t *testing.T) {
-	cert, key := testenv.SelfSignedFiles(t)
+	cert, key := testcert.Files(t)
 	s := newSupportEnv(t, map[string]any{"mqtt-tls-cert": cert, "mqtt-tls-key": key})
 	require.True(t, strings.HasPrefix(s.srv.Broker().URL(), "wss://"), s.srv.Broker().URL())
 	s.consentAndArm(t)

@@ -37,7 +37,6 @@ type Listener struct {
 	mu     sync.Mutex
 	caches map[string][]evicter // by cache name
 	live   bool
-	onLive func(bool) // tests observe (re)connection
 }
 
 type evicter interface {
@@ -73,9 +72,6 @@ func (l *Listener) setLive(live bool) {
 		for _, c := range cs {
 			c.setLive(live)
 		}
-	}
-	if l.onLive != nil {
-		l.onLive(live)
 	}
 }
 

@@ -1,9 +1,12 @@
-package testenv
+// Package testcert makes self-signed server certificates for tests on
+// loopback.
+package testcert
 
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -15,9 +18,9 @@ import (
 	"time"
 )
 
-// SelfSignedFiles writes a certificate for 127.0.0.1 and localhost, valid
-// for an hour, and its key as PEM files; the certificate is its own CA.
-func SelfSignedFiles(t testing.TB) (certFile, keyFile string) {
+// New returns a certificate for 127.0.0.1 and localhost, valid for an
+// hour and its own CA, with the certificate and key as PEM.
+func New(t testing.TB) (cert tls.Certificate, certPEM, keyPEM []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -38,12 +41,22 @@ func SelfSignedFiles(t testing.TB) (certFile, keyFile string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+}
+
+// Files writes New's certificate and key to files in a test directory;
+// the certificate file also serves as the CA file that trusts it.
+func Files(t testing.TB) (certFile, keyFile string) {
+	t.Helper()
+	_, certPEM, keyPEM := New(t)
 	dir := t.TempDir()
 	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return certFile, keyFile
