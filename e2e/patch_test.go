@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/argus-remote/argus/agent"
+	"github.com/argus-remote/argus/argusctl/apiclient"
 	"github.com/argus-remote/argus/internal/testenv"
 	"github.com/argus-remote/argus/patch"
 )
@@ -247,13 +248,20 @@ func TestPatch_AppliesAndRefusesWithoutTouchingDisk(t *testing.T) {
 	caps := p.run(t, p.sessionID, p.token, "get_capabilities", nil)
 	assert.Contains(t, string(caps.Data), `"HF-1"`)
 
-	// Every attempt is one audited action: one audit_log row, one event.
+	// Every attempt is audited in both trails: the one the server refused
+	// itself ("not a bundle") once, every bundle it sent twice, requested
+	// before the first chunk and completed after the last answer.
 	logRows, events := p.auditPair(t, "support.patch", p.sessionID)
-	assert.Equal(t, attempts, logRows)
-	assert.Equal(t, attempts, events)
+	assert.Equal(t, 1, logRows)
+	assert.Equal(t, 1, events)
+	for _, action := range []string{"support.patch.requested", "support.patch.completed"} {
+		logRows, events := p.auditPair(t, action, p.sessionID)
+		assert.Equal(t, attempts-1, logRows, action)
+		assert.Equal(t, attempts-1, events, action)
+	}
 	var withDigest int
 	require.NoError(t, p.srv.Database().Pool.QueryRow(context.Background(),
-		"SELECT count(*) FROM audit_log WHERE action = 'support.patch' AND detail->>'patch_id' = 'HF-1' AND detail->>'bundle_sha256' = $1 AND outcome = 'success'",
+		"SELECT count(*) FROM audit_log WHERE action = 'support.patch.completed' AND detail->>'patch_id' = 'HF-1' AND detail->>'bundle_sha256' = $1 AND outcome = 'success'",
 		digest(good)).Scan(&withDigest))
 	assert.Equal(t, 1, withDigest)
 }
@@ -302,4 +310,75 @@ func TestPatch_ThroughArgusctl(t *testing.T) {
 	require.NoError(t, err)
 	code, _ := p.send(t, data)
 	assert.Equal(t, "unknown_signer", code)
+}
+
+// failCommandsWrites makes PostgreSQL refuse an apply_patch commands row
+// being inserted (op INSERT) or completed (op UPDATE).
+func failCommandsWrites(t *testing.T, p *patchEnv, op string) {
+	t.Helper()
+	ctx := context.Background()
+	pool := p.srv.Database().Pool
+	_, err := pool.Exec(ctx, `CREATE FUNCTION test_refuse_patch() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.name = 'apply_patch' THEN RAISE EXCEPTION 'refused by test'; END IF; RETURN NEW; END $$`)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, "CREATE TRIGGER test_refuse_patch BEFORE "+op+" ON commands FOR EACH ROW EXECUTE FUNCTION test_refuse_patch()")
+	require.NoError(t, err)
+}
+
+// TestPatch_RequestCommitsBeforeAnyChunk guards against a patch reaching
+// the agent with no audit trail: the request is on record before the
+// first chunk, and if it cannot be, nothing is sent.
+func TestPatch_RequestCommitsBeforeAnyChunk(t *testing.T) {
+	p := newPatchEnv(t)
+	failCommandsWrites(t, p, "INSERT")
+	before := snapshot(t, p.root)
+	b := p.bundle(t, p.key, patch.Manifest{ID: "HF-N", Version: "1.2.0", Files: []patch.File{{Target: "bin/run.sh"}}},
+		map[string][]byte{"bin/run.sh": []byte("#!/bin/sh\necho never\n")})
+	code, _ := p.send(t, b)
+	assert.Equal(t, "unavailable", code)
+	assert.Equal(t, before, snapshot(t, p.root), "nothing reached the agent")
+	applied, err := agent.AppliedPatches(p.stateDir)
+	require.NoError(t, err)
+	assert.Empty(t, applied)
+	p.mu.Lock()
+	assert.Empty(t, p.res, "the agent answered nothing: no chunk reached it")
+	p.mu.Unlock()
+	requested, events := p.auditPair(t, "support.patch.requested", p.sessionID)
+	assert.Zero(t, requested)
+	assert.Zero(t, events)
+}
+
+// TestPatch_CompletionNotRecordedKeepsTheRequest guards against a patch
+// applied with nothing on record when its final write fails: the request
+// is in both trails, and the operator gets a stable code with the id.
+func TestPatch_CompletionNotRecordedKeepsTheRequest(t *testing.T) {
+	p := newPatchEnv(t)
+	failCommandsWrites(t, p, "UPDATE")
+	runV3 := []byte("#!/bin/sh\necho v3\n")
+	b := p.bundle(t, p.key, patch.Manifest{ID: "HF-U", Version: "1.3.0", Files: []patch.File{{Target: "bin/run.sh"}}},
+		map[string][]byte{"bin/run.sh": runV3})
+	c := *p.api
+	c.SessionToken = p.token
+	err := c.DoRaw(context.Background(), "POST", "/v1/support/sessions/"+p.sessionID+"/patch", "application/octet-stream", b, nil)
+	var apiErr *apiclient.Error
+	require.True(t, asAPIError(err, &apiErr), "%v", err)
+	assert.Equal(t, "completion_not_recorded", apiErr.Code)
+	assert.Equal(t, 500, apiErr.Status)
+	require.NotEmpty(t, apiErr.CommandID)
+
+	got, err := os.ReadFile(filepath.Join(p.root, "bin", "run.sh"))
+	require.NoError(t, err)
+	assert.Equal(t, runV3, got, "the agent applied it")
+	requested, events := p.auditPair(t, "support.patch.requested", p.sessionID)
+	assert.Equal(t, 1, requested)
+	assert.Equal(t, 1, events)
+	var onRecord int
+	require.NoError(t, p.srv.Database().Pool.QueryRow(context.Background(),
+		`SELECT count(*) FROM audit_log a JOIN events e ON e.id = a.id
+		 WHERE a.action = 'support.patch.requested' AND a.detail->>'command_id' = $1 AND a.detail->>'patch_id' = 'HF-U'
+		   AND e.payload->'detail'->>'command_id' = $1`, apiErr.CommandID).Scan(&onRecord))
+	assert.Equal(t, 1, onRecord, "the request names the command the operator was given")
+	var status string
+	require.NoError(t, p.srv.Database().Pool.QueryRow(context.Background(), "SELECT status FROM commands WHERE id = $1", apiErr.CommandID).Scan(&status))
+	assert.Equal(t, "requested", status)
 }

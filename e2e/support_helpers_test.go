@@ -23,6 +23,7 @@ import (
 	"github.com/argus-remote/argus/controlplane/operators"
 	"github.com/argus-remote/argus/controlplane/signing"
 	"github.com/argus-remote/argus/internal/testenv"
+	"github.com/argus-remote/argus/server"
 	"github.com/argus-remote/argus/topics"
 )
 
@@ -43,6 +44,13 @@ type supportEnv struct {
 
 func newSupportEnv(t *testing.T, overrides map[string]any) *supportEnv {
 	t.Helper()
+	return newSupportEnvWith(t, overrides, nil)
+}
+
+// newSupportEnvWith is newSupportEnv with a last say over the server's
+// configuration (its test hooks).
+func newSupportEnvWith(t *testing.T, overrides map[string]any, mutate func(*server.Config)) *supportEnv {
+	t.Helper()
 	env := testenv.NewEnv(t)
 	o := map[string]any{
 		"remote-support-enabled":        true,
@@ -52,7 +60,7 @@ func newSupportEnv(t *testing.T, overrides map[string]any) *supportEnv {
 	for k, v := range overrides {
 		o[k] = v
 	}
-	srv := testenv.StartInProcess(t, env, o)
+	srv := testenv.StartInProcessWith(t, env, o, mutate)
 	ctx := context.Background()
 	pool := srv.Database().Pool
 	_, token, err := operators.NewStore(pool).Create(ctx, "alice", operators.NewToken{Scopes: []operators.Scope{

@@ -61,6 +61,9 @@ type Config struct {
 	GCHeapFloor uint64
 	// SpanProcessor, when set (by tests), also receives every span.
 	SpanProcessor sdktrace.SpanProcessor
+	// AfterActivationCommit, when set (by tests), runs between an
+	// activation's commit and its broker steps.
+	AfterActivationCommit func(sessionID string)
 
 	LogLevel  slog.Level
 	LogFormat string

@@ -144,6 +144,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	s.sessions = sessions.New(sessions.Options{
 		Pool: s.db.Pool, Key: signingKey, Broker: s.broker, ACL: s.policy, Fleet: s.fleet, Log: log,
 		Disabled: !cfg.RemoteSupport, Commits: s.commits, Rows: rows,
+		Refused: func(agentID, topic, why string) {
+			s.policy.Refuse(acl.Denial{ClientID: agentID, AgentID: agentID, Topic: topic, Write: true, Why: why})
+		},
+		AfterCommit: cfg.AfterActivationCommit,
 	})
 	s.fleet.OnConnect = s.sessions.OnAgentConnected
 	// The watcher and the sessions rebuild their state and subscribe before

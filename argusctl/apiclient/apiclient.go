@@ -36,6 +36,8 @@ type Error struct {
 	Status  int
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// CommandID is the command an error is about (completion_not_recorded).
+	CommandID string `json:"command_id,omitempty"`
 }
 
 func (e *Error) Error() string {

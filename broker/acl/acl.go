@@ -54,6 +54,9 @@ type Denial struct {
 	AgentID  string // empty when the client is not an agent
 	Topic    string
 	Write    bool
+	// Why, when set, says what was refused beyond the topic: a message
+	// that passed the ACL but claimed what is not its sender's own.
+	Why string
 }
 
 // tracer is looked up at each use: a provider installed later (a second
@@ -250,6 +253,34 @@ func (p *Policy) Active(agentID string) bool {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	return p.active[agentID]
+}
+
+// ActiveAgents lists the agents whose commands topic is open.
+func (p *Policy) ActiveAgents() []string {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	ids := make([]string, 0, len(p.active))
+	for id := range p.active {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// Revoked reports whether the agent is refused as revoked.
+func (p *Policy) Revoked(agentID string) bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.revoked[agentID]
+}
+
+// Refuse counts and reports a refusal decided past the policy: a publish
+// it allowed whose content claimed another principal's session or
+// command.
+func (p *Policy) Refuse(d Denial) {
+	p.denials.Add(1)
+	if p.OnDeny != nil {
+		p.OnDeny(d)
+	}
 }
 
 // Denials returns how many accesses have been refused.

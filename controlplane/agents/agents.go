@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/input"
 	"github.com/argus-remote/argus/controlplane/sessions"
 	"github.com/argus-remote/argus/internal/credential"
 )
@@ -298,7 +299,8 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Agent, error) {
 
 // Get returns one agent with its latest manifest.
 func (s *Store) Get(ctx context.Context, id string) (Agent, error) {
-	if _, err := uuid.Parse(id); err != nil {
+	id, ok := input.ID(id)
+	if !ok {
 		return Agent{}, ErrNotFound
 	}
 	a, err := scanAgent(s.pool.QueryRow(ctx, selectAgent+" WHERE a.id = $1", id))
@@ -311,14 +313,17 @@ func (s *Store) Get(ctx context.Context, id string) (Agent, error) {
 	return a, nil
 }
 
-// Revoke marks the agent revoked, audited. The caller then tells the
-// broker, which drops its credential and its connection.
-func (s *Store) Revoke(ctx context.Context, id, reason string, by audit.Entry) (Agent, []sessions.Ended, error) {
+// Revoke marks the agent revoked, audited, and ends its sessions. Once it
+// returns without error the revocation has committed: the caller tells
+// the broker, which drops the agent's credential and its connection,
+// before anything else can fail.
+func (s *Store) Revoke(ctx context.Context, id, reason string, by audit.Entry) ([]sessions.Ended, error) {
 	if reason == "" {
-		return Agent{}, nil, ErrReasonRequired
+		return nil, ErrReasonRequired
 	}
-	if _, err := uuid.Parse(id); err != nil {
-		return Agent{}, nil, ErrNotFound
+	id, ok := input.ID(id)
+	if !ok {
+		return nil, ErrNotFound
 	}
 	var a Agent
 	var ended []sessions.Ended
@@ -347,10 +352,9 @@ func (s *Store) Revoke(ctx context.Context, id, reason string, by audit.Entry) (
 		return err
 	})
 	if err != nil {
-		return Agent{}, nil, fmt.Errorf("revoke agent: %w", err)
+		return nil, fmt.Errorf("revoke agent: %w", err)
 	}
-	a, err = s.Get(ctx, id)
-	return a, ended, err
+	return ended, nil
 }
 
 // Credentials returns the stored secret hash of an agent and whether it is

@@ -8,6 +8,7 @@ import (
 
 	"github.com/argus-remote/argus/controlplane/agents"
 	"github.com/argus-remote/argus/controlplane/apierror"
+	"github.com/argus-remote/argus/controlplane/input"
 )
 
 // AgentControl acts on an agent's live broker connection.
@@ -138,14 +139,26 @@ func (s *Server) revokeAgent(w http.ResponseWriter, r *http.Request) {
 		apierror.Write(w, err)
 		return
 	}
-	id := r.PathValue("agent")
-	a, ended, err := s.Agents.Revoke(r.Context(), id, strings.TrimSpace(req.Reason), actor(r))
+	id, _ := input.ID(r.PathValue("agent"))
+	ended, err := s.Agents.Revoke(r.Context(), id, strings.TrimSpace(req.Reason), actor(r))
+	if errors.Is(err, agents.ErrAlreadyRevoked) {
+		// A repeated revoke applies the broker side again: the first one's
+		// may have been lost after its commit.
+		s.Sessions.EndedOnBroker(id)
+		s.AgentControl.RevokeAgent(id)
+	}
 	if err != nil {
 		s.fail(w, r, agentError(err))
 		return
 	}
+	// Committed: the broker steps run before anything else can fail.
 	s.Sessions.AfterEnd(ended...)
-	s.AgentControl.RevokeAgent(a.ID)
-	s.Log.Info("agent revoked", "agent", a.ID, "by", principalFrom(r.Context()).OperatorName)
+	s.AgentControl.RevokeAgent(id)
+	s.Log.Info("agent revoked", "agent", id, "by", principalFrom(r.Context()).OperatorName)
+	a, err := s.Agents.Get(r.Context(), id)
+	if err != nil {
+		s.fail(w, r, agentError(err))
+		return
+	}
 	writeJSON(w, http.StatusOK, a)
 }

@@ -77,13 +77,13 @@ func (s *Server) withdrawConsent(w http.ResponseWriter, r *http.Request) {
 		apierror.Write(w, err)
 		return
 	}
-	t, ended, err := s.Tenants.WithdrawConsent(r.Context(), r.PathValue("tenant"), req.Reason, actor(r))
+	id, ended, err := s.Tenants.WithdrawConsent(r.Context(), r.PathValue("tenant"), req.Reason, actor(r))
 	if err != nil {
 		s.fail(w, r, consentError(err))
 		return
 	}
 	s.Sessions.AfterEnd(ended...)
-	writeJSON(w, http.StatusOK, t)
+	s.writeTenant(w, r, id)
 }
 
 func (s *Server) arm(w http.ResponseWriter, r *http.Request) {
@@ -106,11 +106,22 @@ func (s *Server) disarm(w http.ResponseWriter, r *http.Request) {
 		apierror.Write(w, err)
 		return
 	}
-	t, ended, err := s.Tenants.Disarm(r.Context(), r.PathValue("tenant"), req.Reason, actor(r))
+	id, ended, err := s.Tenants.Disarm(r.Context(), r.PathValue("tenant"), req.Reason, actor(r))
 	if err != nil {
 		s.fail(w, r, consentError(err))
 		return
 	}
 	s.Sessions.AfterEnd(ended...)
+	s.writeTenant(w, r, id)
+}
+
+// writeTenant answers with the tenant as it is now, read after the broker
+// steps that follow a commit have run: a failure here loses none of them.
+func (s *Server) writeTenant(w http.ResponseWriter, r *http.Request, id string) {
+	t, err := s.Tenants.Get(r.Context(), id)
+	if err != nil {
+		s.fail(w, r, consentError(err))
+		return
+	}
 	writeJSON(w, http.StatusOK, t)
 }

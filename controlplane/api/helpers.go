@@ -1,8 +1,10 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/argus-remote/argus/controlplane/apierror"
 	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/input"
 )
 
 // maxBodyBytes bounds every request body the API reads.
@@ -17,14 +20,25 @@ const maxBodyBytes = 1 << 20
 
 // decodeJSON reads a bounded JSON body into v, refusing unknown fields: a
 // misspelt field is an error, never silently ignored.
+//
+// Its text must be valid UTF-8 with no NUL (invalid_text): Go's decoder
+// would turn the one into U+FFFD silently and keep the other, which
+// PostgreSQL then refuses.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			return apierror.New(http.StatusRequestEntityTooLarge, apierror.CodePayloadTooLarge, "request body over 1 MiB")
 		}
+		return apierror.New(http.StatusBadRequest, apierror.CodeBadRequest, "reading the body: "+err.Error())
+	}
+	if err := input.JSON("body", body); err != nil {
+		return apierror.New(http.StatusBadRequest, apierror.CodeInvalidText, err.Message)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
 		return apierror.New(http.StatusBadRequest, apierror.CodeBadRequest, "invalid JSON body: "+err.Error())
 	}
 	return nil

@@ -13,10 +13,25 @@ import (
 	"github.com/argus-remote/argus/patch"
 )
 
+// refuseBody audits a support request refused for its body: past the
+// gate, no refusal goes unrecorded.
+func (s *Server) refuseBody(r *http.Request, action string, err error) error {
+	var e *apierror.Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	by := actor(r)
+	by.ClientIP = gateIP(r)
+	by.Action, by.SessionID = action, r.PathValue("session")
+	return sessionError(s.Sessions.Refuse(r.Context(), by, e.Status, e.Code, e.Message))
+}
+
 func sessionError(err error) error {
 	var r *sessions.Refusal
 	if errors.As(err, &r) {
-		return apierror.New(r.Status, r.Code, r.Message)
+		e := apierror.New(r.Status, r.Code, r.Message)
+		e.CommandID = r.CommandID
+		return e
 	}
 	if errors.Is(err, sessions.ErrEnded) {
 		return apierror.New(http.StatusConflict, "session_ended", "the session has already ended")
@@ -38,7 +53,7 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request) {
 		TTL    string `json:"ttl,omitempty"`
 	}
 	if err := decodeJSON(w, r, &req); err != nil {
-		apierror.Write(w, err)
+		s.fail(w, r, s.refuseBody(r, "support.activate", err))
 		return
 	}
 	var ttl time.Duration
@@ -104,7 +119,7 @@ func (s *Server) command(w http.ResponseWriter, r *http.Request) {
 		Args json.RawMessage `json:"args,omitempty"`
 	}
 	if err := decodeJSON(w, r, &req); err != nil {
-		apierror.Write(w, err)
+		s.fail(w, r, s.refuseBody(r, "support.command", err))
 		return
 	}
 	by := actor(r)
@@ -129,7 +144,7 @@ func (s *Server) applyPatch(w http.ResponseWriter, r *http.Request) {
 	// A bundle is at most patch.MaxBundle; one byte more tells us it is over.
 	body, err := io.ReadAll(io.LimitReader(r.Body, patch.MaxBundle+1))
 	if err != nil {
-		apierror.Write(w, badRequest("reading the bundle: "+err.Error()))
+		s.fail(w, r, s.refuseBody(r, "support.patch", badRequest("reading the bundle: "+err.Error())))
 		return
 	}
 	by := actor(r)

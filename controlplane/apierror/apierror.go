@@ -25,6 +25,7 @@ const (
 	CodeInternal         = "internal"
 	CodeRateLimited      = "rate_limited"
 	CodeConflict         = "conflict"
+	CodeInvalidText      = "invalid_text"
 
 	CodeTenantNotFound         = "tenant_not_found"
 	CodeTenantExists           = "tenant_exists"
@@ -43,6 +44,9 @@ type Error struct {
 	Status  int    `json:"-"`
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// CommandID names the command an error is about, when the caller
+	// needs it to look the command up (completion_not_recorded).
+	CommandID string `json:"command_id,omitempty"`
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }

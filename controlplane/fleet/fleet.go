@@ -175,10 +175,13 @@ func (w *Watcher) OnDeny(d acl.Denial) {
 		if d.AgentID != "" {
 			actor = "agent:" + d.AgentID
 		}
+		detail := map[string]any{"topic": truncate(d.Topic, 256), "operation": op, "suppressed_before": suppressed, "node": w.node}
+		if d.Why != "" {
+			detail["why"] = d.Why
+		}
 		err := audit.Write(ctx, w.pool, audit.Entry{
 			Actor: actor, Action: "broker.acl_denied", Outcome: audit.Denied,
-			AgentID: d.AgentID, TenantID: tenant,
-			Detail: map[string]any{"topic": truncate(d.Topic, 256), "operation": op, "suppressed_before": suppressed, "node": w.node},
+			AgentID: d.AgentID, TenantID: tenant, Detail: detail,
 		})
 		if err != nil {
 			w.log.Error("audit ACL denial", "err", err)

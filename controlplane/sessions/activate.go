@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/input"
 	"github.com/argus-remote/argus/internal/credential"
 	"github.com/argus-remote/argus/topics"
 )
@@ -82,6 +83,9 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 	if strings.TrimSpace(req.Reason) == "" {
 		return deny(refuse(http.StatusBadRequest, "reason_required", "a reason is required"))
 	}
+	if err := input.Text("reason", req.Reason, MaxReason); err != nil {
+		return deny(refuse(http.StatusBadRequest, err.Code, err.Message))
+	}
 	if req.TTL == 0 {
 		req.TTL = DefaultTTL
 		entry.Detail["ttl"] = req.TTL.String()
@@ -92,7 +96,8 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 		revoked, consent, armed            bool
 	)
 	found := false
-	if _, err := uuid.Parse(req.Agent); err == nil {
+	if id, ok := input.ID(req.Agent); ok {
+		req.Agent, entry.AgentID = id, id
 		err := m.Pool.QueryRow(ctx, `
 			SELECT a.tenant_id, t.name, a.name, a.revoked_at IS NOT NULL, t.consent_id IS NOT NULL, t.armed_at IS NOT NULL
 			FROM agents a JOIN tenants t ON t.id = a.tenant_id
@@ -121,9 +126,6 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 	case m.Fleet.KillSwitch(req.Agent):
 		return deny(refuse(http.StatusConflict, "agent_kill_switch_engaged", "the tenant has engaged the agent's kill switch"))
 	}
-	if _, busy := m.Live(req.Agent); busy {
-		return deny(refuse(http.StatusConflict, "agent_busy", "the agent already has a live session"))
-	}
 	if req.TTL > MaxTTL {
 		return deny(refuse(http.StatusBadRequest, "ttl_exceeds_cap", fmt.Sprintf("ttl %v is over the %v cap", req.TTL, MaxTTL)))
 	}
@@ -135,7 +137,29 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 	if err != nil {
 		return Session{}, "", err
 	}
-	var s Session
+	// The session is registered before it commits: it holds the agent
+	// against a second activation, and an end that commits before the
+	// broker steps below run finds it and marks it ended.
+	s := Session{ID: uuid.NewString()}
+	l := &live{id: s.ID, tenantID: agentTenant, agentID: req.Agent, operator: req.Operator, pending: true}
+	ackCh := make(chan topics.ActivationAckMsg, 4)
+	m.mu.Lock()
+	if _, busy := m.live[req.Agent]; busy {
+		m.mu.Unlock()
+		return deny(refuse(http.StatusConflict, "agent_busy", "the agent already has a live session"))
+	}
+	m.live[req.Agent] = l
+	m.acks[s.ID] = waiter{agentID: req.Agent, sessionID: s.ID, acks: ackCh}
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.acks, s.ID)
+		if l.pending && m.live[req.Agent] == l {
+			delete(m.live, req.Agent) // never committed
+		}
+		m.mu.Unlock()
+	}()
+
 	var raced *Refusal
 	err = pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {
 		// Checked again under share locks: a disarm, a consent withdrawal
@@ -158,10 +182,10 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 		if raced != nil {
 			return raced
 		}
-		err := tx.QueryRow(ctx, `INSERT INTO support_sessions (tenant_id, agent_id, operator_id, token_hash, reason, client_ip, expires_at)
-			VALUES ($1, $2, $3, $4, $5, $6::inet, now() + $7::interval) RETURNING id, created_at, expires_at`,
-			agentTenant, req.Agent, req.OperatorID, credential.Hash(tok.Plain), req.Reason, nullIP(req.ClientIP), req.TTL.String()).
-			Scan(&s.ID, &s.CreatedAt, &s.ExpiresAt)
+		err := tx.QueryRow(ctx, `INSERT INTO support_sessions (id, tenant_id, agent_id, operator_id, token_hash, reason, client_ip, expires_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7::inet, now() + $8::interval) RETURNING created_at, expires_at`,
+			s.ID, agentTenant, req.Agent, req.OperatorID, credential.Hash(tok.Plain), req.Reason, nullIP(req.ClientIP), req.TTL.String()).
+			Scan(&s.CreatedAt, &s.ExpiresAt)
 		if err != nil {
 			return err
 		}
@@ -183,20 +207,19 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 	s.TenantID, s.Tenant, s.AgentID, s.AgentName = agentTenant, tenantName, req.Agent, agentName
 	s.OperatorID, s.Operator, s.Reason, s.ClientIP, s.Active = req.OperatorID, req.Operator, req.Reason, req.ClientIP, true
 
-	l := &live{id: s.ID, tenantID: agentTenant, agentID: req.Agent, operator: req.Operator, createdAt: s.CreatedAt, expiresAt: s.ExpiresAt}
-	ackCh := make(chan topics.ActivationAckMsg, 4)
+	// Committed: from here every path either opens the session on the
+	// broker or leaves it closed there, whatever the caller does next.
 	m.mu.Lock()
-	m.live[req.Agent] = l
-	m.acks[s.ID] = ackCh
+	l.createdAt, l.expiresAt, l.pending = s.CreatedAt, s.ExpiresAt, false
 	m.mu.Unlock()
-	defer func() {
-		m.mu.Lock()
-		delete(m.acks, s.ID)
-		m.mu.Unlock()
-	}()
-	m.ACL.SetActive(req.Agent, true)
-	m.publishActivation(l, topics.StateActive, req.Reason)
-	m.publishTenant(agentTenant)
+	if m.AfterCommit != nil {
+		m.AfterCommit(s.ID)
+	}
+	ended := Ended{ID: s.ID, TenantID: agentTenant, AgentID: req.Agent}
+	if !m.openOnBroker(l, req.Reason) {
+		m.AfterEnd(ended)
+		return Session{}, "", refuse(http.StatusConflict, "session_ended", "the session ended while it was being activated")
+	}
 
 	timer := time.NewTimer(m.AckTimeout)
 	defer timer.Stop()
@@ -212,6 +235,9 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 				return m.failActivation(context.WithoutCancel(ctx), s, "the acknowledgement could not be recorded")
 			}
 			if tag.RowsAffected() == 0 {
+				// Ended meanwhile: its end's broker steps may have run
+				// before ours; run them again.
+				m.AfterEnd(ended)
 				return Session{}, "", refuse(http.StatusConflict, "session_ended", "the session ended while it was being activated")
 			}
 			now := time.Now().UTC()
@@ -241,6 +267,9 @@ type Ended struct {
 // End ends one live session, audited, and then closes it on the broker.
 // It returns ErrEnded when the session had already ended.
 func (m *Manager) End(ctx context.Context, sessionID, reason string, by audit.Entry) (Ended, error) {
+	if id, ok := input.ID(sessionID); ok {
+		sessionID = id
+	}
 	var ended []Ended
 	err := pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {
 		var err error
@@ -251,10 +280,33 @@ func (m *Manager) End(ctx context.Context, sessionID, reason string, by audit.En
 		return Ended{}, fmt.Errorf("end session: %w", err)
 	}
 	if len(ended) == 0 {
+		// Ended before: its broker steps run again, since the first end's
+		// may have been lost after its commit.
+		var e Ended
+		err := m.Pool.QueryRow(ctx, "SELECT id, tenant_id, agent_id FROM support_sessions WHERE id = $1", sessionID).
+			Scan(&e.ID, &e.TenantID, &e.AgentID)
+		if err == nil {
+			m.AfterEnd(e)
+		}
 		return Ended{}, ErrEnded
 	}
 	m.AfterEnd(ended...)
 	return ended[0], nil
+}
+
+// EndedOnBroker closes on the broker whatever is still open there of an
+// agent whose sessions have all ended (a revoked agent), so a repeated
+// revocation repairs what a step lost after the first one's commit left.
+func (m *Manager) EndedOnBroker(agentID string) {
+	m.mu.Lock()
+	l := m.live[agentID]
+	m.mu.Unlock()
+	switch {
+	case l == nil:
+		m.ACL.SetActive(agentID, false)
+	case !l.pending:
+		m.AfterEnd(Ended{ID: l.id, TenantID: l.tenantID, AgentID: agentID})
+	}
 }
 
 // EndTx ends the live sessions matching where (a condition on
@@ -294,23 +346,21 @@ func (m *Manager) AfterEnd(ended ...Ended) {
 	tenants := map[string]bool{}
 	for _, e := range ended {
 		m.rows.Evict(e.ID)
+		tenants[e.TenantID] = true
 		m.mu.Lock()
 		l, ok := m.live[e.AgentID]
 		if ok && l.id != e.ID {
-			// A newer session of this agent is live: this end is stale and
-			// must not close it.
+			// A newer session of this agent is live (or being opened):
+			// this end is stale and must not close it.
 			m.mu.Unlock()
-			tenants[e.TenantID] = true
 			continue
 		}
-		delete(m.live, e.AgentID)
-		m.mu.Unlock()
-		m.ACL.SetActive(e.AgentID, false)
-		if id, err := topics.ParseAgentID(e.AgentID); err == nil {
-			m.Broker.DropSubscription(e.AgentID, id.Topic(topics.Commands))
+		if ok {
+			l.ended = true
+			delete(m.live, e.AgentID)
 		}
-		m.publishActivation(&live{id: e.ID, agentID: e.AgentID}, topics.StateDormant, "")
-		tenants[e.TenantID] = true
+		m.mu.Unlock()
+		m.closeOnBroker(e.ID, e.AgentID)
 		m.Log.Info("support session ended", "session", e.ID, "agent", e.AgentID)
 	}
 	for t := range tenants {
@@ -318,9 +368,46 @@ func (m *Manager) AfterEnd(ended ...Ended) {
 	}
 }
 
+// openOnBroker opens a committed session's commands topic and sends the
+// agent its activation. It reports false when an end took the session
+// away meanwhile; whatever it opened is then closed again.
+func (m *Manager) openOnBroker(l *live, reason string) bool {
+	m.mu.Lock()
+	ended := l.ended
+	m.mu.Unlock()
+	if ended {
+		return false
+	}
+	m.ACL.SetActive(l.agentID, true)
+	m.publishActivation(l, topics.StateActive, reason)
+	m.publishTenant(l.tenantID)
+	// An end whose broker steps ran between the check above and the
+	// steps just taken closed less than there is now to close.
+	m.mu.Lock()
+	ended = l.ended
+	m.mu.Unlock()
+	if ended {
+		m.closeOnBroker(l.id, l.agentID)
+		return false
+	}
+	return true
+}
+
+// closeOnBroker shuts an agent's commands topic at once (the ACL is
+// checked on every delivery), drops its subscription and tells the agent
+// to go dormant.
+func (m *Manager) closeOnBroker(sessionID, agentID string) {
+	m.ACL.SetActive(agentID, false)
+	if id, err := topics.ParseAgentID(agentID); err == nil {
+		m.Broker.DropSubscription(agentID, id.Topic(topics.Commands))
+	}
+	m.publishActivation(&live{id: sessionID, agentID: agentID}, topics.StateDormant, "")
+}
+
 // Get returns one session.
 func (m *Manager) Get(ctx context.Context, id string) (Session, error) {
-	if _, err := uuid.Parse(id); err != nil {
+	id, ok := input.ID(id)
+	if !ok {
 		return Session{}, refuse(http.StatusNotFound, "session_not_found", "no such session")
 	}
 	list, err := m.list(ctx, "s.id = $1", id)

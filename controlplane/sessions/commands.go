@@ -1,12 +1,15 @@
 package sessions
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -17,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/input"
 	"github.com/argus-remote/argus/internal/credential"
 	"github.com/argus-remote/argus/internal/telemetry"
 	"github.com/argus-remote/argus/topics"
@@ -100,9 +104,11 @@ func (m *Manager) sessionRow(ctx context.Context, id string) (sessionRow, error)
 // is returned as *Refusal with the session's ids filled in for the audit.
 func (m *Manager) authorize(ctx context.Context, sessionID, token string) (session, error) {
 	s := session{id: sessionID}
-	if _, err := uuid.Parse(sessionID); err != nil {
+	id, ok := input.ID(sessionID)
+	if !ok {
 		return s, refuse(http.StatusNotFound, "session_not_found", "no such session")
 	}
+	sessionID, s.id = id, id
 	r, err := m.sessionRow(ctx, sessionID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return s, refuse(http.StatusNotFound, "session_not_found", "no such session")
@@ -147,7 +153,7 @@ func (m *Manager) exchange(ctx context.Context, s session, cmdID, name string, a
 	}
 	ch := make(chan topics.ResultMsg, 1)
 	m.mu.Lock()
-	m.results[cmdID] = ch
+	m.results[cmdID] = waiter{agentID: s.agentID, sessionID: s.id, results: ch}
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
@@ -168,21 +174,110 @@ func (m *Manager) exchange(ctx context.Context, s session, cmdID, name string, a
 	defer timer.Stop()
 	select {
 	case res := <-ch:
-		// Only the server says "timeout"; an agent's answer is one of three.
-		switch res.Status {
-		case topics.ResultOK, topics.ResultError, topics.ResultRefused:
-		default:
-			res.Status, res.Error = topics.ResultError, &topics.ErrorBody{Code: "bad_result", Message: "the agent answered with an unknown status"}
-		}
-		if res.Status != topics.ResultOK && res.Error == nil {
-			res.Error = &topics.ErrorBody{Code: "bad_result", Message: "the agent gave no reason"}
-		}
-		return res, nil
+		return checkResult(name, res), nil
 	case <-timer.C:
 		return topics.ResultMsg{Status: "timeout", Error: &topics.ErrorBody{Code: "agent_timeout", Message: "the agent did not answer in time"}}, nil
 	case <-ctx.Done():
 		return topics.ResultMsg{Status: "timeout", Error: &topics.ErrorBody{Code: "agent_timeout", Message: "the request was cancelled"}}, nil
 	}
+}
+
+// CodeBadResult marks an agent's answer the server could not take as
+// given; the attempt is recorded as failed with this code.
+const CodeBadResult = "bad_result"
+
+// Bounds on what an agent's answer may carry into the record.
+const (
+	maxResultCode    = 64
+	maxResultMessage = 1024
+)
+
+// checkResult takes an agent's answer as untrusted input: only the server
+// says "timeout"; an agent's status is one of three, a failure has a
+// reason, and every field the record keeps (code, message, the summary's
+// size and digest, the capabilities) is well formed and fits its column.
+// Anything else is recorded as bad_result; an agent's bytes never fail
+// the write of a command's completion.
+func checkResult(name string, res topics.ResultMsg) topics.ResultMsg {
+	bad := func(why string) topics.ResultMsg {
+		return topics.ResultMsg{V: res.V, CommandID: res.CommandID, SessionID: res.SessionID, AgentID: res.AgentID,
+			Status: topics.ResultError, Error: &topics.ErrorBody{Code: CodeBadResult, Message: why}, Completed: res.Completed}
+	}
+	switch res.Status {
+	case topics.ResultOK, topics.ResultError, topics.ResultRefused:
+	default:
+		return bad("the agent answered with an unknown status")
+	}
+	if res.Status != topics.ResultOK && res.Error == nil {
+		return bad("the agent gave no reason")
+	}
+	if e := res.Error; e != nil {
+		if !validCode(e.Code) {
+			return bad("the agent answered with a malformed error code")
+		}
+		if input.Text("message", e.Message, maxResultMessage) != nil {
+			return bad("the agent's error message is not text or is too long")
+		}
+	}
+	if len(res.Data) > 0 {
+		var summary struct {
+			Bytes  *int64  `json:"bytes"`
+			SHA256 *string `json:"sha256"`
+		}
+		if res.Status == topics.ResultOK && json.Unmarshal(res.Data, &summary) == nil {
+			if summary.Bytes != nil && *summary.Bytes < 0 {
+				return bad("the agent reported a negative size")
+			}
+			if summary.SHA256 != nil && !validDigest(*summary.SHA256) {
+				return bad("the agent reported a malformed digest")
+			}
+		}
+		if name == "get_capabilities" && res.Status == topics.ResultOK {
+			data, err := storableJSON(res.Data)
+			if err != nil {
+				return bad("the agent's capabilities are not storable JSON")
+			}
+			res.Data = data
+		}
+	}
+	return res
+}
+
+// validCode is an error code as agents and the server spell them.
+func validCode(c string) bool {
+	if c == "" || len(c) > maxResultCode {
+		return false
+	}
+	for i := 0; i < len(c); i++ {
+		if b := c[i]; !(b >= 'a' && b <= 'z' || b >= '0' && b <= '9' || b == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func validDigest(d string) bool {
+	if len(d) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(d)
+	return err == nil && strings.ToLower(d) == d
+}
+
+// storableJSON re-encodes a document the way jsonb takes it: no NUL in
+// any string, lone surrogates replaced (Go's decoder does that), numbers
+// kept as written.
+func storableJSON(doc []byte) ([]byte, error) {
+	if err := input.JSON("data", doc); err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	return json.Marshal(v)
 }
 
 // commandStatus maps a result to the commands row status and audit outcome.
@@ -206,6 +301,9 @@ func commandStatus(res topics.ResultMsg) (status, outcome, code string) {
 // against that session alone; its tenant and agent come from the session,
 // never from the request.
 func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResult, error) {
+	if id, ok := input.ID(req.SessionID); ok {
+		req.SessionID = id
+	}
 	ctx, span := tracer().Start(ctx, "support.command", trace.WithAttributes(attribute.String("argus.command", req.Name),
 		attribute.String("argus.session_id", req.SessionID)))
 	defer span.End()
@@ -223,6 +321,14 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 		return deny(refusal)
 	case authErr != nil:
 		return CommandResult{}, authErr
+	}
+	if err := input.Text("name", req.Name, 64); err != nil {
+		return deny(refuse(http.StatusBadRequest, err.Code, err.Message))
+	}
+	if err := input.JSON("args", req.Args); err != nil {
+		return deny(refuse(http.StatusBadRequest, err.Code, err.Message))
+	}
+	switch {
 	case req.Name == "apply_patch":
 		return deny(refuse(http.StatusBadRequest, "command_not_allowed", "patches go through the patch endpoint"))
 	case !Commands[req.Name]:
@@ -251,7 +357,8 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 		Args: []any{cmdID, req.SessionID, req.Name, digest[:]},
 	}}, requested)
 	if err != nil {
-		return CommandResult{}, fmt.Errorf("command: %w", err)
+		m.Log.Error("command request not recorded", "session", req.SessionID, "err", err)
+		return CommandResult{}, notSent()
 	}
 
 	started := time.Now()
@@ -274,7 +381,7 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 		Bytes  *int   `json:"bytes"`
 		SHA256 string `json:"sha256"`
 	}
-	if json.Unmarshal(res.Data, &summary) == nil {
+	if res.Status == topics.ResultOK && json.Unmarshal(res.Data, &summary) == nil {
 		if summary.Bytes != nil {
 			done.Detail["bytes"] = *summary.Bytes
 		}
@@ -287,12 +394,13 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 		SQL:  `UPDATE commands SET status = $2, error_code = NULLIF($3, ''), completed_at = now() WHERE id = $1`,
 		Args: []any{cmdID, status, code},
 	}}
-	if req.Name == "get_capabilities" && status == "succeeded" && json.Valid(res.Data) {
+	if req.Name == "get_capabilities" && status == "succeeded" && len(res.Data) > 0 {
 		stmts = append(stmts, audit.Stmt{SQL: "UPDATE agents SET capabilities = $2, capabilities_at = now() WHERE id = $1", Args: []any{agentID, json.RawMessage(res.Data)}})
 	}
 	err = m.record(context.WithoutCancel(ctx), stmts, done)
 	if err != nil {
-		return CommandResult{}, fmt.Errorf("command: %w", err)
+		m.Log.Error("command completion not recorded", "command", cmdID, "session", req.SessionID, "err", err)
+		return CommandResult{}, notRecorded(cmdID)
 	}
 	if status == "timeout" {
 		return out, refuse(http.StatusGatewayTimeout, "agent_timeout", res.Error.Message)

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/input"
 	"github.com/argus-remote/argus/patch"
 	"github.com/argus-remote/argus/topics"
 )
@@ -47,9 +48,14 @@ type PatchResult struct {
 
 // ApplyPatch sends a signed bundle to the session's agent, in chunks, and
 // returns what the agent did with it. The server does not vouch for the
-// bundle (only the agent's own keys do); it records what was sent. Every
-// attempt, accepted or refused anywhere, is one audited action.
+// bundle (only the agent's own keys do); it records what was sent. An
+// attempt the server refuses is one audited action (support.patch); one it
+// sends is two, support.patch.requested committed before the first chunk
+// and support.patch.completed after the last answer.
 func (m *Manager) ApplyPatch(ctx context.Context, req PatchRequest) (PatchResult, error) {
+	if id, ok := input.ID(req.SessionID); ok {
+		req.SessionID = id
+	}
 	sum := sha256.Sum256(req.Bundle)
 	out := PatchResult{SessionID: req.SessionID, Digest: hex.EncodeToString(sum[:])}
 	man, _, inspectErr := patch.Inspect(req.Bundle)
@@ -86,10 +92,19 @@ func (m *Manager) ApplyPatch(ctx context.Context, req PatchRequest) (PatchResult
 	out.CommandID = cmdID
 	entry.Detail["command_id"] = cmdID
 
-	// The commands row is written once, with the outcome and the audit
-	// action, whatever happens on the way: nothing about the attempt is
-	// left unaudited.
+	// As for every command: the request and its commands row commit before
+	// the first chunk leaves, or nothing is sent; the completion follows.
 	started := time.Now()
+	requested := entry
+	requested.Action, requested.Outcome = "support.patch.requested", audit.Success
+	if err := m.record(ctx, []audit.Stmt{{
+		SQL:  `INSERT INTO commands (id, session_id, name, args_digest, status) VALUES ($1, $2, 'apply_patch', $3, 'requested')`,
+		Args: []any{cmdID, req.SessionID, sum[:]},
+	}}, requested); err != nil {
+		m.Log.Error("patch request not recorded", "session", req.SessionID, "err", err)
+		return PatchResult{}, notSent()
+	}
+
 	count := (len(req.Bundle) + patchChunk - 1) / patchChunk
 	var res topics.ResultMsg
 	for i := 0; i < count; i++ {
@@ -119,16 +134,16 @@ func (m *Manager) ApplyPatch(ctx context.Context, req PatchRequest) (PatchResult
 	status, outcome, code := commandStatus(res)
 	commandsTotal().Add(ctx, 1, metric.WithAttributes(attribute.String("name", "apply_patch"), attribute.String("outcome", status)))
 	commandSeconds().Record(ctx, time.Since(started).Seconds(), metric.WithAttributes(attribute.String("name", "apply_patch")))
-	e := entry
-	e.Outcome = outcome
-	e.Detail["status"], e.Detail["code"], e.Detail["duration"] = status, code, out.Duration
-	err := m.record(context.WithoutCancel(ctx), []audit.Stmt{{
-		SQL: `INSERT INTO commands (id, session_id, name, args_digest, status, error_code, requested_at, completed_at)
-			VALUES ($1, $2, 'apply_patch', $3, $4, NULLIF($5, ''), $6, now())`,
-		Args: []any{cmdID, req.SessionID, sum[:], status, code, started},
-	}}, e)
-	if err != nil {
-		return PatchResult{}, fmt.Errorf("patch: %w", err)
+	done := entry
+	done.Action, done.Outcome = "support.patch.completed", outcome
+	done.Detail = map[string]any{"patch_id": man.ID, "version": man.Version, "bundle_sha256": out.Digest, "command_id": cmdID,
+		"status": status, "code": code, "duration": out.Duration}
+	if err := m.record(context.WithoutCancel(ctx), []audit.Stmt{{
+		SQL:  `UPDATE commands SET status = $2, error_code = NULLIF($3, ''), completed_at = now() WHERE id = $1`,
+		Args: []any{cmdID, status, code},
+	}}, done); err != nil {
+		m.Log.Error("patch completion not recorded", "command", cmdID, "session", req.SessionID, "err", err)
+		return PatchResult{}, notRecorded(cmdID)
 	}
 	if status == "timeout" {
 		return out, refuse(http.StatusGatewayTimeout, "agent_timeout", "the agent did not answer in time; what it did is unknown")

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/input"
 	"github.com/argus-remote/argus/controlplane/rowcache"
 	"github.com/argus-remote/argus/internal/telemetry"
 	"github.com/argus-remote/argus/topics"
@@ -38,6 +40,9 @@ const (
 	DefaultTTL = 30 * time.Minute
 	MaxTTL     = 120 * time.Minute
 	MinTTL     = time.Second
+	// MaxReason is the longest reason a session may give, in characters
+	// (the database's CHECK on support_sessions.reason).
+	MaxReason = 1024
 )
 
 // End reasons, as stored.
@@ -78,6 +83,25 @@ type Refusal struct {
 	Status  int
 	Code    string
 	Message string
+	// CommandID names the command the refusal is about, when the
+	// operator needs it to look the command up.
+	CommandID string
+}
+
+// CodeCompletionNotRecorded is a command that was sent (and may have run)
+// whose completion could not be written: the operator gets its id, and
+// the requested action is on record.
+const CodeCompletionNotRecorded = "completion_not_recorded"
+
+// notSent is a command whose request could not be recorded: nothing was
+// sent, since nothing may reach an agent before its audit row commits.
+func notSent() *Refusal {
+	return refuse(http.StatusServiceUnavailable, "unavailable", "the command could not be recorded, so it was not sent; try again")
+}
+
+func notRecorded(cmdID string) *Refusal {
+	return &Refusal{Status: http.StatusInternalServerError, Code: CodeCompletionNotRecorded, CommandID: cmdID,
+		Message: "the command was sent but its completion could not be recorded; what the agent did is unknown. Look it up by its id: " + cmdID}
 }
 
 func (r *Refusal) Error() string { return r.Code + ": " + r.Message }
@@ -102,16 +126,35 @@ func (m *Manager) denied(ctx context.Context, e audit.Entry, r *Refusal) error {
 	return r
 }
 
+// Refuse audits a support request refused before it reached the manager
+// (its body could not be read) and returns the refusal, or the error that
+// kept it from being audited.
+func (m *Manager) Refuse(ctx context.Context, e audit.Entry, status int, code, message string) error {
+	if id, ok := input.ID(e.SessionID); ok {
+		e.SessionID = id
+	} else if e.SessionID != "" {
+		e.Detail = map[string]any{"session": e.SessionID}
+		e.SessionID = ""
+	}
+	return m.denied(ctx, e, refuse(status, code, message))
+}
+
 // Broker is what the manager needs of the broker.
 type Broker interface {
 	Publish(topic string, payload []byte, retain bool, qos byte, props *packets.Properties) error
 	DropSubscription(clientID, filter string)
+	Disconnect(clientID string, code packets.Code) bool
 	Server() *mqtt.Server
 }
 
-// ACL opens and closes an agent's commands topic.
+// ACL opens and closes an agent's commands topic, and refuses revoked
+// agents.
 type ACL interface {
 	SetActive(agentID string, active bool)
+	// ActiveAgents lists the agents whose commands topic is open.
+	ActiveAgents() []string
+	Revoke(agentID string)
+	Revoked(agentID string) bool
 }
 
 // Fleet says whether an agent is connected here and what it reports.
@@ -143,6 +186,16 @@ type Options struct {
 	// Rows, when set, keeps the sessions commands are checked against in
 	// a cache it keeps fresh; nil means a query per command.
 	Rows *rowcache.Listener
+	// CheckEvery is how often the broker's state is compared with the
+	// database and any drift repaired (3s).
+	CheckEvery time.Duration
+	// Refused, when set, is told of an agent's message that claims what
+	// is not its own (another agent's session or command): counted and
+	// audited as the ACL's refusals are. It must not block.
+	Refused func(agentID, topic, why string)
+	// AfterCommit, when set (by tests), runs between an activation's
+	// commit and its broker steps, to widen the window an end can race.
+	AfterCommit func(sessionID string)
 }
 
 // Manager runs sessions on this node.
@@ -150,19 +203,39 @@ type Manager struct {
 	Options
 
 	mu       sync.Mutex
-	live     map[string]*live // by agent id
-	acks     map[string]chan topics.ActivationAckMsg
-	results  map[string]chan topics.ResultMsg
+	live     map[string]*live  // by agent id
+	acks     map[string]waiter // by session id
+	results  map[string]waiter // by command id
 	stop     chan struct{}
 	stopped  chan struct{}
+	checked  chan struct{}
 	inflight sync.WaitGroup
 	rows     *rowcache.Cache[sessionRow]
+	// checkMu serialises state checks; revokedSince is where the next
+	// one looks for revocations.
+	checkMu      sync.Mutex
+	revokedSince time.Time
 }
 
 // live is a session in force, as the broker side needs it.
 type live struct {
 	id, tenantID, agentID, operator string
 	createdAt, expiresAt            time.Time
+	// pending is an activation not yet committed: its entry holds the
+	// agent so no other activation takes it, and an end that commits
+	// before its broker steps run finds it.
+	pending bool
+	// ended is set (under mu) when AfterEnd takes the entry away; an
+	// activation that finds it set after its broker steps undoes them.
+	ended bool
+}
+
+// waiter is an activation waiting for its ack, or a command for its
+// result: only the agent it was sent to, for that session, may answer.
+type waiter struct {
+	agentID, sessionID string
+	acks               chan topics.ActivationAckMsg
+	results            chan topics.ResultMsg
 }
 
 // New returns a Manager; Start it once the broker exists.
@@ -176,10 +249,13 @@ func New(o Options) *Manager {
 	if o.SweepEvery == 0 {
 		o.SweepEvery = time.Second
 	}
+	if o.CheckEvery == 0 {
+		o.CheckEvery = 3 * time.Second
+	}
 	m := &Manager{
 		Options: o,
-		live:    map[string]*live{}, acks: map[string]chan topics.ActivationAckMsg{}, results: map[string]chan topics.ResultMsg{},
-		stop: make(chan struct{}), stopped: make(chan struct{}),
+		live:    map[string]*live{}, acks: map[string]waiter{}, results: map[string]waiter{},
+		stop: make(chan struct{}), stopped: make(chan struct{}), checked: make(chan struct{}),
 	}
 	if o.Rows != nil {
 		m.rows = rowcache.New[sessionRow](o.Rows, "support_sessions", rowCacheTTL, rowCacheMax)
@@ -198,18 +274,24 @@ func (m *Manager) Start(ctx context.Context) error {
 	if err := srv.Subscribe(topics.AgentFilter(topics.Results), 11, m.onResult); err != nil {
 		return err
 	}
+	// Revocations before now are already in the ACL (its credentials are
+	// loaded without revoked agents); the check looks from a little before.
+	m.revokedSince = time.Now().Add(-revocationOverlap)
 	if err := m.restore(ctx); err != nil {
 		return err
 	}
 	go m.sweep()
+	go m.checkLoop()
 	return nil
 }
 
-// Stop ends the sweeper. Sessions stay live in the database: a server
-// restart does not end them, and their agents enforce their expiry.
+// Stop ends the sweeper and the drift check. Sessions stay live in the
+// database: a server restart does not end them, and their agents enforce
+// their expiry.
 func (m *Manager) Stop() {
 	close(m.stop)
 	<-m.stopped
+	<-m.checked
 	m.inflight.Wait()
 }
 
@@ -452,15 +534,24 @@ func (m *Manager) onAck(_ *mqtt.Client, _ packets.Subscription, pk packets.Packe
 	if err := topics.Decode(pk.Payload, topics.MaxEnvelope, &ack); err != nil || ack.AgentID != id.String() {
 		return
 	}
+	agent := id.String()
 	m.mu.Lock()
-	if ch, ok := m.acks[ack.SessionID]; ok && ack.SessionID != "" {
+	w, waiting := m.acks[ack.SessionID]
+	forged := waiting && w.agentID != agent
+	if waiting && !forged {
 		select {
-		case ch <- ack:
+		case w.acks <- ack:
 		default:
 		}
 	}
-	l := m.live[id.String()]
+	l := m.live[agent]
 	m.mu.Unlock()
+	if forged {
+		// Session ids are visible on the status topics; an ack counts
+		// only from the agent the session belongs to.
+		m.refused(agent, pk.TopicName, "ack for another agent's session")
+		return
+	}
 	if l == nil || ack.State != topics.StateDormant || (ack.SessionID != "" && ack.SessionID != l.id) {
 		return
 	}
@@ -496,12 +587,25 @@ func (m *Manager) onResult(_ *mqtt.Client, _ packets.Subscription, pk packets.Pa
 		return
 	}
 	m.mu.Lock()
-	ch, ok := m.results[res.CommandID]
+	w, ok := m.results[res.CommandID]
 	m.mu.Unlock()
-	if ok {
-		select {
-		case ch <- res:
-		default:
-		}
+	if !ok {
+		return
+	}
+	if w.agentID != id.String() || res.SessionID != w.sessionID {
+		m.refused(id.String(), pk.TopicName, "result for a command sent to another agent or session")
+		return
+	}
+	select {
+	case w.results <- res:
+	default:
+	}
+}
+
+// refused reports an agent's message that claimed what is not its own.
+func (m *Manager) refused(agentID, topic, why string) {
+	m.Log.Warn("agent message refused", "agent", agentID, "topic", topic, "why", why)
+	if m.Refused != nil {
+		m.Refused(agentID, topic, why)
 	}
 }

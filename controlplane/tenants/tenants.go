@@ -201,11 +201,12 @@ func (s *Store) RecordConsent(ctx context.Context, ref string, in ConsentInput, 
 }
 
 // WithdrawConsent withdraws the consent in force, disarms the tenant and
-// ends its live sessions, in one transaction. The caller closes the ended
-// sessions on the broker.
-func (s *Store) WithdrawConsent(ctx context.Context, ref, reason string, by audit.Entry) (Tenant, []sessions.Ended, error) {
+// ends its live sessions, in one transaction, and returns the tenant's
+// id. The caller closes the ended sessions on the broker before anything
+// else can fail.
+func (s *Store) WithdrawConsent(ctx context.Context, ref, reason string, by audit.Entry) (string, []sessions.Ended, error) {
 	if strings.TrimSpace(reason) == "" {
-		return Tenant{}, nil, ErrReasonRequired
+		return "", nil, ErrReasonRequired
 	}
 	var id string
 	var ended []sessions.Ended
@@ -241,10 +242,9 @@ func (s *Store) WithdrawConsent(ctx context.Context, ref, reason string, by audi
 		return err
 	})
 	if err != nil {
-		return Tenant{}, nil, fmt.Errorf("withdraw consent: %w", err)
+		return "", nil, fmt.Errorf("withdraw consent: %w", err)
 	}
-	t, err := s.Get(ctx, id)
-	return t, ended, err
+	return id, ended, nil
 }
 
 // Consents returns the tenant's consent history, newest first.
@@ -309,10 +309,12 @@ func (s *Store) Arm(ctx context.Context, ref, reason string, by audit.Entry) (Te
 	return s.Get(ctx, id)
 }
 
-// Disarm disarms the tenant and ends its live sessions, in one transaction.
-func (s *Store) Disarm(ctx context.Context, ref, reason string, by audit.Entry) (Tenant, []sessions.Ended, error) {
+// Disarm disarms the tenant and ends its live sessions, in one
+// transaction, and returns the tenant's id. The caller closes the ended
+// sessions on the broker before anything else can fail.
+func (s *Store) Disarm(ctx context.Context, ref, reason string, by audit.Entry) (string, []sessions.Ended, error) {
 	if strings.TrimSpace(reason) == "" {
-		return Tenant{}, nil, ErrReasonRequired
+		return "", nil, ErrReasonRequired
 	}
 	var id string
 	var ended []sessions.Ended
@@ -333,10 +335,9 @@ func (s *Store) Disarm(ctx context.Context, ref, reason string, by audit.Entry) 
 		return err
 	})
 	if err != nil {
-		return Tenant{}, nil, fmt.Errorf("disarm: %w", err)
+		return "", nil, fmt.Errorf("disarm: %w", err)
 	}
-	t, err := s.Get(ctx, id)
-	return t, ended, err
+	return id, ended, nil
 }
 
 func nullUUID(s string) *string {
