@@ -98,12 +98,17 @@ func (a *Agent) tailLog(raw json.RawMessage) (any, error) {
 		return nil, cmdErr("log_unavailable", "log %q does not exist right now", args.Log)
 	}
 	if err != nil {
-		return nil, cmdErr("log_unavailable", "log %q: %v", args.Log, err)
+		return nil, logErr(args.Log, path, err)
 	}
 	// A freshly rotated log holds few lines: the rest are in its
-	// predecessor.
+	// predecessor, which is held to the same rules: a symlink or a hard
+	// link there refuses the command rather than being skipped quietly.
 	if whole && len(lines) < args.Lines && used < maxTailBytes {
-		if older, _, u, err := tailFile(path+".1", args.Lines-len(lines), maxTailBytes-used); err == nil && len(older) > 0 {
+		older, _, u, err := tailFile(path+".1", args.Lines-len(lines), maxTailBytes-used)
+		switch {
+		case errors.Is(err, errSymlink) || errors.Is(err, errHardLink):
+			return nil, logErr(args.Log, path+".1", err)
+		case err == nil && len(older) > 0:
 			lines = append(older, lines...)
 			used += u
 			res.RotatedIncluded = true
@@ -124,11 +129,42 @@ func (a *Agent) tailLog(raw json.RawMessage) (any, error) {
 	return res, nil
 }
 
+var (
+	errSymlink  = errors.New("is a symbolic link")
+	errHardLink = errors.New("has more than one hard link")
+)
+
+// logErr turns a failure to read a log into its command error.
+func logErr(name, path string, err error) error {
+	switch {
+	case errors.Is(err, errSymlink):
+		return cmdErr("symlink_refused", "log %q: %s is a symbolic link; logs are read only as regular files", name, path)
+	case errors.Is(err, errHardLink):
+		return cmdErr("hard_link_refused", "log %q: %s has more than one hard link; it may be a file from elsewhere", name, path)
+	}
+	return cmdErr("log_unavailable", "log %q: %v", name, err)
+}
+
+// linkCount is a file's number of hard links (1 when unknown).
+func linkCount(fi fs.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return uint64(st.Nlink)
+	}
+	return 1
+}
+
 // tailFile returns the last n lines of path, reading at most budget bytes
-// from its end; whole says the whole file was read.
+// from its end; whole says the whole file was read. Whoever can write the
+// log's directory could put a symlink or a hard link to any file there:
+// neither is followed (errSymlink, errHardLink).
 func tailFile(path string, n, budget int) (lines []string, whole bool, used int, err error) {
 	// O_NONBLOCK: a FIFO where a log should be must not hang the agent.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	// O_NOFOLLOW: the log itself may not be a symlink (the kernel refuses
+	// with ELOOP); the directories above it are the tenant's configuration.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, false, 0, errSymlink
+	}
 	if err != nil {
 		return nil, false, 0, err
 	}
@@ -139,6 +175,10 @@ func tailFile(path string, n, budget int) (lines []string, whole bool, used int,
 	}
 	if !fi.Mode().IsRegular() {
 		return nil, false, 0, errors.New("not a regular file")
+	}
+	// A second name for the same inode: nothing says which one is the log.
+	if linkCount(fi) > 1 {
+		return nil, false, 0, errHardLink
 	}
 	size := fi.Size()
 	start := size - int64(budget)
@@ -267,6 +307,12 @@ func (a *Agent) readFile(raw json.RawMessage) (any, error) {
 func checkFile(path string, fi fs.FileInfo) error {
 	if !fi.Mode().IsRegular() {
 		return cmdErr("not_regular_file", "%s is not a regular file (%s)", path, fi.Mode().Type())
+	}
+	// os.Root keeps names inside the root, but a hard link is the file
+	// itself under a second name: one in a readable root may be a file
+	// from anywhere on the same filesystem.
+	if linkCount(fi) > 1 {
+		return cmdErr("hard_link_refused", "%s has %d hard links; only files with one name are read", path, linkCount(fi))
 	}
 	if fi.Size() > MaxFileBytes {
 		return cmdErr("file_too_large", "%s is %d bytes; the limit is %d", path, fi.Size(), MaxFileBytes)
@@ -538,7 +584,8 @@ func (a *Agent) capabilities(ctx context.Context) (any, error) {
 	}
 	for _, name := range sortedNames(a.cfg.LogFiles) {
 		li := LogFileInfo{Name: name}
-		if fi, err := os.Stat(a.cfg.LogFiles[name]); err == nil {
+		// Lstat: a symlinked log reports itself, not what it points at.
+		if fi, err := os.Lstat(a.cfg.LogFiles[name]); err == nil {
 			li.Exists, li.Size = true, fi.Size()
 		}
 		c.LogFiles = append(c.LogFiles, li)

@@ -60,6 +60,10 @@ func newHostFixture(t *testing.T) hostFixture {
 	require.NoError(t, os.Symlink("/etc/passwd", filepath.Join(h.root, "escape")))
 	require.NoError(t, os.Symlink("../outside/secret.txt", filepath.Join(h.root, "escape-relative")))
 	require.NoError(t, os.Symlink("config.yaml", filepath.Join(h.root, "inner")))
+	// A second name, inside the root, for a file outside it; and a log
+	// that is a symlink to that file.
+	require.NoError(t, os.Link(filepath.Join(dir, "outside", "secret.txt"), filepath.Join(h.root, "hardlink")))
+	require.NoError(t, os.Symlink(filepath.Join(dir, "outside", "secret.txt"), filepath.Join(logs, "linked.log")))
 	require.NoError(t, syscall.Mkfifo(filepath.Join(h.root, "fifo"), 0o644))
 	big, err := os.Create(filepath.Join(h.root, "big.bin"))
 	require.NoError(t, err)
@@ -84,6 +88,7 @@ func newHostFixture(t *testing.T) hostFixture {
 	require.NoError(t, os.WriteFile(h.config, []byte(fmt.Sprintf(`log-files:
   streamer: %s
   rotated: %s
+  linked: %s
 readable-roots:
   - %s
 cameras:
@@ -91,7 +96,7 @@ cameras:
   synthetic: lavfi:testsrc=size=352x288:rate=1
   dead: http://%s/stream.mjpeg
 camera-timeout: 2s
-`, filepath.Join(logs, "streamer.log"), filepath.Join(logs, "rotated.log"), h.root, ln.Addr())), 0o600))
+`, filepath.Join(logs, "streamer.log"), filepath.Join(logs, "rotated.log"), filepath.Join(logs, "linked.log"), h.root, ln.Addr())), 0o600))
 	return h
 }
 
@@ -156,6 +161,9 @@ func TestCommands_ThroughRealServerAndAgent(t *testing.T) {
 		assert.True(t, out.RotatedIncluded)
 
 		assert.Equal(t, "unknown_log", code(run("tail_log", map[string]any{"log": "/var/log/syslog"})), "a path is not a log name")
+		r = run("tail_log", map[string]any{"log": "linked"})
+		assert.Equal(t, "symlink_refused", code(r), "a log replaced by a symlink is not followed")
+		assert.NotContains(t, string(r.Data), "secret")
 		assert.Equal(t, "unknown_log", code(run("tail_log", map[string]any{})), "with two logs, one must be named")
 		assert.Equal(t, "bad_arguments", code(run("tail_log", map[string]any{"log": "streamer", "lines": 5001})))
 		assert.Equal(t, "bad_arguments", code(run("tail_log", map[string]any{"log": "streamer", "path": "/etc/shadow"})))
@@ -177,6 +185,7 @@ func TestCommands_ThroughRealServerAndAgent(t *testing.T) {
 			"absolute outside": {"/etc/passwd", "path_not_allowed"},
 			"symlink out":      {filepath.Join(h.root, "escape"), "path_not_allowed"},
 			"relative symlink": {filepath.Join(h.root, "escape-relative"), "path_not_allowed"},
+			"hard link out":    {filepath.Join(h.root, "hardlink"), "hard_link_refused"},
 			"relative path":    {"config.yaml", "path_not_allowed"},
 			"proc":             {"/proc/self/environ", "path_not_allowed"},
 			"fifo":             {filepath.Join(h.root, "fifo"), "not_regular_file"},
@@ -202,7 +211,7 @@ func TestCommands_ThroughRealServerAndAgent(t *testing.T) {
 		assert.NotEmpty(t, c.Kernel)
 		assert.Positive(t, c.CPUs)
 		assert.Len(t, c.Cameras, 3)
-		assert.Len(t, c.LogFiles, 2)
+		assert.Len(t, c.LogFiles, 3)
 		assert.Equal(t, []string{h.root}, c.ReadableRoots)
 		assert.Contains(t, c.Codecs, "mjpeg", "ffmpeg's decoders are listed")
 
