@@ -441,34 +441,45 @@ func (w *capWriter) Write(p []byte) (int, error) {
 	return w.buf.Write(p)
 }
 
+// ffmpegArgs is ffmpeg's command line for one frame from src. Beside the
+// agent's own time box, ffmpeg is given time limits of its own, so a
+// source that hangs cannot keep it: a network read that waits longer than
+// ioTimeout fails (-timeout for RTSP, -rw_timeout for every other URL or
+// file; lavfi and v4l2 take neither), and -timelimit bounds its CPU time.
+func ffmpegArgs(src string, ioTimeout time.Duration) []string {
+	us := strconv.FormatInt(ioTimeout.Microseconds(), 10)
+	cpu := strconv.Itoa(int(ioTimeout.Round(time.Second)/time.Second) + 1)
+	args := []string{"-hide_banner", "-loglevel", "error", "-nostdin", "-timelimit", cpu}
+	switch {
+	case strings.HasPrefix(src, "lavfi:"):
+		args = append(args, "-f", "lavfi", "-i", strings.TrimPrefix(src, "lavfi:"))
+	case strings.HasPrefix(src, "rtsp://") || strings.HasPrefix(src, "rtsps://"):
+		args = append(args, "-rtsp_transport", "tcp", "-timeout", us, "-i", src)
+	case strings.HasPrefix(src, "/dev/video"):
+		args = append(args, "-f", "v4l2", "-i", src)
+	default:
+		args = append(args, "-rw_timeout", us, "-i", src)
+	}
+	return append(args, "-frames:v", "1", "-f", "image2pipe", "-c:v", "mjpeg", "-q:v", "4", "pipe:1")
+}
+
 // ffmpegFrame grabs one frame from a source the tenant's configuration
 // names, through an ffmpeg subprocess with a hard timeout and a bounded
-// output. The source never comes from the operator.
+// output. The source never comes from the operator. ffmpeg dies with the
+// agent (runChild), and gives up by itself a second after the agent's own
+// timeout would have ended it.
 func (a *Agent) ffmpegFrame(ctx context.Context, src string) ([]byte, error) {
 	bin, err := exec.LookPath(a.cfg.FFmpegPath)
 	if err != nil {
 		return nil, cmdErr("ffmpeg_not_found", "ffmpeg (%s) is not installed on the agent's host", a.cfg.FFmpegPath)
 	}
-	args := []string{"-hide_banner", "-loglevel", "error", "-nostdin"}
-	switch {
-	case strings.HasPrefix(src, "lavfi:"):
-		args = append(args, "-f", "lavfi", "-i", strings.TrimPrefix(src, "lavfi:"))
-	case strings.HasPrefix(src, "rtsp://") || strings.HasPrefix(src, "rtsps://"):
-		args = append(args, "-rtsp_transport", "tcp", "-i", src)
-	case strings.HasPrefix(src, "/dev/video"):
-		args = append(args, "-f", "v4l2", "-i", src)
-	default:
-		args = append(args, "-i", src)
-	}
-	args = append(args, "-frames:v", "1", "-f", "image2pipe", "-c:v", "mjpeg", "-q:v", "4", "pipe:1")
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.CameraTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.WaitDelay = time.Second
+	cmd := exec.CommandContext(ctx, bin, ffmpegArgs(src, a.cfg.CameraTimeout+time.Second)...)
 	out := &capWriter{max: MaxFrameBytes}
 	errw := &capWriter{max: 4096, discard: true}
 	cmd.Stdout, cmd.Stderr = out, errw
-	err = cmd.Run()
+	err = runChild(cmd)
 	switch {
 	case ctx.Err() == context.DeadlineExceeded:
 		return nil, cmdErr("camera_timeout", "no frame within %v", a.cfg.CameraTimeout)
@@ -635,11 +646,14 @@ func cameraKind(src string) string {
 func (a *Agent) ffmpegCodecs(ctx context.Context) []string {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, a.cfg.FFmpegPath, "-hide_banner", "-decoders").Output()
+	cmd := exec.CommandContext(ctx, a.cfg.FFmpegPath, "-hide_banner", "-decoders")
+	var buf bytes.Buffer
+	cmd.Stdout = &buf
 	found := []string{}
-	if err != nil {
+	if err := runChild(cmd); err != nil {
 		return found
 	}
+	out := buf.Bytes()
 	want := map[string]bool{"h264": true, "hevc": true, "mjpeg": true, "mpeg4": true, "vp8": true, "vp9": true, "av1": true, "aac": true, "opus": true}
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)

@@ -204,9 +204,11 @@ func (a *Agent) healthCheck(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.PatchHealthTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, a.cfg.PatchHealthCheck[0], a.cfg.PatchHealthCheck[1:]...)
-	cmd.WaitDelay = time.Second
-	out, err := cmd.CombinedOutput()
-	if err != nil {
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	// The check dies with the agent, like every child of it.
+	if err := runChild(cmd); err != nil {
+		out := buf.Bytes()
 		if len(out) > 512 {
 			out = out[len(out)-512:]
 		}

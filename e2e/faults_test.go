@@ -1,11 +1,21 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
@@ -234,4 +244,108 @@ func TestRemoteSupportTurnedOff_EndsLeftoverSessionsAtStart(t *testing.T) {
 	var reason string
 	require.NoError(t, pool.QueryRow(context.Background(), "SELECT end_reason FROM support_sessions WHERE id = $1", res.Session.ID).Scan(&reason))
 	assert.Equal(t, "deactivated", reason)
+}
+
+// procsNaming lists the live (not zombie) processes whose command line
+// contains s, with their parent's pid, from /proc.
+func procsNaming(t *testing.T, s string) map[int]int {
+	t.Helper()
+	out := map[int]int{}
+	entries, err := os.ReadDir("/proc")
+	require.NoError(t, err)
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !bytes.Contains(cmdline, []byte(s)) {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so split after it.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 2 || f[0] == "Z" || f[0] == "X" {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		out[pid] = ppid
+	}
+	return out
+}
+
+func TestAgentKilledMidFrame_FFmpegDiesWithIt(t *testing.T) {
+	if _, err := exec.LookPath("ffmpeg"); err != nil {
+		t.Skip("ffmpeg is not installed")
+	}
+	// A camera that accepts the connection and never says a word. Each
+	// connection is handed to the test: it is how the test knows ffmpeg
+	// is mid-frame, and its close is how it knows ffmpeg is gone.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	conns := make(chan net.Conn, 8)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			conns <- c
+		}
+	}()
+	// A name no other process on the machine has in its command line.
+	source := "argus-hang-" + uuid.NewString()
+	config := filepath.Join(t.TempDir(), "agent.yaml")
+	// The camera timeout is far beyond the test: only the agent's death
+	// may end ffmpeg here.
+	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf("cameras:\n  hang: http://%s/%s.mjpeg\ncamera-timeout: 2m\n", ln.Addr(), source)), 0o600))
+
+	s := newSupportEnv(t, nil)
+	s.consentAndArm(t)
+	agentID, _, proc := s.runConfiguredAgent(t, "cam-gw-1", config)
+	sess, token := s.activate(t, agentID, "")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	sent := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-sent })
+	go func() {
+		defer close(sent)
+		c := *s.api
+		c.SessionToken = token
+		_ = c.Do(ctx, "POST", "/v1/support/sessions/"+sess.ID+"/commands",
+			map[string]any{"name": "camera_view", "args": map[string]string{"camera": "hang"}}, nil)
+	}()
+	var conn net.Conn
+	select {
+	case conn = <-conns:
+	case <-time.After(30 * time.Second):
+		t.Fatal("ffmpeg never connected to the camera")
+	}
+	ffmpegs := procsNaming(t, source)
+	require.Len(t, ffmpegs, 1, "one ffmpeg reads the camera")
+	agentPID := proc.Cmd.Process.Pid
+	for pid, ppid := range ffmpegs {
+		assert.Equal(t, agentPID, ppid, "ffmpeg is the agent's child")
+		// Should it outlive the agent, the test ends it (by its pid).
+		t.Cleanup(func() {
+			if len(procsNaming(t, source)) > 0 {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		})
+	}
+
+	require.NoError(t, proc.Cmd.Process.Signal(syscall.SIGKILL))
+	<-proc.Done()
+	killed := time.Now()
+	// The kernel closes ffmpeg's connection when ffmpeg dies: read what it
+	// sent (its request) up to the end.
+	require.NoError(t, conn.SetReadDeadline(killed.Add(2*time.Second)))
+	_, err = io.Copy(io.Discard, conn)
+	require.NoError(t, err, "ffmpeg still holds the camera's connection 2 s after its agent died")
+	assert.Empty(t, procsNaming(t, source), "no ffmpeg left")
 }

@@ -221,6 +221,9 @@ func (p *AgentProcess) WaitLog(t testing.TB, from int, substr string, n int, tim
 	}
 }
 
+// Done is closed when the agent process has exited.
+func (p *AgentProcess) Done() <-chan struct{} { return p.done }
+
 // LineCount is how many lines the agent has logged.
 func (p *AgentProcess) LineCount() int {
 	p.mu.Lock()
