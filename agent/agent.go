@@ -111,6 +111,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A patch a crash interrupted is undone before anything else: the
+	// agent does not come online over a half-patched tree.
+	if err := a.recoverPatch(); err != nil {
+		return err
+	}
+	if n := os.Getenv(TestCrashAfterSwapEnv); n != "" {
+		a.log.Warn("TEST FAULT POINT ARMED: this agent kills itself in the middle of the next patch; it is for tests only", "env", TestCrashAfterSwapEnv, "after_swap", n)
+	}
 	cfg := autopaho.ClientConfig{
 		ServerUrls:                    []*url.URL{u},
 		TlsCfg:                        tlsCfg,

@@ -517,8 +517,11 @@ type Capabilities struct {
 	ReadableRoots         []string        `json:"readable_roots"`
 	PatchTargets          []string        `json:"patch_targets"`
 	AppliedPatches        json.RawMessage `json:"applied_patches,omitempty"`
-	Commands              []string        `json:"commands"`
-	CollectedAt           time.Time       `json:"collected_at"`
+	// RolledBackPatches are attempts a crash interrupted, undone when the
+	// agent restarted; their ids stay refused.
+	RolledBackPatches json.RawMessage `json:"rolled_back_patches,omitempty"`
+	Commands          []string        `json:"commands"`
+	CollectedAt       time.Time       `json:"collected_at"`
 }
 
 // DiskInfo is the space on one filesystem the agent cares about.
@@ -552,6 +555,9 @@ func (a *Agent) capabilities(ctx context.Context) (any, error) {
 	}
 	if applied, err := AppliedPatches(a.cfg.StateDir); err == nil {
 		c.AppliedPatches, _ = json.Marshal(applied)
+	}
+	if rolled, err := RolledBackPatches(a.cfg.StateDir); err == nil && len(rolled) > 0 {
+		c.RolledBackPatches, _ = json.Marshal(rolled)
 	}
 	if c.ReadableRoots == nil {
 		c.ReadableRoots = []string{}

@@ -9,11 +9,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/argus-remote/argus/patch"
@@ -27,7 +29,9 @@ type transfer struct {
 	buf         bytes.Buffer
 }
 
-// AppliedPatch is one patch in the agent's record.
+// AppliedPatch is one patch in the agent's record: applied, or an attempt
+// that a crash interrupted and the agent rolled back at start-up. Both
+// keep their id refused (patch_replayed).
 type AppliedPatch struct {
 	ID        string       `json:"id"`
 	Version   string       `json:"version"`
@@ -35,13 +39,27 @@ type AppliedPatch struct {
 	Root      string       `json:"root"`
 	Files     []patch.File `json:"files"`
 	Digest    string       `json:"bundle_sha256"`
-	AppliedAt time.Time    `json:"applied_at"`
+	AppliedAt time.Time    `json:"applied_at,omitzero"`
+	// State is PatchApplied (also when empty, as in records written
+	// before it existed) or PatchRolledBack.
+	State        string    `json:"state,omitempty"`
+	StartedAt    time.Time `json:"started_at,omitzero"`
+	RolledBackAt time.Time `json:"rolled_back_at,omitzero"`
 }
+
+// Patch record states.
+const (
+	PatchApplied    = "applied"
+	PatchRolledBack = "rolled_back"
+)
+
+func (p AppliedPatch) applied() bool { return p.State == "" || p.State == PatchApplied }
 
 const patchesFile = "patches.json"
 
-// AppliedPatches reads the record of applied patches from the state dir.
-func AppliedPatches(dir string) ([]AppliedPatch, error) {
+// PatchRecord reads the whole record of patches from the state dir:
+// applied ones and interrupted attempts rolled back at start-up.
+func PatchRecord(dir string) ([]AppliedPatch, error) {
 	b, err := os.ReadFile(filepath.Join(dir, patchesFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return []AppliedPatch{}, nil
@@ -53,16 +71,79 @@ func AppliedPatches(dir string) ([]AppliedPatch, error) {
 	return out, json.Unmarshal(b, &out)
 }
 
+// AppliedPatches reads the patches in force from the state dir.
+func AppliedPatches(dir string) ([]AppliedPatch, error) {
+	return recordWhere(dir, AppliedPatch.applied)
+}
+
+// RolledBackPatches reads the interrupted attempts rolled back at start-up.
+func RolledBackPatches(dir string) ([]AppliedPatch, error) {
+	return recordWhere(dir, func(p AppliedPatch) bool { return !p.applied() })
+}
+
+func recordWhere(dir string, keep func(AppliedPatch) bool) ([]AppliedPatch, error) {
+	all, err := PatchRecord(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := []AppliedPatch{}
+	for _, p := range all {
+		if keep(p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
 func savePatches(dir string, list []AppliedPatch) error {
 	b, err := json.MarshalIndent(list, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, patchesFile+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	return writeDurably(dir, patchesFile, b)
+}
+
+// writeDurably replaces dir/name with data so that a crash leaves the old
+// file or the new one, and once it returns the new one survives power
+// loss: written aside, fsynced, renamed, and the directory fsynced.
+func writeDurably(dir, name string, data []byte) error {
+	tmp := filepath.Join(dir, name+".tmp")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, filepath.Join(dir, patchesFile))
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(dir, name))
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return syncDir(dir)
+}
+
+// removeDurably removes dir/name (gone already is fine) and fsyncs dir.
+func removeDurably(dir, name string) error {
+	if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // PatchResult is what apply_patch returns once the last chunk is in.
@@ -145,7 +226,16 @@ func patchErr(err error) error {
 // applyBundle verifies a bundle against the keys in the agent's own
 // configuration and installs it: staged beside each target, swapped in by
 // atomic rename, every touched file restored if anything fails, including
-// the configured health check.
+// the configured health check and the write of the record.
+//
+// It is crash-safe. Before the tree is touched, the intent (which files,
+// their staged copies and backups, the patch's id and version) is
+// journalled in the state dir (patch-journal.json, written durably). The
+// patch counts as applied once, and only once, the record (patches.json)
+// says so; then the backups and the journal go. An agent that finds a
+// journal at start-up (recoverPatch) rolls the tree back unless the record
+// holds the patch, and records the attempt as rolled back, which keeps its
+// id refused.
 func (a *Agent) applyBundle(ctx context.Context, data []byte) (PatchResult, error) {
 	m, files, err := patch.Open(data, a.cfg.PatchKeys, time.Now())
 	if err != nil {
@@ -160,17 +250,23 @@ func (a *Agent) applyBundle(ctx context.Context, data []byte) (PatchResult, erro
 
 	a.patchMu.Lock()
 	defer a.patchMu.Unlock()
-	applied, err := AppliedPatches(a.cfg.StateDir)
+	record, err := PatchRecord(a.cfg.StateDir)
 	if err != nil {
 		return PatchResult{}, cmdErr("patch_failed", "reading the applied-patch record: %v", err)
 	}
-	for _, p := range applied {
-		if p.ID == m.ID {
+	for _, p := range record {
+		switch {
+		case p.ID == m.ID && p.applied():
 			return PatchResult{}, cmdErr("patch_replayed", "patch %s was applied on %s", p.ID, p.AppliedAt.Format(time.RFC3339))
-		}
-		if p.Series == m.Series && !patch.Newer(m.Version, p.Version) {
+		case p.ID == m.ID:
+			return PatchResult{}, cmdErr("patch_replayed", "patch %s was interrupted on %s and rolled back when the agent restarted; its id stays refused: build the fix again under a new id",
+				p.ID, p.StartedAt.Format(time.RFC3339))
+		case p.applied() && p.Series == m.Series && !patch.Newer(m.Version, p.Version):
 			return PatchResult{}, cmdErr("patch_replayed", "version %s is not newer than %s, already applied in series %s", m.Version, p.Version, m.Series)
 		}
+	}
+	if _, err := os.Lstat(filepath.Join(a.cfg.StateDir, journalFile)); err == nil {
+		return PatchResult{}, cmdErr("patch_failed", "an earlier patch is still journalled in %s (its rollback or clean-up was cut short); restart the agent to finish it", a.cfg.StateDir)
 	}
 
 	root, err := os.OpenRoot(rootDir)
@@ -178,23 +274,55 @@ func (a *Agent) applyBundle(ctx context.Context, data []byte) (PatchResult, erro
 		return PatchResult{}, cmdErr("patch_failed", "patch root %s: %v", m.Root, err)
 	}
 	defer root.Close()
+	j := journal{V: 1, ID: m.ID, Version: m.Version, Series: m.Series, Root: m.Root, RootDir: rootDir, Digest: digest, Files: m.Files, StartedAt: time.Now().UTC()}
 	tx := &swap{root: root, tag: fmt.Sprintf("%d", time.Now().UnixNano())}
-	if err := tx.apply(m, files); err != nil {
-		tx.rollback()
-		a.log.Error("patch rolled back", "id", m.ID, "err", err)
-		return PatchResult{}, cmdErr("patch_rolled_back", "%v; every file was restored", err)
+	if err := tx.plan(m, &j); err != nil {
+		return PatchResult{}, cmdErr("patch_rolled_back", "%v; nothing was changed", err)
+	}
+	if err := a.writeJournal(j); err != nil {
+		return PatchResult{}, cmdErr("patch_failed", "journalling the patch in the state dir: %v; nothing was changed", err)
+	}
+	undo := func(why string, err error) (PatchResult, error) {
+		rerr := rollbackSteps(root, j.Files, j.Steps)
+		if rerr == nil {
+			rerr = removeDurably(a.cfg.StateDir, journalFile)
+		}
+		if rerr != nil {
+			// The journal stays: the next start-up finishes the job.
+			a.log.Error("PATCH ROLLBACK INCOMPLETE; the agent finishes it when it restarts", "id", m.ID, "err", rerr)
+			return PatchResult{}, cmdErr("patch_failed", "%s: %v; the rollback is incomplete (%v): restart the agent to finish it", why, err, rerr)
+		}
+		a.log.Error("patch rolled back", "id", m.ID, "why", why, "err", err)
+		return PatchResult{}, cmdErr("patch_rolled_back", "%s: %v; every file was restored", why, err)
+	}
+	if err := tx.apply(m, files, j.Steps); err != nil {
+		return undo("installing", err)
 	}
 	if len(a.cfg.PatchHealthCheck) > 0 {
 		if err := a.healthCheck(ctx); err != nil {
-			tx.rollback()
-			a.log.Error("patch rolled back: health check failed", "id", m.ID, "err", err)
-			return PatchResult{}, cmdErr("patch_rolled_back", "health check failed: %v; every file was restored", err)
+			return undo("health check failed", err)
 		}
 	}
-	tx.commit()
-	applied = append(applied, AppliedPatch{ID: m.ID, Version: m.Version, Series: m.Series, Root: m.Root, Files: m.Files, Digest: digest, AppliedAt: time.Now().UTC()})
-	if err := savePatches(a.cfg.StateDir, applied); err != nil {
-		a.log.Error("recording applied patch", "id", m.ID, "err", err)
+	// Fail closed: a patch whose record cannot be written would re-open
+	// replays and downgrades, so it does not stay.
+	now := time.Now().UTC()
+	entry := AppliedPatch{ID: m.ID, Version: m.Version, Series: m.Series, Root: m.Root, Files: m.Files, Digest: digest, AppliedAt: now, State: PatchApplied, StartedAt: j.StartedAt}
+	if err := savePatches(a.cfg.StateDir, append(record, entry)); err != nil {
+		// Should the rename have landed though the directory's fsync
+		// failed, put the old record back.
+		if rerr := savePatches(a.cfg.StateDir, record); rerr != nil {
+			a.log.Error("restoring the applied-patch record", "id", m.ID, "err", rerr)
+		}
+		return undo("the applied-patch record could not be written", err)
+	}
+	testFault("recorded")
+	if err := commitSteps(root, j.Steps); err == nil {
+		err = removeDurably(a.cfg.StateDir, journalFile)
+		if err != nil {
+			a.log.Error("removing the patch journal", "id", m.ID, "err", err)
+		}
+	} else {
+		a.log.Error("removing patch backups; the agent finishes it when it restarts", "id", m.ID, "err", err)
 	}
 	a.log.Warn("PATCH APPLIED", "id", m.ID, "version", m.Version, "files", len(m.Files))
 	return PatchResult{ID: m.ID, Version: m.Version, Files: m.Files, Digest: digest, Bytes: len(data)}, nil
@@ -217,38 +345,163 @@ func (a *Agent) healthCheck(ctx context.Context) error {
 	return nil
 }
 
-// swap installs files under a root and can undo every step it took.
+// journalFile, in the state dir, exists exactly while a patch is being
+// installed or undone.
+const journalFile = "patch-journal.json"
+
+// journal is the intent of a patch in progress: enough to undo it after a
+// crash, or to finish it when the record already holds it.
+type journal struct {
+	V         int           `json:"v"`
+	ID        string        `json:"id"`
+	Version   string        `json:"version"`
+	Series    string        `json:"series"`
+	Root      string        `json:"root"`
+	RootDir   string        `json:"root_dir"`
+	Digest    string        `json:"bundle_sha256"`
+	Files     []patch.File  `json:"files"`
+	Steps     []journalStep `json:"steps"`
+	StartedAt time.Time     `json:"started_at"`
+}
+
+// journalStep is one file: its staged copy and, when the target existed,
+// the name the original moves to.
+type journalStep struct {
+	Target string `json:"target"`
+	Staged string `json:"staged"`
+	Backup string `json:"backup,omitempty"`
+}
+
+func (a *Agent) writeJournal(j journal) error {
+	b, err := json.MarshalIndent(j, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeDurably(a.cfg.StateDir, journalFile, b)
+}
+
+// recoverPatch finishes what a crash interrupted, before the agent
+// connects: with a journal left and the patch not in the record, every
+// file goes back as it was and the attempt is recorded as rolled back
+// (its id stays refused); with the patch in the record, only its backups
+// are removed. It fails, keeping the journal, when it cannot do either.
+func (a *Agent) recoverPatch() error {
+	a.patchMu.Lock()
+	defer a.patchMu.Unlock()
+	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, journalFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("patch journal: %w", err)
+	}
+	var j journal
+	if err := json.Unmarshal(b, &j); err != nil || j.V != 1 || j.ID == "" || !filepath.IsAbs(j.RootDir) {
+		return fmt.Errorf("patch journal %s is unreadable (%v); check the patch root by hand, then remove it", filepath.Join(a.cfg.StateDir, journalFile), err)
+	}
+	fail := func(err error) error {
+		return fmt.Errorf("interrupted patch %s: %w; the journal %s is kept", j.ID, err, filepath.Join(a.cfg.StateDir, journalFile))
+	}
+	record, err := PatchRecord(a.cfg.StateDir)
+	if err != nil {
+		return fail(fmt.Errorf("reading the applied-patch record: %w", err))
+	}
+	root, err := os.OpenRoot(j.RootDir)
+	if err != nil {
+		return fail(err)
+	}
+	defer root.Close()
+	for _, p := range record {
+		if p.ID == j.ID && p.applied() {
+			// Recorded, so applied: only the clean-up was cut short.
+			if err := commitSteps(root, j.Steps); err != nil {
+				return fail(err)
+			}
+			a.log.Warn("interrupted patch was applied; its backups are removed", "id", j.ID, "version", j.Version)
+			return removeDurably(a.cfg.StateDir, journalFile)
+		}
+	}
+	if err := rollbackSteps(root, j.Files, j.Steps); err != nil {
+		return fail(err)
+	}
+	known := false
+	for _, p := range record {
+		known = known || p.ID == j.ID
+	}
+	if !known {
+		record = append(record, AppliedPatch{ID: j.ID, Version: j.Version, Series: j.Series, Root: j.Root, Files: j.Files, Digest: j.Digest,
+			State: PatchRolledBack, StartedAt: j.StartedAt, RolledBackAt: time.Now().UTC()})
+		if err := savePatches(a.cfg.StateDir, record); err != nil {
+			return fail(fmt.Errorf("recording the rollback: %w", err))
+		}
+	}
+	a.log.Warn("PATCH ROLLED BACK AT START-UP: an interrupted patch was undone; its id stays refused",
+		"id", j.ID, "version", j.Version, "files", len(j.Steps), "started_at", j.StartedAt.Format(time.RFC3339))
+	if err := removeDurably(a.cfg.StateDir, journalFile); err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+// TestCrashAfterSwapEnv is a test-only fault point: set to N, the agent
+// kills itself (SIGKILL) right after swapping in the Nth file of a patch,
+// as a crash there would. Unset, as it is outside the tests, it does
+// nothing.
+const TestCrashAfterSwapEnv = "ARGUS_AGENT_TEST_CRASH_AFTER_SWAP"
+
+// testFault is called at the points where a crash is most harmful
+// ("staged" once every file is staged, "swap:N" after the Nth file is
+// swapped in, "recorded" once the record holds the patch). Unit tests replace it; by default it honours
+// TestCrashAfterSwapEnv and nothing else.
+var testFault = func(point string) {
+	n := os.Getenv(TestCrashAfterSwapEnv)
+	if n == "" || point != "swap:"+n {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "%s=%s: test fault point, the agent kills itself after swap %s\n", TestCrashAfterSwapEnv, n, n)
+	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	select {} // the signal is on its way
+}
+
+// swap installs files under a root.
 type swap struct {
 	root *os.Root
 	tag  string
-	// staged new files, and the targets swapped so far with their backups
-	// ("" when the target did not exist).
-	staged  []string
-	swapped []swapped
 }
-
-type swapped struct{ target, backup string }
 
 func sidecar(target, kind, tag string) string {
 	dir, name := path.Split(target)
 	return dir + "." + name + ".argus-" + kind + "-" + tag
 }
 
-func (s *swap) apply(m patch.Manifest, files map[string][]byte) error {
-	// Stage everything first: a failure here has changed nothing.
+// plan checks every target and names its staged copy and, when the target
+// exists, its backup, into the journal.
+func (s *swap) plan(m patch.Manifest, j *journal) error {
 	for _, f := range m.Files {
-		if fi, err := s.root.Lstat(f.Target); err == nil && !fi.Mode().IsRegular() {
+		st := journalStep{Target: f.Target, Staged: sidecar(f.Target, "new", s.tag)}
+		fi, err := s.root.Lstat(f.Target)
+		switch {
+		case err == nil && !fi.Mode().IsRegular():
 			return fmt.Errorf("target %s exists and is not a regular file", f.Target)
-		} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		case err == nil:
+			st.Backup = sidecar(f.Target, "old", s.tag)
+		case !errors.Is(err, fs.ErrNotExist):
 			return fmt.Errorf("target %s: %w", f.Target, err)
 		}
+		j.Steps = append(j.Steps, st)
+	}
+	return nil
+}
+
+// apply stages every file, then swaps each in, as the journal says.
+func (s *swap) apply(m patch.Manifest, files map[string][]byte, steps []journalStep) error {
+	// Stage everything first: a failure here has changed no target.
+	for i, f := range m.Files {
 		mode, _ := patch.ParseMode(f.Mode)
-		tmp := sidecar(f.Target, "new", s.tag)
-		fh, err := s.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fs.FileMode(mode))
+		fh, err := s.root.OpenFile(steps[i].Staged, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fs.FileMode(mode))
 		if err != nil {
 			return fmt.Errorf("staging %s: %w", f.Target, err)
 		}
-		s.staged = append(s.staged, tmp)
 		_, werr := fh.Write(files[f.Target])
 		if werr == nil {
 			werr = fh.Chmod(fs.FileMode(mode)) // exact mode, whatever the umask
@@ -263,44 +516,112 @@ func (s *swap) apply(m patch.Manifest, files map[string][]byte) error {
 			return fmt.Errorf("staging %s: %w", f.Target, werr)
 		}
 	}
+	testFault("staged")
 	// Swap each in: the old file moves aside, the new one takes its name.
-	for i, f := range m.Files {
-		sw := swapped{target: f.Target}
-		if _, err := s.root.Lstat(f.Target); err == nil {
-			sw.backup = sidecar(f.Target, "old", s.tag)
-			if err := s.root.Rename(f.Target, sw.backup); err != nil {
-				return fmt.Errorf("backing up %s: %w", f.Target, err)
+	for i, st := range steps {
+		if st.Backup != "" {
+			if err := s.root.Rename(st.Target, st.Backup); err != nil {
+				return fmt.Errorf("backing up %s: %w", st.Target, err)
+			}
+		} else if _, err := s.root.Lstat(st.Target); err == nil {
+			return fmt.Errorf("target %s appeared during the patch", st.Target)
+		}
+		if err := s.root.Rename(st.Staged, st.Target); err != nil {
+			return fmt.Errorf("installing %s: %w", st.Target, err)
+		}
+		testFault(fmt.Sprintf("swap:%d", i+1))
+	}
+	// Every new name is on disk before the record can say "applied".
+	return syncDirs(s.root, steps)
+}
+
+// rollbackSteps puts every target back as the journal found it, newest
+// first, judging from what is on disk, so it is right wherever a crash
+// (or an earlier rollback) stopped: a backup still there is the original,
+// and takes its name back; a target that had none and now holds the
+// patch's content (its staged copy gone) was installed, and goes.
+// Staged copies are removed.
+func rollbackSteps(root *os.Root, files []patch.File, steps []journalStep) error {
+	var errs []error
+	for i := len(steps) - 1; i >= 0; i-- {
+		st := steps[i]
+		if st.Backup != "" {
+			if _, err := root.Lstat(st.Backup); err == nil {
+				if err := root.Rename(st.Backup, st.Target); err != nil {
+					errs = append(errs, fmt.Errorf("restoring %s: %w", st.Target, err))
+				}
+			} else if !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		} else if _, err := root.Lstat(st.Staged); errors.Is(err, fs.ErrNotExist) && i < len(files) && holds(root, st.Target, files[i].SHA256) {
+			if err := root.Remove(st.Target); err != nil {
+				errs = append(errs, fmt.Errorf("removing %s: %w", st.Target, err))
 			}
 		}
-		s.swapped = append(s.swapped, sw)
-		if err := s.root.Rename(s.staged[i], f.Target); err != nil {
-			return fmt.Errorf("installing %s: %w", f.Target, err)
+		if err := root.Remove(st.Staged); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return syncDirs(root, steps)
+}
+
+// holds says whether name under root is a regular file with that digest.
+func holds(root *os.Root, name, sha string) bool {
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return false
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return false
+	}
+	return hex.EncodeToString(h.Sum(nil)) == sha
+}
+
+// commitSteps removes the backups and any staged copy left.
+func commitSteps(root *os.Root, steps []journalStep) error {
+	var errs []error
+	for _, st := range steps {
+		for _, p := range []string{st.Backup, st.Staged} {
+			if p == "" {
+				continue
+			}
+			if err := root.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return syncDirs(root, steps)
+}
+
+// syncDirs fsyncs every directory that holds a target.
+func syncDirs(root *os.Root, steps []journalStep) error {
+	done := map[string]bool{}
+	for _, st := range steps {
+		dir := path.Dir(st.Target)
+		if done[dir] {
+			continue
+		}
+		done[dir] = true
+		d, err := root.Open(dir)
+		if err != nil {
+			return err
+		}
+		err = d.Sync()
+		d.Close()
+		if err != nil {
+			return fmt.Errorf("fsync %s: %w", dir, err)
 		}
 	}
 	return nil
-}
-
-// rollback restores every swapped target, newest first, and removes what
-// was staged.
-func (s *swap) rollback() {
-	for i := len(s.swapped) - 1; i >= 0; i-- {
-		sw := s.swapped[i]
-		if sw.backup == "" {
-			_ = s.root.Remove(sw.target)
-			continue
-		}
-		_ = s.root.Rename(sw.backup, sw.target)
-	}
-	for _, p := range s.staged {
-		_ = s.root.Remove(p)
-	}
-}
-
-// commit removes the backups.
-func (s *swap) commit() {
-	for _, sw := range s.swapped {
-		if sw.backup != "" {
-			_ = s.root.Remove(sw.backup)
-		}
-	}
 }

@@ -101,7 +101,7 @@ camera-timeout: 2s
 }
 
 // runConfiguredAgent is runAgent with a configuration file.
-func (s *supportEnv) runConfiguredAgent(t *testing.T, name, config string) (string, string, *testenv.AgentProcess) {
+func (s *supportEnv) runConfiguredAgent(t *testing.T, name, config string, extraEnv ...string) (string, string, *testenv.AgentProcess) {
 	t.Helper()
 	var tok struct {
 		Token string `json:"token"`
@@ -112,7 +112,7 @@ func (s *supportEnv) runConfiguredAgent(t *testing.T, name, config string) (stri
 	require.NoError(t, err, stderr)
 	st, err := agent.LoadState(dir)
 	require.NoError(t, err)
-	proc := testenv.StartAgent(t, dir, "ARGUS_AGENT_CONFIG="+config)
+	proc := testenv.StartAgent(t, dir, append([]string{"ARGUS_AGENT_CONFIG=" + config}, extraEnv...)...)
 	proc.WaitLog(t, 0, "connected to broker", 1, 10*time.Second)
 	testenv.Eventually(t, 5*time.Second, func() bool { return s.online(st.AgentID) }, "agent online")
 	return st.AgentID, dir, proc

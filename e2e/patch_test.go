@@ -58,9 +58,13 @@ type patchEnv struct {
 	key, otherKey      ed25519.PrivateKey
 	sessionID, token   string
 	agentID, stateDir  string
+	config             string
+	proc               *testenv.AgentProcess
 }
 
-func newPatchEnv(t *testing.T) *patchEnv {
+// newPatchEnv runs an agent with patch roots, keys and a health check, in
+// an active session; extraEnv goes to the agent.
+func newPatchEnv(t *testing.T, extraEnv ...string) *patchEnv {
 	t.Helper()
 	dir := t.TempDir()
 	p := &patchEnv{root: filepath.Join(dir, "streamer"), healthMarker: filepath.Join(dir, "unhealthy")}
@@ -75,6 +79,7 @@ func newPatchEnv(t *testing.T) *patchEnv {
 	pubFile := filepath.Join(dir, "patch-signing.pub")
 	require.NoError(t, os.WriteFile(pubFile, []byte(patch.EncodePublic(pub)+"\n"), 0o644))
 	config := filepath.Join(dir, "agent.yaml")
+	p.config = config
 	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf(`patch-keys: [%s]
 patch-roots:
   streamer: %s
@@ -84,7 +89,7 @@ patch-health-timeout: 10s
 
 	p.supportEnv = newSupportEnv(t, nil)
 	p.consentAndArm(t)
-	p.agentID, p.stateDir, _ = p.runConfiguredAgent(t, "cam-gw-1", config)
+	p.agentID, p.stateDir, p.proc = p.runConfiguredAgent(t, "cam-gw-1", config, extraEnv...)
 	sess, token := p.activate(t, p.agentID, "")
 	p.sessionID, p.token = sess.ID, token
 	return p
@@ -103,6 +108,10 @@ func (p *patchEnv) bundle(t *testing.T, key ed25519.PrivateKey, m patch.Manifest
 // send posts a bundle and returns the outcome code ("ok" on success).
 func (p *patchEnv) send(t *testing.T, bundle []byte) (string, json.RawMessage) {
 	t.Helper()
+	return p.sendCtx(context.Background(), bundle)
+}
+
+func (p *patchEnv) sendCtx(ctx context.Context, bundle []byte) (string, json.RawMessage) {
 	c := *p.api
 	c.SessionToken = p.token
 	var res struct {
@@ -112,7 +121,7 @@ func (p *patchEnv) send(t *testing.T, bundle []byte) (string, json.RawMessage) {
 		} `json:"error"`
 		Data json.RawMessage `json:"data"`
 	}
-	err := c.DoRaw(context.Background(), "POST", "/v1/support/sessions/"+p.sessionID+"/patch", "application/octet-stream", bundle, &res)
+	err := c.DoRaw(ctx, "POST", "/v1/support/sessions/"+p.sessionID+"/patch", "application/octet-stream", bundle, &res)
 	if err != nil {
 		return apiCode(err), nil
 	}
@@ -381,4 +390,64 @@ func TestPatch_CompletionNotRecordedKeepsTheRequest(t *testing.T) {
 	var status string
 	require.NoError(t, p.srv.Database().Pool.QueryRow(context.Background(), "SELECT status FROM commands WHERE id = $1", apiErr.CommandID).Scan(&status))
 	assert.Equal(t, "requested", status)
+}
+
+func TestPatch_AgentKilledBetweenSwapsRollsBackAtRestart(t *testing.T) {
+	// The test-only fault point: the agent kills itself (SIGKILL) right
+	// after the first of three files is swapped in.
+	p := newPatchEnv(t, agent.TestCrashAfterSwapEnv+"=1")
+	before := snapshot(t, p.root)
+	contents := map[string][]byte{"bin/run.sh": []byte("#!/bin/sh\necho v2\n"), "etc/app.conf": []byte("level=2\n"), "etc/new.conf": []byte("new\n")}
+	files := []patch.File{{Target: "bin/run.sh", Mode: "0755"}, {Target: "etc/app.conf", Mode: "0600"}, {Target: "etc/new.conf"}}
+	bundle := p.bundle(t, p.key, patch.Manifest{ID: "HF-CRASH", Version: "1.1.0", Files: files}, contents)
+
+	// The attempt's answer never comes (the server gives up on it); the
+	// test stops waiting for it when it ends.
+	ctx, cancel := context.WithCancel(context.Background())
+	sent := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-sent })
+	go func() {
+		defer close(sent)
+		_, _ = p.sendCtx(ctx, bundle)
+	}()
+	select {
+	case <-p.proc.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent did not crash at the fault point")
+	}
+	assert.Contains(t, p.proc.Logs(), "test fault point")
+	require.NotEqual(t, before, snapshot(t, p.root), "the crash left the tree half-patched")
+
+	// Restarted without the fault point, the agent undoes the patch before
+	// it connects.
+	proc := testenv.StartAgent(t, p.stateDir, "ARGUS_AGENT_CONFIG="+p.config)
+	connected := proc.WaitLog(t, 0, "connected to broker", 1, 10*time.Second)
+	assert.Equal(t, before, snapshot(t, p.root), "byte-identical to before the patch, no backups left")
+	rolled := proc.WaitLog(t, 0, "PATCH ROLLED BACK AT START-UP", 1, time.Second)
+	assert.Less(t, rolled, connected, "recovered before connecting")
+
+	record, err := agent.PatchRecord(p.stateDir)
+	require.NoError(t, err)
+	require.Len(t, record, 1)
+	assert.Equal(t, "HF-CRASH", record[0].ID)
+	assert.Equal(t, agent.PatchRolledBack, record[0].State)
+	assert.Equal(t, digest(bundle), record[0].Digest)
+	applied, err := agent.AppliedPatches(p.stateDir)
+	require.NoError(t, err)
+	assert.Empty(t, applied)
+
+	// The session is still live: the agent takes its activation again.
+	proc.WaitLog(t, 0, "REMOTE SUPPORT SESSION ACTIVE", 1, 10*time.Second)
+	code, _ := p.send(t, bundle)
+	assert.Equal(t, "patch_replayed", code, "the interrupted bundle stays refused")
+	assert.Equal(t, before, snapshot(t, p.root))
+	caps := p.run(t, p.sessionID, p.token, "get_capabilities", nil)
+	assert.Contains(t, string(caps.Data), `"rolled_back_patches"`)
+
+	// The same fix, built again under a new id, applies.
+	code, _ = p.send(t, p.bundle(t, p.key, patch.Manifest{ID: "HF-CRASH-2", Version: "1.1.0", Files: files}, contents))
+	require.Equal(t, "ok", code)
+	got, err := os.ReadFile(filepath.Join(p.root, "etc", "app.conf"))
+	require.NoError(t, err)
+	assert.Equal(t, "level=2\n", string(got))
 }
