@@ -22,6 +22,7 @@ import (
 	"github.com/argus-remote/argus/argusctl/apiclient"
 	"github.com/argus-remote/argus/internal/testenv"
 	"github.com/argus-remote/argus/patch"
+	"github.com/argus-remote/argus/topics"
 )
 
 // snapshot lists every file under dir with its mode and digest.
@@ -417,6 +418,10 @@ func TestPatch_AgentKilledBetweenSwapsRollsBackAtRestart(t *testing.T) {
 	}
 	assert.Contains(t, p.proc.Logs(), "test fault point")
 	require.NotEqual(t, before, snapshot(t, p.root), "the crash left the tree half-patched")
+	// Acknowledgements so far are the dead agent's.
+	for len(p.acks) > 0 {
+		<-p.acks
+	}
 
 	// Restarted without the fault point, the agent undoes the patch before
 	// it connects.
@@ -436,8 +441,9 @@ func TestPatch_AgentKilledBetweenSwapsRollsBackAtRestart(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, applied)
 
-	// The session is still live: the agent takes its activation again.
-	proc.WaitLog(t, 0, "REMOTE SUPPORT SESSION ACTIVE", 1, 10*time.Second)
+	// The session is still live: the agent takes its activation again,
+	// and acknowledges it once it is subscribed to its commands.
+	assert.Equal(t, topics.StateActive, p.awaitAck(t, p.sessionID).State)
 	code, _ := p.send(t, bundle)
 	assert.Equal(t, "patch_replayed", code, "the interrupted bundle stays refused")
 	assert.Equal(t, before, snapshot(t, p.root))
