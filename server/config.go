@@ -53,6 +53,9 @@ type Config struct {
 
 	OTLPEndpoint    string
 	EnrollPerMinute int
+	// CommandReconnectWait bounds how long a command waits for an agent
+	// that is reconnecting before it is refused (agent_offline).
+	CommandReconnectWait time.Duration
 	// PprofAddr, when set, serves Go's profiles there (loopback only).
 	PprofAddr string
 	// GCHeapFloor is the heap goal, in bytes, below which the collector
@@ -108,6 +111,7 @@ var Keys = []settings.Key{
 	{Name: "pprof-addr", Env: []string{"ARGUS_PPROF_ADDR"}},
 	{Name: "gc-heap-floor", Env: []string{"ARGUS_GC_HEAP_FLOOR"}, Default: 64 << 20},
 	{Name: "enroll-rate-limit", Env: []string{"ARGUS_ENROLL_RATE_LIMIT"}, Default: 10},
+	{Name: "command-reconnect-wait", Env: []string{"ARGUS_COMMAND_RECONNECT_WAIT"}, Default: "3s"},
 	{Name: "log-level", Env: []string{"ARGUS_LOG_LEVEL"}, Default: "info"},
 	{Name: "log-format", Env: []string{"ARGUS_LOG_FORMAT"}, Default: "text"},
 }
@@ -237,6 +241,11 @@ func FromViper(v *viper.Viper) (Config, error) {
 		bad("audit-reconcile-at", "%q is not a UTC time of day (HH:MM)", v.GetString("audit-reconcile-at"))
 	} else {
 		c.ReconcileAt = time.Duration(hm.Hour())*time.Hour + time.Duration(hm.Minute())*time.Minute
+	}
+	if d, err := time.ParseDuration(v.GetString("command-reconnect-wait")); err != nil || d <= 0 || d > time.Minute {
+		bad("command-reconnect-wait", "%q is not a duration within 0..1m", v.GetString("command-reconnect-wait"))
+	} else {
+		c.CommandReconnectWait = d
 	}
 	if d, err := time.ParseDuration(v.GetString("audit-reconcile-overlap")); err != nil || d < 0 || d > 24*time.Hour {
 		bad("audit-reconcile-overlap", "%q is not a duration within 0..24h", v.GetString("audit-reconcile-overlap"))

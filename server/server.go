@@ -147,9 +147,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		Refused: func(agentID, topic, why string) {
 			s.policy.Refuse(acl.Denial{ClientID: agentID, AgentID: agentID, Topic: topic, Write: true, Why: why})
 		},
-		AfterCommit: cfg.AfterActivationCommit,
+		AfterCommit:   cfg.AfterActivationCommit,
+		ReconnectWait: cfg.CommandReconnectWait,
 	})
 	s.fleet.OnConnect = s.sessions.OnAgentConnected
+	s.fleet.OnDisconnect = s.sessions.OnAgentDisconnected
 	// The watcher and the sessions rebuild their state and subscribe before
 	// the first agent can connect.
 	if err := s.fleet.Start(ctx, s.broker.Server()); err != nil {

@@ -37,6 +37,10 @@ const (
 	// client per interval, carrying the count of those suppressed.
 	denialAuditEvery = time.Minute
 	queueSize        = 4096
+	// goneMax bounds the departures kept; past it, those older than
+	// goneFor are dropped.
+	goneMax = 10_000
+	goneFor = 5 * time.Minute
 )
 
 // Tenants resolves an agent's tenant (the ACL policy caches it).
@@ -55,6 +59,7 @@ type Watcher struct {
 
 	mu     sync.Mutex
 	online map[string]*conn
+	gone   map[string]time.Time // when each agent last left, while it is away
 	seen   map[string]agents.Heartbeat
 	denied map[string]*denialWindow
 
@@ -65,6 +70,8 @@ type Watcher struct {
 	// OnConnect, when set before Start, runs after an agent connects (in
 	// the broker's goroutine; it must not block).
 	OnConnect func(agentID string)
+	// OnDisconnect, likewise, runs after an agent's connection is gone.
+	OnDisconnect func(agentID string)
 }
 
 type conn struct {
@@ -86,7 +93,7 @@ type denialWindow struct {
 func New(store *agents.Store, pool *pgxpool.Pool, tenants Tenants, node string, log *slog.Logger) *Watcher {
 	return &Watcher{
 		store: store, pool: pool, tenants: tenants, node: node, log: log,
-		online: map[string]*conn{}, seen: map[string]agents.Heartbeat{}, denied: map[string]*denialWindow{},
+		online: map[string]*conn{}, gone: map[string]time.Time{}, seen: map[string]agents.Heartbeat{}, denied: map[string]*denialWindow{},
 		queue: make(chan func(context.Context), queueSize), stop: make(chan struct{}), stopped: make(chan struct{}),
 	}
 }
@@ -122,6 +129,15 @@ func (w *Watcher) Online(agentID string) bool {
 	defer w.mu.Unlock()
 	_, ok := w.online[agentID]
 	return ok
+}
+
+// GoneSince is when the agent last disconnected from this node, while it
+// is away (for a while: entries older than a few minutes may be dropped).
+func (w *Watcher) GoneSince(agentID string) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t, ok := w.gone[agentID]
+	return t, ok
 }
 
 // OnlineCount is how many agents are connected here.
@@ -250,6 +266,7 @@ func (w *Watcher) connected(cl *mqtt.Client) {
 	c := &conn{cl: cl, tenant: tenant, connectedAt: time.Now().UTC().Truncate(time.Microsecond), state: topics.StateDormant}
 	w.mu.Lock()
 	w.online[cl.ID] = c
+	delete(w.gone, cl.ID)
 	snap := *c
 	w.mu.Unlock()
 	remote := cl.Net.Remote
@@ -278,9 +295,20 @@ func (w *Watcher) disconnected(cl *mqtt.Client) {
 		return
 	}
 	delete(w.online, cl.ID)
+	at := time.Now().UTC()
+	w.gone[cl.ID] = at
+	if len(w.gone) > goneMax {
+		for id, t := range w.gone {
+			if at.Sub(t) > goneFor {
+				delete(w.gone, id)
+			}
+		}
+	}
 	snap := *c
 	w.mu.Unlock()
-	at := time.Now().UTC()
+	if w.OnDisconnect != nil {
+		w.OnDisconnect(cl.ID)
+	}
 	w.enqueue(func(ctx context.Context) {
 		if err := w.store.Disconnected(ctx, cl.ID, w.node, c.connectedAt, at); err != nil {
 			w.log.Error("record agent disconnect", "agent", cl.ID, "err", err)

@@ -57,7 +57,8 @@ func (m *Manager) checkLoop() {
 // CheckState runs one comparison of the broker's state with the database
 // and repairs any drift: live sessions that have ended, commands topics
 // open without a live session, and revoked agents still admitted or
-// connected.
+// connected. It also marks interrupted every command past its deadline
+// whose completion was never written.
 func (m *Manager) CheckState(ctx context.Context) error {
 	m.checkMu.Lock()
 	defer m.checkMu.Unlock()
@@ -65,7 +66,10 @@ func (m *Manager) CheckState(ctx context.Context) error {
 		return err
 	}
 	m.checkACL()
-	return m.checkRevoked(ctx)
+	if err := m.checkRevoked(ctx); err != nil {
+		return err
+	}
+	return m.interruptOverdue(ctx)
 }
 
 func (m *Manager) repaired(kind, agentID, sessionID string) {

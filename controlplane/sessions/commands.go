@@ -151,15 +151,20 @@ func (m *Manager) exchange(ctx context.Context, s session, cmdID, name string, a
 	if err != nil {
 		return topics.ResultMsg{}, err
 	}
-	ch := make(chan topics.ResultMsg, 1)
+	ch, gone := make(chan topics.ResultMsg, 1), make(chan struct{}, 1)
 	m.mu.Lock()
-	m.results[cmdID] = waiter{agentID: s.agentID, sessionID: s.id, results: ch}
+	m.results[cmdID] = waiter{agentID: s.agentID, sessionID: s.id, results: ch, gone: gone}
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
 		delete(m.results, cmdID)
 		m.mu.Unlock()
 	}()
+	// Registered first, so a disconnect from here on is heard; one before
+	// would drop the command unseen.
+	if !m.Fleet.Online(s.agentID) {
+		return disconnectedResult(), nil
+	}
 	aid, _ := topics.ParseAgentID(s.agentID)
 	props := &packets.Properties{CorrelationData: []byte(cmdID), ResponseTopic: aid.Topic(topics.Results)}
 	// The trace continues on the agent: its context rides in user properties.
@@ -175,6 +180,8 @@ func (m *Manager) exchange(ctx context.Context, s session, cmdID, name string, a
 	select {
 	case res := <-ch:
 		return checkResult(name, res), nil
+	case <-gone:
+		return disconnectedResult(), nil
 	case <-timer.C:
 		return topics.ResultMsg{Status: "timeout", Error: &topics.ErrorBody{Code: "agent_timeout", Message: "the agent did not answer in time"}}, nil
 	case <-ctx.Done():
@@ -280,6 +287,15 @@ func storableJSON(doc []byte) ([]byte, error) {
 	return json.Marshal(v)
 }
 
+// statusDisconnected is the server's own result for a command whose agent
+// went away while it was in flight; no agent's answer can carry it.
+const statusDisconnected = "disconnected"
+
+func disconnectedResult() topics.ResultMsg {
+	return topics.ResultMsg{Status: statusDisconnected, Error: &topics.ErrorBody{Code: CodeAgentDisconnected,
+		Message: "the agent disconnected while the command was in flight; what it did is unknown"}}
+}
+
 // commandStatus maps a result to the commands row status and audit outcome.
 func commandStatus(res topics.ResultMsg) (status, outcome, code string) {
 	status, outcome = "succeeded", audit.Success
@@ -290,6 +306,8 @@ func commandStatus(res topics.ResultMsg) (status, outcome, code string) {
 		status, outcome = "failed", audit.Failure
 	case "timeout":
 		status, outcome = "timeout", audit.Failure
+	case statusDisconnected:
+		status, outcome = "interrupted", OutcomeUnknown
 	}
 	if res.Error != nil {
 		code = res.Error.Code
@@ -336,6 +354,9 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 	case len(req.Args) > maxArgs:
 		return deny(refuse(http.StatusRequestEntityTooLarge, "payload_too_large", "command arguments over 64 KiB"))
 	}
+	if r := m.awaitAgent(ctx, s.agentID); r != nil {
+		return deny(r)
+	}
 	if len(req.Args) == 0 {
 		req.Args = json.RawMessage("{}")
 	}
@@ -352,9 +373,10 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 	}
 	requested := entry
 	requested.Action, requested.Outcome = "support.command.requested", audit.Success
+	defer m.running(cmdID)()
 	err := m.record(ctx, []audit.Stmt{{
-		SQL:  `INSERT INTO commands (id, session_id, name, args_digest, status) VALUES ($1, $2, $3, $4, 'requested')`,
-		Args: []any{cmdID, req.SessionID, req.Name, digest[:]},
+		SQL:  `INSERT INTO commands (id, session_id, name, args_digest, status, deadline) VALUES ($1, $2, $3, $4, 'requested', $5)`,
+		Args: []any{cmdID, req.SessionID, req.Name, digest[:], m.deadline(s, 1)},
 	}}, requested)
 	if err != nil {
 		m.Log.Error("command request not recorded", "session", req.SessionID, "err", err)
@@ -404,6 +426,12 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 	}
 	if status == "timeout" {
 		return out, refuse(http.StatusGatewayTimeout, "agent_timeout", res.Error.Message)
+	}
+	if res.Status == statusDisconnected {
+		return out, &Refusal{Status: http.StatusBadGateway, Code: CodeAgentDisconnected, Message: res.Error.Message, CommandID: cmdID}
+	}
+	if req.Name == "get_capabilities" && status == "succeeded" {
+		m.settlePatches(context.WithoutCancel(ctx), agentID, res.Data)
 	}
 	return out, nil
 }

@@ -94,18 +94,22 @@ func (m *Manager) ApplyPatch(ctx context.Context, req PatchRequest) (PatchResult
 
 	// As for every command: the request and its commands row commit before
 	// the first chunk leaves, or nothing is sent; the completion follows.
+	if r := m.awaitAgent(ctx, s.agentID); r != nil {
+		return deny(r)
+	}
 	started := time.Now()
+	count := (len(req.Bundle) + patchChunk - 1) / patchChunk
 	requested := entry
 	requested.Action, requested.Outcome = "support.patch.requested", audit.Success
+	defer m.running(cmdID)()
 	if err := m.record(ctx, []audit.Stmt{{
-		SQL:  `INSERT INTO commands (id, session_id, name, args_digest, status) VALUES ($1, $2, 'apply_patch', $3, 'requested')`,
-		Args: []any{cmdID, req.SessionID, sum[:]},
+		SQL:  `INSERT INTO commands (id, session_id, name, args_digest, status, deadline) VALUES ($1, $2, 'apply_patch', $3, 'requested', $4)`,
+		Args: []any{cmdID, req.SessionID, sum[:], m.deadline(s, count)},
 	}}, requested); err != nil {
 		m.Log.Error("patch request not recorded", "session", req.SessionID, "err", err)
 		return PatchResult{}, notSent()
 	}
 
-	count := (len(req.Bundle) + patchChunk - 1) / patchChunk
 	var res topics.ResultMsg
 	for i := 0; i < count; i++ {
 		end := min((i+1)*patchChunk, len(req.Bundle))
@@ -147,6 +151,9 @@ func (m *Manager) ApplyPatch(ctx context.Context, req PatchRequest) (PatchResult
 	}
 	if status == "timeout" {
 		return out, refuse(http.StatusGatewayTimeout, "agent_timeout", "the agent did not answer in time; what it did is unknown")
+	}
+	if res.Status == statusDisconnected {
+		return out, &Refusal{Status: http.StatusBadGateway, Code: CodeAgentDisconnected, Message: res.Error.Message, CommandID: cmdID}
 	}
 	return out, nil
 }

@@ -161,6 +161,9 @@ type ACL interface {
 type Fleet interface {
 	Online(agentID string) bool
 	KillSwitch(agentID string) bool
+	// GoneSince is when the agent last disconnected from this node, if it
+	// is not connected now.
+	GoneSince(agentID string) (time.Time, bool)
 }
 
 // Options configure a Manager.
@@ -177,6 +180,11 @@ type Options struct {
 	CommandTimeout time.Duration
 	// SweepEvery is how often expired sessions are ended (1s).
 	SweepEvery time.Duration
+	// ReconnectWait bounds the wait, when a command arrives, for an agent
+	// that is reconnecting (gone a moment ago, or the server has just
+	// started) to be back and subscribed (3s). An agent gone for longer
+	// is refused at once.
+	ReconnectWait time.Duration
 	// Disabled is remote support switched off: sessions left live from
 	// before are ended at start, since none may be opened or used.
 	Disabled bool
@@ -202,15 +210,17 @@ type Options struct {
 type Manager struct {
 	Options
 
-	mu       sync.Mutex
-	live     map[string]*live  // by agent id
-	acks     map[string]waiter // by session id
-	results  map[string]waiter // by command id
-	stop     chan struct{}
-	stopped  chan struct{}
-	checked  chan struct{}
-	inflight sync.WaitGroup
-	rows     *rowcache.Cache[sessionRow]
+	started time.Time
+	mu      sync.Mutex
+	runs    map[string]bool   // commands rows in flight here, by id
+	live    map[string]*live  // by agent id
+	acks    map[string]waiter // by session id
+	results map[string]waiter // by command id
+	stop    chan struct{}
+	stopped chan struct{}
+	checked chan struct{}
+	workers sync.WaitGroup
+	rows    *rowcache.Cache[sessionRow]
 	// checkMu serialises state checks; revokedSince is where the next
 	// one looks for revocations.
 	checkMu      sync.Mutex
@@ -236,6 +246,8 @@ type waiter struct {
 	agentID, sessionID string
 	acks               chan topics.ActivationAckMsg
 	results            chan topics.ResultMsg
+	// gone is told when the agent disconnects with the command in flight.
+	gone chan struct{}
 }
 
 // New returns a Manager; Start it once the broker exists.
@@ -252,9 +264,13 @@ func New(o Options) *Manager {
 	if o.CheckEvery == 0 {
 		o.CheckEvery = 3 * time.Second
 	}
+	if o.ReconnectWait == 0 {
+		o.ReconnectWait = 3 * time.Second
+	}
 	m := &Manager{
 		Options: o,
-		live:    map[string]*live{}, acks: map[string]waiter{}, results: map[string]waiter{},
+		started: time.Now(), runs: map[string]bool{},
+		live: map[string]*live{}, acks: map[string]waiter{}, results: map[string]waiter{},
 		stop: make(chan struct{}), stopped: make(chan struct{}), checked: make(chan struct{}),
 	}
 	if o.Rows != nil {
@@ -280,6 +296,10 @@ func (m *Manager) Start(ctx context.Context) error {
 	if err := m.restore(ctx); err != nil {
 		return err
 	}
+	// Commands cut off by the last stop are settled now, not a check later.
+	if err := m.interruptOverdue(ctx); err != nil {
+		return fmt.Errorf("sessions: interrupted commands: %w", err)
+	}
 	go m.sweep()
 	go m.checkLoop()
 	return nil
@@ -292,7 +312,7 @@ func (m *Manager) Stop() {
 	close(m.stop)
 	<-m.stopped
 	<-m.checked
-	m.inflight.Wait()
+	m.workers.Wait()
 }
 
 // restore is start-up: a session never acknowledged may have been cut off
@@ -565,9 +585,9 @@ func (m *Manager) onAck(_ *mqtt.Client, _ packets.Subscription, pk packets.Packe
 	default:
 		return
 	}
-	m.inflight.Add(1)
+	m.workers.Add(1)
 	go func() {
-		defer m.inflight.Done()
+		defer m.workers.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		actor := audit.Entry{Actor: "agent:" + id.String()}
