@@ -16,41 +16,6 @@ import (
 	"github.com/argus-remote/argus/topics"
 )
 
-// activeFake opens a session on a fake agent that acknowledges it and
-// takes up its commands.
-func (s *supportEnv) activeFake(t *testing.T, name string) (*fakeAgent, activation) {
-	t.Helper()
-	f := s.fakeAgent(t, name)
-	f.subscribe(t, topics.Activation)
-	done := s.activateAsync(t, f.e.AgentID)
-	var act topics.ActivationMsg
-	f.next(t, s, topics.Activation, topics.PurposeActivation, &act, func() bool { return act.State == topics.StateActive })
-	f.subscribe(t, topics.Commands)
-	f.publish(t, topics.ActivationAck, topics.ActivationAckMsg{V: topics.Version, AgentID: f.e.AgentID, SessionID: act.SessionID, State: topics.StateActive})
-	got := <-done
-	require.Empty(t, got.code)
-	return f, got
-}
-
-type commandAnswer struct {
-	res  apiclient.CommandResult
-	code string
-	err  *apiclient.Error
-	took time.Duration
-}
-
-func (s *supportEnv) commandAsync(t *testing.T, a activation, name string) <-chan commandAnswer {
-	out := make(chan commandAnswer, 1)
-	go func() {
-		start := time.Now()
-		res, err := s.command(t, a.session.ID, a.token, name)
-		ans := commandAnswer{res: res, code: apiCode(err), took: time.Since(start)}
-		asAPIError(err, &ans.err)
-		out <- ans
-	}()
-	return out
-}
-
 // TestCommand_AgentGoneIsAnsweredAtOnce guards against commands waiting
 // out the command timeout for an agent that is not there: one that left
 // is refused agent_offline after the short reconnect wait, and one that
