@@ -63,21 +63,24 @@ func TestCommand_AgentGoneIsAnsweredAtOnce(t *testing.T) {
 	assert.Equal(t, 1, events)
 }
 
-// TestCommand_WaitsBrieflyForAReconnectingAgent guards the other side: a
-// command for an agent that is reconnecting with a live session waits
-// for it to take up its commands, and is delivered.
+// TestCommand_WaitsBrieflyForAReconnectingAgent guards against commands
+// lost to an agent that is back but has not yet taken up its commands (as
+// after a server restart): the command waits for the subscription, and is
+// delivered.
 func TestCommand_WaitsBrieflyForAReconnectingAgent(t *testing.T) {
-	s := newSupportEnv(t, map[string]any{"command-reconnect-wait": "5s"})
+	s := newSupportEnv(t, map[string]any{"command-reconnect-wait": "10s"})
 	s.consentAndArm(t)
 	f, a := s.activeFake(t, "gw-b")
 	require.NoError(t, f.c.Disconnect(&paho.Disconnect{}))
 	require.Eventually(t, func() bool { return !s.online(f.e.AgentID) }, 5*time.Second, 20*time.Millisecond)
-
-	answer := s.commandAsync(t, a, "ping")
 	c, _, err := mqtttest.Dial(t, s.srv.MQTTURL(), mqtttest.Options{ClientID: f.e.AgentID, Username: f.e.AgentID, Password: f.e.Secret})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
 	back := &fakeAgent{e: f.e, id: f.id, c: c}
+
+	// Back, not yet subscribed: the command waits for it.
+	answer := s.commandAsync(t, a, "ping")
+	require.Eventually(t, func() bool { return s.srv.Sessions().AwaitingAgents() == 1 }, 5*time.Second, 10*time.Millisecond)
 	back.subscribe(t, topics.Commands)
 	var cmd topics.CommandMsg
 	back.next(t, s, topics.Commands, topics.PurposeCommand, &cmd, func() bool { return cmd.Name == "ping" })
@@ -86,6 +89,7 @@ func TestCommand_WaitsBrieflyForAReconnectingAgent(t *testing.T) {
 	ans := <-answer
 	require.Empty(t, ans.code)
 	assert.Equal(t, "ok", ans.res.Status)
+	assert.Zero(t, s.srv.Sessions().AwaitingAgents())
 }
 
 // TestCommand_CompletionNeverWrittenIsMarkedInterrupted guards against a

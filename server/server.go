@@ -277,17 +277,23 @@ func (s *Server) observe(sender *mail.Sender) error {
 	if err != nil {
 		return err
 	}
+	awaiting, err := m.Int64ObservableGauge("argus_commands_awaiting_agent",
+		metric.WithDescription("Commands waiting for their reconnecting agent to be back and subscribed."))
+	if err != nil {
+		return err
+	}
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(agentsGauge, int64(s.fleet.OnlineCount()))
 		o.ObserveInt64(sessionsGauge, int64(s.sessions.LiveCount()))
 		o.ObserveInt64(denials, s.policy.Denials())
+		o.ObserveInt64(awaiting, int64(s.sessions.AwaitingAgents()))
 		if sender != nil {
 			o.ObserveInt64(mailFailures, sender.Failures())
 		} else {
 			o.ObserveInt64(mailFailures, 0)
 		}
 		return nil
-	}, agentsGauge, sessionsGauge, denials, mailFailures)
+	}, agentsGauge, sessionsGauge, denials, mailFailures, awaiting)
 	return err
 }
 

@@ -52,6 +52,8 @@ func (m *Manager) awaitAgent(ctx context.Context, agentID string) *Refusal {
 	if !reconnecting {
 		return m.notThere(agentID)
 	}
+	m.awaiting.Add(1)
+	defer m.awaiting.Add(-1)
 	wait := time.NewTimer(m.ReconnectWait)
 	defer wait.Stop()
 	tick := time.NewTicker(25 * time.Millisecond)
@@ -67,6 +69,10 @@ func (m *Manager) awaitAgent(ctx context.Context, agentID string) *Refusal {
 	}
 	return nil
 }
+
+// AwaitingAgents is how many commands are waiting now for their agent to
+// be back and subscribed.
+func (m *Manager) AwaitingAgents() int { return int(m.awaiting.Load()) }
 
 func (m *Manager) notThere(agentID string) *Refusal {
 	if m.Fleet.Online(agentID) {

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -210,17 +211,18 @@ type Options struct {
 type Manager struct {
 	Options
 
-	started time.Time
-	mu      sync.Mutex
-	runs    map[string]bool   // commands rows in flight here, by id
-	live    map[string]*live  // by agent id
-	acks    map[string]waiter // by session id
-	results map[string]waiter // by command id
-	stop    chan struct{}
-	stopped chan struct{}
-	checked chan struct{}
-	workers sync.WaitGroup
-	rows    *rowcache.Cache[sessionRow]
+	started  time.Time
+	awaiting atomic.Int64 // commands waiting for their agent
+	mu       sync.Mutex
+	runs     map[string]bool   // commands rows in flight here, by id
+	live     map[string]*live  // by agent id
+	acks     map[string]waiter // by session id
+	results  map[string]waiter // by command id
+	stop     chan struct{}
+	stopped  chan struct{}
+	checked  chan struct{}
+	workers  sync.WaitGroup
+	rows     *rowcache.Cache[sessionRow]
 	// checkMu serialises state checks; revokedSince is where the next
 	// one looks for revocations.
 	checkMu      sync.Mutex
