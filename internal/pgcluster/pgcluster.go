@@ -1,6 +1,8 @@
 // Package pgcluster runs a private PostgreSQL cluster from the machine's own
-// server binaries (initdb, pg_ctl), for the server when no database URL is
-// configured and for the test suite.
+// server binaries (initdb, pg_ctl, postgres), for the server when no
+// database URL is configured and for the test suite. The server supervises
+// its cluster (Options.Supervise): the postmaster is its child, restarted
+// when it dies and shut down when the server dies.
 //
 // The cluster never listens on TCP: its only way in is a unix socket inside
 // the cluster directory, which is mode 0700 and owned by the cluster's OS
@@ -44,6 +46,14 @@ type Options struct {
 	// Ephemeral trades durability for speed (fsync off): for test clusters
 	// that are thrown away.
 	Ephemeral bool
+	// Supervise runs the postmaster as a child of this process instead of
+	// as a daemon, for a caller that owns the cluster for its lifetime:
+	// when the postmaster exits it is started again (after a back-off that
+	// grows from half a second to ten), and when this process dies, even
+	// by SIGKILL, the kernel makes the postmaster shut down. A postmaster
+	// already running on Dir is adopted and watched, and replaced by a
+	// child once it exits. Stop ends the supervision.
+	Supervise bool
 	// Logger receives progress messages; nil discards them.
 	Logger *slog.Logger
 }
@@ -55,6 +65,7 @@ type Cluster struct {
 	owner   *osUser
 	started bool
 	log     *slog.Logger
+	sup     *supervisor // nil unless Options.Supervise
 }
 
 type osUser struct {
@@ -111,11 +122,17 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 
+	if opts.Supervise {
+		if c.started, err = c.supervise(ctx); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
 	if c.running(ctx) {
 		log.Info("adopting running PostgreSQL cluster", "dir", dir)
 		return c, c.waitReady(ctx)
 	}
-	logFile := filepath.Join(dir, "postgres.log")
+	logFile := c.logFile()
 	if out, err := c.run(ctx, "pg_ctl", "-D", dir, "-l", logFile, "-w", "-t", "60", "start"); err != nil {
 		return nil, fmt.Errorf("pgcluster: pg_ctl start: %w: %s%s", err, out, logTail(logFile))
 	}
@@ -127,7 +144,8 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 // Dir returns the cluster's data directory, which is also its socket directory.
 func (c *Cluster) Dir() string { return c.dir }
 
-// Started reports whether Start launched the postmaster (rather than adopting one).
+// Started reports whether Start launched the postmaster (rather than
+// adopting one).
 func (c *Cluster) Started() bool { return c.started }
 
 // ConnString returns a libpq keyword/value connection string for database
@@ -157,8 +175,12 @@ func (c *Cluster) EnsureDatabase(ctx context.Context, name string) error {
 }
 
 // Stop shuts the cluster down (fast mode: open sessions are ended, nothing
-// committed is lost) and waits until the postmaster has exited.
+// committed is lost) and waits until the postmaster has exited. A
+// supervised cluster is no longer restarted.
 func (c *Cluster) Stop(ctx context.Context) error {
+	if c.sup != nil {
+		return c.sup.halt(ctx)
+	}
 	if !c.running(ctx) {
 		return nil
 	}
@@ -266,6 +288,11 @@ func (c *Cluster) running(ctx context.Context) bool {
 func (c *Cluster) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
+	return c.pollReady(ctx)
+}
+
+// pollReady tries to connect until it can, or until ctx ends.
+func (c *Cluster) pollReady(ctx context.Context) error {
 	for {
 		conn, err := pgx.Connect(ctx, c.ConnString("postgres"))
 		if err == nil {
@@ -279,7 +306,9 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 	}
 }
 
-func (c *Cluster) run(ctx context.Context, name string, args ...string) ([]byte, error) {
+// command prepares one of PostgreSQL's programs to run as the cluster's
+// user.
+func (c *Cluster) command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, name), args...)
 	cmd.Env = []string{"PATH=" + c.bin + ":/usr/bin:/bin", "LC_ALL=C"}
 	// Own process group: a Ctrl-C at the terminal reaches the server, which
@@ -289,6 +318,11 @@ func (c *Cluster) run(ctx context.Context, name string, args ...string) ([]byte,
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: c.owner.uid, Gid: c.owner.gid}
 		cmd.Dir = c.dir
 	}
+	return cmd
+}
+
+func (c *Cluster) run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := c.command(ctx, name, args...)
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out
