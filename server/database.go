@@ -29,12 +29,13 @@ const databaseName = "argus"
 // OpenDatabase connects to the configured database, or starts the private
 // cluster in the data directory, and brings the schema up to date.
 // serverOwned says whether the caller is the server, which owns the
-// private cluster for its lifetime.
+// private cluster for its lifetime: it runs the postmaster as its child,
+// restarts it when it dies and takes it down when it dies itself.
 func OpenDatabase(ctx context.Context, cfg Config, log *slog.Logger, serverOwned bool) (*Database, error) {
 	db := &Database{}
 	url := cfg.DatabaseURL
 	if url == "" {
-		c, err := startCluster(ctx, cfg.DataDir, log)
+		c, err := startCluster(ctx, cfg.DataDir, log, serverOwned)
 		if err != nil {
 			return nil, err
 		}
@@ -87,7 +88,7 @@ func (db *Database) Close(ctx context.Context) error {
 	return nil
 }
 
-func startCluster(ctx context.Context, dataDir string, log *slog.Logger) (*pgcluster.Cluster, error) {
+func startCluster(ctx context.Context, dataDir string, log *slog.Logger, supervise bool) (*pgcluster.Cluster, error) {
 	// As root the cluster runs as postgres, which must pass through the
 	// data directory (0711: traverse, not list).
 	mode := os.FileMode(0o700)
@@ -97,5 +98,5 @@ func startCluster(ctx context.Context, dataDir string, log *slog.Logger) (*pgclu
 	if err := os.MkdirAll(dataDir, mode); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
-	return pgcluster.Start(ctx, pgcluster.Options{Dir: filepath.Join(dataDir, "postgres"), Logger: log})
+	return pgcluster.Start(ctx, pgcluster.Options{Dir: filepath.Join(dataDir, "postgres"), Supervise: supervise, Logger: log})
 }
