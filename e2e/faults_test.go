@@ -173,8 +173,47 @@ func TestServerKilledMidActivation_DatabaseAndAgentsAgreeAfterRestart(t *testing
 	}, "A still active, as the database says")
 }
 
-func TestPostgresRestartUnderLiveSession(t *testing.T) {
-	// A private cluster the test can stop and start under the server.
+// freeze stops (SIGSTOP) a cluster's postmaster and every process it has
+// started, so the database neither answers nor dies; the returned func
+// lets them run again. The server's supervision restarts a postmaster
+// that dies, so a database down for a while is one that hangs.
+func freeze(t *testing.T, pgDir string) func() {
+	t.Helper()
+	postmaster := pgcluster.PID(pgDir)
+	require.NotZero(t, postmaster)
+	pids := []int{postmaster}
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so read from its ')'.
+		fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(postmaster) {
+			pid, _ := strconv.Atoi(strings.Fields(string(b))[0])
+			pids = append(pids, pid)
+		}
+	}
+	for _, pid := range pids {
+		require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
+	}
+	thawed := false
+	thaw := func() {
+		if thawed {
+			return
+		}
+		thawed = true
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(thaw)
+	return thaw
+}
+
+func TestPostgresHangsUnderLiveSession(t *testing.T) {
+	// A private cluster the test can freeze under the server.
 	dataDir := testenv.TempDir(t)
 	env := &testenv.Env{DataDir: dataDir}
 	b := newBinaryFleet(t, env)
@@ -190,15 +229,14 @@ func TestPostgresRestartUnderLiveSession(t *testing.T) {
 	mark := proc.WaitLog(t, 0, "REMOTE SUPPORT SESSION ACTIVE", 1, 5*time.Second)
 
 	ctx := context.Background()
+	thaw := freeze(t, filepath.Join(dataDir, "postgres"))
+	// Hung across the session's end: the agent ends it on its own clock.
+	proc.WaitLog(t, mark, "REMOTE SUPPORT SESSION ENDED", 1, 10*time.Second)
+	thaw()
 	pg, err := pgcluster.Start(ctx, pgcluster.Options{Dir: filepath.Join(dataDir, "postgres")})
 	require.NoError(t, err)
-	require.NoError(t, pg.Stop(ctx))
-	// Down across the session's end: the agent ends it on its own clock.
-	proc.WaitLog(t, mark, "REMOTE SUPPORT SESSION ENDED", 1, 10*time.Second)
-	pg, err = pgcluster.Start(ctx, pgcluster.Options{Dir: filepath.Join(dataDir, "postgres")})
-	require.NoError(t, err)
 
-	// The server reconnects by itself and ends the session, audited.
+	// The server carries on by itself and ends the session, audited.
 	testenv.Eventually(t, 15*time.Second, func() bool {
 		var s apiclient.Session
 		return b.api.Do(ctx, "GET", "/v1/support/sessions/"+res.Session.ID, nil, &s) == nil && s.EndedAt != nil
