@@ -380,10 +380,13 @@ func (m *Manager) restore(ctx context.Context) error {
 // active for its live session, dormant otherwise.
 func (m *Manager) OnAgentConnected(agentID string) {
 	m.mu.Lock()
-	l := m.live[agentID]
+	var l live
+	if p := m.live[agentID]; p != nil && !p.pending {
+		l = *p
+	}
 	m.mu.Unlock()
-	if l != nil && l.expiresAt.After(time.Now()) {
-		m.publishActivation(l, topics.StateActive, "")
+	if l.id != "" && l.expiresAt.After(time.Now()) {
+		m.publishActivation(&l, topics.StateActive, "")
 		return
 	}
 	m.publishActivation(&live{agentID: agentID}, topics.StateDormant, "")
