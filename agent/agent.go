@@ -120,9 +120,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Warn("TEST FAULT POINT ARMED: this agent kills itself in the middle of the next patch; it is for tests only", "env", TestCrashAfterSwapEnv, "after_swap", n)
 	}
 	cfg := autopaho.ClientConfig{
-		ServerUrls:                    []*url.URL{u},
-		TlsCfg:                        tlsCfg,
-		KeepAlive:                     30,
+		ServerUrls: []*url.URL{u},
+		TlsCfg:     tlsCfg,
+		// As long as a heartbeat period, so the broker drops a dead link
+		// within about one and a half of them (it waits 1.5 keep-alives).
+		KeepAlive:                     keepAlive(a.cfg.HeartbeatInterval),
 		CleanStartOnInitialConnection: true,
 		SessionExpiryInterval:         0,
 		ConnectTimeout:                10 * time.Second,
@@ -315,8 +317,16 @@ func (a *Agent) heartbeat(ctx context.Context) {
 	ks := a.killSwitch
 	a.mu.Unlock()
 	a.publish(ctx, topics.Heartbeat, topics.HeartbeatMsg{
-		V: topics.Version, AgentID: a.st.AgentID, Version: Version, State: state, SessionID: sid, KillSwitch: ks, Time: time.Now().UTC(),
+		V: topics.Version, AgentID: a.st.AgentID, Version: Version, State: state, SessionID: sid, KillSwitch: ks,
+		Interval: int(a.cfg.HeartbeatInterval / time.Second), Time: time.Now().UTC(),
 	}, 0)
+}
+
+// keepAlive is the MQTT keep-alive, in whole seconds, for a heartbeat
+// period.
+func keepAlive(heartbeat time.Duration) uint16 {
+	s := heartbeat / time.Second
+	return uint16(min(max(s, 1), 65535))
 }
 
 // publish sends v on one of the agent's own topics; while disconnected the

@@ -152,6 +152,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	})
 	s.fleet.OnConnect = s.sessions.OnAgentConnected
 	s.fleet.OnDisconnect = s.sessions.OnAgentDisconnected
+	s.fleet.OnStale = s.sessions.OnAgentStale
 	// The watcher and the sessions rebuild their state and subscribe before
 	// the first agent can connect.
 	if err := s.fleet.Start(ctx, s.broker.Server()); err != nil {
@@ -192,6 +193,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		Tenants:      tenantStore,
 		Agents:       agentStore,
 		AgentControl: agentControl{policy: s.policy, broker: s.broker},
+		AgentStale:   func(id string) bool { stale, _ := s.fleet.Stale(id); return stale },
 		Sessions:     s.sessions,
 		Gate: api.Gate{
 			Enabled: cfg.RemoteSupport, OperatorCIDRs: cfg.OperatorCIDRs,

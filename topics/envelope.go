@@ -84,13 +84,16 @@ type ErrorBody struct {
 
 // HeartbeatMsg says the agent is alive.
 type HeartbeatMsg struct {
-	V          int       `json:"v"`
-	AgentID    string    `json:"agent_id"`
-	Version    string    `json:"version"`
-	State      string    `json:"state"`
-	SessionID  string    `json:"session_id,omitempty"`
-	KillSwitch bool      `json:"kill_switch,omitempty"`
-	Time       time.Time `json:"time"`
+	V          int    `json:"v"`
+	AgentID    string `json:"agent_id"`
+	Version    string `json:"version"`
+	State      string `json:"state"`
+	SessionID  string `json:"session_id,omitempty"`
+	KillSwitch bool   `json:"kill_switch,omitempty"`
+	// Interval is the agent's heartbeat period in seconds: two missed
+	// make it stale.
+	Interval int       `json:"interval_s,omitempty"`
+	Time     time.Time `json:"time"`
 }
 
 // ManifestMsg is the agent's advisory description of itself. It is never
@@ -119,7 +122,9 @@ type AgentStatusMsg struct {
 	Version   string    `json:"version,omitempty"`
 	State     string    `json:"state"`
 	SessionID string    `json:"session_id,omitempty"`
-	Time      time.Time `json:"time"`
+	// Stale is an agent still connected that has missed two heartbeats.
+	Stale bool      `json:"stale,omitempty"`
+	Time  time.Time `json:"time"`
 }
 
 // signed is the wire form of a signed message. The signature covers a

@@ -100,7 +100,7 @@ func newCmdList(f *cmdutil.Factory) *cobra.Command {
 			now := time.Now()
 			t := cmdutil.NewTable(f.IOStreams, "TENANT", "NAME", "ID", "ONLINE", "LAST SEEN", "VERSION", "REVOKED")
 			for _, a := range res.Agents {
-				t.Row(a.Tenant, a.Name, a.ID, cmdutil.YesNo(a.Online), cmdutil.Ago(a.LastSeenAt, now), dash(a.Version), cmdutil.Time(a.RevokedAt))
+				t.Row(a.Tenant, a.Name, a.ID, online(a), cmdutil.Ago(a.LastSeenAt, now), dash(a.Version), cmdutil.Time(a.RevokedAt))
 			}
 			return t.Flush()
 		},
@@ -130,7 +130,7 @@ func newCmdShow(f *cmdutil.Factory) *cobra.Command {
 			}
 			out := f.IOStreams.Out
 			fmt.Fprintf(out, "agent:      %s (%s)\ntenant:     %s\nonline:     %s\nlast seen:  %s\nversion:    %s\nenrolled:   %s\nrevoked:    %s %s\n",
-				a.Name, a.ID, a.Tenant, cmdutil.YesNo(a.Online), cmdutil.Ago(a.LastSeenAt, time.Now()), dash(a.Version),
+				a.Name, a.ID, a.Tenant, online(a), cmdutil.Ago(a.LastSeenAt, time.Now()), dash(a.Version),
 				cmdutil.Time(&a.EnrolledAt), cmdutil.Time(a.RevokedAt), a.RevokeReason)
 			if len(a.Manifest) > 0 {
 				fmt.Fprintf(out, "manifest (advisory, %s):\n  %s\n", cmdutil.Time(a.ManifestAt), strings.TrimSpace(string(a.Manifest)))
@@ -178,4 +178,13 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// online says whether an agent is connected, and whether it is silent
+// there (stale: two heartbeats missed).
+func online(a apiclient.Agent) string {
+	if a.Online && a.Stale {
+		return "stale"
+	}
+	return cmdutil.YesNo(a.Online)
 }

@@ -56,6 +56,7 @@ type CommandResult struct {
 	Error     *ErrorBody      `json:"error,omitempty"`
 	Data      json.RawMessage `json:"data,omitempty"`
 	Duration  string          `json:"duration"`
+	Warning   string          `json:"warning,omitempty"`
 }
 
 // ErrorBody is a code and message.
@@ -74,6 +75,7 @@ type Agent struct {
 	RevokedAt    *time.Time      `json:"revoked_at,omitempty"`
 	RevokeReason string          `json:"revoke_reason,omitempty"`
 	Online       bool            `json:"online"`
+	Stale        bool            `json:"stale,omitempty"`
 	ConnectedAt  *time.Time      `json:"connected_at,omitempty"`
 	Node         string          `json:"node,omitempty"`
 	LastSeenAt   *time.Time      `json:"last_seen_at,omitempty"`

@@ -225,6 +225,9 @@ func Run(ctx context.Context, f *cmdutil.Factory, sessionID, name string, args a
 	}
 	var res apiclient.CommandResult
 	err = c.Do(ctx, "POST", "/v1/support/sessions/"+url.PathEscape(sessionID)+"/commands", body, &res)
+	if res.Warning != "" {
+		fmt.Fprintln(f.IOStreams.ErrOut, "warning: "+res.Warning)
+	}
 	return res, err
 }
 

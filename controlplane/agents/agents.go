@@ -226,20 +226,23 @@ func (s *Store) redeem(ctx context.Context, tx pgx.Tx, token string, out *Enroll
 
 // Agent is an agent as the API shows it.
 type Agent struct {
-	ID           string          `json:"id"`
-	TenantID     string          `json:"tenant_id"`
-	Tenant       string          `json:"tenant"`
-	Name         string          `json:"name"`
-	EnrolledAt   time.Time       `json:"enrolled_at"`
-	RevokedAt    *time.Time      `json:"revoked_at,omitempty"`
-	RevokeReason string          `json:"revoke_reason,omitempty"`
-	Online       bool            `json:"online"`
-	ConnectedAt  *time.Time      `json:"connected_at,omitempty"`
-	Node         string          `json:"node,omitempty"`
-	LastSeenAt   *time.Time      `json:"last_seen_at,omitempty"`
-	Version      string          `json:"version,omitempty"`
-	Manifest     json.RawMessage `json:"manifest,omitempty"`
-	ManifestAt   *time.Time      `json:"manifest_at,omitempty"`
+	ID           string     `json:"id"`
+	TenantID     string     `json:"tenant_id"`
+	Tenant       string     `json:"tenant"`
+	Name         string     `json:"name"`
+	EnrolledAt   time.Time  `json:"enrolled_at"`
+	RevokedAt    *time.Time `json:"revoked_at,omitempty"`
+	RevokeReason string     `json:"revoke_reason,omitempty"`
+	Online       bool       `json:"online"`
+	// Stale is an agent connected but silent: it has missed two
+	// heartbeats. Set from the node's live view, not stored.
+	Stale       bool            `json:"stale,omitempty"`
+	ConnectedAt *time.Time      `json:"connected_at,omitempty"`
+	Node        string          `json:"node,omitempty"`
+	LastSeenAt  *time.Time      `json:"last_seen_at,omitempty"`
+	Version     string          `json:"version,omitempty"`
+	Manifest    json.RawMessage `json:"manifest,omitempty"`
+	ManifestAt  *time.Time      `json:"manifest_at,omitempty"`
 	// Capabilities is the newest get_capabilities answer (advisory).
 	Capabilities   json.RawMessage `json:"capabilities,omitempty"`
 	CapabilitiesAt *time.Time      `json:"capabilities_at,omitempty"`

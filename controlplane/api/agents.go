@@ -119,6 +119,9 @@ func (s *Server) listAgents(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	for i := range list {
+		list[i].Stale = s.agentStale(list[i])
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"agents": list})
 }
 
@@ -128,7 +131,12 @@ func (s *Server) getAgent(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, agentError(err))
 		return
 	}
+	a.Stale = s.agentStale(a)
 	writeJSON(w, http.StatusOK, a)
+}
+
+func (s *Server) agentStale(a agents.Agent) bool {
+	return a.Online && s.AgentStale != nil && s.AgentStale(a.ID)
 }
 
 func (s *Server) revokeAgent(w http.ResponseWriter, r *http.Request) {

@@ -37,7 +37,10 @@ type Server struct {
 	Agents       *agents.Store
 	AgentControl AgentControl
 	Sessions     *sessions.Manager
-	Gate         Gate
+	// AgentStale reports an agent connected but silent (two heartbeats
+	// missed); nil means none is.
+	AgentStale func(agentID string) bool
+	Gate       Gate
 	// BrokerURL and SigningPublicKey are handed to agents at enrollment.
 	BrokerURL        string
 	SigningPublicKey string

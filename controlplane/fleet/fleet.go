@@ -41,6 +41,9 @@ const (
 	// goneFor are dropped.
 	goneMax = 10_000
 	goneFor = 5 * time.Minute
+	// defaultHeartbeat is an agent's heartbeat period until it says its own.
+	defaultHeartbeat = 30 * time.Second
+	staleEvery       = time.Second
 )
 
 // Tenants resolves an agent's tenant (the ACL policy caches it).
@@ -72,16 +75,24 @@ type Watcher struct {
 	OnConnect func(agentID string)
 	// OnDisconnect, likewise, runs after an agent's connection is gone.
 	OnDisconnect func(agentID string)
+	// OnStale, likewise, runs when an agent becomes stale or is heard
+	// from again.
+	OnStale func(agentID string, stale bool)
 }
 
 type conn struct {
 	cl          *mqtt.Client
 	tenant      string
 	connectedAt time.Time
-	version     string
-	state       string
-	sessionID   string
-	killSwitch  bool
+	// lastBeat is the last heartbeat (or the connect); two heartbeat
+	// periods (interval) without one make the agent stale.
+	lastBeat   time.Time
+	interval   time.Duration
+	stale      bool
+	version    string
+	state      string
+	sessionID  string
+	killSwitch bool
 }
 
 type denialWindow struct {
@@ -218,11 +229,15 @@ func (w *Watcher) work() {
 	defer close(w.stopped)
 	tick := time.NewTicker(flushEvery)
 	defer tick.Stop()
+	staleTick := time.NewTicker(staleEvery)
+	defer staleTick.Stop()
 	ctx := context.Background()
 	for {
 		select {
 		case f := <-w.queue:
 			w.traced(ctx, f)
+		case now := <-staleTick.C:
+			w.markStale(now)
 		case <-tick.C:
 			w.flushSeen(ctx)
 		case <-w.stop:
@@ -263,7 +278,8 @@ func (w *Watcher) connected(cl *mqtt.Client) {
 		return
 	}
 	tenant, _ := w.tenants.Tenant(cl.ID)
-	c := &conn{cl: cl, tenant: tenant, connectedAt: time.Now().UTC().Truncate(time.Microsecond), state: topics.StateDormant}
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	c := &conn{cl: cl, tenant: tenant, connectedAt: now, lastBeat: now, interval: defaultHeartbeat, state: topics.StateDormant}
 	w.mu.Lock()
 	w.online[cl.ID] = c
 	delete(w.gone, cl.ID)
@@ -321,7 +337,7 @@ func (w *Watcher) disconnected(cl *mqtt.Client) {
 func (w *Watcher) publishStatus(id topics.AgentID, c *conn, online bool) {
 	msg := topics.AgentStatusMsg{
 		V: topics.Version, AgentID: id.String(), TenantID: c.tenant, Online: online,
-		Version: c.version, State: c.state, SessionID: c.sessionID, Time: time.Now().UTC(),
+		Version: c.version, State: c.state, SessionID: c.sessionID, Stale: online && c.stale, Time: time.Now().UTC(),
 	}
 	if online {
 		msg.LastSeen = msg.Time
@@ -347,16 +363,67 @@ func (w *Watcher) onHeartbeat(cl *mqtt.Client, sub packets.Subscription, pk pack
 	w.mu.Lock()
 	w.seen[id.String()] = agents.Heartbeat{At: time.Now().UTC(), Version: truncate(hb.Version, 64)}
 	c := w.online[id.String()]
-	changed := c != nil && (c.version != hb.Version || c.state != hb.State || c.sessionID != hb.SessionID || c.killSwitch != hb.KillSwitch)
+	changed := c != nil && (c.version != hb.Version || c.state != hb.State || c.sessionID != hb.SessionID || c.killSwitch != hb.KillSwitch || c.stale)
+	fresh := c != nil && c.stale
 	var snap conn
+	if c != nil {
+		c.lastBeat = time.Now().UTC()
+		c.interval = defaultHeartbeat
+		if hb.Interval > 0 && hb.Interval <= 3600 {
+			c.interval = time.Duration(hb.Interval) * time.Second
+		}
+	}
 	if changed {
-		c.version, c.state, c.sessionID, c.killSwitch = truncate(hb.Version, 64), hb.State, hb.SessionID, hb.KillSwitch
+		c.version, c.state, c.sessionID, c.killSwitch, c.stale = truncate(hb.Version, 64), hb.State, hb.SessionID, hb.KillSwitch, false
 		snap = *c
 	}
 	w.mu.Unlock()
 	if changed {
 		w.publishStatus(id, &snap, true)
 	}
+	if fresh {
+		w.log.Info("agent heard from again", "agent", id.String())
+		if w.OnStale != nil {
+			w.OnStale(id.String(), false)
+		}
+	}
+}
+
+// markStale makes stale every agent connected here that has missed two
+// heartbeats, and says so on its status topic.
+func (w *Watcher) markStale(now time.Time) {
+	var stale []conn
+	w.mu.Lock()
+	for _, c := range w.online {
+		if !c.stale && now.Sub(c.lastBeat) > 2*c.interval {
+			c.stale = true
+			stale = append(stale, *c)
+		}
+	}
+	w.mu.Unlock()
+	for _, c := range stale {
+		id, err := topics.ParseAgentID(c.cl.ID)
+		if err != nil {
+			continue
+		}
+		w.log.Warn("agent stale: connected, but its heartbeats have stopped", "agent", c.cl.ID, "last_heartbeat", c.lastBeat)
+		w.publishStatus(id, &c, true)
+		if w.OnStale != nil {
+			w.OnStale(c.cl.ID, true)
+		}
+	}
+}
+
+// Stale reports whether the agent is connected here but has missed two
+// heartbeats, and when it was last heard from.
+func (w *Watcher) Stale(agentID string) (bool, time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c, ok := w.online[agentID]
+	if !ok {
+		return false, time.Time{}
+	}
+	return c.stale, c.lastBeat
 }
 
 func (w *Watcher) onManifest(cl *mqtt.Client, sub packets.Subscription, pk packets.Packet) {

@@ -62,6 +62,9 @@ type CommandResult struct {
 	Error     *topics.ErrorBody `json:"error,omitempty"`
 	Data      json.RawMessage   `json:"data,omitempty"`
 	Duration  string            `json:"duration"`
+	// Warning says what to know of the answer: that the agent had gone
+	// silent when the command was sent, so it may have come late.
+	Warning string `json:"warning,omitempty"`
 }
 
 // session is what a command needs of its session.
@@ -384,11 +387,16 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 	}
 
 	started := time.Now()
+	stale, lastHeard := m.Fleet.Stale(s.agentID)
 	res, err := m.exchange(ctx, s, cmdID, req.Name, req.Args)
 	if err != nil {
 		return CommandResult{}, err
 	}
 	out := CommandResult{CommandID: cmdID, SessionID: req.SessionID, Name: req.Name, Status: res.Status, Error: res.Error, Data: res.Data}
+	if stale {
+		out.Warning = fmt.Sprintf("the agent had missed its heartbeats when the command was sent (last heard from %s before); its answer may be late",
+			started.Sub(lastHeard).Round(time.Second))
+	}
 	out.Duration = time.Since(started).Round(time.Microsecond).String()
 	status, outcome, code := commandStatus(res)
 	attrs := metric.WithAttributes(attribute.String("name", req.Name), attribute.String("outcome", status))
@@ -412,6 +420,9 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 		}
 	}
 	done.Detail["result_bytes"] = len(res.Data)
+	if stale {
+		done.Detail["agent_stale"] = true
+	}
 	stmts := []audit.Stmt{{
 		SQL:  `UPDATE commands SET status = $2, error_code = NULLIF($3, ''), completed_at = now() WHERE id = $1`,
 		Args: []any{cmdID, status, code},

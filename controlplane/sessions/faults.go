@@ -96,6 +96,26 @@ func (m *Manager) subscribed(agentID string) bool {
 	return ok
 }
 
+// OnAgentStale updates the tenant's indicator when the agent of a live
+// session goes silent or is heard from again.
+func (m *Manager) OnAgentStale(agentID string, _ bool) {
+	m.mu.Lock()
+	l := m.live[agentID]
+	tenant := ""
+	if l != nil && !l.pending {
+		tenant = l.tenantID
+	}
+	m.mu.Unlock()
+	if tenant == "" {
+		return
+	}
+	m.workers.Add(1)
+	go func() {
+		defer m.workers.Done()
+		m.publishTenant(tenant)
+	}()
+}
+
 // OnAgentDisconnected cancels the commands in flight to an agent that has
 // just disconnected: no answer can come, and their callers learn it now.
 func (m *Manager) OnAgentDisconnected(agentID string) {

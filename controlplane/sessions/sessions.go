@@ -165,6 +165,9 @@ type Fleet interface {
 	// GoneSince is when the agent last disconnected from this node, if it
 	// is not connected now.
 	GoneSince(agentID string) (time.Time, bool)
+	// Stale reports an agent connected here that has missed two
+	// heartbeats, and when it was last heard from.
+	Stale(agentID string) (bool, time.Time)
 }
 
 // Options configure a Manager.
@@ -434,6 +437,9 @@ type SessionStatus struct {
 	ExpiresAt time.Time  `json:"expires_at"`
 	EndedAt   *time.Time `json:"ended_at,omitempty"`
 	EndReason string     `json:"end_reason,omitempty"`
+	// AgentStale is a live session's agent still connected but silent:
+	// it has missed two heartbeats.
+	AgentStale bool `json:"agent_stale,omitempty"`
 }
 
 // PublishTenant (re)publishes a tenant's indicator: for a new tenant, so
@@ -468,11 +474,14 @@ func (m *Manager) publishTenant(tenantID string) {
 	}
 	m.mu.Lock()
 	for _, l := range m.live {
-		if l.tenantID == tenantID {
+		if l.tenantID == tenantID && !l.pending {
 			st.Sessions = append(st.Sessions, SessionStatus{SessionID: l.id, AgentID: l.agentID, AgentName: names[l.agentID], Operator: l.operator, Since: l.createdAt.UTC(), ExpiresAt: l.expiresAt.UTC()})
 		}
 	}
 	m.mu.Unlock()
+	for i := range st.Sessions {
+		st.Sessions[i].AgentStale, _ = m.Fleet.Stale(st.Sessions[i].AgentID)
+	}
 	st.Active = len(st.Sessions) > 0
 	b, _ := json.Marshal(st)
 	if err := m.Broker.Publish(tid.RemoteSupport(), b, true, 1, nil); err != nil {

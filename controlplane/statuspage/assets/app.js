@@ -26,7 +26,12 @@
     (st.sessions || []).forEach(function (s) {
       var tr = document.createElement("tr");
       tr.dataset.session = s.session_id;
-      cells(tr, [s.agent_name || s.agent_id, s.operator, fmt(s.since), fmt(s.expires_at)]);
+      var agent = s.agent_name || s.agent_id;
+      if (s.agent_stale) {
+        agent += " (not responding)";
+        tr.classList.add("stale");
+      }
+      cells(tr, [agent, s.operator, fmt(s.since), fmt(s.expires_at)]);
       live.appendChild(tr);
     });
     var today = $("today").tBodies[0];
