@@ -53,6 +53,8 @@ type Config struct {
 
 	OTLPEndpoint    string
 	EnrollPerMinute int
+	// CommandTimeout bounds the wait for one command's answer.
+	CommandTimeout time.Duration
 	// CommandReconnectWait bounds how long a command waits for an agent
 	// that is reconnecting before it is refused (agent_offline).
 	CommandReconnectWait time.Duration
@@ -112,6 +114,7 @@ var Keys = []settings.Key{
 	{Name: "gc-heap-floor", Env: []string{"ARGUS_GC_HEAP_FLOOR"}, Default: 64 << 20},
 	{Name: "enroll-rate-limit", Env: []string{"ARGUS_ENROLL_RATE_LIMIT"}, Default: 10},
 	{Name: "command-reconnect-wait", Env: []string{"ARGUS_COMMAND_RECONNECT_WAIT"}, Default: "3s"},
+	{Name: "command-timeout", Env: []string{"ARGUS_COMMAND_TIMEOUT"}, Default: "30s"},
 	{Name: "log-level", Env: []string{"ARGUS_LOG_LEVEL"}, Default: "info"},
 	{Name: "log-format", Env: []string{"ARGUS_LOG_FORMAT"}, Default: "text"},
 }
@@ -241,6 +244,11 @@ func FromViper(v *viper.Viper) (Config, error) {
 		bad("audit-reconcile-at", "%q is not a UTC time of day (HH:MM)", v.GetString("audit-reconcile-at"))
 	} else {
 		c.ReconcileAt = time.Duration(hm.Hour())*time.Hour + time.Duration(hm.Minute())*time.Minute
+	}
+	if d, err := time.ParseDuration(v.GetString("command-timeout")); err != nil || d < time.Second || d > 10*time.Minute {
+		bad("command-timeout", "%q is not a duration within 1s..10m", v.GetString("command-timeout"))
+	} else {
+		c.CommandTimeout = d
 	}
 	if d, err := time.ParseDuration(v.GetString("command-reconnect-wait")); err != nil || d <= 0 || d > time.Minute {
 		bad("command-reconnect-wait", "%q is not a duration within 0..1m", v.GetString("command-reconnect-wait"))

@@ -147,8 +147,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		Refused: func(agentID, topic, why string) {
 			s.policy.Refuse(acl.Denial{ClientID: agentID, AgentID: agentID, Topic: topic, Write: true, Why: why})
 		},
-		AfterCommit:   cfg.AfterActivationCommit,
-		ReconnectWait: cfg.CommandReconnectWait,
+		AfterCommit:    cfg.AfterActivationCommit,
+		ReconnectWait:  cfg.CommandReconnectWait,
+		CommandTimeout: cfg.CommandTimeout,
 	})
 	s.fleet.OnConnect = s.sessions.OnAgentConnected
 	s.fleet.OnDisconnect = s.sessions.OnAgentDisconnected
