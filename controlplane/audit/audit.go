@@ -57,6 +57,10 @@ type Entry struct {
 	ClientIP  string
 	Reason    string
 	// Detail holds anything else worth keeping; never secrets.
+	//
+	// Every string here, and every key and string in Detail, is recorded
+	// in a spelling PostgreSQL stores (NUL as U+2400, invalid bytes as
+	// U+FFFD), and sizes are bounded: see storable.go.
 	Detail map[string]any
 }
 
@@ -113,18 +117,43 @@ func prepare(e Entry) (*row, error) {
 	if e.Actor == "" || e.Action == "" || e.Outcome == "" {
 		return nil, errors.New("audit: actor, action and outcome are required")
 	}
-	r := &row{id: uuid.NewString(), e: e}
+	// Whatever it was given, the action is recorded (see storable).
+	e = storable(e)
+	r := &row{id: uuid.NewString()}
 	// Microseconds: what PostgreSQL stores, so the row reads back as written.
 	r.at = time.Now().UTC().Truncate(time.Microsecond)
+	d, err := logDetail(e)
+	if err != nil {
+		return nil, err
+	}
+	if len(d) > maxDetailBytes {
+		encoded, err := json.Marshal(e.Detail)
+		if err != nil {
+			return nil, err
+		}
+		e.Detail = boundDetail(encoded)
+		if d, err = logDetail(e); err != nil {
+			return nil, err
+		}
+	}
+	r.e, r.detail = e, string(d)
 	ev := Event{
 		ID: r.id, OccurredAt: r.at.Format(time.RFC3339Nano), Actor: e.Actor, OperatorID: e.OperatorID, Action: e.Action, Outcome: e.Outcome,
 		TenantID: e.TenantID, AgentID: e.AgentID, SessionID: e.SessionID, ClientIP: e.ClientIP,
 		Reason: e.Reason, Detail: e.Detail,
 	}
-	var err error
 	if r.payload, err = Canonical(ev); err != nil {
 		return nil, err
 	}
+	if a, err := netip.ParseAddr(e.ClientIP); err == nil {
+		ip := a.WithZone("").String()
+		r.ip = &ip
+	}
+	return r, nil
+}
+
+// logDetail is audit_log.detail: the entry's detail with the operator id.
+func logDetail(e Entry) ([]byte, error) {
 	detail := make(map[string]any, len(e.Detail)+1)
 	for k, v := range e.Detail {
 		detail[k] = v
@@ -132,16 +161,7 @@ func prepare(e Entry) (*row, error) {
 	if e.OperatorID != "" {
 		detail["operator_id"] = e.OperatorID
 	}
-	d, err := json.Marshal(detail)
-	if err != nil {
-		return nil, err
-	}
-	r.detail = string(d)
-	if a, err := netip.ParseAddr(e.ClientIP); err == nil {
-		ip := a.WithZone("").String()
-		r.ip = &ip
-	}
-	return r, nil
+	return json.Marshal(detail)
 }
 
 // insertRows is the statement that writes rows, both of each row's rows,
@@ -242,11 +262,17 @@ func ChainHash(prev, payload []byte) []byte {
 	return h.Sum(nil)
 }
 
+// nullUUID is what audit_log keeps of an id: the UUID in its canonical
+// spelling (PostgreSQL does not read every spelling uuid.Parse does, such
+// as urn:uuid:...), or NULL when it is not one; the event keeps it as
+// given.
 func nullUUID(s string) *string {
-	if _, err := uuid.Parse(s); err != nil {
+	u, err := uuid.Parse(s)
+	if err != nil {
 		return nil
 	}
-	return &s
+	c := u.String()
+	return &c
 }
 
 func nullString(s string) *string {

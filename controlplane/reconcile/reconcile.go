@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -227,10 +228,12 @@ func compare(a auditRow, e *eventRow) []string {
 	check("action", a.action, ev.Action)
 	check("action (column)", a.action, e.action)
 	check("outcome", a.outcome, ev.Outcome)
-	check("tenant_id", a.tenant, ev.TenantID)
-	check("agent_id", a.agent, ev.AgentID)
-	check("session_id", a.session, ev.SessionID)
-	check("client_ip", normIP(a.clientIP), normIP(ev.ClientIP))
+	// audit_log's uuid and inet columns keep what they can of the event's
+	// ids and address, and nothing when it is not one.
+	check("tenant_id", a.tenant, asUUID(ev.TenantID))
+	check("agent_id", a.agent, asUUID(ev.AgentID))
+	check("session_id", a.session, asUUID(ev.SessionID))
+	check("client_ip", normIP(a.clientIP), asInet(ev.ClientIP))
 	check("reason", a.reason, ev.Reason)
 
 	// audit_log keeps the operator id inside detail; the event beside it.
@@ -251,6 +254,22 @@ func compare(a auditRow, e *eventRow) []string {
 		diff = append(diff, "detail")
 	}
 	return diff
+}
+
+func asUUID(s string) string {
+	u, err := uuid.Parse(s)
+	if err != nil {
+		return ""
+	}
+	return u.String()
+}
+
+func asInet(s string) string {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return ""
+	}
+	return a.WithZone("").Unmap().String()
 }
 
 func normIP(s string) string {
