@@ -72,6 +72,12 @@ func Latest() int {
 // Apply brings the database up to the latest version and returns the
 // versions it applied (none when it was already current).
 func Apply(ctx context.Context, pool *pgxpool.Pool) ([]int, error) {
+	return ApplyTo(ctx, pool, Latest())
+}
+
+// ApplyTo brings the database up to version and no further, as an older
+// release would have left it (tests of data written before a migration).
+func ApplyTo(ctx context.Context, pool *pgxpool.Pool, version int) ([]int, error) {
 	all, err := All()
 	if err != nil {
 		return nil, err
@@ -102,7 +108,7 @@ func Apply(ctx context.Context, pool *pgxpool.Pool) ([]int, error) {
 	}
 	var applied []int
 	for _, m := range all {
-		if m.Version <= current {
+		if m.Version <= current || m.Version > version {
 			continue
 		}
 		err := pgx.BeginFunc(ctx, conn.Conn(), func(tx pgx.Tx) error {

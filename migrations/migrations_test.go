@@ -180,9 +180,13 @@ func TestSchema_SessionAgentMustBelongToTenant(t *testing.T) {
 func TestSchema_EventsAreAppendOnly(t *testing.T) {
 	pool := testenv.Pool(t)
 	ctx := context.Background()
-	_, err := pool.Exec(ctx, `INSERT INTO events (seq, id, occurred_at, action, payload, prev_hash, hash)
-		VALUES (1, gen_random_uuid(), now(), 'test', '{}', sha256(''), sha256('x'))`)
+	_, err := pool.Exec(ctx, `INSERT INTO events (seq, id, occurred_at, action, payload, canonical, prev_hash, hash)
+		VALUES (1, gen_random_uuid(), now(), 'test', '{}', '{}', sha256(''), sha256('x'))`)
 	require.NoError(t, err)
+	// New events keep the bytes their hash covers.
+	_, err = pool.Exec(ctx, `INSERT INTO events (seq, id, occurred_at, action, payload, prev_hash, hash)
+		VALUES (2, gen_random_uuid(), now(), 'test', '{}', sha256(''), sha256('x'))`)
+	requireViolation(t, err, "events_canonical_kept")
 
 	for name, stmt := range map[string]string{
 		"update":   "UPDATE events SET action = 'forged'",

@@ -64,7 +64,9 @@ type Entry struct {
 	Detail map[string]any
 }
 
-// Event is the canonical content of an events row, the input of its hash.
+// Event is the content of an events row. Its canonical encoding (see
+// Canonical) is what the row's hash covers and what the row keeps, byte
+// for byte, in events.canonical; events.payload is the same as jsonb.
 type Event struct {
 	ID         string         `json:"id"`
 	OccurredAt string         `json:"occurred_at"`
@@ -107,7 +109,7 @@ type row struct {
 	id      string
 	at      time.Time
 	e       Entry
-	payload []byte
+	payload []byte  // events.canonical: the bytes the hash covers
 	detail  string  // audit_log.detail, JSON
 	ip      *string // audit_log.client_ip, when e.ClientIP is an address
 	hash    []byte
@@ -167,19 +169,20 @@ func logDetail(e Entry) ([]byte, error) {
 // insertRows is the statement that writes rows, both of each row's rows,
 // whatever their number: a group's audit is one statement, not one per
 // action. Values travel as arrays, one per column, text where PostgreSQL
-// casts them.
+// casts them. An event keeps the bytes its hash covers (canonical) and
+// its payload is parsed from them, so the two say the same.
 const insertRows = `WITH r AS (
 		SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-			$8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[], $14::bytea[], $15::bytea[])
+			$8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::bytea[], $14::bytea[], $15::bytea[])
 		AS r (id, occurred_at, actor, action, outcome, tenant_id, agent_id, session_id, client_ip, reason, detail,
-			seq, payload, prev_hash, hash)
+			seq, canonical, prev_hash, hash)
 	), a AS (
 		INSERT INTO audit_log (id, occurred_at, actor, action, outcome, tenant_id, agent_id, session_id, client_ip, reason, detail)
 		SELECT id::uuid, occurred_at, actor, action, outcome, tenant_id::uuid, agent_id::uuid, session_id::uuid,
 			client_ip::inet, reason, detail::jsonb FROM r
 	)
-	INSERT INTO events (seq, id, occurred_at, action, payload, prev_hash, hash)
-	SELECT seq, id::uuid, occurred_at, action, payload::jsonb, prev_hash, hash FROM r`
+	INSERT INTO events (seq, id, occurred_at, action, payload, canonical, prev_hash, hash)
+	SELECT seq, id::uuid, occurred_at, action, convert_from(canonical, 'UTF8')::jsonb, canonical, prev_hash, hash FROM r`
 
 // insert returns the arguments of insertRows for rows placed in the chain
 // after the event seq whose hash is prev, and records each row's hash. It
@@ -187,11 +190,11 @@ const insertRows = `WITH r AS (
 func insert(rows []*row, seq int64, prev []byte) ([]any, int64, []byte) {
 	n := len(rows)
 	var (
-		ids, actors, actions, outcomes, details, payloads = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		tenants, agents, sessions, ips, reasons           = make([]*string, n), make([]*string, n), make([]*string, n), make([]*string, n), make([]*string, n)
-		ats                                               = make([]time.Time, n)
-		seqs                                              = make([]int64, n)
-		prevs, hashes                                     = make([][]byte, n), make([][]byte, n)
+		ids, actors, actions, outcomes, details = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		tenants, agents, sessions, ips, reasons = make([]*string, n), make([]*string, n), make([]*string, n), make([]*string, n), make([]*string, n)
+		ats                                     = make([]time.Time, n)
+		seqs                                    = make([]int64, n)
+		payloads, prevs, hashes                 = make([][]byte, n), make([][]byte, n), make([][]byte, n)
 	)
 	for i, r := range rows {
 		seq++
@@ -200,7 +203,7 @@ func insert(rows []*row, seq int64, prev []byte) ([]any, int64, []byte) {
 		ids[i], ats[i], actors[i], actions[i], outcomes[i] = r.id, r.at, e.Actor, e.Action, e.Outcome
 		tenants[i], agents[i], sessions[i] = nullUUID(e.TenantID), nullUUID(e.AgentID), nullUUID(e.SessionID)
 		ips[i], reasons[i], details[i] = r.ip, nullString(e.Reason), r.detail
-		seqs[i], payloads[i], prevs[i], hashes[i] = seq, string(r.payload), prev, r.hash
+		seqs[i], payloads[i], prevs[i], hashes[i] = seq, r.payload, prev, r.hash
 		prev = r.hash
 	}
 	return []any{ids, ats, actors, actions, outcomes, tenants, agents, sessions, ips, reasons, details,

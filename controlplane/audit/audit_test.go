@@ -40,23 +40,25 @@ func TestRecord_WritesBothRowsWithAnUnbrokenChain(t *testing.T) {
 	assert.Equal(t, 20, logRows)
 	assert.Equal(t, 20, eventRows)
 
-	rows, err := pool.Query(ctx, "SELECT seq, payload, prev_hash, hash FROM events ORDER BY seq")
+	rows, err := pool.Query(ctx, "SELECT seq, payload, canonical, prev_hash, hash FROM events ORDER BY seq")
 	require.NoError(t, err)
 	defer rows.Close()
 	prev := make([]byte, 32)
 	want := int64(1)
 	for rows.Next() {
 		var (
-			seq            int64
-			payload        json.RawMessage
-			prevHash, hash []byte
+			seq                   int64
+			payload               json.RawMessage
+			canon, prevHash, hash []byte
 		)
-		require.NoError(t, rows.Scan(&seq, &payload, &prevHash, &hash))
+		require.NoError(t, rows.Scan(&seq, &payload, &canon, &prevHash, &hash))
 		assert.Equal(t, want, seq, "no gap, no fork")
 		assert.Equal(t, prev, prevHash, "links to the row before")
-		canon, err := audit.Canonical(json.RawMessage(payload))
+		assert.Equal(t, audit.ChainHash(prevHash, canon), hash, "hash recomputes from the stored bytes")
+		again, err := audit.Canonical(json.RawMessage(canon))
 		require.NoError(t, err)
-		assert.Equal(t, audit.ChainHash(prevHash, canon), hash, "hash recomputes from the stored payload")
+		assert.Equal(t, string(canon), string(again), "the stored bytes are canonical")
+		assert.True(t, sameJSON(canon, payload), "the payload says what the hashed bytes say")
 		prev = hash
 		want++
 	}

@@ -9,8 +9,12 @@ import (
 )
 
 // Canonical encodes v the one way its hash is computed: JSON with object
-// keys sorted and numbers kept as written. A payload read back from jsonb
-// re-encodes to the same bytes.
+// keys sorted and numbers kept as written. An event keeps these bytes
+// (events.canonical) and its hash covers them. Events written before
+// migration 0006 kept only the jsonb payload, whose hash is recomputed as
+// Canonical of the payload read back: jsonb keeps strings, key order
+// aside, but respells some numbers (1e-7 as 0.0000001), so this recovers
+// the hashed bytes only of payloads whose numbers jsonb spells as Go does.
 //
 // The bytes are those of encoding/json decoding v's JSON into interface
 // values (numbers as json.Number) and encoding them again: compact, keys in

@@ -46,7 +46,7 @@ import (
 //     (omitted_bytes, omitted_sha256).
 //
 // The one cleaned Entry feeds both rows, so audit_log and events say the
-// same, and the event's hash is computed from what is stored. A string
+// same, and the event keeps the very bytes its hash covers. A string
 // that is already storable is used as it is; checking it is one pass over
 // its bytes, and nothing is copied unless something must change.
 const (

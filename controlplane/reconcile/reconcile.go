@@ -54,7 +54,7 @@ type auditRow struct {
 	at                                       time.Time
 	actor, action, outcome, reason, clientIP string
 	tenant, agent, session                   string
-	detail                                   map[string]any
+	detail                                   []byte // JSON
 }
 
 type eventRow struct {
@@ -62,7 +62,8 @@ type eventRow struct {
 	id             string
 	at             time.Time
 	action         string
-	payload        []byte
+	payload        []byte // JSON, as jsonb spells it
+	canonical      []byte // the bytes the hash covers; nil before migration 0006
 	prevHash, hash []byte
 }
 
@@ -99,7 +100,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, from, to time.Time) (Report, e
 
 func loadAudit(ctx context.Context, tx pgx.Tx, from, to time.Time, ids []string) (map[string]auditRow, error) {
 	rows, err := tx.Query(ctx, `SELECT id, occurred_at, actor, action, outcome, COALESCE(tenant_id::text, ''), COALESCE(agent_id::text, ''),
-		COALESCE(session_id::text, ''), COALESCE(host(client_ip), ''), COALESCE(reason, ''), detail
+		COALESCE(session_id::text, ''), COALESCE(host(client_ip), ''), COALESCE(reason, ''), detail::text
 		FROM audit_log WHERE occurred_at BETWEEN $1 AND $2 OR id = ANY($3::uuid[])`, from, to, ids)
 	if err != nil {
 		return nil, err
@@ -107,10 +108,12 @@ func loadAudit(ctx context.Context, tx pgx.Tx, from, to time.Time, ids []string)
 	out := map[string]auditRow{}
 	for rows.Next() {
 		var a auditRow
-		if err := rows.Scan(&a.id, &a.at, &a.actor, &a.action, &a.outcome, &a.tenant, &a.agent, &a.session, &a.clientIP, &a.reason, &a.detail); err != nil {
+		var detail string
+		if err := rows.Scan(&a.id, &a.at, &a.actor, &a.action, &a.outcome, &a.tenant, &a.agent, &a.session, &a.clientIP, &a.reason, &detail); err != nil {
 			rows.Close()
 			return nil, err
 		}
+		a.detail = []byte(detail)
 		out[a.id] = a
 	}
 	return out, rows.Err()
@@ -128,9 +131,9 @@ func loadEvents(ctx context.Context, tx pgx.Tx, from, to time.Time) ([]eventRow,
 		return nil, 0, nil
 	}
 	rows, err := tx.Query(ctx, `
-		(SELECT seq, id, occurred_at, action, payload::text, prev_hash, hash FROM events WHERE seq < $1 ORDER BY seq DESC LIMIT 1)
+		(SELECT seq, id, occurred_at, action, payload::text, canonical, prev_hash, hash FROM events WHERE seq < $1 ORDER BY seq DESC LIMIT 1)
 		UNION ALL
-		(SELECT seq, id, occurred_at, action, payload::text, prev_hash, hash FROM events WHERE seq BETWEEN $1 AND $2)
+		(SELECT seq, id, occurred_at, action, payload::text, canonical, prev_hash, hash FROM events WHERE seq BETWEEN $1 AND $2)
 		ORDER BY 1`, *lo, *hi)
 	if err != nil {
 		return nil, 0, err
@@ -138,7 +141,7 @@ func loadEvents(ctx context.Context, tx pgx.Tx, from, to time.Time) ([]eventRow,
 	events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (eventRow, error) {
 		var e eventRow
 		var payload string
-		err := r.Scan(&e.seq, &e.id, &e.at, &e.action, &payload, &e.prevHash, &e.hash)
+		err := r.Scan(&e.seq, &e.id, &e.at, &e.action, &payload, &e.canonical, &e.prevHash, &e.hash)
 		e.payload = []byte(payload)
 		return e, err
 	})
@@ -158,10 +161,9 @@ func (r *Report) check(logs map[string]auditRow, events []eventRow, first int64)
 		if inWindow {
 			r.Events++
 		}
-		canon, err := canonical(e.payload)
-		if err != nil || !bytes.Equal(audit.ChainHash(e.prevHash, canon), e.hash) {
-			if inWindow {
-				r.add(BadHash, e.id, e.seq, "the stored hash does not match the event's content")
+		if inWindow {
+			if problem := verifyEvent(e); problem != "" {
+				r.add(BadHash, e.id, e.seq, "%s", problem)
 			}
 		}
 		if prev != nil {
@@ -202,8 +204,24 @@ func (r *Report) check(logs map[string]auditRow, events []eventRow, first int64)
 	}
 }
 
-func canonical(payload []byte) ([]byte, error) {
-	return audit.Canonical(json.RawMessage(payload))
+// verifyEvent checks an event's hash against the bytes it covers, and
+// that its payload says what those bytes say; it returns what is wrong.
+func verifyEvent(e *eventRow) string {
+	hashed := e.canonical
+	if hashed == nil {
+		// Written before events kept their bytes: recompute them.
+		var err error
+		if hashed, err = audit.Canonical(json.RawMessage(e.payload)); err != nil {
+			return "the stored hash does not match the event's content"
+		}
+	}
+	if !bytes.Equal(audit.ChainHash(e.prevHash, hashed), e.hash) {
+		return "the stored hash does not match the event's content"
+	}
+	if e.canonical != nil && !sameJSON(e.canonical, e.payload) {
+		return "the payload does not say what the bytes its hash covers say"
+	}
+	return ""
 }
 
 // compare lists the fields on which an audit_log row and its event differ.
@@ -237,20 +255,20 @@ func compare(a auditRow, e *eventRow) []string {
 	check("reason", a.reason, ev.Reason)
 
 	// audit_log keeps the operator id inside detail; the event beside it.
-	detail := map[string]any{}
-	for k, v := range a.detail {
-		detail[k] = v
+	// Both are jsonb: compared by meaning, numbers by value.
+	detail, _ := decode(a.detail)
+	dm, ok := detail.(map[string]any)
+	if !ok {
+		dm = map[string]any{}
 	}
-	opID, _ := detail["operator_id"].(string)
-	delete(detail, "operator_id")
+	opID, _ := dm["operator_id"].(string)
+	delete(dm, "operator_id")
 	check("operator_id", opID, ev.OperatorID)
-	x, _ := audit.Canonical(detail)
-	evDetail := ev.Detail
-	if evDetail == nil {
-		evDetail = map[string]any{}
+	evDetail := map[string]any{}
+	for k, v := range ev.Detail {
+		evDetail[k] = v
 	}
-	y, _ := audit.Canonical(evDetail)
-	if !bytes.Equal(x, y) {
+	if !ok || !equalJSON(dm, evDetail) {
 		diff = append(diff, "detail")
 	}
 	return diff

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
@@ -19,6 +20,7 @@ import (
 	"github.com/argus-remote/argus/controlplane/reconcile"
 	"github.com/argus-remote/argus/internal/smtptest"
 	"github.com/argus-remote/argus/internal/testenv"
+	"github.com/argus-remote/argus/migrations"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
@@ -105,9 +107,9 @@ func TestReconcile_ReportsEachTampering(t *testing.T) {
 	tamper(t, pool, `UPDATE events SET payload = jsonb_set(payload, '{reason}', '"rewritten"') WHERE id = $1`, editedEvent)
 
 	forged := "00000000-0000-4000-8000-00000000f0f0"
-	tamper(t, pool, `INSERT INTO events (seq, id, occurred_at, action, payload, prev_hash, hash)
-		SELECT seq + 1, $1::uuid, now(), 'agent.enroll', jsonb_build_object('id', $1::text, 'action', 'agent.enroll'), hash, sha256('forged')
-		FROM events ORDER BY seq DESC LIMIT 1`, forged)
+	tamper(t, pool, `INSERT INTO events (seq, id, occurred_at, action, payload, canonical, prev_hash, hash)
+		SELECT seq + 1, $1::uuid, now(), 'agent.enroll', p, convert_to(p::text, 'UTF8'), hash, sha256('forged')
+		FROM events, jsonb_build_object('id', $1::text, 'action', 'agent.enroll') AS p ORDER BY seq DESC LIMIT 1`, forged)
 
 	from, to := window()
 	r, err := reconcile.Run(ctx, pool, from, to)
@@ -201,4 +203,48 @@ func TestNightly_Schedule(t *testing.T) {
 	assert.Equal(t, at("2026-11-26T02:00:00Z"), n.Next(at("2026-11-25T22:00:00Z")))
 	assert.Equal(t, at("2026-11-25T02:00:00Z"), n.Next(at("2026-11-25T01:59:59Z")))
 	assert.Equal(t, at("2026-11-26T02:00:00Z"), n.Next(at("2026-11-25T02:00:00Z")))
+}
+
+// Events written before migration 0006 keep no hashed bytes: their hash is
+// recomputed from the payload, as it always was, and they still verify,
+// with the newer events chained after them.
+func TestReconcile_EventsFromBeforeTheirBytesWereKeptStillVerify(t *testing.T) {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testenv.EmptyDatabase(t))
+	require.NoError(t, err)
+	defer pool.Close()
+	_, err = migrations.ApplyTo(ctx, pool, 5)
+	require.NoError(t, err)
+
+	// As the code before 0006 wrote them.
+	prev := make([]byte, 32)
+	for i := range 5 {
+		id, at := uuid.NewString(), time.Now().UTC().Truncate(time.Microsecond)
+		ev := audit.Event{ID: id, OccurredAt: at.Format(time.RFC3339Nano), Actor: "operator:alice", Action: "test.legacy", Outcome: audit.Success,
+			OperatorID: "6f1c5a8e-5a4e-4f7e-9a43-1d2b3c4d5e6f", ClientIP: "10.0.0.1", Reason: "before <0006>",
+			Detail: map[string]any{"i": i, "half": 0.5, "path": "/etc/argus/x.conf", "nested": map[string]any{"z": 1, "a": []any{1, "two"}}}}
+		payload, err := audit.Canonical(ev)
+		require.NoError(t, err)
+		hash := audit.ChainHash(prev, payload)
+		_, err = pool.Exec(ctx, `INSERT INTO audit_log (id, occurred_at, actor, action, outcome, client_ip, reason, detail)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb || jsonb_build_object('operator_id', $9::text))`,
+			id, at, ev.Actor, ev.Action, ev.Outcome, ev.ClientIP, ev.Reason, ev.Detail, ev.OperatorID)
+		require.NoError(t, err)
+		_, err = pool.Exec(ctx, `INSERT INTO events (seq, id, occurred_at, action, payload, prev_hash, hash) VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7)`,
+			i+1, id, at, ev.Action, string(payload), prev, hash)
+		require.NoError(t, err)
+		prev = hash
+	}
+	_, err = migrations.Apply(ctx, pool)
+	require.NoError(t, err)
+	history(t, pool, 5)
+
+	var kept int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(canonical) FROM events").Scan(&kept))
+	require.Equal(t, 5, kept, "the newer events keep their bytes, the older ones none")
+	from, to := window()
+	r, err := reconcile.Run(ctx, pool, from, to)
+	require.NoError(t, err)
+	assert.True(t, r.Clean, "%s", r.Text())
+	assert.Equal(t, 10, r.Events)
 }
