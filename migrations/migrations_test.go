@@ -206,3 +206,41 @@ func TestSchema_EventsAreAppendOnly(t *testing.T) {
 	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM events WHERE action = 'test'").Scan(&n))
 	assert.Equal(t, 1, n, "the row is still there, unchanged")
 }
+
+func TestSchema_RecordedHeadsAreKept(t *testing.T) {
+	pool := testenv.Pool(t)
+	ctx := context.Background()
+	// A nightly run is claimed, then records its head when it finishes.
+	_, err := pool.Exec(ctx, "INSERT INTO reconcile_runs (scheduled_for, node) VALUES ('2026-11-26T02:00:00Z', 'n1')")
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `UPDATE reconcile_runs SET finished_at = now(), clean = true, head_seq = 7, head_hash = sha256('h'), head_at = now()
+		WHERE scheduled_for = '2026-11-26T02:00:00Z'`)
+	require.NoError(t, err)
+	// A run on demand has no schedule; a nightly one must have one.
+	_, err = pool.Exec(ctx, "INSERT INTO reconcile_runs (kind, node, head_seq, head_hash, head_at) VALUES ('api', 'n1', 9, sha256('i'), now())")
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, "INSERT INTO reconcile_runs (kind, node) VALUES ('nightly', 'n1')")
+	requireViolation(t, err, "reconcile_runs_nightly_scheduled")
+	_, err = pool.Exec(ctx, "INSERT INTO reconcile_runs (kind, node, head_seq) VALUES ('cli', 'n1', 3)")
+	requireViolation(t, err, "reconcile_runs_head")
+
+	for name, stmt := range map[string]string{
+		"change a head": "UPDATE reconcile_runs SET head_seq = 1 WHERE head_seq = 7",
+		"drop a head":   "UPDATE reconcile_runs SET head_seq = NULL, head_hash = NULL, head_at = NULL WHERE head_seq = 9",
+		"delete":        "DELETE FROM reconcile_runs",
+		"truncate":      "TRUNCATE reconcile_runs",
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := pool.Exec(ctx, stmt)
+			require.Error(t, err)
+			var pgErr *pgconn.PgError
+			require.ErrorAs(t, err, &pgErr)
+			assert.Equal(t, "42501", pgErr.Code)
+		})
+	}
+	_, err = pool.Exec(ctx, "UPDATE reconcile_runs SET mismatches = 0 WHERE head_seq = 7")
+	require.NoError(t, err, "what is not the head may still be set")
+	var n int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM reconcile_runs WHERE head_seq IN (7, 9)").Scan(&n))
+	assert.Equal(t, 2, n)
+}

@@ -203,6 +203,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		BrokerURL:        brokerURL,
 		BrowserMQTTURL:   brokerURL,
 		EnrollPerMinute:  cfg.EnrollPerMinute,
+		Node:             cfg.NodeID,
 		SigningPublicKey: topics.EncodePublicKey(signingKey.Public().(ed25519.PublicKey)),
 		Log:              log,
 	}

@@ -31,10 +31,24 @@ type report struct {
 	Clean      bool      `json:"clean"`
 	Mismatches []struct {
 		Kind   string `json:"kind"`
-		ID     string `json:"id"`
-		Seq    int64  `json:"seq"`
+		ID     string `json:"id,omitempty"`
+		Seq    int64  `json:"seq,omitempty"`
 		Detail string `json:"detail"`
 	} `json:"mismatches"`
+	Head    *head `json:"head,omitempty"`
+	Extends *struct {
+		head
+		Run        int64     `json:"run"`
+		Kind       string    `json:"kind"`
+		RecordedAt time.Time `json:"recorded_at"`
+	} `json:"extends,omitempty"`
+}
+
+// head is a point of the events chain, as a run reached it.
+type head struct {
+	Seq  int64     `json:"seq"`
+	Hash string    `json:"hash"`
+	At   time.Time `json:"at"`
 }
 
 // NewCmdAudit builds `argusctl audit`.
@@ -83,8 +97,13 @@ func NewCmdAudit(f *cmdutil.Factory) *cobra.Command {
 
 	var vsince time.Duration
 	verify := &cobra.Command{
-		Use:     "verify",
-		Short:   "Reconcile audit_log with events and verify the hash chain; exit 1 on mismatch",
+		Use:   "verify",
+		Short: "Reconcile audit_log with events and verify the hash chain; exit 1 on mismatch",
+		Long: `Reconcile audit_log with events over a window and verify the hash chain,
+from the head the previous run recorded to the newest event of the window.
+The run is audited and records the chain head it reached; the output shows
+it (seq and hash): keep a copy elsewhere, and a later run shows whether the
+chain still reaches it. Exit 1 on mismatch.`,
 		Example: `  argusctl audit verify --since 168h`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -102,6 +121,16 @@ func NewCmdAudit(f *cmdutil.Factory) *cobra.Command {
 				out := f.IOStreams.Out
 				fmt.Fprintf(out, "window %s .. %s: %d audit_log rows, %d events, %d mismatches\n",
 					r.From.Format(time.RFC3339), r.To.Format(time.RFC3339), r.AuditRows, r.Events, len(r.Mismatches))
+				// Keep this line elsewhere: a later run shows whether the
+				// chain still reaches it.
+				if r.Head != nil {
+					fmt.Fprintf(out, "chain head: seq %d hash %s (event at %s)\n", r.Head.Seq, r.Head.Hash, r.Head.At.UTC().Format(time.RFC3339Nano))
+				} else {
+					fmt.Fprintln(out, "chain head: none")
+				}
+				if e := r.Extends; e != nil {
+					fmt.Fprintf(out, "verified from seq %d, the head run %d (%s, %s) recorded\n", e.Seq, e.Run, e.Kind, e.RecordedAt.UTC().Format(time.RFC3339))
+				}
 				for _, m := range r.Mismatches {
 					fmt.Fprintf(out, "- %s id=%s seq=%d: %s\n", m.Kind, m.ID, m.Seq, m.Detail)
 				}

@@ -48,7 +48,9 @@ type Server struct {
 	BrowserMQTTURL string
 	// EnrollPerMinute bounds enrollment attempts per client address (10).
 	EnrollPerMinute int
-	Log             *slog.Logger
+	// Node is this server's node id, kept with the audit verifications it runs.
+	Node string
+	Log  *slog.Logger
 
 	enrollLimit    *limiter
 	gateAuditLimit *limiter

@@ -88,7 +88,8 @@ func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"entries": list})
 }
 
-// verifyAudit reconciles a window on demand; the run is itself audited.
+// verifyAudit reconciles a window on demand; the run is itself audited
+// and records the chain head it reached, which the response shows.
 func (s *Server) verifyAudit(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Since string `json:"since,omitempty"`
@@ -114,7 +115,7 @@ func (s *Server) verifyAudit(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if err := reconcile.Record(ctx, s.Pool, report, actor(r)); err != nil {
+	if err := reconcile.Record(ctx, s.Pool, report, actor(r), reconcile.Source{Kind: reconcile.KindAPI, Node: s.Node}); err != nil {
 		s.fail(w, r, err)
 		return
 	}

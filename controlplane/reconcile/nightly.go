@@ -21,21 +21,6 @@ var mismatchCounter = telemetry.NewInstrument("argus/reconcile", func(m metric.M
 
 func mismatchCount() metric.Int64Counter { return mismatchCounter.Get() }
 
-// Record audits a reconciliation run (both rows) with its window and outcome.
-func Record(ctx context.Context, pool *pgxpool.Pool, r Report, by audit.Entry) error {
-	mismatchCount().Add(ctx, int64(len(r.Mismatches)))
-	by.Action = "audit.reconcile"
-	by.Outcome = audit.Success
-	if !r.Clean {
-		by.Outcome = audit.Failure
-	}
-	by.Detail = map[string]any{
-		"from": r.From.Format(time.RFC3339Nano), "to": r.To.Format(time.RFC3339Nano),
-		"audit_rows": r.AuditRows, "events": r.Events, "mismatches": len(r.Mismatches), "clean": r.Clean,
-	}
-	return audit.Write(ctx, pool, by)
-}
-
 // Subject is the mail subject for a report.
 func (r Report) Subject() string {
 	if r.Clean {
@@ -92,7 +77,7 @@ func (n *Nightly) Loop(ctx context.Context) {
 // RunScheduled runs the reconciliation due at `at`, unless another server
 // has claimed it. It reports whether this node ran it.
 func (n *Nightly) RunScheduled(ctx context.Context, at time.Time) (Report, bool, error) {
-	tag, err := n.Pool.Exec(ctx, "INSERT INTO reconcile_runs (scheduled_for, node) VALUES ($1, $2) ON CONFLICT DO NOTHING", at, n.Node)
+	tag, err := n.Pool.Exec(ctx, "INSERT INTO reconcile_runs (scheduled_for, node, kind) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", at, n.Node, KindNightly)
 	if err != nil {
 		return Report{}, false, fmt.Errorf("claim run: %w", err)
 	}
@@ -104,14 +89,14 @@ func (n *Nightly) RunScheduled(ctx context.Context, at time.Time) (Report, bool,
 	if err != nil {
 		return Report{}, true, err
 	}
-	if err := Record(ctx, n.Pool, r, audit.Entry{Actor: "system", Detail: nil}); err != nil {
+	if err := Record(ctx, n.Pool, r, audit.Entry{Actor: "system"}, Source{Kind: KindNightly, Node: n.Node, ScheduledFor: at}); err != nil {
 		return r, true, err
 	}
-	if _, err := n.Pool.Exec(ctx, "UPDATE reconcile_runs SET finished_at = now(), clean = $2, mismatches = $3 WHERE scheduled_for = $1",
-		at, r.Clean, len(r.Mismatches)); err != nil {
-		return r, true, err
+	attrs := []any{"clean", r.Clean, "mismatches", len(r.Mismatches), "audit_rows", r.AuditRows, "events", r.Events}
+	if r.Head != nil {
+		attrs = append(attrs, "head_seq", r.Head.Seq, "head_hash", r.Head.Hash)
 	}
-	n.Log.Info("nightly audit reconciliation", "clean", r.Clean, "mismatches", len(r.Mismatches), "audit_rows", r.AuditRows, "events", r.Events)
+	n.Log.Info("nightly audit reconciliation", attrs...)
 	return r, true, n.Notify(ctx, r)
 }
 

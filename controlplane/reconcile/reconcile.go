@@ -2,6 +2,12 @@
 // over a time window and verifies the events hash chain, so that a row
 // deleted, edited or forged by someone with database access shows up as a
 // mismatch naming the row and what differs.
+//
+// Each run records the head of the chain it reached (reconcile_runs), and
+// each run starts its verification of the chain from the newest head
+// recorded before its own and checks that every head recorded before
+// still holds: rows deleted from the end of both trails leave no gap, but
+// they take a recorded head with them.
 package reconcile
 
 import (
@@ -29,6 +35,9 @@ const (
 	BadHash         = "bad_hash"          // an event's hash does not match its content
 	BrokenChain     = "broken_chain"      // an event does not link to the one before
 	SequenceGap     = "sequence_gap"      // a sequence number is missing
+	ChainTruncated  = "chain_truncated"   // a head an earlier run recorded is gone or changed
+	NoEvents        = "no_events"         // the window has audit_log rows but no event at all
+	EmptyWindow     = "empty_window"      // the window has no row at all, though an earlier run verified one in it
 )
 
 // Mismatch is one discrepancy.
@@ -47,6 +56,15 @@ type Report struct {
 	Events     int        `json:"events"`
 	Mismatches []Mismatch `json:"mismatches"`
 	Clean      bool       `json:"clean"`
+	// Head is where this run left the chain: the newest event of the
+	// window (or, for a window without events, the newest before it),
+	// with every event from Extends to it verified. Kept elsewhere (the
+	// mail, a ticket), it shows later whether the chain still reaches it.
+	Head *Head `json:"head,omitempty"`
+	// Extends is the head an earlier run recorded that this run's
+	// verification of the chain started from: the newest at or before
+	// Head. None for the first run.
+	Extends *RecordedHead `json:"extends,omitempty"`
 }
 
 type auditRow struct {
@@ -67,35 +85,86 @@ type eventRow struct {
 	prevHash, hash []byte
 }
 
+// span is what a run reads of the chain, by sequence number: the window's
+// events [lo, hi] (none when lo > hi), verified from start to end (start
+// at or before lo, back to the head it extends; end the window's last
+// event, or the last before an empty window), with the event before start
+// and the one after end read to check the links at both ends.
+type span struct {
+	lo, hi, start, end int64
+}
+
+func (s span) inWindow(seq int64) bool { return seq >= s.lo && seq <= s.hi }
+func (s span) verified(seq int64) bool { return seq >= s.start && seq <= s.end }
+
 // Run reconciles the window [from, to].
 func Run(ctx context.Context, pool *pgxpool.Pool, from, to time.Time) (Report, error) {
 	r := Report{From: from.UTC(), To: to.UTC(), Mismatches: []Mismatch{}}
-	// One snapshot for both tables, so a write landing between two reads
-	// is not mistaken for a missing row.
+	// One snapshot for both tables and the recorded heads, so a write
+	// landing between two reads is not mistaken for a missing row, and a
+	// head recorded by a run that saw newer rows is not seen without them.
 	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		events, first, err := loadEvents(ctx, tx, from, to)
+		sp, err := windowSpan(ctx, tx, from, to)
+		if err != nil {
+			return err
+		}
+		if sp.end > 0 {
+			if r.Extends, err = headAtOrBefore(ctx, tx, sp.end); err != nil {
+				return err
+			}
+			if r.Extends != nil && r.Extends.Seq < sp.start {
+				sp.start = r.Extends.Seq
+			}
+		}
+		events, err := loadEvents(ctx, tx, sp)
 		if err != nil {
 			return err
 		}
 		// Rows written within microseconds of an edge may fall either side
-		// of it; the events in range bring their audit rows along.
-		ids := make([]string, len(events))
-		for i, e := range events {
-			ids[i] = e.id
+		// of it; the window's events bring their audit rows along.
+		var ids []string
+		for _, e := range events {
+			if sp.inWindow(e.seq) {
+				ids = append(ids, e.id)
+			}
 		}
 		logs, err := loadAudit(ctx, tx, from, to, ids)
 		if err != nil {
 			return err
 		}
 		r.AuditRows = len(logs)
-		r.check(logs, events, first)
-		return nil
+		r.check(logs, events, sp)
+		for _, e := range events {
+			if e.seq == sp.end {
+				r.Head = &Head{Seq: e.seq, Hash: fmt.Sprintf("%x", e.hash), At: e.at.UTC()}
+			}
+		}
+		return r.checkHeads(ctx, tx, events, sp)
 	})
 	if err != nil {
 		return Report{}, fmt.Errorf("reconcile: %w", err)
 	}
 	r.Clean = len(r.Mismatches) == 0
 	return r, nil
+}
+
+// windowSpan finds the window's events and where verification ends.
+func windowSpan(ctx context.Context, tx pgx.Tx, from, to time.Time) (span, error) {
+	var lo, hi *int64
+	if err := tx.QueryRow(ctx, "SELECT min(seq), max(seq) FROM events WHERE occurred_at BETWEEN $1 AND $2", from, to).Scan(&lo, &hi); err != nil {
+		return span{}, err
+	}
+	if lo != nil {
+		return span{lo: *lo, hi: *hi, start: *lo, end: *hi}, nil
+	}
+	// No event in the window: check the chain around it, from the newest
+	// event before it.
+	var before int64
+	err := tx.QueryRow(ctx, "SELECT seq FROM events WHERE occurred_at < $1 ORDER BY occurred_at DESC, seq DESC LIMIT 1", from).Scan(&before)
+	if err != nil && err != pgx.ErrNoRows {
+		return span{}, err
+	}
+	return span{lo: before + 1, hi: before, start: before, end: before}, nil
 }
 
 func loadAudit(ctx context.Context, tx pgx.Tx, from, to time.Time, ids []string) (map[string]auditRow, error) {
@@ -119,49 +188,43 @@ func loadAudit(ctx context.Context, tx pgx.Tx, from, to time.Time, ids []string)
 	return out, rows.Err()
 }
 
-// loadEvents returns the window's events in sequence order, as the range
-// of sequence numbers the window spans, preceded by the event before it
-// (to check the first link), and the first sequence number in the window.
-func loadEvents(ctx context.Context, tx pgx.Tx, from, to time.Time) ([]eventRow, int64, error) {
-	var lo, hi *int64
-	if err := tx.QueryRow(ctx, "SELECT min(seq), max(seq) FROM events WHERE occurred_at BETWEEN $1 AND $2", from, to).Scan(&lo, &hi); err != nil {
-		return nil, 0, err
-	}
-	if lo == nil {
-		return nil, 0, nil
-	}
+// loadEvents returns, in sequence order, the events from start to end,
+// preceded by the event before start and followed by the one after end.
+func loadEvents(ctx context.Context, tx pgx.Tx, sp span) ([]eventRow, error) {
+	const cols = "seq, id, occurred_at, action, payload::text, canonical, prev_hash, hash"
 	rows, err := tx.Query(ctx, `
-		(SELECT seq, id, occurred_at, action, payload::text, canonical, prev_hash, hash FROM events WHERE seq < $1 ORDER BY seq DESC LIMIT 1)
+		(SELECT `+cols+` FROM events WHERE seq < $1 ORDER BY seq DESC LIMIT 1)
 		UNION ALL
-		(SELECT seq, id, occurred_at, action, payload::text, canonical, prev_hash, hash FROM events WHERE seq BETWEEN $1 AND $2)
-		ORDER BY 1`, *lo, *hi)
+		(SELECT `+cols+` FROM events WHERE seq BETWEEN $1 AND $2)
+		UNION ALL
+		(SELECT `+cols+` FROM events WHERE seq > $2 ORDER BY seq LIMIT 1)
+		ORDER BY 1`, sp.start, sp.end)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
-	events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (eventRow, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (eventRow, error) {
 		var e eventRow
 		var payload string
 		err := r.Scan(&e.seq, &e.id, &e.at, &e.action, &payload, &e.canonical, &e.prevHash, &e.hash)
 		e.payload = []byte(payload)
 		return e, err
 	})
-	return events, *lo, err
 }
 
 func (r *Report) add(kind, id string, seq int64, format string, args ...any) {
 	r.Mismatches = append(r.Mismatches, Mismatch{Kind: kind, ID: id, Seq: seq, Detail: fmt.Sprintf(format, args...)})
 }
 
-func (r *Report) check(logs map[string]auditRow, events []eventRow, first int64) {
+func (r *Report) check(logs map[string]auditRow, events []eventRow, sp span) {
 	seen := map[string]bool{}
 	var prev *eventRow
 	for i := range events {
 		e := &events[i]
-		inWindow := e.seq >= first
+		inWindow := sp.inWindow(e.seq)
 		if inWindow {
 			r.Events++
 		}
-		if inWindow {
+		if sp.verified(e.seq) {
 			if problem := verifyEvent(e); problem != "" {
 				r.add(BadHash, e.id, e.seq, "%s", problem)
 			}
@@ -173,9 +236,10 @@ func (r *Report) check(logs map[string]auditRow, events []eventRow, first int64)
 			if !bytes.Equal(e.prevHash, prev.hash) {
 				r.add(BrokenChain, e.id, e.seq, "prev_hash does not equal the hash of event %d", prev.seq)
 			}
-		} else if inWindow && e.seq == 1 && !bytes.Equal(e.prevHash, make([]byte, 32)) {
+		} else if e.seq >= sp.start && e.seq == 1 && !bytes.Equal(e.prevHash, make([]byte, 32)) {
+			// Nothing before start: the chain must begin here.
 			r.add(BrokenChain, e.id, e.seq, "the first event does not start the chain")
-		} else if inWindow && e.seq > 1 {
+		} else if e.seq >= sp.start && e.seq > 1 {
 			r.add(SequenceGap, e.id, e.seq, "the events before %d are missing", e.seq)
 		}
 		prev = e
@@ -191,6 +255,9 @@ func (r *Report) check(logs map[string]auditRow, events []eventRow, first int64)
 		if diff := compare(a, e); len(diff) > 0 {
 			r.add(FieldDiffers, e.id, e.seq, "audit_log and events differ in: %s", strings.Join(diff, ", "))
 		}
+	}
+	if r.Events == 0 && len(logs) > 0 {
+		r.add(NoEvents, "", 0, "the window holds %d audit_log row(s) and not one event", len(logs))
 	}
 	var missing []auditRow
 	for id, a := range logs {
@@ -302,6 +369,7 @@ func (r Report) Text() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Audit reconciliation %s .. %s\n", r.From.Format(time.RFC3339), r.To.Format(time.RFC3339))
 	fmt.Fprintf(&b, "audit_log rows: %d, events: %d, mismatches: %d\n", r.AuditRows, r.Events, len(r.Mismatches))
+	b.WriteString(r.headLines())
 	if r.Clean {
 		b.WriteString("\nAll clear: both trails agree and the event chain is intact.\n")
 		return b.String()

@@ -2,6 +2,7 @@ package reconcile_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -172,6 +173,7 @@ func TestNightly_MailsMismatchesNotCleanRuns(t *testing.T) {
 		assert.Contains(t, m.Data, "Subject: ARGUS audit reconciliation: ")
 		assert.Contains(t, m.Data, victim, "the mail names the row")
 		assert.Contains(t, m.Data, reconcile.MissingAuditLog)
+		assert.Contains(t, m.Data, fmt.Sprintf("chain head: seq %d hash %s", r.Head.Seq, r.Head.Hash), "the mail keeps the head elsewhere")
 	case <-time.After(10 * time.Second):
 		t.Fatal("no mail for a mismatch")
 	}
@@ -185,6 +187,46 @@ func TestNightly_MailsMismatchesNotCleanRuns(t *testing.T) {
 	var outcomes string
 	require.NoError(t, pool.QueryRow(ctx, "SELECT string_agg(outcome, ',' ORDER BY occurred_at) FROM audit_log WHERE action = 'audit.reconcile'").Scan(&outcomes))
 	assert.Equal(t, "success,failure", outcomes)
+
+	// Each run recorded the head it reached.
+	var nightly, heads int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*), count(head_seq) FROM reconcile_runs WHERE kind = 'nightly' AND finished_at IS NOT NULL").Scan(&nightly, &heads))
+	assert.Equal(t, 2, nightly)
+	assert.Equal(t, 2, heads)
+}
+
+// The nightly run checks the heads that runs on demand recorded, and they
+// the nightly run's: one chain of heads, whoever ran.
+func TestNightly_ChecksTheHeadsRunsOnDemandRecorded(t *testing.T) {
+	ctx := context.Background()
+	pool := testenv.Pool(t)
+	history(t, pool, 6)
+	from, to := window()
+	require.True(t, verified(t, pool, from, to).Clean)
+	ownerDeletes(t, pool,
+		"DELETE FROM events WHERE seq > (SELECT max(seq) - 3 FROM events)",
+		"DELETE FROM audit_log WHERE id NOT IN (SELECT id FROM events)")
+
+	srv := smtptest.Start(t, smtptest.Options{})
+	port, _ := strconv.Atoi(srv.Port)
+	sender, err := mail.New(mail.Config{Host: srv.Host, Port: port, From: "argus@ops.example", To: []string{"security@ops.example"}}, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	n := &reconcile.Nightly{Pool: pool, Mail: sender, Overlap: time.Hour, Node: "n1", Log: slog.New(slog.DiscardHandler), MailAttempts: 1}
+	r, ran, err := n.RunScheduled(ctx, time.Now().Add(time.Minute).UTC().Truncate(time.Second))
+	require.NoError(t, err)
+	require.True(t, ran)
+	assert.True(t, hasKind(r, reconcile.ChainTruncated), "%s", r.Text())
+	select {
+	case m := <-srv.Messages:
+		assert.Contains(t, m.Data, reconcile.ChainTruncated)
+		assert.Contains(t, m.Data, "chain head: seq 4 ")
+	case <-time.After(10 * time.Second):
+		t.Fatal("no mail for a truncated chain")
+	}
+
+	// And a run on demand after it checks the nightly run's head.
+	r = verified(t, pool, from, time.Now().Add(time.Minute))
+	assert.True(t, hasKind(r, reconcile.ChainTruncated), "the lost head stays reported")
 }
 
 func TestMail_FailureIsCountedAndReturned(t *testing.T) {
@@ -235,6 +277,9 @@ func TestReconcile_EventsFromBeforeTheirBytesWereKeptStillVerify(t *testing.T) {
 		require.NoError(t, err)
 		prev = hash
 	}
+	// And a nightly run of the time, which the migration keeps.
+	_, err = pool.Exec(ctx, "INSERT INTO reconcile_runs (scheduled_for, node, finished_at, clean, mismatches) VALUES (now() - interval '1 day', 'n0', now(), true, 0)")
+	require.NoError(t, err)
 	_, err = migrations.Apply(ctx, pool)
 	require.NoError(t, err)
 	history(t, pool, 5)
@@ -247,4 +292,9 @@ func TestReconcile_EventsFromBeforeTheirBytesWereKeptStillVerify(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, r.Clean, "%s", r.Text())
 	assert.Equal(t, 10, r.Events)
+	n := &reconcile.Nightly{Pool: pool, Overlap: time.Hour, Node: "n1", Log: slog.New(slog.DiscardHandler)}
+	r, ran, err := n.RunScheduled(ctx, time.Now().Add(time.Minute).UTC().Truncate(time.Second))
+	require.NoError(t, err)
+	require.True(t, ran)
+	assert.True(t, r.Clean, "%s", r.Text())
 }

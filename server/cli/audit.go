@@ -29,6 +29,11 @@ func newAuditCmd(io IOStreams) *cobra.Command {
 	rec := &cobra.Command{
 		Use:   "reconcile",
 		Short: "Compare audit_log with events and verify the hash chain; exit 1 on mismatch",
+		Long: `Compare audit_log with events over a window and verify the hash chain, from
+the head the previous run (nightly or on demand) recorded to the newest event
+of the window, and check that every head recorded before still holds. The run
+is audited and records the chain head it reached; the report shows it (seq and
+hash): keep a copy elsewhere. Exit 1 on mismatch.`,
 		Example: `  argus-server audit reconcile --since 24h
   argus-server audit reconcile --from 2026-11-01T00:00:00Z --to 2026-11-02T00:00:00Z --json`,
 		Args: cobra.NoArgs,
@@ -61,7 +66,7 @@ func newAuditCmd(io IOStreams) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := reconcile.Record(ctx, db.Pool, r, audit.Entry{Actor: "system:cli"}); err != nil {
+			if err := reconcile.Record(ctx, db.Pool, r, audit.Entry{Actor: "system:cli"}, reconcile.Source{Kind: reconcile.KindCLI, Node: cfg.NodeID}); err != nil {
 				return err
 			}
 			if asJSON {
