@@ -211,44 +211,33 @@ func cleanValue(v any, depth int) (any, bool) {
 		}
 		return v, false
 	case []any:
-		var out []any
-		for i, e := range x {
-			ce, changed := cleanValue(e, depth+1)
-			if changed && out == nil {
-				out = slices.Clone(x)
-			}
-			if out != nil {
-				out[i] = ce
-			}
+		if c, changed := cleanSlice(x, func(e any) (any, bool) { return cleanValue(e, depth+1) }); changed {
+			return c, true
 		}
-		if out == nil {
-			return v, false
-		}
-		return out, true
+		return v, false
 	case []string:
-		var out []string
-		for i, e := range x {
-			ce, changed := cleanString(e)
-			if changed && out == nil {
-				out = slices.Clone(x)
-			}
-			if out != nil {
-				out[i] = ce
+		if c, changed := cleanSlice(x, cleanString); changed {
+			return c, true
+		}
+		return v, false
+	case map[string]string:
+		clean := true
+		for k, e := range x {
+			if _, changed := cleanString(k); changed {
+				clean = false
+			} else if _, changed := cleanString(e); changed {
+				clean = false
 			}
 		}
-		if out == nil {
+		if clean {
 			return v, false
 		}
-		return out, true
-	case map[string]string:
 		m := make(map[string]any, len(x))
 		for k, e := range x {
 			m[k] = e
 		}
-		if c, changed := cleanMap(m, depth); changed {
-			return c, true
-		}
-		return v, false
+		c, _ := cleanMap(m, depth)
+		return c, true
 	case json.Number:
 		if storableNumber(string(x)) {
 			return v, false
@@ -275,6 +264,22 @@ func cleanValue(v any, depth int) (any, bool) {
 		}
 		return v, false
 	}
+}
+
+// cleanSlice returns x with each element cleaned, and whether any
+// changed; x is copied only then.
+func cleanSlice[T any](x []T, clean func(T) (T, bool)) ([]T, bool) {
+	var out []T
+	for i, e := range x {
+		ce, changed := clean(e)
+		if changed && out == nil {
+			out = slices.Clone(x)
+		}
+		if out != nil {
+			out[i] = ce
+		}
+	}
+	return out, out != nil
 }
 
 // cleanRaw cleans valid JSON. JSON that is already storable is kept as

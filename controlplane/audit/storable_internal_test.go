@@ -57,7 +57,7 @@ func repeat(s string, n int) string {
 func TestStorable_CleanEntryIsKeptAsItIs(t *testing.T) {
 	e := Entry{Actor: "operator:alice", Action: "support.command", Outcome: Success, ClientIP: "10.0.0.1", Reason: "INC-7 é",
 		Detail: map[string]any{"command": "tail_log", "n": 3, "f": 0.5, "args": map[string]any{"lines": 200.0, "log": "streamer"},
-			"list": []any{"a", 1.0, nil, true}, "factors": []string{"ops_token"}, "at": time.Unix(0, 0).UTC(),
+			"list": []any{"a", 1.0, nil, true}, "factors": []string{"ops_token"}, "labels": map[string]string{"k": "v"}, "at": time.Unix(0, 0).UTC(),
 			"raw": json.RawMessage(`{"a":[1,2.5e3,"x"]}`)}}
 	allocs := testing.AllocsPerRun(100, func() { e = storable(e) })
 	assert.Zero(t, allocs)
