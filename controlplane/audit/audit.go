@@ -26,6 +26,9 @@ const (
 	Success = "success"
 	Denied  = "denied"
 	Failure = "failure"
+	// Unknown is an action whose effect nobody saw: a command that may or
+	// may not have run on its agent.
+	Unknown = "unknown"
 )
 
 // auditWrites is looked up at each use, like every instrument here, so it

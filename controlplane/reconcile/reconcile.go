@@ -38,7 +38,15 @@ const (
 	ChainTruncated  = "chain_truncated"   // a head an earlier run recorded is gone or changed
 	NoEvents        = "no_events"         // the window has audit_log rows but no event at all
 	EmptyWindow     = "empty_window"      // the window has no row at all, though an earlier run verified one in it
+	// CommandUnterminated is a command still "requested" well past its
+	// deadline: no completion and no interruption was ever recorded.
+	CommandUnterminated = "command_unterminated"
 )
+
+// unterminatedAfter is how long past its deadline a command may stay
+// requested before reconciliation reports it: the servers mark such a
+// command interrupted within seconds.
+const unterminatedAfter = time.Minute
 
 // Mismatch is one discrepancy.
 type Mismatch struct {
@@ -139,7 +147,10 @@ func Run(ctx context.Context, pool *pgxpool.Pool, from, to time.Time) (Report, e
 				r.Head = &Head{Seq: e.seq, Hash: fmt.Sprintf("%x", e.hash), At: e.at.UTC()}
 			}
 		}
-		return r.checkHeads(ctx, tx, events, sp)
+		if err := r.checkHeads(ctx, tx, events, sp); err != nil {
+			return err
+		}
+		return r.checkCommands(ctx, tx, from, to)
 	})
 	if err != nil {
 		return Report{}, fmt.Errorf("reconcile: %w", err)
@@ -209,6 +220,29 @@ func loadEvents(ctx context.Context, tx pgx.Tx, sp span) ([]eventRow, error) {
 		e.payload = []byte(payload)
 		return e, err
 	})
+}
+
+// checkCommands reports the window's commands that never reached a final
+// state: both trails may agree on their request, and still say nothing of
+// what became of them.
+func (r *Report) checkCommands(ctx context.Context, tx pgx.Tx, from, to time.Time) error {
+	rows, err := tx.Query(ctx, `SELECT id::text, name, requested_at FROM commands
+		WHERE status = 'requested' AND requested_at BETWEEN $1 AND $2
+		  AND COALESCE(deadline, requested_at + interval '2 minutes') < now() - $3::interval
+		ORDER BY requested_at`, from, to, unterminatedAfter.String())
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, name string
+		var at time.Time
+		if err := rows.Scan(&id, &name, &at); err != nil {
+			return err
+		}
+		r.add(CommandUnterminated, id, 0, "%s requested at %s has no completion and was never marked interrupted", name, at.UTC().Format(time.RFC3339))
+	}
+	return rows.Err()
 }
 
 func (r *Report) add(kind, id string, seq int64, format string, args ...any) {

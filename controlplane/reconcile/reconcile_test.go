@@ -298,3 +298,32 @@ func TestReconcile_EventsFromBeforeTheirBytesWereKeptStillVerify(t *testing.T) {
 	require.True(t, ran)
 	assert.True(t, r.Clean, "%s", r.Text())
 }
+
+// TestReconcile_ReportsACommandNeverTerminated guards against two trails
+// that agree on a command's request and say nothing of its end: a command
+// still requested well past its deadline is reported.
+func TestReconcile_ReportsACommandNeverTerminated(t *testing.T) {
+	pool := testenv.Pool(t)
+	ctx := context.Background()
+	var session string
+	require.NoError(t, pool.QueryRow(ctx, `WITH o AS (INSERT INTO operators (name) VALUES ('alice') RETURNING id),
+		t AS (INSERT INTO tenants (name) VALUES ('acme') RETURNING id),
+		a AS (INSERT INTO agents (tenant_id, name, secret_hash) SELECT t.id, 'gw', decode(repeat('00', 32), 'hex') FROM t RETURNING id, tenant_id)
+		INSERT INTO support_sessions (tenant_id, agent_id, operator_id, token_hash, reason, expires_at)
+		SELECT a.tenant_id, a.id, o.id, decode(repeat('01', 32), 'hex'), 'INC-1', now() + interval '30 minutes' FROM a, o
+		RETURNING id`).Scan(&session))
+	insert := func(deadline string) string {
+		var id string
+		require.NoError(t, pool.QueryRow(ctx, `INSERT INTO commands (session_id, name, args_digest, status, deadline)
+			VALUES ($1, 'ping', decode(repeat('02', 32), 'hex'), 'requested', now() + $2::interval) RETURNING id`, session, deadline).Scan(&id))
+		return id
+	}
+	overdue := insert("-5 minutes")
+	insert("20 seconds") // still running: not reported
+
+	r, err := reconcile.Run(ctx, pool, time.Now().Add(-time.Hour), time.Now().Add(time.Minute))
+	require.NoError(t, err)
+	require.Len(t, r.Mismatches, 1, "%v", r.Mismatches)
+	assert.Equal(t, reconcile.CommandUnterminated, r.Mismatches[0].Kind)
+	assert.Equal(t, overdue, r.Mismatches[0].ID)
+}

@@ -310,7 +310,7 @@ func commandStatus(res topics.ResultMsg) (status, outcome, code string) {
 	case "timeout":
 		status, outcome = "timeout", audit.Failure
 	case statusDisconnected:
-		status, outcome = "interrupted", OutcomeUnknown
+		status, outcome = "interrupted", audit.Unknown
 	}
 	if res.Error != nil {
 		code = res.Error.Code

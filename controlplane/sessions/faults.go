@@ -26,9 +26,6 @@ const (
 	// CodeInterrupted is a command whose completion was never written
 	// (the database or the server died on the way).
 	CodeInterrupted = "interrupted"
-	// OutcomeUnknown is an audited action whose effect on the agent
-	// nobody saw: it may or may not have run.
-	OutcomeUnknown = "unknown"
 )
 
 // reconnectWindow is how recently an agent must have gone (or the server
@@ -193,7 +190,7 @@ func (m *Manager) interruptOverdue(ctx context.Context) error {
 				return err
 			}
 			_, err = audit.Record(ctx, tx, audit.Entry{
-				Actor: "system", Action: "support.command.interrupted", Outcome: OutcomeUnknown,
+				Actor: "system", Action: "support.command.interrupted", Outcome: audit.Unknown,
 				TenantID: o.tenant, AgentID: o.agent, SessionID: o.session,
 				Detail: map[string]any{"command_id": o.id, "command": o.name, "code": CodeInterrupted,
 					"requested_at": o.requested.UTC().Format(time.RFC3339Nano)},
