@@ -453,3 +453,29 @@ func TestAgentResult_MalformedIsRecordedAsBadResult(t *testing.T) {
 		})
 	}
 }
+
+// TestGate_ProbeWithNULAndBadUTF8IsAudited guards against a refusal that
+// leaves no row because its text is not storable: a gate probe with %00
+// and an invalid UTF-8 byte in its path is refused and audited in both
+// trails, the bytes spelled the one documented way (NUL as U+2400,
+// an invalid byte as U+FFFD).
+func TestGate_ProbeWithNULAndBadUTF8IsAudited(t *testing.T) {
+	s := newSupportEnv(t, nil)
+	probe := apiclient.Client{BaseURL: s.api.BaseURL, Token: s.api.Token} // no ops token
+	err := probe.Do(context.Background(), "POST", "/v1/support/sessions/x%00y%FFz/commands", map[string]string{"name": "ping"}, nil)
+	assert.Equal(t, "forbidden", apiCode(err))
+	ctx := context.Background()
+	pool := s.srv.Database().Pool
+	var logRows, events int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM audit_log WHERE action = 'support.gate'
+		AND detail->>'path' = $1`, "/v1/support/sessions/x\u2400y\ufffdz/commands").Scan(&logRows))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE action = 'support.gate'
+		AND payload->'detail'->>'path' = $1`, "/v1/support/sessions/x\u2400y\ufffdz/commands").Scan(&events))
+	assert.Equal(t, 1, logRows)
+	assert.Equal(t, 1, events)
+	var rep struct {
+		Clean bool `json:"clean"`
+	}
+	require.NoError(t, s.do(t, "POST", "/v1/audit/verify", map[string]string{"since": "1h"}, &rep))
+	assert.True(t, rep.Clean)
+}
