@@ -8,8 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/viper"
@@ -34,9 +40,10 @@ type Config struct {
 	LogFiles map[string]string
 	// ReadableRoots are the directories read_file may read below.
 	ReadableRoots []string
-	// Cameras are the frame sources camera_view may read, by name: a URL
-	// ffmpeg reads (rtsp://, http(s)://, /dev/video0), "lavfi:GRAPH", or
-	// "testpattern[:WxH]" (built in, no ffmpeg).
+	// Cameras are the frame sources camera_view may read, by name: an
+	// rtsp://, rtsps://, http:// or https:// URL or a /dev/videoN device
+	// (through ffmpeg), "lavfi:GRAPH" of synthetic sources (for tests), or
+	// "testpattern[:WxH]" (built in, no ffmpeg). See checkCameraSource.
 	Cameras       map[string]string
 	FFmpegPath    string
 	CameraTimeout time.Duration
@@ -47,6 +54,8 @@ type Config struct {
 	// PatchKeys are the public keys whose signatures the agent accepts on
 	// patches: installed by the tenant, never received over the network.
 	PatchKeys []ed25519.PublicKey
+	// PatchKeyFiles are the files PatchKeys were read from, in order.
+	PatchKeyFiles []string
 	// PatchRoots are the directories patches may write below, by name.
 	PatchRoots map[string]string
 	// PatchHealthCheck is a command (argv) run after a patch; if it fails,
@@ -98,32 +107,69 @@ func DefaultStateDir() string {
 	return "argus-agent-state"
 }
 
-// ConfigFromViper reads and validates the agent's configuration.
+// ConfigFromViper reads and validates the agent's configuration. Every
+// key must hold the type it is documented with (a mapping, a list, one
+// value); the allowlists' paths must be absolute and their cameras of a
+// kind camera_view supports. Any error names its key.
 func ConfigFromViper(v *viper.Viper) (Config, error) {
-	c := Config{
-		StateDir: v.GetString("state-dir"),
-		CAFile:   v.GetString("ca-file"),
-
-		RemoteSupportDisabled: v.GetBool("remote-support-disabled"),
-
-		LogFiles:                  settings.StringMap(v, "log-files"),
-		ReadableRoots:             settings.List(v, "readable-roots"),
-		Cameras:                   settings.StringMap(v, "cameras"),
-		FFmpegPath:                v.GetString("ffmpeg-path"),
-		StreamingAgentVersionFile: v.GetString("streaming-agent-version-file"),
-		OTLPEndpoint:              v.GetString("otlp-endpoint"),
-	}
-
 	var errs []error
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("invalid %s: %s", settings.EnvNames(Keys, key), fmt.Sprintf(format, args...)))
 	}
+	badErr := func(key string, err error) {
+		// One line per problem, each naming the key.
+		for _, line := range strings.Split(err.Error(), "\n") {
+			bad(key, "%s", line)
+		}
+	}
+	stringMap := func(key string) map[string]string {
+		m, err := settings.StringMap(v, key)
+		if err != nil {
+			badErr(key, err)
+		}
+		return m
+	}
+	list := func(key string) []string {
+		l, err := settings.Strings(v, key)
+		if err != nil {
+			badErr(key, err)
+		}
+		return l
+	}
+	for _, k := range []string{"state-dir", "heartbeat-interval", "reconnect-max-backoff", "ca-file", "log-level",
+		"ffmpeg-path", "camera-timeout", "streaming-agent-version-file", "patch-health-timeout", "otlp-endpoint"} {
+		if err := settings.Value(v, k); err != nil {
+			badErr(k, err)
+		}
+	}
+	c := Config{
+		StateDir: v.GetString("state-dir"),
+		CAFile:   v.GetString("ca-file"),
+
+		LogFiles:                  stringMap("log-files"),
+		ReadableRoots:             list("readable-roots"),
+		Cameras:                   stringMap("cameras"),
+		FFmpegPath:                v.GetString("ffmpeg-path"),
+		StreamingAgentVersionFile: v.GetString("streaming-agent-version-file"),
+		OTLPEndpoint:              v.GetString("otlp-endpoint"),
+	}
+	if d, err := settings.Bool(v, "remote-support-disabled"); err != nil {
+		badErr("remote-support-disabled", err)
+	} else {
+		c.RemoteSupportDisabled = d
+	}
+
 	if c.StateDir == "" {
 		bad("state-dir", "empty")
 	}
-	for name, p := range c.LogFiles {
-		if !filepath.IsAbs(p) {
+	for _, name := range sortedNames(c.LogFiles) {
+		if p := c.LogFiles[name]; !filepath.IsAbs(p) {
 			bad("log-files", "%s: %q is not an absolute path", name, p)
+		}
+	}
+	for _, name := range sortedNames(c.Cameras) {
+		if err := checkCameraSource(c.Cameras[name]); err != nil {
+			bad("cameras", "%s: %v", name, err)
 		}
 	}
 	for i, r := range c.ReadableRoots {
@@ -144,7 +190,13 @@ func ConfigFromViper(v *viper.Viper) (Config, error) {
 			}
 		}
 	}
-	for _, p := range settings.List(v, "patch-keys") {
+	for _, p := range list("patch-keys") {
+		// A relative key file would be read from wherever the agent was
+		// started: whoever can write there could add a trusted key.
+		if !filepath.IsAbs(p) {
+			bad("patch-keys", "%q is not an absolute path", p)
+			continue
+		}
 		b, err := os.ReadFile(p)
 		if err != nil {
 			bad("patch-keys", "%v", err)
@@ -156,18 +208,24 @@ func ConfigFromViper(v *viper.Viper) (Config, error) {
 			continue
 		}
 		c.PatchKeys = append(c.PatchKeys, k)
+		c.PatchKeyFiles = append(c.PatchKeyFiles, p)
 	}
-	c.PatchRoots = settings.StringMap(v, "patch-roots")
-	for name, p := range c.PatchRoots {
-		if !filepath.IsAbs(p) {
+	c.PatchRoots = stringMap("patch-roots")
+	for _, name := range sortedNames(c.PatchRoots) {
+		if p := c.PatchRoots[name]; !filepath.IsAbs(p) {
 			bad("patch-roots", "%s: %q is not an absolute path", name, p)
 		}
 	}
 	if hc := v.Get("patch-health-check"); hc != nil {
 		switch x := hc.(type) {
 		case []any:
-			for _, a := range x {
-				c.PatchHealthCheck = append(c.PatchHealthCheck, fmt.Sprint(a))
+			for i, a := range x {
+				switch a.(type) {
+				case string, int, int64, float64, bool:
+					c.PatchHealthCheck = append(c.PatchHealthCheck, fmt.Sprint(a))
+				default:
+					bad("patch-health-check", "argument %d is a list or a mapping, not a word", i+1)
+				}
 			}
 		default:
 			bad("patch-health-check", "give the command as a list of arguments ([/usr/bin/systemctl, is-active, streamer])")
@@ -201,4 +259,95 @@ func ConfigFromViper(v *viper.Viper) (Config, error) {
 		bad("log-level", "%q is not debug, info, warn or error", v.GetString("log-level"))
 	}
 	return c, errors.Join(errs...)
+}
+
+// videoDevice is a V4L2 capture device.
+var videoDevice = regexp.MustCompile(`^/dev/video[0-9]+$`)
+
+// lavfiFilters are the filters a lavfi: camera's graph may use: sources
+// that make pictures out of nothing and transforms of them. Others can
+// read files (movie, amovie, drawtext's textfile, subtitles, lut3d, ...),
+// load code (frei0r, ladspa, lv2) or listen on a socket (zmq), which no
+// camera may do.
+var lavfiFilters = map[string]bool{
+	"testsrc": true, "testsrc2": true, "smptebars": true, "smptehdbars": true, "rgbtestsrc": true,
+	"yuvtestsrc": true, "pal75bars": true, "pal100bars": true, "colorspectrum": true, "color": true,
+	"mandelbrot": true, "life": true, "cellauto": true, "nullsrc": true, "gradients": true,
+	"scale": true, "format": true, "fps": true, "setsar": true, "setdar": true, "hflip": true,
+	"vflip": true, "transpose": true, "crop": true, "pad": true, "null": true, "negate": true,
+}
+
+// checkCameraSource refuses a camera source camera_view does not support.
+// ffmpeg reads many more (file:, concat:, pipe:, ftp:, udp:// with listen,
+// ...), most of them reaching what the tenant did not mean to show; the
+// agent runs it on the kinds a camera is.
+func checkCameraSource(src string) error {
+	const want = "give rtsp://, rtsps://, http:// or https:// with a host, /dev/videoN, lavfi:GRAPH or testpattern[:WxH]"
+	switch {
+	case src == "testpattern":
+		return nil
+	case strings.HasPrefix(src, "testpattern:"):
+		spec := strings.TrimPrefix(src, "testpattern:")
+		ws, hs, ok := strings.Cut(spec, "x")
+		w, err1 := strconv.Atoi(ws)
+		h, err2 := strconv.Atoi(hs)
+		if !ok || err1 != nil || err2 != nil || w < 16 || h < 16 || w > maxFrameSide || h > maxFrameSide {
+			return fmt.Errorf("test pattern size %q is not WxH within 16..%d", spec, maxFrameSide)
+		}
+		return nil
+	case strings.HasPrefix(src, "lavfi:"):
+		return checkLavfiGraph(strings.TrimPrefix(src, "lavfi:"))
+	case strings.HasPrefix(src, "/dev/"):
+		if !videoDevice.MatchString(src) {
+			return fmt.Errorf("%q is not a video device (/dev/videoN)", src)
+		}
+		return nil
+	}
+	for _, scheme := range []string{"rtsp://", "rtsps://", "http://", "https://"} {
+		if strings.HasPrefix(src, scheme) {
+			u, err := url.Parse(src)
+			if err != nil || u.Host == "" {
+				return fmt.Errorf("%q is not a URL with a host", redactSource(src))
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("unsupported source %q: %s", redactSource(src), want)
+}
+
+// checkLavfiGraph admits a filter graph made only of lavfiFilters. It
+// splits at every ',' and ';', quoted or escaped or not, so a filter
+// hidden in an option's value is still looked at (and refused).
+func checkLavfiGraph(graph string) error {
+	if strings.TrimSpace(graph) == "" {
+		return errors.New("lavfi: needs a filter graph (lavfi:testsrc=size=640x480:rate=1)")
+	}
+	for _, part := range strings.FieldsFunc(graph, func(r rune) bool { return r == ',' || r == ';' }) {
+		part = strings.TrimSpace(part)
+		// Leading link labels: [in][x]name=...
+		for strings.HasPrefix(part, "[") {
+			end := strings.Index(part, "]")
+			if end < 0 {
+				return fmt.Errorf("lavfi graph %q: an unclosed label", graph)
+			}
+			part = strings.TrimSpace(part[end+1:])
+		}
+		name := part
+		if i := strings.IndexAny(name, "=@[ \t"); i >= 0 {
+			name = name[:i]
+		}
+		if !lavfiFilters[name] {
+			return fmt.Errorf("lavfi graph %q: filter %q is not one of the synthetic sources and transforms a camera may use (%s)",
+				graph, name, strings.Join(slices.Sorted(maps.Keys(lavfiFilters)), ", "))
+		}
+	}
+	return nil
+}
+
+// redactSource hides a URL's password, for messages and check-config.
+func redactSource(src string) string {
+	if u, err := url.Parse(src); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return src
 }

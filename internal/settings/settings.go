@@ -8,9 +8,12 @@
 package settings
 
 import (
+	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -34,11 +37,11 @@ type Key struct {
 // that share their names, then merges configFile (if not empty) into v.
 func Load(v *viper.Viper, fs *pflag.FlagSet, configFile string, keys []Key) error {
 	known := make([]string, 0, len(keys))
-	var maps []string
+	var mapPrefixes []string
 	for _, k := range keys {
 		known = append(known, k.Name)
 		if k.Map {
-			maps = append(maps, k.Name+".")
+			mapPrefixes = append(mapPrefixes, k.Name+".")
 		}
 		if k.Default != nil {
 			v.SetDefault(k.Name, k.Default)
@@ -66,12 +69,26 @@ func Load(v *viper.Viper, fs *pflag.FlagSet, configFile string, keys []Key) erro
 		return fmt.Errorf("config file %s: %w", configFile, err)
 	}
 	for _, k := range fv.AllKeys() {
-		inMap := slices.ContainsFunc(maps, func(prefix string) bool {
+		var mapKey, entry string
+		for _, prefix := range mapPrefixes {
+			if rest, ok := strings.CutPrefix(k, prefix); ok && rest != "" {
+				mapKey, entry = strings.TrimSuffix(prefix, "."), rest
+			}
+		}
+		switch {
+		case mapKey != "" && strings.Contains(entry, "."):
 			// One level of names below a map key, no deeper.
-			rest, ok := strings.CutPrefix(k, prefix)
-			return ok && rest != "" && !strings.Contains(rest, ".")
-		})
-		if !inMap && !slices.Contains(known, k) {
+			name, _, _ := strings.Cut(entry, ".")
+			return fmt.Errorf("config file %s: invalid %s: %s: the value is a mapping, not a string", configFile, mapKey, name)
+		case mapKey != "" && fv.Get(k) == nil:
+			return fmt.Errorf("config file %s: invalid %s: %s: the value is empty", configFile, mapKey, entry)
+		case mapKey != "":
+		case slices.Contains(known, k):
+		default:
+			// A mapping given to a key that takes a list or one value.
+			if top, _, ok := strings.Cut(k, "."); ok && slices.Contains(known, top) {
+				return fmt.Errorf("config file %s: invalid %s: give a list or one value, not a mapping", configFile, top)
+			}
 			return fmt.Errorf("config file %s: unknown key %q (known keys: %s)", configFile, k, strings.Join(known, ", "))
 		}
 	}
@@ -118,13 +135,103 @@ func EnvNames(keys []Key, name string) string {
 	return name
 }
 
-// StringMap reads a map setting of names to strings.
-func StringMap(v *viper.Viper, key string) map[string]string {
+// StringMap reads a map setting of names to strings: a YAML mapping
+// whose every value is a string. Anything else (a list, a scalar, a value
+// that is a number, a list or empty) is an error, never an empty map: a
+// tenant's allowlist that does not say what it means must not start.
+func StringMap(v *viper.Viper, key string) (map[string]string, error) {
 	out := map[string]string{}
-	for k, val := range v.GetStringMap(key) {
-		out[k] = fmt.Sprint(val)
+	var entries map[string]any
+	switch val := v.Get(key).(type) {
+	case nil:
+		return out, nil
+	case map[string]any:
+		entries = val
+	case map[string]string:
+		for k, s := range val {
+			out[k] = s
+		}
+		return out, nil
+	default:
+		return nil, fmt.Errorf("give a mapping of names to values (%s:\n  NAME: VALUE), not %s", key, describe(val))
 	}
-	return out
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(entries)) {
+		s, ok := entries[name].(string)
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s: the value is %s, not a string", name, describe(entries[name])))
+			continue
+		}
+		out[name] = s
+	}
+	return out, errors.Join(errs...)
+}
+
+// Strings reads a list setting strictly: a YAML list of strings, or one
+// string separated by commas or spaces (as an environment variable or a
+// flag gives it). A mapping, or a list holding anything but strings, is
+// an error. (List, which the server uses, is lenient.)
+func Strings(v *viper.Viper, key string) ([]string, error) {
+	switch val := v.Get(key).(type) {
+	case nil, string, []string:
+	case []any:
+		for i, x := range val {
+			if _, ok := x.(string); !ok {
+				return nil, fmt.Errorf("item %d is %s, not a string", i+1, describe(x))
+			}
+		}
+	default:
+		return nil, fmt.Errorf("give a list (%s: [A, B]), not %s", key, describe(val))
+	}
+	return List(v, key), nil
+}
+
+// Value checks that a setting holds one value (a string, number or
+// boolean), not a list or a mapping.
+func Value(v *viper.Viper, key string) error {
+	switch val := v.Get(key).(type) {
+	case []any, []string, map[string]any, map[string]string:
+		return fmt.Errorf("give one value, not %s", describe(val))
+	}
+	return nil
+}
+
+// Bool reads a boolean setting: true or false (or what strconv.ParseBool
+// reads, as an environment variable gives it). Anything else is an error,
+// never false.
+func Bool(v *viper.Viper, key string) (bool, error) {
+	switch val := v.Get(key).(type) {
+	case nil:
+		return false, nil
+	case bool:
+		return val, nil
+	case string:
+		b, err := strconv.ParseBool(strings.TrimSpace(val))
+		if err != nil {
+			return false, fmt.Errorf("%q is not true or false", val)
+		}
+		return b, nil
+	default:
+		return false, fmt.Errorf("%s is not true or false", describe(val))
+	}
+}
+
+// describe names a YAML value's shape for an error message.
+func describe(x any) string {
+	switch x := x.(type) {
+	case nil:
+		return "empty"
+	case string:
+		return fmt.Sprintf("the string %q", x)
+	case []any, []string:
+		return "a list"
+	case map[string]any, map[string]string:
+		return "a mapping"
+	case bool:
+		return fmt.Sprintf("the boolean %v", x)
+	default:
+		return fmt.Sprintf("the number %v", x)
+	}
 }
 
 // ForCommand loads keys for a command: the file named by its --config flag

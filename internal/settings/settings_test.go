@@ -76,8 +76,53 @@ func TestLoad_MapKeys(t *testing.T) {
 	keys := append(testKeys, Key{Name: "log-files", Map: true})
 	v := viper.New()
 	require.NoError(t, Load(v, nil, writeFile(t, "log-files:\n  streamer: /var/log/s.log\n  audit: /var/log/a.log\n"), keys))
-	assert.Equal(t, map[string]string{"streamer": "/var/log/s.log", "audit": "/var/log/a.log"}, StringMap(v, "log-files"))
+	assert.Equal(t, map[string]string{"streamer": "/var/log/s.log", "audit": "/var/log/a.log"}, mustMap(t, v, "log-files"))
 
 	err := Load(viper.New(), nil, writeFile(t, "log-files:\n  streamer:\n    path: x\n"), keys)
 	require.Error(t, err, "only one level below a map key")
+}
+
+func mustMap(t *testing.T, v *viper.Viper, key string) map[string]string {
+	t.Helper()
+	m, err := StringMap(v, key)
+	require.NoError(t, err)
+	return m
+}
+
+func TestStrictReaders_RefuseTheWrongShape(t *testing.T) {
+	keys := append(testKeys, Key{Name: "log-files", Map: true}, Key{Name: "roots"}, Key{Name: "off"})
+	load := func(body string) (*viper.Viper, error) {
+		v := viper.New()
+		return v, Load(v, nil, writeFile(t, body), keys)
+	}
+
+	v, err := load("log-files: [/var/log/s.log]\nroots:\n  - [/etc]\noff: maybe\n")
+	require.NoError(t, err)
+	_, err = StringMap(v, "log-files")
+	assert.ErrorContains(t, err, "not a list")
+	_, err = Strings(v, "roots")
+	assert.ErrorContains(t, err, "item 1 is a list")
+	_, err = Bool(v, "off")
+	assert.ErrorContains(t, err, "not true or false")
+
+	v, err = load("log-files:\n  s: 5\n")
+	require.NoError(t, err)
+	_, err = StringMap(v, "log-files")
+	assert.ErrorContains(t, err, "s: the value is the number 5, not a string")
+
+	_, err = load("log-files:\n  s:\n")
+	assert.ErrorContains(t, err, "invalid log-files: s: the value is empty")
+	_, err = load("roots:\n  etc: /etc\n")
+	assert.ErrorContains(t, err, "invalid roots: give a list or one value, not a mapping")
+
+	v, err = load("roots: [/etc, /opt]\noff: true\nhttp-addr: [a, b]\n")
+	require.NoError(t, err)
+	l, err := Strings(v, "roots")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"/etc", "/opt"}, l)
+	b, err := Bool(v, "off")
+	require.NoError(t, err)
+	assert.True(t, b)
+	assert.ErrorContains(t, Value(v, "http-addr"), "not a list")
+	assert.NoError(t, Value(v, "off"))
 }
