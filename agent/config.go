@@ -307,12 +307,12 @@ func checkCameraSource(src string) error {
 		if strings.HasPrefix(src, scheme) {
 			u, err := url.Parse(src)
 			if err != nil || u.Host == "" {
-				return fmt.Errorf("%q is not a URL with a host", redactSource(src))
+				return fmt.Errorf("%q is not a URL with a host", RedactSource(src))
 			}
 			return nil
 		}
 	}
-	return fmt.Errorf("unsupported source %q: %s", redactSource(src), want)
+	return fmt.Errorf("unsupported source %q: %s", RedactSource(src), want)
 }
 
 // checkLavfiGraph admits a filter graph made only of lavfiFilters. It
@@ -344,8 +344,8 @@ func checkLavfiGraph(graph string) error {
 	return nil
 }
 
-// redactSource hides a URL's password, for messages and check-config.
-func redactSource(src string) string {
+// RedactSource hides a URL's password, for messages and check-config.
+func RedactSource(src string) string {
 	if u, err := url.Parse(src); err == nil && u.User != nil {
 		return u.Redacted()
 	}

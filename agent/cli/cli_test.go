@@ -1,0 +1,83 @@
+package cli_test
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/argus-remote/argus/agent/cli"
+	"github.com/argus-remote/argus/patch"
+)
+
+func TestCheckConfig_PrintsTheAllowlists(t *testing.T) {
+	t.Setenv("ARGUS_AGENT_CONFIG", "")
+	dir := t.TempDir()
+	pub, _, err := ed25519.GenerateKey(nil)
+	require.NoError(t, err)
+	pubFile := filepath.Join(dir, "patch-signing.pub")
+	require.NoError(t, os.WriteFile(pubFile, []byte(patch.EncodePublic(pub)), 0o600))
+	config := filepath.Join(dir, "agent.yaml")
+	require.NoError(t, os.WriteFile(config, []byte(`log-files:
+  streamer: /var/log/argus/streamer.log
+  audit: /var/log/argus/audit.log
+readable-roots: [/etc/argus, /var/lib/argus-streamer/config]
+cameras:
+  lobby: rtsp://viewer:s3cret@10.0.0.5/stream1
+  test: testpattern:640x480
+patch-keys: [`+pubFile+`]
+patch-roots:
+  streamer: /opt/argus-streamer
+patch-health-check: [/usr/bin/systemctl, is-active, argus-streamer]
+patch-health-timeout: 30s
+`), 0o600))
+
+	var out, errOut bytes.Buffer
+	code := cli.Execute([]string{"check-config", "--config", config, "--state-dir", filepath.Join(dir, "state")}, cli.IOStreams{Out: &out, ErrOut: &errOut})
+	require.Equal(t, 0, code, errOut.String())
+	got := out.String()
+	for _, want := range []string{
+		"log-files",
+		"audit: /var/log/argus/audit.log",
+		"streamer: /var/log/argus/streamer.log",
+		"readable-roots",
+		"/etc/argus\n",
+		"/var/lib/argus-streamer/config\n",
+		"cameras",
+		"lobby: rtsp://viewer:xxxxx@10.0.0.5/stream1",
+		"test: testpattern:640x480",
+		"patch-keys",
+		pubFile + " (key " + patch.KeyID(pub) + ")",
+		"patch-roots",
+		"streamer: /opt/argus-streamer",
+		"patch-health-check: /usr/bin/systemctl is-active argus-streamer (timeout 30s)",
+		"remote-support-disabled: false",
+	} {
+		assert.Contains(t, got, want)
+	}
+	assert.NotContains(t, got, "s3cret", "a camera's password is not printed")
+}
+
+func TestCheckConfig_SaysWhatIsEmpty(t *testing.T) {
+	t.Setenv("ARGUS_AGENT_CONFIG", "")
+	var out, errOut bytes.Buffer
+	code := cli.Execute([]string{"check-config", "--state-dir", t.TempDir()}, cli.IOStreams{Out: &out, ErrOut: &errOut})
+	require.Equal(t, 0, code, errOut.String())
+	assert.Contains(t, out.String(), "cameras (camera_view): none")
+	assert.Contains(t, out.String(), "patch-keys (apply_patch trusts bundles signed by): none")
+	assert.Contains(t, out.String(), "patch-health-check: none")
+}
+
+func TestCheckConfig_RefusesNamingTheKey(t *testing.T) {
+	t.Setenv("ARGUS_AGENT_CONFIG", "")
+	config := filepath.Join(t.TempDir(), "agent.yaml")
+	require.NoError(t, os.WriteFile(config, []byte("cameras: [lobby, test]\n"), 0o600))
+	var out, errOut bytes.Buffer
+	code := cli.Execute([]string{"check-config", "--config", config, "--state-dir", t.TempDir()}, cli.IOStreams{Out: &out, ErrOut: &errOut})
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut.String(), "invalid cameras")
+}
