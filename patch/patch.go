@@ -233,6 +233,28 @@ func Inspect(data []byte) (Manifest, string, error) {
 	return m, hex.EncodeToString(sum[:]), nil
 }
 
+// keyIDs lists keys by id, for messages.
+func keyIDs(keys []ed25519.PublicKey) string {
+	if len(keys) == 0 {
+		return "none"
+	}
+	ids := make([]string, len(keys))
+	for i, k := range keys {
+		ids[i] = KeyID(k)
+	}
+	return strings.Join(ids, ", ")
+}
+
+// SignerKeyID is the id of the key a bundle says it is signed by, without
+// checking anything ("" when data is not a bundle).
+func SignerKeyID(data []byte) string {
+	var b bundle
+	if len(data) > MaxBundle || json.Unmarshal(data, &b) != nil {
+		return ""
+	}
+	return b.KeyID
+}
+
 // Open verifies a bundle against the trusted keys and returns its manifest
 // and file contents by target. now decides expiry.
 func Open(data []byte, keys []ed25519.PublicKey, now time.Time) (Manifest, map[string][]byte, error) {
@@ -252,7 +274,7 @@ func Open(data []byte, keys []ed25519.PublicKey, now time.Time) (Manifest, map[s
 		}
 	}
 	if signer == nil {
-		return Manifest{}, nil, fail(CodeUnknownSigner, "signed by key %s, which this agent does not trust", b.KeyID)
+		return Manifest{}, nil, fail(CodeUnknownSigner, "signed by key %s, which is not one of the trusted keys (%s)", b.KeyID, keyIDs(keys))
 	}
 	if !ed25519.Verify(signer, append([]byte(purpose), b.Manifest...), b.Signature) {
 		return Manifest{}, nil, fail(CodeBadSignature, "the manifest's signature does not verify")

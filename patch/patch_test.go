@@ -69,3 +69,18 @@ func TestNewer(t *testing.T) {
 	assert.False(t, Newer("1.2.0", "1.2"))
 	assert.False(t, Newer("1.0", "1.0.1"))
 }
+
+func TestOpen_UnknownSignerNamesTheKeysNotAnAgent(t *testing.T) {
+	pub, _, _ := ed25519.GenerateKey(nil)
+	_, otherKey, _ := ed25519.GenerateKey(nil)
+	signer := KeyID(otherKey.Public().(ed25519.PublicKey))
+	_, _, err := Open(sample(t, otherKey, time.Time{}), []ed25519.PublicKey{pub}, time.Now())
+	require.Error(t, err)
+	assert.Equal(t, CodeUnknownSigner, code(err))
+	// Open runs offline too (argusctl patch verify): the refusal is about
+	// keys, whoever holds them.
+	assert.NotContains(t, err.Error(), "agent")
+	assert.Contains(t, err.Error(), "signed by key "+signer)
+	assert.Contains(t, err.Error(), KeyID(pub), "the keys it was checked against are named")
+	assert.Equal(t, signer, SignerKeyID(sample(t, otherKey, time.Time{})))
+}

@@ -187,6 +187,11 @@ func newCmdVerify(f *cmdutil.Factory) *cobra.Command {
 				return err
 			}
 			m, _, err := patch.Open(data, []ed25519.PublicKey{pub}, time.Now())
+			var pe *patch.Error
+			if errors.As(err, &pe) && pe.Code == patch.CodeUnknownSigner {
+				return fmt.Errorf("%s: the bundle is signed by key %s, not by the key in %s (key %s)",
+					pe.Code, patch.SignerKeyID(data), pubPath, patch.KeyID(pub))
+			}
 			if err != nil {
 				return err
 			}
