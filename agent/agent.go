@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -44,7 +45,9 @@ type Agent struct {
 	sess       *session
 	lastIssued time.Time
 	killSwitch bool
-	xfer       *transfer
+	// refusal is set while the broker refuses the agent's credentials.
+	refusal *Refusal
+	xfer    *transfer
 	// inbox hands delivered messages to one worker, in order, so paho's
 	// receive path never waits on what a message makes the agent do
 	// (publishing an ack waits for the broker, which a disconnect stops).
@@ -130,7 +133,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		ConnectTimeout:                10 * time.Second,
 		// Capped exponential back-off with jitter, so a fleet does not
 		// reconnect in lock-step after a server restart.
-		ReconnectBackoff: autopaho.NewExponentialBackoff(250*time.Millisecond, a.cfg.ReconnectMax, 500*time.Millisecond, 2),
+		// Once the broker has refused the agent's credentials several
+		// times in a row, minutes apart instead (see reconnectBackoff).
+		ReconnectBackoff: a.reconnectBackoff(autopaho.NewExponentialBackoff(250*time.Millisecond, a.cfg.ReconnectMax, 500*time.Millisecond, 2)),
 		ConnectUsername:  a.st.AgentID,
 		ConnectPassword:  []byte(a.st.Secret),
 		// Every connection starts clean: a resumed session could carry
@@ -150,6 +155,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			return true
 		},
 		OnConnectError: func(err error) {
+			var ce *autopaho.ConnackError
+			if errors.As(err, &ce) && credentialsRefused(ce.ReasonCode) {
+				a.onRefused(u, ce)
+				return
+			}
 			a.log.Warn("cannot connect to broker", "url", u.Redacted(), "err", err)
 		},
 		ClientConfig: paho.ClientConfig{
@@ -221,6 +231,79 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
+// After refusalsBeforeLongBackoff refusals of its credentials in a row, the
+// agent waits between refusedBackoffMin and refusedBackoffMax before each
+// attempt: a revoked agent cannot get in by trying, and a fleet of them
+// should not keep hammering the broker. It keeps trying (rather than
+// exiting) so an agent the broker refused because it could not check the
+// credential at that moment comes back by itself.
+const (
+	refusalsBeforeLongBackoff = 3
+	refusedBackoffMin         = 5 * time.Minute
+	refusedBackoffMax         = 10 * time.Minute
+)
+
+// Refusal is the broker refusing this agent's credentials: its enrollment
+// was revoked, or was never valid there.
+type Refusal struct {
+	Since       time.Time `json:"since"`
+	Attempts    int       `json:"attempts"`
+	Reason      string    `json:"reason"`
+	NextAttempt time.Time `json:"next_attempt,omitzero"`
+}
+
+// credentialsRefused is whether a CONNACK reason code refuses the agent's
+// identity (MQTT v5: 0x86 bad user name or password, 0x87 not authorized,
+// 0x8A banned) rather than saying the server is busy or away.
+func credentialsRefused(code byte) bool {
+	return code == 0x86 || code == 0x87 || code == 0x8A
+}
+
+func connackReason(ce *autopaho.ConnackError) string {
+	text := map[byte]string{0x86: "bad username or password", 0x87: "not authorized", 0x8A: "banned"}[ce.ReasonCode]
+	if ce.Reason != "" && ce.Reason != text {
+		text += ": " + ce.Reason
+	}
+	return fmt.Sprintf("CONNACK 0x%02X %s", ce.ReasonCode, text)
+}
+
+func (a *Agent) onRefused(u *url.URL, ce *autopaho.ConnackError) {
+	reason := connackReason(ce)
+	a.mu.Lock()
+	if a.refusal == nil {
+		a.refusal = &Refusal{Since: time.Now().UTC()}
+	}
+	a.refusal.Attempts++
+	a.refusal.Reason = reason
+	n := a.refusal.Attempts
+	a.writeStatusLocked()
+	a.mu.Unlock()
+	a.log.Error("cannot connect to broker: it refused this agent's credentials: enrollment refused or revoked",
+		"url", u.Redacted(), "reason", reason, "attempts", n)
+	if n == refusalsBeforeLongBackoff {
+		a.log.Error(fmt.Sprintf("enrollment refused or revoked %d times in a row: retrying every 5-10 minutes; if this agent was revoked, enroll it again with a new token (argus-agent enroll)", n),
+			"state_dir", a.cfg.StateDir)
+	}
+	a.emit("credentials_refused", reason)
+}
+
+// reconnectBackoff waits as normal does until the broker has refused the
+// agent's credentials refusalsBeforeLongBackoff times in a row, then 5 to
+// 10 minutes before each attempt, and records when the next one is due.
+func (a *Agent) reconnectBackoff(normal autopaho.Backoff) autopaho.Backoff {
+	return func(attempt int) time.Duration {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.refusal == nil || a.refusal.Attempts < refusalsBeforeLongBackoff {
+			return normal(attempt)
+		}
+		d := refusedBackoffMin + rand.N(refusedBackoffMax-refusedBackoffMin)
+		a.refusal.NextAttempt = time.Now().Add(d).UTC()
+		a.writeStatusLocked()
+		return d
+	}
+}
+
 // writeBuffers lend WebSocket write buffers to connections only while
 // they write.
 var writeBuffers sync.Pool
@@ -287,8 +370,16 @@ func (a *Agent) conn() *autopaho.ConnectionManager {
 }
 
 func (a *Agent) onUp(ctx context.Context, cm *autopaho.ConnectionManager) {
+	a.mu.Lock()
+	wasRefused := a.refusal != nil
+	a.refusal = nil
+	a.mu.Unlock()
 	a.setConnected(true)
-	a.log.Info("connected to broker")
+	if wasRefused {
+		a.log.Info("connected to broker; it accepts this agent's credentials again")
+	} else {
+		a.log.Info("connected to broker")
+	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if _, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{

@@ -51,7 +51,10 @@ type Status struct {
 	ExpiresAt  time.Time `json:"expires_at,omitzero"`
 	KillSwitch bool      `json:"kill_switch"`
 	Connected  bool      `json:"connected"`
-	UpdatedAt  time.Time `json:"updated_at"`
+	// Refused, when set, says the broker refuses this agent's
+	// credentials: its enrollment was refused or revoked.
+	Refused   *Refusal  `json:"refused,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 const statusFile = "status.json"
@@ -77,6 +80,10 @@ func (a *Agent) writeStatusLocked() {
 	s := Status{State: topics.StateDormant, KillSwitch: a.killSwitch, Connected: a.connected, UpdatedAt: time.Now().UTC()}
 	if a.sess != nil {
 		s.State, s.SessionID, s.Operator, s.Since, s.ExpiresAt = topics.StateActive, a.sess.id, a.sess.operator, a.sess.since, a.sess.expiresAt
+	}
+	if a.refusal != nil {
+		r := *a.refusal
+		s.Refused = &r
 	}
 	b, _ := json.MarshalIndent(s, "", "  ")
 	tmp := filepath.Join(a.cfg.StateDir, statusFile+".tmp")

@@ -186,6 +186,47 @@ func TestRevoke_DisconnectsAtOnceAndAgentCannotReconnect(t *testing.T) {
 	assert.Equal(t, 1, eventRows)
 }
 
+func TestRevoke_AgentSaysItsEnrollmentWasRefusedAndBacksOff(t *testing.T) {
+	f := newFleet(t)
+	dir, st := f.enroll(t, "cam-gw-1")
+	a := testenv.StartAgent(t, dir) // reconnect-max-backoff 2s
+	testenv.Eventually(t, 10*time.Second, func() bool { return f.agent(t, st.AgentID).Online }, "agent online")
+	mark := a.LineCount()
+
+	_, stderr, err := f.cli(t, "agent", "revoke", st.AgentID, "--reason", "host decommissioned")
+	require.NoError(t, err, stderr)
+
+	// Not only the broker's "bad username or password": what it means.
+	mark = a.WaitLog(t, mark, "enrollment refused or revoked", 1, 20*time.Second)
+	// After repeated refusals it waits minutes, not the 2 s cap it uses
+	// for a server that is merely away.
+	a.WaitLog(t, mark, "retrying every 5-10 minutes", 1, 30*time.Second)
+	attempts := func() int { return strings.Count(a.Logs(), "cannot connect to broker") }
+	before := attempts()
+	time.Sleep(7 * time.Second)
+	assert.Equal(t, before, attempts(), "no attempt within 7 s of the long back-off starting (the normal cap is 2 s)")
+
+	// The tenant sees it locally.
+	out, stderr, err := testenv.Run(t, nil, "argus-agent", "status", "--state-dir", dir)
+	require.NoError(t, err, stderr)
+	assert.Contains(t, out, "enrollment refused or revoked")
+	assert.Contains(t, out, "argus-agent enroll")
+	assert.Contains(t, out, "connected: false")
+	var js struct {
+		Refused *struct {
+			Since    time.Time `json:"since"`
+			Attempts int       `json:"attempts"`
+			Reason   string    `json:"reason"`
+		} `json:"refused"`
+	}
+	out, stderr, err = testenv.Run(t, nil, "argus-agent", "status", "--state-dir", dir, "--json")
+	require.NoError(t, err, stderr)
+	require.NoError(t, json.Unmarshal([]byte(out), &js), out)
+	require.NotNil(t, js.Refused, out)
+	assert.GreaterOrEqual(t, js.Refused.Attempts, 3)
+	assert.Contains(t, js.Refused.Reason, "bad username or password")
+}
+
 func TestAgent_ReconnectsAfterServerRestart(t *testing.T) {
 	port := freePort(t)
 	f := newFleet(t, "--mqtt-ws-addr", port)

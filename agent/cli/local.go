@@ -107,6 +107,14 @@ func newStatusCmd(io IOStreams) *cobra.Command {
 			} else {
 				fmt.Fprintln(io.Out, "dormant: no remote-support session")
 			}
+			if r := st.Refused; r != nil {
+				fmt.Fprintf(io.Out, "enrollment refused or revoked: the broker has refused this agent's credentials since %s (%d attempts; %s)\n",
+					r.Since.Format(time.RFC3339), r.Attempts, r.Reason)
+				if !r.NextAttempt.IsZero() {
+					fmt.Fprintf(io.Out, "  next attempt: %s\n", r.NextAttempt.Format(time.RFC3339))
+				}
+				fmt.Fprintf(io.Out, "  if it was revoked, enroll it again with a new token: argus-agent enroll --server URL --token TOKEN --state-dir %s\n", cfg.StateDir)
+			}
 			fmt.Fprintf(io.Out, "connected: %v\nkill switch: %v\n", st.Connected, st.KillSwitch)
 			return nil
 		},
