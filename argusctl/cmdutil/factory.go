@@ -5,6 +5,7 @@ package cmdutil
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -36,6 +37,25 @@ func (f *Factory) APIClient() (*apiclient.Client, error) {
 		hc = &http.Client{Timeout: 2 * time.Minute}
 	}
 	return &apiclient.Client{BaseURL: cfg.Server, Token: cfg.Token, OpsToken: cfg.OpsToken, HTTP: hc}, nil
+}
+
+// ErrNoOpsToken is what a gated command says, before calling, when no ops
+// token is configured: the server's refusal does not say which of the
+// gate's factors failed, but argusctl knows this one locally.
+var ErrNoOpsToken = errors.New("no ops token: set ARGUSCTL_OPS_TOKEN or --ops-token (or ops-token: in a profile)")
+
+// GatedAPIClient returns a client for a call through the 3-factor gate
+// (activating a session, its commands and patches); it refuses at once
+// when no ops token is configured.
+func (f *Factory) GatedAPIClient() (*apiclient.Client, error) {
+	c, err := f.APIClient()
+	if err != nil {
+		return nil, err
+	}
+	if c.OpsToken == "" {
+		return nil, ErrNoOpsToken
+	}
+	return c, nil
 }
 
 // Output returns the configured output format: "table" or "json".

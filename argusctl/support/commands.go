@@ -216,15 +216,15 @@ downgrades, and rolls back every file if anything fails.`,
 		Example: `  argusctl support patch --session 5f0c... hf-007.bundle`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := f.GatedAPIClient()
+			if err != nil {
+				return err
+			}
 			data, err := os.ReadFile(args[0])
 			if err != nil {
 				return err
 			}
 			token, err := loadToken(session)
-			if err != nil {
-				return err
-			}
-			c, err := f.APIClient()
 			if err != nil {
 				return err
 			}

@@ -73,7 +73,7 @@ remote_support scope. The session token is kept for you, 0600.`,
 		Example: `  argusctl support activate --tenant acme --agent 0b6c1f1e-... --reason "INC-2231" --ttl 30m`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := f.APIClient()
+			c, err := f.GatedAPIClient()
 			if err != nil {
 				return err
 			}
@@ -210,11 +210,11 @@ func newCmdDeactivate(f *cmdutil.Factory) *cobra.Command {
 
 // Run sends one command in a session with the kept token.
 func Run(ctx context.Context, f *cmdutil.Factory, sessionID, name string, args any) (apiclient.CommandResult, error) {
-	token, err := loadToken(sessionID)
+	c, err := f.GatedAPIClient()
 	if err != nil {
 		return apiclient.CommandResult{}, err
 	}
-	c, err := f.APIClient()
+	token, err := loadToken(sessionID)
 	if err != nil {
 		return apiclient.CommandResult{}, err
 	}
