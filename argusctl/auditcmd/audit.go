@@ -3,24 +3,99 @@
 package auditcmd
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
+	"sort"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
 	"github.com/argus-remote/argus/argusctl/cmdutil"
 )
 
+// entry is one audit entry as the API lists it, its detail included: a
+// denial's failed factors, a refusal's code, a command's summary.
 type entry struct {
-	ID         string    `json:"id"`
-	OccurredAt time.Time `json:"occurred_at"`
-	Actor      string    `json:"actor"`
-	Action     string    `json:"action"`
-	Outcome    string    `json:"outcome"`
-	SessionID  string    `json:"session_id"`
-	Reason     string    `json:"reason"`
+	ID         string         `json:"id"`
+	OccurredAt time.Time      `json:"occurred_at"`
+	Actor      string         `json:"actor"`
+	Action     string         `json:"action"`
+	Outcome    string         `json:"outcome"`
+	TenantID   string         `json:"tenant_id,omitempty"`
+	AgentID    string         `json:"agent_id,omitempty"`
+	SessionID  string         `json:"session_id,omitempty"`
+	ClientIP   string         `json:"client_ip,omitempty"`
+	Reason     string         `json:"reason,omitempty"`
+	Detail     map[string]any `json:"detail,omitempty"`
+}
+
+// leading are the detail keys that say most about an entry; the short
+// form shows them first.
+var leading = []string{"failed_factors", "code", "command", "status", "end_reason", "patch_id"}
+
+// maxShort bounds the short form of an entry's detail in the table.
+const maxShort = 80
+
+// shortDetail is a one-line form of an entry's detail for the table:
+// key=value pairs, the telling keys first, empty values left out.
+func shortDetail(d map[string]any) string {
+	keys := make([]string, 0, len(d))
+	for k := range d {
+		if !slices.Contains(leading, k) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	var parts []string
+	for _, k := range append(slices.Clone(leading), keys...) {
+		v, ok := d[k]
+		if !ok {
+			continue
+		}
+		if s := shortValue(v); s != "" {
+			parts = append(parts, k+"="+s)
+		}
+	}
+	out := strings.Join(parts, " ")
+	if r := []rune(out); len(r) > maxShort {
+		out = string(r[:maxShort-1]) + "…"
+	}
+	return out
+}
+
+func shortValue(v any) string {
+	var s string
+	switch v := v.(type) {
+	case nil:
+		return ""
+	case string:
+		s = v
+	case []any:
+		items := make([]string, 0, len(v))
+		for _, it := range v {
+			if x := shortValue(it); x != "" {
+				items = append(items, x)
+			}
+		}
+		s = strings.Join(items, ",")
+	case map[string]any:
+		b, _ := json.Marshal(v)
+		s = string(b)
+	default:
+		s = fmt.Sprint(v)
+	}
+	// One line per entry, whatever the detail holds.
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || r == ' ' {
+			return '_'
+		}
+		return r
+	}, s)
 }
 
 type report struct {
@@ -58,10 +133,14 @@ func NewCmdAudit(f *cmdutil.Factory) *cobra.Command {
 	var since time.Duration
 	var limit int
 	list := &cobra.Command{
-		Use:     "list",
-		Short:   "List audit entries, newest first",
-		Example: `  argusctl audit list --tenant acme --since 72h`,
-		Args:    cobra.NoArgs,
+		Use:   "list",
+		Short: "List audit entries, newest first",
+		Long: `List audit entries, newest first. The table shows a short form of each
+entry's detail (a denial's failed factors, a refusal's code, a command's
+summary); -o json shows all of it.`,
+		Example: `  argusctl audit list --tenant acme --since 72h
+  argusctl audit list --session 5f0c... -o json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := f.APIClient()
 			if err != nil {
@@ -83,9 +162,9 @@ func NewCmdAudit(f *cmdutil.Factory) *cobra.Command {
 			if f.Output() == "json" {
 				return cmdutil.PrintJSON(f.IOStreams, res)
 			}
-			t := cmdutil.NewTable(f.IOStreams, "TIME", "ACTOR", "ACTION", "OUTCOME", "SESSION", "REASON")
+			t := cmdutil.NewTable(f.IOStreams, "TIME", "ACTOR", "ACTION", "OUTCOME", "SESSION", "REASON", "DETAIL")
 			for _, e := range res.Entries {
-				t.Row(e.OccurredAt.UTC().Format(time.RFC3339), e.Actor, e.Action, e.Outcome, e.SessionID, e.Reason)
+				t.Row(e.OccurredAt.UTC().Format(time.RFC3339), e.Actor, e.Action, e.Outcome, e.SessionID, e.Reason, shortDetail(e.Detail))
 			}
 			return t.Flush()
 		},
