@@ -189,3 +189,9 @@ func (b *Broker) DisconnectUser(username string, code packets.Code) int {
 	}
 	return n
 }
+
+// Connected reports whether a client with this id is connected.
+func (b *Broker) Connected(clientID string) bool {
+	cl, ok := b.srv.Clients.Get(clientID)
+	return ok && !cl.Closed()
+}

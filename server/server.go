@@ -185,6 +185,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	go func() {
 		defer close(s.nightlyDone)
 		go s.publishSummary(nctx)
+		go s.watchMonitors(nctx, opStore)
 		nightly.Loop(nctx)
 	}()
 
@@ -347,9 +348,12 @@ type watcherTokens struct {
 	tenants *tenants.Store
 }
 
-func (w watcherTokens) Monitor(ctx context.Context, token string) bool {
+func (w watcherTokens) Monitor(ctx context.Context, token string) (acl.MonitorGrant, bool) {
 	p, err := w.ops.Authenticate(ctx, token)
-	return err == nil && p.Has(operators.ScopeMonitor)
+	if err != nil || !p.Has(operators.ScopeMonitor) {
+		return acl.MonitorGrant{}, false
+	}
+	return acl.MonitorGrant{TokenID: p.TokenID, OperatorID: p.OperatorID, ExpiresAt: p.ExpiresAt}, true
 }
 
 func (w watcherTokens) Viewer(ctx context.Context, token string) (string, bool) {
@@ -365,6 +369,60 @@ type agentControl struct {
 
 func (c agentControl) DisconnectViewers(tenantID string) {
 	c.broker.DisconnectUser(acl.ViewerUserPrefix+tenantID, packets.ErrNotAuthorized)
+}
+
+func (c agentControl) DisconnectMonitorTokens(tokenIDs ...string) {
+	for _, id := range c.policy.MonitorsWith(tokenIDs...) {
+		c.broker.Disconnect(id, packets.ErrNotAuthorized)
+	}
+}
+
+// monitorCheck is how often the monitor connections are checked against
+// their tokens.
+const monitorCheck = 250 * time.Millisecond
+
+// watchMonitors ends every monitor connection whose token has expired,
+// been revoked or lost its operator, however that happened (this server's
+// API ends its own revocations' connections at once; another server or
+// SQL by hand is seen here, through the token cache that LISTEN/NOTIFY
+// keeps fresh).
+func (s *Server) watchMonitors(ctx context.Context, ops *operators.Store) {
+	t := time.NewTicker(monitorCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		// The grants are few (one per monitor connection), so this reads
+		// no more than they are, however many agents are connected.
+		now := time.Now()
+		for id, g := range s.policy.Monitors() {
+			if !s.broker.Connected(id) {
+				continue
+			}
+			why := ""
+			if g.Expired(now) {
+				why = "token expired"
+			} else {
+				live, err := ops.TokenLive(ctx, g.TokenID)
+				if err != nil {
+					// A read-only connection is kept through a database
+					// hiccup; the next check asks again.
+					s.log.Debug("monitor token check", "client", id, "err", err)
+					continue
+				}
+				if !live {
+					why = "token revoked or operator disabled"
+				}
+			}
+			if why != "" && s.broker.Disconnect(id, packets.ErrNotAuthorized) {
+				s.log.Info("monitor disconnected", "client", id, "token_id", g.TokenID, "why", why)
+			}
+		}
+		s.policy.PruneMonitors(s.broker.Connected)
+	}
 }
 
 func (c agentControl) RevokeAgent(agentID string) {

@@ -37,8 +37,29 @@ type Credentials interface {
 // Tokens checks the credentials of read-only watchers: monitors (an
 // operator token with the monitor scope) and tenant viewers.
 type Tokens interface {
-	Monitor(ctx context.Context, token string) bool
+	Monitor(ctx context.Context, token string) (MonitorGrant, bool)
 	Viewer(ctx context.Context, token string) (tenantID string, ok bool)
+}
+
+// MonitorGrant is what a monitor's connection was admitted with: the
+// token behind it, so the connection can be ended when that token is
+// revoked, its operator disabled, or its life runs out.
+type MonitorGrant struct {
+	TokenID    string
+	OperatorID string
+	// ExpiresAt is zero for a token that does not expire.
+	ExpiresAt time.Time
+}
+
+// Expired reports whether the grant's token has expired at now.
+func (g MonitorGrant) Expired(now time.Time) bool {
+	return !g.ExpiresAt.IsZero() && !now.Before(g.ExpiresAt)
+}
+
+// monitorConn is a grant and when it was made.
+type monitorConn struct {
+	MonitorGrant
+	at time.Time
 }
 
 // Watcher usernames: a monitor connects as "monitor"; a tenant viewer as
@@ -90,6 +111,9 @@ type Policy struct {
 	cache   map[string]cred
 	revoked map[string]bool
 	active  map[string]bool
+	// monitors holds, by client id, the grant each monitor connection
+	// authenticated with (the latest CONNECT for that id).
+	monitors map[string]monitorConn
 
 	denials atomic.Int64
 }
@@ -99,7 +123,8 @@ func New(creds Credentials, log *slog.Logger) *Policy {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Policy{creds: creds, log: log, cache: map[string]cred{}, revoked: map[string]bool{}, active: map[string]bool{}}
+	return &Policy{creds: creds, log: log, cache: map[string]cred{}, revoked: map[string]bool{}, active: map[string]bool{},
+		monitors: map[string]monitorConn{}}
 }
 
 var _ broker.Policy = (*Policy)(nil)
@@ -142,7 +167,17 @@ func (p *Policy) authenticateWatcher(r broker.ConnectRequest) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if r.Username == MonitorUser {
-		return strings.HasPrefix(r.ClientID, "monitor-") && len(r.ClientID) > len("monitor-") && p.Tokens.Monitor(ctx, string(r.Password))
+		if !strings.HasPrefix(r.ClientID, "monitor-") || len(r.ClientID) == len("monitor-") {
+			return false
+		}
+		g, ok := p.Tokens.Monitor(ctx, string(r.Password))
+		if !ok || g.Expired(time.Now()) {
+			return false
+		}
+		p.mu.Lock()
+		p.monitors[r.ClientID] = monitorConn{MonitorGrant: g, at: time.Now()}
+		p.mu.Unlock()
+		return true
 	}
 	want, err := topics.ParseTenantID(strings.TrimPrefix(r.Username, ViewerUserPrefix))
 	if err != nil {
@@ -264,6 +299,56 @@ func (p *Policy) ActiveAgents() []string {
 		ids = append(ids, id)
 	}
 	return ids
+}
+
+// Monitor returns the grant the monitor connection with this client id
+// authenticated with.
+func (p *Policy) Monitor(clientID string) (MonitorGrant, bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	m, ok := p.monitors[clientID]
+	return m.MonitorGrant, ok
+}
+
+// Monitors returns a copy of every monitor grant, by client id.
+func (p *Policy) Monitors() map[string]MonitorGrant {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	out := make(map[string]MonitorGrant, len(p.monitors))
+	for id, m := range p.monitors {
+		out[id] = m.MonitorGrant
+	}
+	return out
+}
+
+// MonitorsWith lists the client ids of the monitor connections that
+// authenticated with any of these tokens.
+func (p *Policy) MonitorsWith(tokenIDs ...string) []string {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	var ids []string
+	for id, m := range p.monitors {
+		if slices.Contains(tokenIDs, m.TokenID) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// monitorGrace is how long a grant is kept for a client not (or not yet)
+// connected: a CONNECT is authenticated before its client is registered.
+const monitorGrace = 30 * time.Second
+
+// PruneMonitors drops the grants of clients no longer connected, keeping
+// those made in the last 30 seconds.
+func (p *Policy) PruneMonitors(connected func(clientID string) bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, m := range p.monitors {
+		if time.Since(m.at) > monitorGrace && !connected(id) {
+			delete(p.monitors, id)
+		}
+	}
 }
 
 // Revoked reports whether the agent is refused as revoked.

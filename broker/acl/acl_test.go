@@ -5,8 +5,10 @@ import (
 	"errors"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/argus-remote/argus/broker"
 	"github.com/argus-remote/argus/internal/credential"
@@ -167,7 +169,17 @@ type fakeTokens struct{}
 
 const tenantA, tenantB = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
 
-func (fakeTokens) Monitor(_ context.Context, tok string) bool { return tok == "mon" }
+func (fakeTokens) Monitor(_ context.Context, tok string) (MonitorGrant, bool) {
+	switch tok {
+	case "mon":
+		return MonitorGrant{TokenID: "tok-mon", OperatorID: "op-1"}, true
+	case "mon-2":
+		return MonitorGrant{TokenID: "tok-mon-2", OperatorID: "op-1", ExpiresAt: time.Now().Add(time.Hour)}, true
+	case "mon-expired":
+		return MonitorGrant{TokenID: "tok-old", OperatorID: "op-1", ExpiresAt: time.Now().Add(-time.Second)}, true
+	}
+	return MonitorGrant{}, false
+}
 func (fakeTokens) Viewer(_ context.Context, tok string) (string, bool) {
 	if tok == "view-a" {
 		return tenantA, true
@@ -229,4 +241,36 @@ func TestWarm_NoQueryPerConnectAndRevokedStaysOut(t *testing.T) {
 	require.True(p.Authenticate(connect(agentA, agentA, "secret-a")))
 	require.Equal(int64(0), f.calls.Load(), "served from the warmed cache")
 	require.False(p.Authenticate(connect(agentB, agentB, "secret-b")), "a revoked agent is not warmed back in")
+}
+
+// Each monitor connection is remembered with the token it authenticated
+// with, so revoking that token can end exactly those connections.
+func TestMonitors_RememberTheirToken(t *testing.T) {
+	p, _ := newPolicy()
+	p.Tokens = fakeTokens{}
+	req := func(id, pass string) broker.ConnectRequest {
+		return broker.ConnectRequest{ClientID: id, Username: MonitorUser, Password: []byte(pass), CleanStart: true, ProtocolVersion: 5}
+	}
+	require.True(t, p.Authenticate(req("monitor-a", "mon")))
+	require.True(t, p.Authenticate(req("monitor-b", "mon-2")))
+	require.True(t, p.Authenticate(req("monitor-c", "mon")))
+	assert.False(t, p.Authenticate(req("monitor-d", "mon-expired")), "an expired grant is refused")
+	assert.False(t, p.Authenticate(req("monitor-e", "nope")))
+
+	assert.ElementsMatch(t, []string{"monitor-a", "monitor-c"}, p.MonitorsWith("tok-mon"))
+	assert.ElementsMatch(t, []string{"monitor-b"}, p.MonitorsWith("tok-mon-2", "tok-none"))
+	assert.Empty(t, p.MonitorsWith("tok-old"))
+	g, ok := p.Monitor("monitor-b")
+	require.True(t, ok)
+	assert.False(t, g.Expired(time.Now()))
+	assert.True(t, g.Expired(g.ExpiresAt))
+	assert.Len(t, p.Monitors(), 3)
+
+	// A reconnect under the same client id with another token replaces the grant.
+	require.True(t, p.Authenticate(req("monitor-a", "mon-2")))
+	assert.ElementsMatch(t, []string{"monitor-c"}, p.MonitorsWith("tok-mon"))
+
+	// Fresh grants survive a prune even before their client is registered.
+	p.PruneMonitors(func(string) bool { return false })
+	assert.Len(t, p.Monitors(), 3)
 }

@@ -19,6 +19,9 @@ type AgentControl interface {
 	// DisconnectViewers ends the tenant's viewer connections; each must
 	// authenticate again, which a revoked token cannot.
 	DisconnectViewers(tenantID string)
+	// DisconnectMonitorTokens ends the monitor connections that
+	// authenticated with any of these operator tokens, at once.
+	DisconnectMonitorTokens(tokenIDs ...string)
 }
 
 func agentError(err error) error {

@@ -70,6 +70,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /v1/whoami", s.authenticated(http.HandlerFunc(s.whoami)))
 	mux.Handle("GET /v1/operators", scoped(operators.ScopeOperatorAdmin, s.listOperators))
+	mux.Handle("POST /v1/operators/{operator}/tokens", scoped(operators.ScopeOperatorAdmin, s.createOperatorToken))
+	mux.Handle("GET /v1/operators/{operator}/tokens", scoped(operators.ScopeOperatorAdmin, s.listOperatorTokens))
+	mux.Handle("POST /v1/operators/{operator}/tokens/{id}/revoke", scoped(operators.ScopeOperatorAdmin, s.revokeOperatorToken))
+	mux.Handle("POST /v1/operators/{operator}/disable", scoped(operators.ScopeOperatorAdmin, s.disableOperator))
+	mux.Handle("POST /v1/operators/{operator}/enable", scoped(operators.ScopeOperatorAdmin, s.enableOperator))
 
 	mux.Handle("POST /v1/tenants", scoped(operators.ScopeTenantAdmin, s.createTenant))
 	mux.Handle("GET /v1/tenants", scoped(operators.ScopeTenantAdmin, s.listTenants))

@@ -17,6 +17,7 @@ import (
 	"github.com/argus-remote/argus/controlplane/agents"
 	"github.com/argus-remote/argus/controlplane/api"
 	"github.com/argus-remote/argus/controlplane/apierror"
+	"github.com/argus-remote/argus/controlplane/audit"
 	"github.com/argus-remote/argus/controlplane/operators"
 	"github.com/argus-remote/argus/controlplane/tenants"
 	"github.com/argus-remote/argus/internal/testenv"
@@ -80,7 +81,7 @@ func TestAuth_EachFailureHasItsCode(t *testing.T) {
 	require.NoError(t, err)
 	revokedP, revoked, err := store.Create(ctx, "revoked", operators.NewToken{Scopes: []operators.Scope{operators.ScopeOperatorAdmin}})
 	require.NoError(t, err)
-	require.NoError(t, store.RevokeToken(ctx, revokedP.TokenID))
+	require.NoError(t, store.RevokeToken(ctx, revokedP.OperatorName, revokedP.TokenID, audit.Entry{Actor: "system"}))
 
 	// A well-formed token whose id exists but whose secret is wrong.
 	forged := admin[:len(admin)-8] + "00000000"

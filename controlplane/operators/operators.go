@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/argus-remote/argus/controlplane/audit"
 	"github.com/argus-remote/argus/controlplane/rowcache"
 	"github.com/argus-remote/argus/internal/credential"
 )
@@ -90,6 +92,12 @@ var (
 	ErrRevoked   = errors.New("token revoked")
 	ErrDisabled  = errors.New("operator disabled")
 	ErrExists    = errors.New("operator already exists")
+	// ErrNotFound is an operator, or an operator's token, that does not exist.
+	ErrNotFound = errors.New("no such operator")
+	// ErrTokenNotFound is a token id the operator does not hold.
+	ErrTokenNotFound = errors.New("no such token for this operator")
+	// ErrBadTTL is a lifetime that is not positive.
+	ErrBadTTL = errors.New("a token's lifetime must be positive")
 )
 
 // Store reads and writes operators and tokens.
@@ -248,19 +256,6 @@ func (s *Store) Authenticate(ctx context.Context, plain string) (Principal, erro
 	return p, nil
 }
 
-// RevokeToken revokes one token; it is idempotent.
-func (s *Store) RevokeToken(ctx context.Context, tokenID string) error {
-	tag, err := s.pool.Exec(ctx, "UPDATE operator_tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1", tokenID)
-	if err != nil {
-		return fmt.Errorf("revoke token: %w", err)
-	}
-	s.rows.Evict(tokenID)
-	if tag.RowsAffected() == 0 {
-		return ErrInvalid
-	}
-	return nil
-}
-
 // Operator is an operator as listed to administrators; it never holds secrets.
 type Operator struct {
 	ID           string     `json:"id"`
@@ -289,4 +284,198 @@ func (s *Store) List(ctx context.Context) ([]Operator, error) {
 		return nil, fmt.Errorf("list operators: %w", err)
 	}
 	return list, nil
+}
+
+// TokenInfo is an operator token as listed to administrators: never its
+// secret, except in the one answer that mints it.
+type TokenInfo struct {
+	ID          string     `json:"id"`
+	Operator    string     `json:"operator"`
+	Scopes      []Scope    `json:"scopes"`
+	Description string     `json:"description,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
+	RevokedAt   *time.Time `json:"revoked_at,omitempty"`
+	LastUsedAt  *time.Time `json:"last_used_at,omitempty"`
+}
+
+// lockOperator finds an operator by name and locks its row, so a token
+// is never added to an operator being disabled without one of them
+// seeing the other.
+func lockOperator(ctx context.Context, tx pgx.Tx, name string) (id string, err error) {
+	err = tx.QueryRow(ctx, "SELECT id FROM operators WHERE name = $1 FOR UPDATE", name).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", fmt.Errorf("%w: %q", ErrNotFound, name)
+	}
+	return id, err
+}
+
+// CreateToken mints a new token for an existing operator (a lost token is
+// replaced this way) and audits it as by; the token is returned in plain
+// text once.
+func (s *Store) CreateToken(ctx context.Context, operator string, tok NewToken, by audit.Entry) (TokenInfo, string, error) {
+	if tok.TTL < 0 {
+		return TokenInfo{}, "", ErrBadTTL
+	}
+	var info TokenInfo
+	var plain string
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		opID, err := lockOperator(ctx, tx, operator)
+		if err != nil {
+			return err
+		}
+		var exp time.Time
+		if info.ID, plain, exp, err = s.insertToken(ctx, tx, opID, tok); err != nil {
+			return err
+		}
+		if err := tx.QueryRow(ctx, "SELECT created_at FROM operator_tokens WHERE id = $1", info.ID).Scan(&info.CreatedAt); err != nil {
+			return err
+		}
+		info.Operator, info.Scopes, info.Description = operator, tok.Scopes, tok.Description
+		detail := map[string]any{"operator": operator, "token_id": info.ID, "scopes": scopeNames(tok.Scopes)}
+		if !exp.IsZero() {
+			info.ExpiresAt = &exp
+			detail["expires_at"] = exp.Format(time.RFC3339)
+		}
+		maps.Copy(detail, by.Detail)
+		by.Action, by.Outcome, by.Detail = "operator.token.create", audit.Success, detail
+		_, err = audit.Record(ctx, tx, by)
+		return err
+	})
+	if err != nil {
+		return TokenInfo{}, "", fmt.Errorf("create token: %w", err)
+	}
+	return info, plain, nil
+}
+
+func scopeNames(sc []Scope) []any {
+	out := make([]any, len(sc))
+	for i, v := range sc {
+		out[i] = string(v)
+	}
+	return out
+}
+
+// Tokens lists an operator's tokens, live or not, oldest first.
+func (s *Store) Tokens(ctx context.Context, operator string) ([]TokenInfo, error) {
+	var opID string
+	err := s.pool.QueryRow(ctx, "SELECT id FROM operators WHERE name = $1", operator).Scan(&opID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%w: %q", ErrNotFound, operator)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT id, scopes, description, created_at, expires_at, revoked_at, last_used_at
+		FROM operator_tokens WHERE operator_id = $1 ORDER BY created_at, id`, opID)
+	if err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
+	}
+	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (TokenInfo, error) {
+		t := TokenInfo{Operator: operator}
+		var scopes []string
+		err := row.Scan(&t.ID, &scopes, &t.Description, &t.CreatedAt, &t.ExpiresAt, &t.RevokedAt, &t.LastUsedAt)
+		for _, sc := range scopes {
+			t.Scopes = append(t.Scopes, Scope(sc))
+		}
+		return t, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
+	}
+	return list, nil
+}
+
+// RevokeToken revokes one of an operator's tokens and audits it as by. It
+// is idempotent. The token is refused from the moment it returns: its
+// cached row is dropped before then.
+func (s *Store) RevokeToken(ctx context.Context, operator, tokenID string, by audit.Entry) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		opID, err := lockOperator(ctx, tx, operator)
+		if err != nil {
+			return err
+		}
+		var already bool
+		err = tx.QueryRow(ctx, `UPDATE operator_tokens t SET revoked_at = COALESCE(t.revoked_at, now())
+			FROM operator_tokens o WHERE t.id = o.id AND t.id = $1 AND t.operator_id = $2
+			RETURNING o.revoked_at IS NOT NULL`, tokenID, opID).Scan(&already)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrTokenNotFound
+		}
+		if err != nil {
+			return err
+		}
+		by.Action, by.Outcome = "operator.token.revoke", audit.Success
+		by.Detail = map[string]any{"operator": operator, "token_id": tokenID, "already_revoked": already}
+		_, err = audit.Record(ctx, tx, by)
+		return err
+	})
+	// Evicted whether or not the commit succeeded: a cache miss is only a
+	// read.
+	s.rows.Evict(tokenID)
+	if err != nil {
+		return fmt.Errorf("revoke token: %w", err)
+	}
+	return nil
+}
+
+// SetDisabled disables (or enables again) an operator and audits it as
+// by; every token of a disabled operator is refused from the moment it
+// returns. It returns the ids of the operator's tokens, so the caller can
+// end the connections they opened.
+func (s *Store) SetDisabled(ctx context.Context, operator string, disabled bool, by audit.Entry) ([]string, error) {
+	var ids []string
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		opID, err := lockOperator(ctx, tx, operator)
+		if err != nil {
+			return err
+		}
+		var was *time.Time
+		if err := tx.QueryRow(ctx, "SELECT disabled_at FROM operators WHERE id = $1", opID).Scan(&was); err != nil {
+			return err
+		}
+		if disabled {
+			_, err = tx.Exec(ctx, "UPDATE operators SET disabled_at = COALESCE(disabled_at, now()) WHERE id = $1", opID)
+		} else {
+			_, err = tx.Exec(ctx, "UPDATE operators SET disabled_at = NULL WHERE id = $1", opID)
+		}
+		if err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, "SELECT id FROM operator_tokens WHERE operator_id = $1", opID)
+		if err != nil {
+			return err
+		}
+		if ids, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return err
+		}
+		by.Action, by.Outcome = "operator.enable", audit.Success
+		if disabled {
+			by.Action = "operator.disable"
+		}
+		by.Detail = map[string]any{"operator": operator, "target_operator_id": opID, "was_disabled": was != nil, "tokens": len(ids)}
+		_, err = audit.Record(ctx, tx, by)
+		return err
+	})
+	for _, id := range ids {
+		s.rows.Evict(id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("set operator disabled: %w", err)
+	}
+	return ids, nil
+}
+
+// TokenLive reports whether a token is still good: not revoked, not
+// expired, its operator not disabled. It reads the cached row, so it is
+// cheap to ask often (the broker asks it for every monitor connection).
+func (s *Store) TokenLive(ctx context.Context, id string) (bool, error) {
+	r, err := s.token(ctx, id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return r.revoked == nil && r.disabled == nil && (r.expires == nil || s.now().Before(*r.expires)), nil
 }
