@@ -1,6 +1,6 @@
-// Package operator is `argusctl operator`: who can operate ARGUS
-// (operator:admin). First operators are made with `argus-server operator
-// create`, which needs no API.
+// Package operator is `argusctl operator`: who can operate ARGUS, their
+// tokens, and disabling them (operator:admin). First operators are made
+// with `argus-server operator create`, which needs no API.
 package operator
 
 import (
@@ -10,6 +10,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/argus-remote/argus/argusctl/cmdutil"
+	"github.com/argus-remote/argus/argusctl/operator/disable"
+	"github.com/argus-remote/argus/argusctl/operator/enable"
+	"github.com/argus-remote/argus/argusctl/operator/token"
 )
 
 type operator struct {
@@ -49,5 +52,6 @@ func NewCmdOperator(f *cmdutil.Factory) *cobra.Command {
 			return t.Flush()
 		},
 	})
+	cmd.AddCommand(token.NewCmdToken(f), disable.NewCmdDisable(f, nil), enable.NewCmdEnable(f, nil))
 	return cmd
 }
