@@ -2,11 +2,13 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/argus-remote/argus/controlplane/audit"
 	"github.com/argus-remote/argus/controlplane/operators"
 	"github.com/argus-remote/argus/server"
 )
@@ -16,7 +18,74 @@ func newOperatorCmd(io IOStreams) *cobra.Command {
 		Use:   "operator",
 		Short: "Manage operators directly in the database (bootstrap)",
 	}
-	cmd.AddCommand(newOperatorCreateCmd(io))
+	token := &cobra.Command{
+		Use:   "token",
+		Short: "Manage an operator's tokens directly in the database (recovery)",
+	}
+	token.AddCommand(newOperatorTokenCreateCmd(io))
+	cmd.AddCommand(newOperatorCreateCmd(io), token)
+	return cmd
+}
+
+func newOperatorTokenCreateCmd(io IOStreams) *cobra.Command {
+	var (
+		name        string
+		scopes      []string
+		expiresIn   time.Duration
+		description string
+	)
+	cmd := &cobra.Command{
+		Use:   "create",
+		Short: "Mint a token for an existing operator and print it, once",
+		Long: `Mint a bearer token for an existing operator and print it, alone, on
+standard output. It is shown once and stored only as a hash; the minting is
+audited (actor "system").
+
+This talks to the database directly: it is how a lost token is replaced
+when no one holds an operator:admin token to do it through the API
+('argusctl operator token create'). It does not enable a disabled operator.`,
+		Example: `  TOKEN=$(argus-server operator token create --name admin --scope operator:admin --expires-in 24h)`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sc, err := operators.ParseScopes(scopes)
+			if err != nil {
+				return fmt.Errorf("--scope: %w", err)
+			}
+			if expiresIn < 0 || (cmd.Flags().Changed("expires-in") && expiresIn == 0) {
+				return fmt.Errorf("--expires-in must be positive (like 720h); leave it out for a token that does not expire")
+			}
+			cfg, log, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			db, err := server.OpenDatabase(ctx, cfg, log, false)
+			if err != nil {
+				return err
+			}
+			defer db.Close(context.WithoutCancel(ctx))
+			info, token, err := operators.NewStore(db.Pool).CreateToken(ctx, name, operators.NewToken{
+				Scopes: sc, TTL: expiresIn, Description: description,
+			}, audit.Entry{Actor: "system", Detail: map[string]any{"via": "argus-server operator token create"}})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(io.Out, token)
+			expires := "never"
+			if info.ExpiresAt != nil {
+				expires = info.ExpiresAt.Format(time.RFC3339)
+			}
+			fmt.Fprintf(io.ErrOut, "token %s for %s with scopes %v, expires %s; the token above is shown once\n", info.ID, info.Operator, info.Scopes, expires)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&name, "name", "", "operator name (required)")
+	f.StringArrayVar(&scopes, "scope", nil, "scope to grant (repeatable, required)")
+	f.DurationVar(&expiresIn, "expires-in", 0, "token lifetime (like 720h); left out, it does not expire")
+	f.StringVar(&description, "description", "", "what the token is for")
+	_ = cmd.MarkFlagRequired("name")
+	_ = cmd.MarkFlagRequired("scope")
 	return cmd
 }
 
@@ -36,18 +105,22 @@ on standard output. It is shown once and stored only as a hash.
 This talks to the database directly, so it works before any operator
 exists, whether or not the server is running.
 
+An operator that already exists gets another token with
+'argus-server operator token create --name NAME' (or, through the API,
+'argusctl operator token create NAME').
+
 Scopes: remote_support, tenant:arm, tenant:admin, agent:admin, audit:read,
 operator:admin, monitor.`,
 		Example: `  argus-server operator create --name admin --scope operator:admin --scope tenant:admin --scope agent:admin
-  TOKEN=$(argus-server operator create --name alice --scope remote_support --expires 720h)`,
+  TOKEN=$(argus-server operator create --name alice --scope remote_support --expires-in 720h)`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			sc, err := operators.ParseScopes(scopes)
 			if err != nil {
 				return fmt.Errorf("--scope: %w", err)
 			}
-			if expires < 0 {
-				return fmt.Errorf("--expires must not be negative")
+			if expires < 0 || (cmd.Flags().Changed("expires-in") && expires == 0) {
+				return fmt.Errorf("--expires-in must be positive (like 720h); leave it out for a token that does not expire")
 			}
 			cfg, log, err := loadConfig(cmd)
 			if err != nil {
@@ -62,6 +135,9 @@ operator:admin, monitor.`,
 			p, token, err := operators.NewStore(db.Pool).Create(ctx, name, operators.NewToken{
 				Scopes: sc, TTL: expires, Description: description,
 			})
+			if errors.Is(err, operators.ErrExists) {
+				return fmt.Errorf("%w: to give it another token, run 'argus-server operator token create --name %s --scope ...'", err, name)
+			}
 			if err != nil {
 				return err
 			}
@@ -73,7 +149,10 @@ operator:admin, monitor.`,
 	f := cmd.Flags()
 	f.StringVar(&name, "name", "", "operator name (required)")
 	f.StringArrayVar(&scopes, "scope", nil, "scope to grant (repeatable, required)")
-	f.DurationVar(&expires, "expires", 0, "token lifetime (e.g. 720h); 0 means it does not expire")
+	f.DurationVar(&expires, "expires-in", 0, "token lifetime (like 720h); left out, it does not expire")
+	// The flag's first name, kept for scripts that use it.
+	f.DurationVar(&expires, "expires", 0, "token lifetime; use --expires-in")
+	_ = f.MarkHidden("expires")
 	f.StringVar(&description, "description", "", "what the token is for")
 	_ = cmd.MarkFlagRequired("name")
 	_ = cmd.MarkFlagRequired("scope")
