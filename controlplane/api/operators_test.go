@@ -48,8 +48,17 @@ func (k *monitorKicks) got() []string {
 func newCachedAPI(t *testing.T) (*httptest.Server, *operators.Store, *pgxpool.Pool, *monitorKicks) {
 	t.Helper()
 	pool := testenv.Pool(t)
+	return newCachedAPIHearing(t, pool, pool)
+}
+
+// newCachedAPIHearing is newCachedAPI whose cache hears the changes
+// announced in the database of heard: another database than pool's makes
+// a cache that is live but hears nothing, so only the store's own
+// evictions keep it fresh.
+func newCachedAPIHearing(t *testing.T, pool, heard *pgxpool.Pool) (*httptest.Server, *operators.Store, *pgxpool.Pool, *monitorKicks) {
+	t.Helper()
 	l := rowcache.NewListener(func(ctx context.Context) (*pgx.Conn, error) {
-		return pgx.ConnectConfig(ctx, pool.Config().ConnConfig.Copy())
+		return pgx.ConnectConfig(ctx, heard.Config().ConnConfig.Copy())
 	}, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -193,4 +202,36 @@ func TestOperators_DisabledOperatorsTokensAreRefusedAtOnce(t *testing.T) {
 		assert.Equal(t, 1, l, "%s in audit_log", action)
 		assert.Equal(t, 1, e, "%s in events", action)
 	}
+}
+
+// Revoking a token and disabling its operator take effect before the call
+// returns, by the store's own evictions, not only when LISTEN/NOTIFY
+// reports the change: this cache hears nothing.
+func TestOperatorTokens_RevokeAndDisableEvictTheCacheThemselves(t *testing.T) {
+	pool := testenv.Pool(t)
+	srv, store, _, _ := newCachedAPIHearing(t, pool, testenv.Pool(t))
+	ctx := context.Background()
+	_, admin, err := store.Create(ctx, "admin", operators.NewToken{Scopes: []operators.Scope{operators.ScopeOperatorAdmin}})
+	require.NoError(t, err)
+	bob, bobTok, err := store.Create(ctx, "bob", operators.NewToken{Scopes: []operators.Scope{operators.ScopeMonitor}})
+	require.NoError(t, err)
+	_, carolTok, err := store.Create(ctx, "carol", operators.NewToken{Scopes: []operators.Scope{operators.ScopeMonitor}})
+	require.NoError(t, err)
+	// The first use records last_used_at (and drops the row); the second
+	// caches it.
+	for _, tok := range []string{bobTok, bobTok, carolTok, carolTok} {
+		require.Equal(t, http.StatusOK, get(t, srv.URL+"/v1/whoami", "Bearer "+tok).status)
+	}
+
+	// A change the store did not make is not heard: the cached row stands.
+	_, err = pool.Exec(ctx, "UPDATE operator_tokens SET revoked_at = now() WHERE id = $1", bob.TokenID)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, get(t, srv.URL+"/v1/whoami", "Bearer "+bobTok).status, "the cache hears nothing")
+	_, err = pool.Exec(ctx, "UPDATE operator_tokens SET revoked_at = NULL WHERE id = $1", bob.TokenID)
+	require.NoError(t, err)
+
+	require.Equal(t, http.StatusOK, do(t, "POST", srv.URL+"/v1/operators/bob/tokens/"+bob.TokenID+"/revoke", admin, nil).status)
+	assert.Equal(t, "token_revoked", get(t, srv.URL+"/v1/whoami", "Bearer "+bobTok).code)
+	require.Equal(t, http.StatusOK, do(t, "POST", srv.URL+"/v1/operators/carol/disable", admin, nil).status)
+	assert.Equal(t, "operator_disabled", get(t, srv.URL+"/v1/whoami", "Bearer "+carolTok).code)
 }
