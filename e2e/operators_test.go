@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -170,4 +172,30 @@ func TestMonitor_DisconnectedWhenItsTokenExpires(t *testing.T) {
 	}
 	_, _, err := mqtttest.Dial(t, srv.MQTTURL, mqtttest.Options{ClientID: "monitor-x", Username: "monitor", Password: tok.Token})
 	assert.Error(t, err, "an expired token cannot connect again")
+}
+
+// A token revoked by hand in the database (or by another server) drops
+// its monitor too: the periodic check reads the token cache, which
+// LISTEN/NOTIFY keeps fresh.
+func TestMonitor_DroppedWhenItsTokenIsRevokedInTheDatabase(t *testing.T) {
+	env := testenv.NewEnv(t)
+	admin := env.Operator(t, "admin", "operator:admin")
+	env.Operator(t, "grafana", "monitor")
+	srv := env.StartServer(t, nil)
+	var tok cliToken
+	testenv.CLIJSON(t, srv.APIURL, admin, &tok, "operator", "token", "create", "grafana", "--scope", "monitor")
+	mon := dialMonitor(t, srv.MQTTURL, "monitor-x", tok.Token)
+
+	conn, err := pgx.Connect(t.Context(), env.DatabaseURL)
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(t.Context(), "UPDATE operator_tokens SET revoked_at = now() WHERE id = $1", tok.ID)
+	require.NoError(t, err)
+	revoked := time.Now()
+	select {
+	case <-mon.Done():
+		t.Logf("dropped %s after the UPDATE", time.Since(revoked))
+	case <-time.After(time.Second):
+		t.Fatal("the monitor is still connected a second after its token was revoked in the database")
+	}
 }
