@@ -406,7 +406,9 @@ func (s *Server) watchMonitors(ctx context.Context, ops *operators.Store) {
 			if g.Expired(now) {
 				why = "token expired"
 			} else {
-				live, err := ops.TokenLive(ctx, g.TokenID)
+				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				live, err := ops.TokenLive(cctx, g.TokenID)
+				cancel()
 				if err != nil {
 					// A read-only connection is kept through a database
 					// hiccup; the next check asks again.
