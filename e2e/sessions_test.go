@@ -384,3 +384,28 @@ func TestCachedRows_ChangesMadeElsewhereApplyPromptly(t *testing.T) {
 		return apiCode(s.do(t, "GET", "/v1/whoami", nil, &who)) == "token_revoked"
 	}, "operator token refused once revoked in the database")
 }
+
+func TestActivate_NonPositiveTTLRefusedAndAudited(t *testing.T) {
+	s := newSupportEnv(t, nil)
+	s.consentAndArm(t)
+	agentID, _, _ := s.runAgent(t, "cam-gw-1")
+	ctx := context.Background()
+	for _, ttl := range []string{"0s", "0", "-5m"} {
+		err := s.do(t, "POST", "/v1/support/sessions", map[string]string{"tenant": "acme", "agent": agentID, "reason": "INC-9", "ttl": ttl}, nil)
+		assert.Equal(t, "ttl_too_short", apiCode(err), "ttl %q", ttl)
+		var st *apiclient.Error
+		if assert.ErrorAs(t, err, &st, "ttl %q", ttl) {
+			assert.Equal(t, 400, st.Status, "ttl %q", ttl)
+		}
+	}
+	var live int
+	require.NoError(t, s.srv.Database().Pool.QueryRow(ctx, "SELECT count(*) FROM support_sessions").Scan(&live))
+	assert.Zero(t, live, "no session opened")
+	var denied, deniedEvents int
+	require.NoError(t, s.srv.Database().Pool.QueryRow(ctx,
+		"SELECT count(*) FROM audit_log WHERE action = 'support.activate' AND outcome = 'denied' AND detail->>'code' = 'ttl_too_short'").Scan(&denied))
+	require.NoError(t, s.srv.Database().Pool.QueryRow(ctx,
+		"SELECT count(*) FROM events WHERE action = 'support.activate' AND payload->>'outcome' = 'denied'").Scan(&deniedEvents))
+	assert.Equal(t, 3, denied, "each refusal audited with its code")
+	assert.Equal(t, 3, deniedEvents)
+}

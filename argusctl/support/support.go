@@ -60,6 +60,10 @@ func loadToken(sessionID string) (string, error) {
 	return strings.TrimSpace(string(b)), err
 }
 
+// defaultTTL is the session length the server chooses when none is asked
+// for (sessions.DefaultTTL), as people write it.
+const defaultTTL = "30m"
+
 func newCmdActivate(f *cmdutil.Factory) *cobra.Command {
 	var tenant, agent, reason string
 	var ttl time.Duration
@@ -73,12 +77,16 @@ remote_support scope. The session token is kept for you, 0600.`,
 		Example: `  argusctl support activate --tenant acme --agent 0b6c1f1e-... --reason "INC-2231" --ttl 30m`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			ttlGiven := cmd.Flags().Changed("ttl")
+			if ttlGiven && ttl <= 0 {
+				return fmt.Errorf("--ttl %v: the session length must be positive (like 30m); leave --ttl out for the default %s", ttl, defaultTTL)
+			}
 			c, err := f.GatedAPIClient()
 			if err != nil {
 				return err
 			}
 			body := map[string]string{"tenant": tenant, "agent": agent, "reason": reason}
-			if ttl > 0 {
+			if ttlGiven {
 				body["ttl"] = ttl.String()
 			}
 			var res struct {
@@ -98,13 +106,16 @@ remote_support scope. The session token is kept for you, 0600.`,
 			fmt.Fprintf(f.IOStreams.Out, "session %s active on agent %s (%s) until %s\n", res.Session.ID, res.Session.AgentName,
 				res.Session.Tenant, res.Session.ExpiresAt.UTC().Format(time.RFC3339))
 			fmt.Fprintf(f.IOStreams.ErrOut, "session token kept in %s\n", path)
+			if !ttlGiven {
+				fmt.Fprintf(f.IOStreams.ErrOut, "no --ttl given: the session lasts the server's default %s\n", defaultTTL)
+			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&tenant, "tenant", "", "tenant name or id (required)")
 	cmd.Flags().StringVar(&agent, "agent", "", "agent id (required)")
 	cmd.Flags().StringVar(&reason, "reason", "", "why (required; audited; the tenant sees it)")
-	cmd.Flags().DurationVar(&ttl, "ttl", 0, "session length (default 30m, at most 120m)")
+	cmd.Flags().DurationVar(&ttl, "ttl", 0, "session length, positive (when left out, the server's default 30m; at most 120m)")
 	for _, n := range []string{"tenant", "agent", "reason"} {
 		_ = cmd.MarkFlagRequired(n)
 	}

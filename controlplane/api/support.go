@@ -3,12 +3,14 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/argus-remote/argus/controlplane/apierror"
+	"github.com/argus-remote/argus/controlplane/input"
 	"github.com/argus-remote/argus/controlplane/sessions"
 	"github.com/argus-remote/argus/patch"
 )
@@ -58,9 +60,16 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request) {
 	}
 	var ttl time.Duration
 	if req.TTL != "" {
+		// Only an absent ttl means the default: zero or less is refused,
+		// and audited as every refusal past the gate is.
 		d, err := time.ParseDuration(req.TTL)
-		if err != nil || d <= 0 {
-			apierror.Write(w, badRequest("ttl: not a positive duration (like 30m)"))
+		if err != nil {
+			s.fail(w, r, s.refuseActivation(r, req.Tenant, req.Agent, req.Reason, req.TTL, apierror.CodeBadRequest, "ttl: not a duration (like 30m)"))
+			return
+		}
+		if d <= 0 {
+			s.fail(w, r, s.refuseActivation(r, req.Tenant, req.Agent, req.Reason, req.TTL, "ttl_too_short",
+				fmt.Sprintf("ttl %v is not positive; leave ttl out for the default %v", d, sessions.DefaultTTL)))
 			return
 		}
 		ttl = d
@@ -75,6 +84,21 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, ActivateResponse{Session: sess, Token: token})
+}
+
+// refuseActivation audits an activation refused for its ttl before it
+// reached the manager, and returns the refusal.
+func (s *Server) refuseActivation(r *http.Request, tenant, agent, reason, ttl, code, message string) error {
+	by := actor(r)
+	by.ClientIP = gateIP(r)
+	by.Action, by.Reason = "support.activate", strings.TrimSpace(reason)
+	by.Detail = map[string]any{"tenant": tenant, "ttl": ttl}
+	if id, ok := input.ID(agent); ok {
+		by.AgentID = id
+	} else if agent != "" {
+		by.Detail["agent"] = agent
+	}
+	return sessionError(s.Sessions.Refuse(r.Context(), by, http.StatusBadRequest, code, message))
 }
 
 func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
