@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -91,6 +92,45 @@ func TestServe_PrivateClusterComesUpAndShutsDownClean(t *testing.T) {
 		_, stderr, err = testenv.Run(t, nil, "argusctl", "whoami", "--server", srv.APIURL, "--token", tok)
 		assert.NoError(t, err, stderr)
 	}
+}
+
+func TestSubcommands_RefuseADataDirWithoutAnArgusDatabase(t *testing.T) {
+	parent := testenv.TempDir(t)
+	empty := filepath.Join(parent, "empty")
+	require.NoError(t, os.Mkdir(empty, 0o700))
+	// A cluster, but no ARGUS database in it.
+	noDB := filepath.Join(parent, "nodb")
+	c, err := pgcluster.Start(context.Background(), pgcluster.Options{Dir: filepath.Join(noDB, "postgres"), Ephemeral: true})
+	require.NoError(t, err)
+	require.NoError(t, c.Stop(context.Background()))
+	env := []string{"ARGUS_DATABASE_URL="}
+	for _, dir := range []string{filepath.Join(parent, "typo"), empty, noDB} {
+		for _, args := range [][]string{
+			{"audit", "reconcile", "--since", "1h"},
+			{"operator", "create", "--name", "admin", "--scope", "operator:admin"},
+		} {
+			out, stderr, err := testenv.Run(t, env, "argus-server", append(args, "--data-dir", dir)...)
+			assert.Equal(t, 1, exitCode(err), "%v on %s: %s%s", args, dir, out, stderr)
+			assert.Contains(t, stderr, "no ARGUS database in "+dir+": start `argus-server serve --data-dir "+dir+"` once, or set ARGUS_DATABASE_URL", "%v", args)
+			assert.NotContains(t, out, "All clear")
+			if dir != noDB {
+				assert.NoDirExists(t, filepath.Join(dir, "postgres"), "%v created no cluster", args)
+			}
+		}
+	}
+	assert.Zero(t, pgcluster.PID(filepath.Join(noDB, "postgres")), "the cluster the commands started is stopped again")
+	assert.NoDirExists(t, filepath.Join(parent, "typo"), "a mistyped data dir is not created")
+}
+
+func TestAudit_ReconcileOverAWindowWithNothingSaysSo(t *testing.T) {
+	dataDir := testenv.TempDir(t)
+	srv := testenv.StartServer(t, dataDir, nil)
+	srv.Stop(t)
+	out, stderr, err := testenv.Run(t, []string{"ARGUS_DATABASE_URL="}, "argus-server", "audit", "reconcile", "--data-dir", dataDir,
+		"--from", "2001-01-01T00:00:00Z", "--to", "2001-01-02T00:00:00Z")
+	require.NoError(t, err, stderr)
+	assert.Contains(t, out, "No audited actions in this window")
+	assert.NotContains(t, out, "All clear")
 }
 
 func TestServe_UsesConfiguredDatabaseURL(t *testing.T) {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -35,13 +36,26 @@ func OpenDatabase(ctx context.Context, cfg Config, log *slog.Logger, serverOwned
 	db := &Database{}
 	url := cfg.DatabaseURL
 	if url == "" {
+		// Only the server creates the cluster and its database: to any
+		// other command a data directory without them is a mistake (a
+		// typo, a wrong user's home), not an empty world.
+		if !serverOwned && !pgcluster.Exists(clusterDir(cfg.DataDir)) {
+			return nil, noDatabase(cfg.DataDir)
+		}
 		c, err := startCluster(ctx, cfg.DataDir, log, serverOwned)
 		if err != nil {
 			return nil, err
 		}
 		db.cluster = c
 		db.stopCluster = serverOwned || c.Started()
-		if err := c.EnsureDatabase(ctx, databaseName); err != nil {
+		if serverOwned {
+			err = c.EnsureDatabase(ctx, databaseName)
+		} else if ok, herr := c.HasDatabase(ctx, databaseName); herr != nil {
+			err = herr
+		} else if !ok {
+			err = noDatabase(cfg.DataDir)
+		}
+		if err != nil {
 			db.Close(ctx)
 			return nil, err
 		}
@@ -88,6 +102,17 @@ func (db *Database) Close(ctx context.Context) error {
 	return nil
 }
 
+// ErrNoDatabase is returned to a command other than the server's for a
+// data directory that holds no ARGUS database.
+var ErrNoDatabase = errors.New("no ARGUS database")
+
+func noDatabase(dataDir string) error {
+	return fmt.Errorf("%w in %s: start `argus-server serve --data-dir %s` once, or set ARGUS_DATABASE_URL", ErrNoDatabase, dataDir, dataDir)
+}
+
+// clusterDir is where the private cluster lives in a data directory.
+func clusterDir(dataDir string) string { return filepath.Join(dataDir, "postgres") }
+
 func startCluster(ctx context.Context, dataDir string, log *slog.Logger, supervise bool) (*pgcluster.Cluster, error) {
 	// As root the cluster runs as postgres, which must pass through the
 	// data directory (0711: traverse, not list).
@@ -98,5 +123,5 @@ func startCluster(ctx context.Context, dataDir string, log *slog.Logger, supervi
 	if err := os.MkdirAll(dataDir, mode); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
-	return pgcluster.Start(ctx, pgcluster.Options{Dir: filepath.Join(dataDir, "postgres"), Supervise: supervise, Logger: log})
+	return pgcluster.Start(ctx, pgcluster.Options{Dir: clusterDir(dataDir), Supervise: supervise, Logger: log})
 }

@@ -23,6 +23,9 @@ func mismatchCount() metric.Int64Counter { return mismatchCounter.Get() }
 
 // Subject is the mail subject for a report.
 func (r Report) Subject() string {
+	if r.Clean && r.Nothing() {
+		return "ARGUS audit reconciliation: no audited actions in the window"
+	}
 	if r.Clean {
 		return "ARGUS audit reconciliation: all clear"
 	}

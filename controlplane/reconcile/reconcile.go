@@ -398,12 +398,21 @@ func normIP(s string) string {
 	return s
 }
 
+// Nothing reports whether the window holds no row in either trail: a
+// clean run over it compared nothing, which is not "all clear".
+func (r Report) Nothing() bool { return r.AuditRows == 0 && r.Events == 0 }
+
 // Text renders a report for people and for the mismatch mail.
 func (r Report) Text() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Audit reconciliation %s .. %s\n", r.From.Format(time.RFC3339), r.To.Format(time.RFC3339))
 	fmt.Fprintf(&b, "audit_log rows: %d, events: %d, mismatches: %d\n", r.AuditRows, r.Events, len(r.Mismatches))
 	b.WriteString(r.headLines())
+	if r.Clean && r.Nothing() {
+		b.WriteString("\nNo audited actions in this window: neither trail holds a row in it, so there was nothing to compare" +
+			" (check the window, and the database it was read from).\n")
+		return b.String()
+	}
 	if r.Clean {
 		b.WriteString("\nAll clear: both trails agree and the event chain is intact.\n")
 		return b.String()

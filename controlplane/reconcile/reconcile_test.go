@@ -327,3 +327,23 @@ func TestReconcile_ReportsACommandNeverTerminated(t *testing.T) {
 	assert.Equal(t, reconcile.CommandUnterminated, r.Mismatches[0].Kind)
 	assert.Equal(t, overdue, r.Mismatches[0].ID)
 }
+
+func TestReport_AWindowWithNothingAtAllSaysSoNotAllClear(t *testing.T) {
+	pool := testenv.Pool(t)
+	ctx := context.Background()
+	from, to := window()
+	r, err := reconcile.Run(ctx, pool, from, to)
+	require.NoError(t, err)
+	require.True(t, r.Clean, "nothing disagrees")
+	assert.Contains(t, r.Text(), "No audited actions in this window")
+	assert.NotContains(t, r.Text(), "All clear")
+	assert.NotContains(t, r.Subject(), "all clear")
+
+	// Once the window holds rows, a clean run is all clear again.
+	history(t, pool, 3)
+	r, err = reconcile.Run(ctx, pool, from, to)
+	require.NoError(t, err)
+	require.True(t, r.Clean, "%s", r.Text())
+	assert.Contains(t, r.Text(), "All clear")
+	assert.NotContains(t, r.Text(), "No audited actions")
+}

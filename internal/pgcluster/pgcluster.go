@@ -154,6 +154,26 @@ func (c *Cluster) ConnString(dbname string) string {
 	return fmt.Sprintf("host=%s port=%d user=postgres dbname=%s sslmode=disable", c.dir, Port, dbname)
 }
 
+// Exists reports whether dir holds a cluster (initdb has run there).
+func Exists(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "PG_VERSION"))
+	return err == nil
+}
+
+// HasDatabase reports whether database name exists in the cluster.
+func (c *Cluster) HasDatabase(ctx context.Context, name string) (bool, error) {
+	conn, err := pgx.Connect(ctx, c.ConnString("postgres"))
+	if err != nil {
+		return false, fmt.Errorf("pgcluster: connect: %w", err)
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
+		return false, fmt.Errorf("pgcluster: look up database %q: %w", name, err)
+	}
+	return exists, nil
+}
+
 // EnsureDatabase creates database name when it does not exist.
 func (c *Cluster) EnsureDatabase(ctx context.Context, name string) error {
 	conn, err := pgx.Connect(ctx, c.ConnString("postgres"))
