@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -137,4 +138,61 @@ func TestServe_KilledServerLeavesNoPostmaster(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Logf("no postmaster %v after the server was killed", time.Since(killed).Round(time.Millisecond))
+}
+
+// A data directory belongs to one serve at a time: a second is refused,
+// naming the first's PID, and leaves the first's cluster alone; a one-off
+// command shares the running cluster and leaves it running.
+func TestServe_SecondServeOnAHeldDataDirIsRefused(t *testing.T) {
+	dataDir := testenv.TempDir(t)
+	pgDir := filepath.Join(dataDir, "postgres")
+	reapPostmasters(t, pgDir)
+	first := testenv.StartServer(t, dataDir, nil)
+	postmaster := pgcluster.PID(pgDir)
+	require.NotZero(t, postmaster)
+	require.Equal(t, 200, readyz(first.APIURL))
+
+	second := exec.Command(testenv.Binary(t, "argus-server"), "serve", "--data-dir", dataDir,
+		"--http-addr", "127.0.0.1:0", "--mqtt-ws-addr", "127.0.0.1:0")
+	var stderr bytes.Buffer
+	second.Stderr = &stderr
+	require.NoError(t, second.Start())
+	done := make(chan error, 1)
+	go func() { done <- second.Wait() }()
+	select {
+	case err := <-done:
+		assert.Equal(t, 1, exitCode(err), "refused: %s", stderr.String())
+	case <-time.After(20 * time.Second):
+		// Not refused: it runs on the first's cluster. Stop it as an
+		// operator would, and see what that does to the first.
+		_ = second.Process.Signal(syscall.SIGTERM)
+		<-done
+		t.Errorf("a second serve on a held data dir was not refused")
+	}
+	assert.Contains(t, stderr.String(), "in use by argus-server serve (PID "+strconv.Itoa(first.Cmd.Process.Pid)+")", "names the holder")
+
+	// The first never lost its database, and still has it after the
+	// second exited.
+	notReady := 0
+	for range 20 {
+		if readyz(first.APIURL) != 200 {
+			notReady++
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	assert.Zero(t, notReady, "the first server stays ready (of 20 probes over a second)")
+	assert.Equal(t, postmaster, pgcluster.PID(pgDir), "the first's postmaster was never stopped")
+
+	// A one-off command on the same data dir shares the running cluster.
+	_, errOut, err := testenv.Run(t, []string{"ARGUS_DATABASE_URL="}, "argus-server", "operator", "create", "--data-dir", dataDir,
+		"--name", "admin", "--scope", "operator:admin")
+	require.NoError(t, err, errOut)
+	assert.Equal(t, postmaster, pgcluster.PID(pgDir), "operator create left the server's cluster running")
+	assert.False(t, pgcluster.Exited(postmaster))
+	assert.Equal(t, 200, readyz(first.APIURL))
+
+	// Once the first has gone, the data dir is free again.
+	first.Stop(t)
+	again := testenv.StartServer(t, dataDir, nil)
+	assert.Equal(t, 200, readyz(again.APIURL))
 }

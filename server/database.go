@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -114,14 +113,8 @@ func noDatabase(dataDir string) error {
 func clusterDir(dataDir string) string { return filepath.Join(dataDir, "postgres") }
 
 func startCluster(ctx context.Context, dataDir string, log *slog.Logger, supervise bool) (*pgcluster.Cluster, error) {
-	// As root the cluster runs as postgres, which must pass through the
-	// data directory (0711: traverse, not list).
-	mode := os.FileMode(0o700)
-	if os.Geteuid() == 0 {
-		mode = 0o711
-	}
-	if err := os.MkdirAll(dataDir, mode); err != nil {
-		return nil, fmt.Errorf("data directory: %w", err)
+	if err := makeDataDir(dataDir); err != nil {
+		return nil, err
 	}
 	return pgcluster.Start(ctx, pgcluster.Options{Dir: clusterDir(dataDir), Supervise: supervise, Logger: log})
 }

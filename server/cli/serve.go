@@ -21,6 +21,8 @@ func newServeCmd(io IOStreams) *cobra.Command {
 
 With no database URL, a private PostgreSQL cluster is started from the
 machine's server binaries in the data directory, and stopped on exit.
+One serve at a time holds a data directory (serve.lock, with its PID); a
+second on the same directory is refused.
 Everything listens on loopback unless configured otherwise.`,
 		Example: `  # Everything on loopback, private PostgreSQL under ~/.local/share/argus
   argus-server serve
@@ -37,6 +39,15 @@ Everything listens on loopback unless configured otherwise.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			api.Version = Version
+			// One serve per data directory: a second would adopt this
+			// one's PostgreSQL and stop it when it exits.
+			if cfg.DataDir != "" {
+				lock, err := server.LockDataDir(cfg.DataDir)
+				if err != nil {
+					return err
+				}
+				defer lock.Release()
+			}
 			if cfg.GCHeapFloor > 0 {
 				heapfloor.Start(cfg.GCHeapFloor)
 			}
