@@ -14,6 +14,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/argus-remote/argus/internal/testenv"
 )
 
 // silentListener accepts connections and never answers them.
@@ -53,10 +55,7 @@ func waitExit(t *testing.T, cmd *exec.Cmd, limit time.Duration) error {
 // ffmpeg's own time limit ends it on a source that never answers, with no
 // agent timer involved: nothing here kills it.
 func TestFFmpeg_GivesUpOnAHangingSourceByItself(t *testing.T) {
-	bin, err := exec.LookPath("ffmpeg")
-	if err != nil {
-		t.Skip("ffmpeg is not installed")
-	}
+	bin := testenv.NeedTool(t, "ffmpeg", "ffmpeg")
 	ln := silentListener(t)
 	for _, src := range []string{"http://" + ln.Addr().String() + "/x.mjpeg", "rtsp://" + ln.Addr().String() + "/x"} {
 		t.Run(strings.SplitN(src, ":", 2)[0], func(t *testing.T) {

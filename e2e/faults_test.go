@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -316,9 +315,7 @@ func procsNaming(t *testing.T, s string) map[int]int {
 }
 
 func TestAgentKilledMidFrame_FFmpegDiesWithIt(t *testing.T) {
-	if _, err := exec.LookPath("ffmpeg"); err != nil {
-		t.Skip("ffmpeg is not installed")
-	}
+	testenv.NeedTool(t, "ffmpeg", "ffmpeg")
 	// A camera that accepts the connection and never says a word. Each
 	// connection is handed to the test: it is how the test knows ffmpeg
 	// is mid-frame, and its close is how it knows ffmpeg is gone.
