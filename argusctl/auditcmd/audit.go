@@ -213,6 +213,9 @@ chain still reaches it. Exit 1 on mismatch.`,
 				for _, m := range r.Mismatches {
 					fmt.Fprintf(out, "- %s id=%s seq=%d: %s\n", m.Kind, m.ID, m.Seq, m.Detail)
 				}
+				if r.Clean && r.AuditRows == 0 && r.Events == 0 {
+					fmt.Fprintln(out, "no audited actions in this window: neither trail holds a row in it, so nothing was compared")
+				}
 			}
 			if !r.Clean {
 				return errors.New("the audit trails do not reconcile")
