@@ -50,6 +50,7 @@ type Capabilities struct {
 	MaximumClientWritesPending   int32           `yaml:"maximum_client_writes_pending" json:"maximum_client_writes_pending"`     // maximum number of pending message writes for a client
 	MaximumSessionExpiryInterval uint32          `yaml:"maximum_session_expiry_interval" json:"maximum_session_expiry_interval"` // maximum number of seconds to keep disconnected sessions
 	MaximumPacketSize            uint32          `yaml:"maximum_packet_size" json:"maximum_packet_size"`                         // maximum packet size, no limit if 0
+	MaximumConnectPacketSize     uint32          `yaml:"maximum_connect_packet_size" json:"maximum_connect_packet_size"`         // maximum size of a connection's first packet, before it is authenticated; only MaximumPacketSize applies if 0
 	maximumPacketID              uint32          // unexported, used for testing only
 	ReceiveMaximum               uint16          `yaml:"receive_maximum" json:"receive_maximum"`                   // maximum number of concurrent qos messages per client
 	MaximumInflight              uint16          `yaml:"maximum_inflight" json:"maximum_inflight"`                 // maximum number of qos > 0 messages can be stored, 0(=8192)-65535
@@ -574,6 +575,12 @@ func (s *Server) readConnectionPacket(cl *Client) (pk packets.Packet, err error)
 
 	if fh.Type != packets.Connect {
 		return pk, packets.ErrProtocolViolationRequireFirstConnect // [MQTT-3.1.0-1]
+	}
+
+	// Refused on its fixed header: nothing is read or allocated for a CONNECT
+	// larger than any this server would accept from a client yet to authenticate.
+	if limit := s.Options.Capabilities.MaximumConnectPacketSize; limit > 0 && uint32(fh.Remaining+1) > limit {
+		return pk, packets.ErrPacketTooLarge
 	}
 
 	pk, err = cl.ReadPacket(fh)

@@ -441,6 +441,58 @@ func TestServerReadConnectionPacket(t *testing.T) {
 	require.Equal(t, *packets.TPacketData[packets.Connect].Get(packets.TConnectMqtt311).Packet, <-o)
 }
 
+// A CONNECT declaring more than MaximumConnectPacketSize is refused on its fixed
+// header, before anything is allocated for it or more of it is read, even though
+// MaximumPacketSize (for packets after authentication) would admit it.
+func TestServerReadConnectionPacketOversized(t *testing.T) {
+	s := newServer()
+	defer s.Close()
+	s.Options.Capabilities.MaximumPacketSize = 1 << 20
+	s.Options.Capabilities.MaximumConnectPacketSize = 512
+
+	cl, r, _ := newTestClient()
+	cl.ops.options = s.Options
+	s.Clients.Add(cl)
+
+	// 1000 bytes declared, 2 of them sent, and the connection left open: the
+	// server must not wait for the rest.
+	go func() {
+		_, _ = r.Write([]byte{packets.Connect << 4, 0xe8, 0x07, 0x00, 0x04})
+	}()
+	o := make(chan error)
+	go func() {
+		_, err := s.readConnectionPacket(cl)
+		o <- err
+	}()
+	select {
+	case err := <-o:
+		require.ErrorIs(t, err, packets.ErrPacketTooLarge)
+	case <-time.After(5 * time.Second):
+		t.Fatal("an oversized CONNECT is read, not refused")
+	}
+	_ = r.Close()
+}
+
+// A CONNECT within MaximumConnectPacketSize is read as before.
+func TestServerReadConnectionPacketWithinConnectLimit(t *testing.T) {
+	s := newServer()
+	defer s.Close()
+	raw := packets.TPacketData[packets.Connect].Get(packets.TConnectMqtt311).RawBytes
+	s.Options.Capabilities.MaximumConnectPacketSize = uint32(len(raw))
+
+	cl, r, _ := newTestClient()
+	cl.ops.options = s.Options
+	s.Clients.Add(cl)
+
+	go func() {
+		_, _ = r.Write(raw)
+		_ = r.Close()
+	}()
+	pk, err := s.readConnectionPacket(cl)
+	require.NoError(t, err)
+	require.Equal(t, *packets.TPacketData[packets.Connect].Get(packets.TConnectMqtt311).Packet, pk)
+}
+
 func TestServerReadConnectionPacketBadFixedHeader(t *testing.T) {
 	s := newServer()
 	defer s.Close()
