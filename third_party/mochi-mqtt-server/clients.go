@@ -541,17 +541,14 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion // inherit client protocol version for decoding
 	pk.FixedHeader = *fh
-	p := make([]byte, pk.FixedHeader.Remaining)
-	n, err := io.ReadFull(cl.Net.bconn, p)
+	px, err := readRemaining(cl.Net.bconn, pk.FixedHeader.Remaining)
 	if err != nil {
 		return pk, err
 	}
 
-	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(n))
+	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(len(px)))
 
-	// Decode the remaining packet values using a fresh copy of the bytes,
-	// otherwise the next packet will change the data of this one.
-	px := append([]byte{}, p[:]...)
+	// px is this packet's own: the decoded packet may keep slices of it.
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		err = pk.ConnectDecode(px)
@@ -594,6 +591,40 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 	pk, err = cl.ops.hooks.OnPacketRead(cl, pk)
 	return
+}
+
+// packetReadStep is the most that is allocated for a packet before any of its bytes
+// have arrived. A larger packet is read into a buffer that doubles as it fills, and
+// takes the packet's whole size once that is at most four times what has arrived:
+// a client that declares a large packet and sends little of it holds little, and a
+// large packet costs no more allocation than twice its size.
+const packetReadStep = 4 << 10
+
+// readRemaining reads the n bytes of a packet's remainder into a buffer of exactly
+// n bytes, allocated as they arrive.
+func readRemaining(r io.Reader, n int) ([]byte, error) {
+	p := make([]byte, min(n, packetReadStep))
+	got := 0
+	for {
+		m, err := io.ReadFull(r, p[got:])
+		got += m
+		if err == io.EOF && got > 0 {
+			err = io.ErrUnexpectedEOF // part of the packet came, in an earlier step
+		}
+		if err != nil {
+			return nil, err
+		}
+		if got == n {
+			return p, nil
+		}
+		size := 2 * len(p)
+		if 2*size >= n {
+			size = n
+		}
+		grown := make([]byte, size)
+		copy(grown, p)
+		p = grown
+	}
 }
 
 // WritePacket encodes and writes a packet to the client.

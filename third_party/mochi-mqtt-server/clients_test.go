@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -555,6 +556,72 @@ func TestClientReadFixedHeaderNoLengthTerminator(t *testing.T) {
 	require.Error(t, err)
 }
 
+// A packet's buffer grows with the bytes that arrive, not to the size its fixed
+// header declares: a client that declares 8 MiB and sends 100 bytes of it holds
+// little while the server waits for the rest.
+func TestClientReadPacketHoldsWhatArrived(t *testing.T) {
+	cl, r, _ := newTestClient()
+	defer cl.Stop(errClientStop)
+	fh := &packets.FixedHeader{Type: packets.Publish, Remaining: 8 << 20}
+
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	o := make(chan error)
+	go func() {
+		_, err := cl.ReadPacket(fh)
+		o <- err
+	}()
+	// A pipe's Write returns once the reader has taken every byte: ReadPacket
+	// then waits for more, holding what it has allocated.
+	_, err := r.Write(make([]byte, 100))
+	require.NoError(t, err)
+	runtime.GC()
+	var during runtime.MemStats
+	runtime.ReadMemStats(&during)
+	_ = r.Close()
+	require.ErrorIs(t, <-o, io.ErrUnexpectedEOF)
+
+	held := int64(during.HeapAlloc) - int64(before.HeapAlloc)
+	require.Less(t, held, int64(256<<10), "heap held while 100 of 8 MiB declared bytes have arrived: %d", held)
+}
+
+// A packet larger than the first read step, arriving in small pieces, is read
+// whole, into a buffer no larger than the packet.
+func TestClientReadPacketInPieces(t *testing.T) {
+	cl, r, _ := newTestClient()
+	defer cl.Stop(errClientStop)
+	raw := publishBytes(t, 100<<10)
+	payload := raw[len(raw)-100<<10:]
+	for i := range payload {
+		payload[i] = byte(i) // a payload whose every byte is checked
+	}
+	go func() {
+		for b := raw; len(b) > 0; b = b[min(len(b), 1000):] {
+			_, _ = r.Write(b[:min(len(b), 1000)])
+		}
+	}()
+	fh := new(packets.FixedHeader)
+	require.NoError(t, cl.ReadFixedHeader(fh))
+	pk, err := cl.ReadPacket(fh)
+	require.NoError(t, err)
+	require.Equal(t, "a/b", pk.TopicName)
+	require.Equal(t, payload, pk.Payload)
+	require.Equal(t, len(pk.Payload), cap(pk.Payload), "the packet's buffer has room to spare")
+}
+
+// A packet cut short after its first read step ends as one cut short in it does.
+func TestClientReadPacketCutShortLater(t *testing.T) {
+	cl, r, _ := newTestClient()
+	defer cl.Stop(errClientStop)
+	go func() {
+		_, _ = r.Write(make([]byte, packetReadStep))
+		_ = r.Close()
+	}()
+	_, err := cl.ReadPacket(&packets.FixedHeader{Type: packets.Publish, Remaining: 4 * packetReadStep})
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+}
+
 func TestClientReadOK(t *testing.T) {
 	cl, r, _ := newTestClient()
 	defer cl.Stop(errClientStop)
@@ -985,4 +1052,43 @@ func TestClientParseConnectCopiesUsername(t *testing.T) {
 	cl.ParseConnect("tcp1", pk)
 	pk.Connect.Username[0] = 'X'
 	require.Equal(t, []byte("user"), cl.Properties.Username, "the client keeps its own copy, not the packet's bytes")
+}
+
+// publishBytes encodes a QoS 0 PUBLISH to "a/b" carrying n bytes of payload.
+func publishBytes(tb testing.TB, n int) []byte {
+	tb.Helper()
+	var buf bytes.Buffer
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish},
+		TopicName:   "a/b",
+		Payload:     bytes.Repeat([]byte{'x'}, n),
+	}
+	require.NoError(tb, pk.PublishEncode(&buf))
+	return buf.Bytes()
+}
+
+// BenchmarkClientReadPacket reads PUBLISH packets of several sizes through a
+// client's buffered reader: 100 bytes (a heartbeat), 64 KiB and 1 MiB (chunks
+// of a large result).
+func BenchmarkClientReadPacket(b *testing.B) {
+	for _, size := range []int{100, 64 << 10, 1 << 20} {
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			raw := publishBytes(b, size)
+			cl, _, _ := newTestClient()
+			r := bytes.NewReader(raw)
+			b.SetBytes(int64(len(raw)))
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				r.Reset(raw)
+				cl.Net.bconn = bufio.NewReaderSize(r, 64)
+				fh := new(packets.FixedHeader)
+				if err := cl.ReadFixedHeader(fh); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := cl.ReadPacket(fh); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
