@@ -12,14 +12,28 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// DefaultMaxPacketSize bounds every MQTT packet in either direction. mochi
-// allocates buffers at the declared size, so it must never be unlimited.
-const DefaultMaxPacketSize = 64 << 10
+const (
+	// DefaultMaxPacketSize bounds every MQTT packet in either direction.
+	DefaultMaxPacketSize = 64 << 10
+	// DefaultMaxConnectSize bounds a CONNECT, the one packet a client sends
+	// before it is authenticated. An agent's is under 300 bytes, and a
+	// watcher's, whose password is an operator or viewer token (91
+	// characters, a password may have 256), not much more: the rest is
+	// room for MQTT v5 properties.
+	DefaultMaxConnectSize = 4 << 10
+	// DefaultConnectTimeout bounds the time from accepting a connection to
+	// having read its CONNECT, the WebSocket handshake included.
+	DefaultConnectTimeout = 10 * time.Second
+	// DefaultMaxPendingPerSource bounds the connections from one source
+	// address that have not yet been answered their CONNECT.
+	DefaultMaxPendingPerSource = 64
+)
 
 // Config configures the broker.
 type Config struct {
@@ -35,6 +49,18 @@ type Config struct {
 	AllowedOrigins []string
 	// MaxPacketSize bounds every packet; 0 means DefaultMaxPacketSize.
 	MaxPacketSize uint32
+	// MaxConnectSize bounds a CONNECT (at most MaxPacketSize); 0 means
+	// DefaultMaxConnectSize.
+	MaxConnectSize uint32
+	// ConnectTimeout bounds the time from accepting a connection to having
+	// read its CONNECT, the WebSocket handshake included; a connection
+	// still without one is closed. 0 means DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// MaxPendingPerSource bounds the connections from one source address
+	// (an IPv4 address, an IPv6 /64) that have not yet been answered their
+	// CONNECT: one more is closed as it is accepted. 0 means
+	// DefaultMaxPendingPerSource; less than 0, no bound.
+	MaxPendingPerSource int
 	// Policy decides who connects and what they touch; nil refuses all.
 	Policy Policy
 	// Hooks observe the broker (presence); they must not answer
@@ -63,11 +89,25 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.MaxPacketSize == 0 {
 		cfg.MaxPacketSize = DefaultMaxPacketSize
 	}
+	if cfg.MaxConnectSize == 0 {
+		cfg.MaxConnectSize = DefaultMaxConnectSize
+	}
+	cfg.MaxConnectSize = min(cfg.MaxConnectSize, cfg.MaxPacketSize)
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.MaxPendingPerSource == 0 {
+		cfg.MaxPendingPerSource = DefaultMaxPendingPerSource
+	}
 	if cfg.WSPath == "" {
 		cfg.WSPath = "/mqtt"
 	}
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = cfg.MaxPacketSize
+	// Until a client has authenticated, it may hold no more than a CONNECT
+	// needs (mochi reads a packet into a buffer that grows as its bytes
+	// arrive, so it holds no more than it was sent, either).
+	caps.MaximumConnectPacketSize = cfg.MaxConnectSize
 	// Idle agents vastly outnumber busy ones; a small pending-write queue
 	// keeps each one cheap.
 	caps.MaximumClientWritesPending = 64
@@ -101,7 +141,7 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
 		}
 	}
-	ws := newWSListener("ws", cfg.WSAddr, cfg.WSPath, cfg.TLS, cfg.AllowedOrigins, int64(cfg.MaxPacketSize))
+	ws := newWSListener("ws", cfg)
 	if err := srv.AddListener(ws); err != nil {
 		return nil, fmt.Errorf("broker: listen on %s: %w", cfg.WSAddr, err)
 	}

@@ -2,7 +2,9 @@ package broker_test
 
 import (
 	"fmt"
+	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -220,4 +222,119 @@ func TestBroker_SubscriberGetsEveryRetainedMessage(t *testing.T) {
 	require.NoError(t, err)
 	<-done
 	assert.Len(t, seen, n, "retained messages delivered on subscribe")
+}
+
+// awaitClosed waits for the server to close c, and returns how long that
+// took from since; it fails the test if c is still open at limit.
+func awaitClosed(t *testing.T, c net.Conn, since time.Time, limit time.Duration) time.Duration {
+	t.Helper()
+	_ = c.SetReadDeadline(since.Add(limit))
+	var b [64]byte
+	for {
+		if _, err := c.Read(b[:]); err != nil {
+			require.NotErrorIs(t, err, os.ErrDeadlineExceeded, "connection still open after %v", limit)
+			return time.Since(since)
+		}
+	}
+}
+
+// A connection has ConnectTimeout from accept to send its CONNECT, and
+// then no longer: the keep-alive the CONNECT asks for rules from there.
+func TestBroker_ClosesConnectionsWithoutConnectInTime(t *testing.T) {
+	b := start(t, broker.Config{Policy: anyPolicy{}, ConnectTimeout: 500 * time.Millisecond})
+	c, _, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "c1", Username: "u", Password: "p"})
+	require.NoError(t, err)
+	_, err = c.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "t/alive", QoS: 1}}})
+	require.NoError(t, err)
+
+	// A WebSocket that sends nothing, and one that sends part of a CONNECT.
+	t0 := time.Now()
+	silent, err := mqtttest.DialRaw(t.Context(), b.URL(), "")
+	require.NoError(t, err)
+	t1 := time.Now()
+	partial, err := mqtttest.DialRaw(t.Context(), b.URL(), "")
+	require.NoError(t, err)
+	_, err = partial.Write(mqtttest.ClientFrame(append(mqtttest.FixedHeader(0x10, 100), 0, 4, 'M', 'Q')))
+	require.NoError(t, err)
+	// A TCP connection that does not even send its HTTP request.
+	d := net.Dialer{}
+	t2 := time.Now()
+	bare, err := d.DialContext(t.Context(), "tcp", b.WSAddr().String())
+	require.NoError(t, err)
+	for name, w := range map[string]struct {
+		c     net.Conn
+		since time.Time
+	}{"silent": {silent, t0}, "partial CONNECT": {partial, t1}, "no HTTP request": {bare, t2}} {
+		took := awaitClosed(t, w.c, w.since, 5*time.Second)
+		assert.GreaterOrEqual(t, took, 400*time.Millisecond, "%s: closed before its time", name)
+		assert.Less(t, took, 2*time.Second, "%s: closed late", name)
+	}
+
+	// The client that did connect, before all three, is still served.
+	require.NoError(t, b.Server().Publish("t/alive", []byte("yes"), false, 1))
+	select {
+	case pk := <-c.Received:
+		assert.Equal(t, "yes", string(pk.Payload))
+	case <-time.After(5 * time.Second):
+		t.Fatal("a connected client lost its connection at the connect timeout")
+	}
+}
+
+// A CONNECT over MaxConnectSize is refused on its fixed header; the
+// largest a real client sends (a 256-byte password, a 128-byte client
+// id) is well within the default.
+func TestBroker_BoundsConnectSize(t *testing.T) {
+	b := start(t, broker.Config{Policy: anyPolicy{}, MaxPacketSize: 1 << 20, ConnectTimeout: 30 * time.Second})
+	raw, err := mqtttest.DialRaw(t.Context(), b.URL(), "")
+	require.NoError(t, err)
+	t0 := time.Now()
+	_, err = raw.Write(mqtttest.ClientFrame(mqtttest.FixedHeader(0x10, broker.DefaultMaxConnectSize)))
+	require.NoError(t, err)
+	awaitClosed(t, raw, t0, 5*time.Second)
+
+	_, ack, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{
+		ClientID: "monitor-" + strings.Repeat("c", 120), Username: "monitor", Password: strings.Repeat("p", 256),
+	})
+	require.NoError(t, err)
+	assert.Equal(t, byte(0), ack.ReasonCode)
+}
+
+// One source may hold at most MaxPendingPerSource connections that have
+// not been answered their CONNECT: one more is closed as it is accepted,
+// while another source still connects, clients that have authenticated
+// hold no slot, and a pending connection that closes gives its slot back.
+func TestBroker_BoundsPendingConnectionsPerSource(t *testing.T) {
+	const bound = 3
+	b := start(t, broker.Config{Policy: anyPolicy{}, MaxPendingPerSource: bound, ConnectTimeout: 30 * time.Second})
+	ctx := t.Context()
+	var held []net.Conn
+	for i := range bound {
+		c, err := mqtttest.DialRaw(ctx, b.URL(), "127.0.0.2")
+		require.NoError(t, err, "pending connection %d", i)
+		held = append(held, c)
+		t.Cleanup(func() { _ = c.Close() })
+	}
+	_, err := mqtttest.DialRaw(ctx, b.URL(), "127.0.0.2")
+	require.ErrorContains(t, err, "handshake", "connection %d pending from one source", bound+1)
+
+	// Another source is not held back, and neither are clients once
+	// authenticated: twice the bound connect one after another from it.
+	other, err := mqtttest.DialRaw(ctx, b.URL(), "127.0.0.3")
+	require.NoError(t, err, "a pending connection from another source")
+	require.NoError(t, other.Close())
+	for i := range 2 * bound {
+		_, _, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: fmt.Sprintf("c%d", i), Username: "u", Password: "p"})
+		require.NoError(t, err, "authenticated client %d", i)
+	}
+
+	// Once one of them closes, the source may open another.
+	require.NoError(t, held[0].Close())
+	require.Eventually(t, func() bool {
+		c, err := mqtttest.DialRaw(ctx, b.URL(), "127.0.0.2")
+		if err != nil {
+			return false
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return true
+	}, 5*time.Second, 20*time.Millisecond, "the slot of a closed pending connection is given back")
 }

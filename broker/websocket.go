@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -28,8 +30,10 @@ type wsListener struct {
 	tls     *tls.Config
 	origins []string
 
-	upgrader websocket.Upgrader
-	readMax  int64
+	upgrader       websocket.Upgrader
+	readMax        int64
+	connectTimeout time.Duration
+	pending        *sourceLimiter
 
 	mu        sync.Mutex
 	ln        net.Listener
@@ -38,11 +42,16 @@ type wsListener struct {
 	establish listeners.EstablishFn
 }
 
-func newWSListener(id, address, path string, tlsConf *tls.Config, origins []string, maxPacket int64) *wsListener {
-	l := &wsListener{id: id, address: address, path: path, tls: tlsConf, origins: origins, readMax: maxPacket + 16}
+func newWSListener(id string, cfg Config) *wsListener {
+	l := &wsListener{
+		id: id, address: cfg.WSAddr, path: cfg.WSPath, tls: cfg.TLS, origins: cfg.AllowedOrigins,
+		readMax:        int64(cfg.MaxPacketSize) + 16,
+		connectTimeout: cfg.ConnectTimeout,
+		pending:        newSourceLimiter(cfg.MaxPendingPerSource),
+	}
 	l.upgrader = websocket.Upgrader{
 		Subprotocols:     []string{"mqtt"},
-		HandshakeTimeout: 10 * time.Second,
+		HandshakeTimeout: cfg.ConnectTimeout,
 		CheckOrigin:      l.checkOrigin,
 		// gorilla's connection is dropped after the handshake; these keep
 		// what it allocates for it small.
@@ -78,10 +87,11 @@ func (l *wsListener) addr() net.Addr {
 }
 
 func (l *wsListener) Init(log *slog.Logger) error {
-	ln, err := net.Listen("tcp", l.address)
+	tcp, err := net.Listen("tcp", l.address)
 	if err != nil {
 		return err
 	}
+	var ln net.Listener = &pendingListener{Listener: tcp, pending: l.pending, log: log}
 	if l.tls != nil {
 		ln = tls.NewListener(ln, l.tls)
 	}
@@ -90,7 +100,13 @@ func (l *wsListener) Init(log *slog.Logger) error {
 	l.mu.Lock()
 	l.ln = ln
 	l.log = log
-	l.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	// Nothing is served here but the upgrade to MQTT: a connection has the
+	// connect timeout for its TLS handshake, its request, or between
+	// requests, as it has from accept to CONNECT.
+	l.srv = &http.Server{
+		Handler: mux, ReadHeaderTimeout: l.connectTimeout, IdleTimeout: l.connectTimeout,
+		MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
 	l.mu.Unlock()
 	return nil
 }
@@ -135,6 +151,21 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	establish := l.establish
 	l.mu.Unlock()
 	remote := r.RemoteAddr
+	netConn := c.NetConn()
+	pc := pendingOf(netConn)
+	if pc == nil {
+		_ = netConn.Close() // not one pendingListener accepted: cannot be
+		return
+	}
+	// net/http cleared the connection's deadlines as gorilla took it over,
+	// and mochi sets its keep-alive deadline only once it has read the
+	// CONNECT: until then, the connect timeout counted from accept holds.
+	_ = netConn.SetDeadline(pc.accepted.Add(l.connectTimeout))
+	if netConn == net.Conn(pc) {
+		// Plain TCP: wsnet gets the socket itself, which it can peek at;
+		// the slot is given back below.
+		netConn = pc.Conn
+	}
 	// gorilla only did the handshake (it refuses clients that send before
 	// it ends, so nothing is buffered); wsnet frames the stream itself so an
 	// idle connection holds no read buffer and can be waited on without
@@ -142,10 +173,130 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	// and closes it when the client ends. The MQTT loop runs on a fresh
 	// goroutine and the handler returns, so net/http's goroutine, its deep
 	// stack and its buffers are freed.
-	conn := wsnet.NewServerConn(c.NetConn(), l.readMax)
+	conn := wsnet.NewServerConn(netConn, l.readMax)
 	go func() {
+		// On a ReadWaiter, establish returns once the CONNECT is answered:
+		// the connection is no longer pending either way.
+		defer pc.settle()
 		if err := establish(l.id, conn); err != nil {
 			l.log.Debug("client connection refused", "remote", remote, "err", err)
 		}
 	}()
+}
+
+// sourceLimiter counts, per source, the connections that have not yet been
+// answered their CONNECT.
+type sourceLimiter struct {
+	max int // < 0: no bound, nothing counted
+	mu  sync.Mutex
+	n   map[netip.Addr]int
+}
+
+func newSourceLimiter(bound int) *sourceLimiter {
+	return &sourceLimiter{max: bound, n: map[netip.Addr]int{}}
+}
+
+// acquire takes a slot for src, unless it holds max already.
+func (l *sourceLimiter) acquire(src netip.Addr) bool {
+	if l.max < 0 {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[src] >= l.max {
+		return false
+	}
+	l.n[src]++
+	return true
+}
+
+func (l *sourceLimiter) release(src netip.Addr) {
+	if l.max < 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[src]--; l.n[src] <= 0 {
+		delete(l.n, src)
+	}
+}
+
+// sourceOf is the source a connection is counted against: its IPv4
+// address, or its IPv6 address's /64, which one host can hold whole.
+func sourceOf(a net.Addr) netip.Addr {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}
+	}
+	ip, _ := netip.AddrFromSlice(ta.IP)
+	ip = ip.Unmap()
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.Addr()
+	}
+	return ip
+}
+
+// pendingListener accepts a connection only while its source has fewer
+// than the limiter's bound pending; it closes one more at once, before
+// net/http spends a goroutine or a buffer on it.
+type pendingListener struct {
+	net.Listener
+	pending *sourceLimiter
+	log     *slog.Logger
+}
+
+func (l *pendingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		src := sourceOf(c.RemoteAddr())
+		if l.pending.acquire(src) {
+			return &pendingConn{Conn: c, pending: l.pending, src: src, accepted: time.Now()}, nil
+		}
+		l.log.Debug("connection refused: too many pending from its source", "remote", c.RemoteAddr().String())
+		_ = c.Close()
+	}
+}
+
+// pendingConn is a connection until its CONNECT is answered: it holds a
+// slot of its source's, given back once (settle) when the CONNECT is
+// answered or the connection closed.
+type pendingConn struct {
+	net.Conn
+	pending  *sourceLimiter
+	src      netip.Addr
+	accepted time.Time
+	settled  atomic.Bool
+}
+
+func (c *pendingConn) settle() {
+	if c.settled.CompareAndSwap(false, true) {
+		c.pending.release(c.src)
+	}
+}
+
+func (c *pendingConn) Close() error {
+	c.settle()
+	return c.Conn.Close()
+}
+
+// CloseWrite lets net/http half-close after an error response, as it does
+// a *net.TCPConn.
+func (c *pendingConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// pendingOf finds the pendingConn under a connection net/http served.
+func pendingOf(c net.Conn) *pendingConn {
+	if t, ok := c.(*tls.Conn); ok {
+		c = t.NetConn()
+	}
+	pc, _ := c.(*pendingConn)
+	return pc
 }
