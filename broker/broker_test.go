@@ -338,3 +338,25 @@ func TestBroker_BoundsPendingConnectionsPerSource(t *testing.T) {
 		return true
 	}, 5*time.Second, 20*time.Millisecond, "the slot of a closed pending connection is given back")
 }
+
+// Closing the broker does not wait for connections yet to send their
+// CONNECT: it closes them.
+func TestBroker_CloseDoesNotWaitForPendingConnections(t *testing.T) {
+	b, err := broker.New(broker.Config{WSAddr: "127.0.0.1:0", Policy: anyPolicy{}, ConnectTimeout: 30 * time.Second})
+	require.NoError(t, err)
+	require.NoError(t, b.Start())
+	c, err := mqtttest.DialRaw(t.Context(), b.URL(), "")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+
+	t0 := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- b.Close() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waits for a connection yet to send its CONNECT")
+	}
+	awaitClosed(t, c, t0, 5*time.Second)
+}

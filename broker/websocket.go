@@ -33,7 +33,7 @@ type wsListener struct {
 	upgrader       websocket.Upgrader
 	readMax        int64
 	connectTimeout time.Duration
-	pending        *sourceLimiter
+	pending        *pendingSet
 
 	mu        sync.Mutex
 	ln        net.Listener
@@ -47,7 +47,7 @@ func newWSListener(id string, cfg Config) *wsListener {
 		id: id, address: cfg.WSAddr, path: cfg.WSPath, tls: cfg.TLS, origins: cfg.AllowedOrigins,
 		readMax:        int64(cfg.MaxPacketSize) + 16,
 		connectTimeout: cfg.ConnectTimeout,
-		pending:        newSourceLimiter(cfg.MaxPendingPerSource),
+		pending:        newPendingSet(cfg.MaxPendingPerSource),
 	}
 	l.upgrader = websocket.Upgrader{
 		Subprotocols:     []string{"mqtt"},
@@ -130,6 +130,9 @@ func (l *wsListener) Close(closeClients listeners.CloseFn) {
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 	}
+	// mochi waits for every connection it was handed, those still to send
+	// a CONNECT too, which only their deadline would end.
+	l.pending.closeAll()
 	closeClients(l.id)
 }
 
@@ -184,40 +187,50 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	}()
 }
 
-// sourceLimiter counts, per source, the connections that have not yet been
-// answered their CONNECT.
-type sourceLimiter struct {
-	max int // < 0: no bound, nothing counted
-	mu  sync.Mutex
-	n   map[netip.Addr]int
+// pendingSet holds the connections not yet answered their CONNECT, and
+// counts them per source.
+type pendingSet struct {
+	max    int // per source; < 0: no bound
+	mu     sync.Mutex
+	n      map[netip.Addr]int
+	conns  map[*pendingConn]struct{}
+	closed bool
 }
 
-func newSourceLimiter(bound int) *sourceLimiter {
-	return &sourceLimiter{max: bound, n: map[netip.Addr]int{}}
+func newPendingSet(bound int) *pendingSet {
+	return &pendingSet{max: bound, n: map[netip.Addr]int{}, conns: map[*pendingConn]struct{}{}}
 }
 
-// acquire takes a slot for src, unless it holds max already.
-func (l *sourceLimiter) acquire(src netip.Addr) bool {
-	if l.max < 0 {
-		return true
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.n[src] >= l.max {
+// add takes a slot of c's source for c, unless the source holds max
+// already or the set is closed.
+func (s *pendingSet) add(c *pendingConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || (s.max >= 0 && s.n[c.src] >= s.max) {
 		return false
 	}
-	l.n[src]++
+	s.n[c.src]++
+	s.conns[c] = struct{}{}
 	return true
 }
 
-func (l *sourceLimiter) release(src netip.Addr) {
-	if l.max < 0 {
-		return
+func (s *pendingSet) remove(c *pendingConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+	if s.n[c.src]--; s.n[c.src] <= 0 {
+		delete(s.n, c.src)
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.n[src]--; l.n[src] <= 0 {
-		delete(l.n, src)
+}
+
+// closeAll closes every pending connection, so that a broker closing does
+// not wait for them, and refuses any more.
+func (s *pendingSet) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for c := range s.conns {
+		_ = c.Conn.Close() // the socket: c itself may no longer be the one in use
 	}
 }
 
@@ -242,7 +255,7 @@ func sourceOf(a net.Addr) netip.Addr {
 // net/http spends a goroutine or a buffer on it.
 type pendingListener struct {
 	net.Listener
-	pending *sourceLimiter
+	pending *pendingSet
 	log     *slog.Logger
 }
 
@@ -252,9 +265,9 @@ func (l *pendingListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		src := sourceOf(c.RemoteAddr())
-		if l.pending.acquire(src) {
-			return &pendingConn{Conn: c, pending: l.pending, src: src, accepted: time.Now()}, nil
+		pc := &pendingConn{Conn: c, pending: l.pending, src: sourceOf(c.RemoteAddr()), accepted: time.Now()}
+		if l.pending.add(pc) {
+			return pc, nil
 		}
 		l.log.Debug("connection refused: too many pending from its source", "remote", c.RemoteAddr().String())
 		_ = c.Close()
@@ -266,7 +279,7 @@ func (l *pendingListener) Accept() (net.Conn, error) {
 // answered or the connection closed.
 type pendingConn struct {
 	net.Conn
-	pending  *sourceLimiter
+	pending  *pendingSet
 	src      netip.Addr
 	accepted time.Time
 	settled  atomic.Bool
@@ -274,7 +287,7 @@ type pendingConn struct {
 
 func (c *pendingConn) settle() {
 	if c.settled.CompareAndSwap(false, true) {
-		c.pending.release(c.src)
+		c.pending.remove(c)
 	}
 }
 
