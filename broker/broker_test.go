@@ -360,3 +360,33 @@ func TestBroker_CloseDoesNotWaitForPendingConnections(t *testing.T) {
 	}
 	awaitClosed(t, c, t0, 5*time.Second)
 }
+
+// Only the control plane retains: a client's retained publish is
+// delivered but not stored, and its empty retained publish does not
+// delete what the control plane retained.
+func TestBroker_ClientsCannotRetain(t *testing.T) {
+	b := start(t, broker.Config{Policy: anyPolicy{}})
+	require.NoError(t, b.Publish("t/status", []byte("from the control plane"), true, 0, nil))
+	c, _, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "c1", Username: "u", Password: "p"})
+	require.NoError(t, err)
+	_, err = c.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "t/own", QoS: 1}}})
+	require.NoError(t, err)
+
+	_, err = c.Publish(t.Context(), &paho.Publish{Topic: "t/own", QoS: 1, Retain: true, Payload: []byte("from a client")})
+	require.NoError(t, err)
+	select {
+	case pk := <-c.Received:
+		assert.Equal(t, "from a client", string(pk.Payload), "delivered")
+	case <-time.After(5 * time.Second):
+		t.Fatal("a client's retained publish is not delivered")
+	}
+	_, err = c.Publish(t.Context(), &paho.Publish{Topic: "t/status", QoS: 1, Retain: true})
+	require.NoError(t, err)
+
+	// Both publishes were acknowledged, so the broker has handled them.
+	_, ok := b.Server().Topics.Retained.Get("t/own")
+	assert.False(t, ok, "a client's publish retained")
+	pk, ok := b.Server().Topics.Retained.Get("t/status")
+	require.True(t, ok, "a client's empty retained publish deleted the control plane's")
+	assert.Equal(t, "from the control plane", string(pk.Payload))
+}

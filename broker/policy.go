@@ -33,7 +33,8 @@ type ConnectRequest struct {
 
 // accessHook adapts a Policy to mochi. It is the only hook that answers
 // OnConnectAuthenticate and OnACLCheck; mochi ORs hooks, so adding any
-// permissive hook beside it would open the broker.
+// permissive hook beside it would open the broker. It also keeps retained
+// messages the control plane's (OnPublish).
 type accessHook struct {
 	mqtt.HookBase
 	policy Policy
@@ -42,7 +43,19 @@ type accessHook struct {
 func (h *accessHook) ID() string { return "argus-access" }
 
 func (h *accessHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish}, []byte{b})
+}
+
+// OnPublish clears the retain flag of every publish but the control
+// plane's (in-process clients'): the ACL sees topics, not flags, and a
+// retained message would outlive its publisher, never expiring, in the
+// broker's memory. The publish is delivered as usual; it neither stores
+// a retained message nor, empty, deletes one.
+func (h *accessHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if !cl.Net.Inline {
+		pk.FixedHeader.Retain = false
+	}
+	return pk, nil
 }
 
 func (h *accessHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {

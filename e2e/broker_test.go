@@ -351,3 +351,56 @@ func TestPresence_RetainedAgentStatusTopic(t *testing.T) {
 		t.Fatal("status is not retained")
 	}
 }
+
+// Retained messages are the control plane's: an agent that publishes with
+// the retain flag on its own topics has its message delivered as usual
+// but never stored, so nothing it sends outlives it in the broker.
+func TestBroker_AgentPublishesAreNotRetained(t *testing.T) {
+	p := startInProcess(t)
+	e := p.enrollDirect(t, "a")
+	id, _ := topics.ParseAgentID(e.AgentID)
+	brk := p.srv.Broker().Server()
+	kinds := []topics.Kind{topics.Heartbeat, topics.Manifest, topics.Results, topics.ActivationAck}
+
+	got := make(chan string, 16)
+	require.NoError(t, brk.Subscribe("argus/v1/agents/#", 95, func(cl *mqtt.Client, sub packets.Subscription, pk packets.Packet) {
+		if pk.Origin == e.AgentID {
+			got <- pk.TopicName
+		}
+	}))
+	c := p.dialAgent(t, e)
+	// The control plane retains the agent's status and activation state
+	// as it connects; count from there.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		_, status := brk.Topics.Retained.Get(id.Status())
+		_, activation := brk.Topics.Retained.Get(id.Topic(topics.Activation))
+		return status && activation
+	}, "the agent's retained status and activation")
+	retainedBefore := brk.Topics.Retained.Len()
+	base := liveHeap()
+
+	for _, k := range kinds {
+		payload := make([]byte, 7<<20)
+		_, err := c.Publish(t.Context(), &paho.Publish{Topic: id.Topic(k), QoS: 1, Retain: true, Payload: payload})
+		require.NoError(t, err, "publish on %s", k)
+		select {
+		case topic := <-got:
+			assert.Equal(t, id.Topic(k), topic, "delivered to the control plane")
+		case <-time.After(10 * time.Second):
+			t.Fatalf("publish on %s not delivered", k)
+		}
+	}
+
+	held := liveHeap() - base
+	t.Logf("heap growth after 4 retained 7 MiB publishes: %.1f MiB", float64(held)/(1<<20))
+	assert.Less(t, held, int64(4<<20), "an agent's publishes hold no memory once delivered")
+	assert.Equal(t, retainedBefore, brk.Topics.Retained.Len(), "retained message count")
+	for _, k := range kinds {
+		_, ok := brk.Topics.Retained.Get(id.Topic(k))
+		assert.False(t, ok, "%s retained", k)
+		// A new subscriber is handed retained messages as it subscribes.
+		var late int
+		require.NoError(t, brk.Subscribe(id.Topic(k), 94, func(*mqtt.Client, packets.Subscription, packets.Packet) { late++ }))
+		assert.Zero(t, late, "a new subscriber to %s got a retained message", k)
+	}
+}
