@@ -16,6 +16,7 @@ import (
 
 	"github.com/argus-remote/argus/broker"
 	"github.com/argus-remote/argus/internal/mqtttest"
+	"github.com/argus-remote/argus/internal/testenv"
 	"github.com/argus-remote/argus/topics"
 )
 
@@ -139,4 +140,30 @@ func TestBroker_HalfOpenConnectsHoldNeitherMemoryNorConnections(t *testing.T) {
 		pcancel()
 		require.NoError(t, err, "agent %d after the half-open connections closed", i)
 	}
+}
+
+// The server's settings reach the broker: mqtt-max-pending-per-source
+// bounds one source's pending connections, mqtt-connect-timeout how long
+// they may stay.
+func TestServer_ConnectSettingsReachTheBroker(t *testing.T) {
+	env := testenv.NewEnv(t)
+	srv := testenv.StartInProcess(t, env, map[string]any{"mqtt-max-pending-per-source": 2, "mqtt-connect-timeout": "1s"})
+	ctx := t.Context()
+	var held []net.Conn
+	t0 := time.Now()
+	for range 2 {
+		c, err := mqtttest.DialRaw(ctx, srv.MQTTURL(), "127.0.0.2")
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = c.Close() })
+		held = append(held, c)
+	}
+	_, err := mqtttest.DialRaw(ctx, srv.MQTTURL(), "127.0.0.2")
+	require.ErrorContains(t, err, "handshake", "a third pending connection from one source")
+	for _, c := range held {
+		_ = c.SetReadDeadline(t0.Add(5 * time.Second))
+		_, err := c.Read(make([]byte, 1))
+		require.Error(t, err)
+		require.NotErrorIs(t, err, os.ErrDeadlineExceeded, "a pending connection outlived mqtt-connect-timeout")
+	}
+	assert.Less(t, time.Since(t0), 3*time.Second, "pending connections closed at mqtt-connect-timeout")
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/viper"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
+	"github.com/argus-remote/argus/broker"
 	"github.com/argus-remote/argus/controlplane/mail"
 	"github.com/argus-remote/argus/internal/settings"
 )
@@ -31,16 +32,20 @@ type Config struct {
 	HTTPTLSCert string
 	HTTPTLSKey  string
 
-	MQTTWSAddr     string
-	MQTTWSPath     string
-	MQTTTLSCert    string
-	MQTTTLSKey     string
-	MQTTOrigins    []string
-	MQTTMaxPacket  uint32
-	RemoteSupport  bool
-	OperatorCIDRs  []netip.Prefix
-	TrustedProxies []netip.Prefix
-	OpsToken       string
+	MQTTWSAddr    string
+	MQTTWSPath    string
+	MQTTTLSCert   string
+	MQTTTLSKey    string
+	MQTTOrigins   []string
+	MQTTMaxPacket uint32
+	// MQTTConnectTimeout and MQTTMaxPendingPerSource: see broker.Config's
+	// ConnectTimeout and MaxPendingPerSource (here 0 is no bound).
+	MQTTConnectTimeout      time.Duration
+	MQTTMaxPendingPerSource int
+	RemoteSupport           bool
+	OperatorCIDRs           []netip.Prefix
+	TrustedProxies          []netip.Prefix
+	OpsToken                string
 
 	NodeID            string
 	MQTTPublicURL     string
@@ -91,6 +96,8 @@ var Keys = []settings.Key{
 	// Big enough for the largest command result (an 8 MiB result plus
 	// MQTT framing), and no bigger.
 	{Name: "mqtt-max-packet-size", Env: []string{"ARGUS_MQTT_MAX_PACKET_SIZE"}, Default: 8<<20 + 64<<10},
+	{Name: "mqtt-connect-timeout", Env: []string{"ARGUS_MQTT_CONNECT_TIMEOUT"}, Default: "10s"},
+	{Name: "mqtt-max-pending-per-source", Env: []string{"ARGUS_MQTT_MAX_PENDING_PER_SOURCE"}, Default: broker.DefaultMaxPendingPerSource},
 	{Name: "remote-support-enabled", Env: []string{"REMOTE_SUPPORT_ENABLED"}, Default: false},
 	{Name: "remote-support-operator-cidrs", Env: []string{"REMOTE_SUPPORT_OPERATOR_CIDRS"}},
 	{Name: "ops-token", Env: []string{"ARGUS_OPS_TOKEN"}},
@@ -194,6 +201,16 @@ func FromViper(v *viper.Viper) (Config, error) {
 		bad("mqtt-max-packet-size", "%d is outside 1024..67108864 bytes", n)
 	} else {
 		c.MQTTMaxPacket = uint32(n)
+	}
+	if d, err := time.ParseDuration(v.GetString("mqtt-connect-timeout")); err != nil || d < time.Second || d > 5*time.Minute {
+		bad("mqtt-connect-timeout", "%q is not a duration within 1s..5m", v.GetString("mqtt-connect-timeout"))
+	} else {
+		c.MQTTConnectTimeout = d
+	}
+	if n := v.GetInt64("mqtt-max-pending-per-source"); n < 0 || n > 1<<20 {
+		bad("mqtt-max-pending-per-source", "%d is outside 0..1048576 (0: no bound)", n)
+	} else {
+		c.MQTTMaxPendingPerSource = int(n)
 	}
 	if n := v.GetInt64("gc-heap-floor"); n < 0 || n > 64<<30 {
 		bad("gc-heap-floor", "%d is outside 0..68719476736 bytes", n)

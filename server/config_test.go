@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/spf13/viper"
 	"github.com/stretchr/testify/assert"
@@ -22,6 +23,29 @@ func TestExampleConfigLoads(t *testing.T) {
 	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.20.0.0/16")}, cfg.OperatorCIDRs)
 	assert.False(t, cfg.RemoteSupport)
 	assert.Equal(t, uint64(64<<20), cfg.GCHeapFloor)
+	assert.Equal(t, 10*time.Second, cfg.MQTTConnectTimeout)
+	assert.Equal(t, 64, cfg.MQTTMaxPendingPerSource)
+}
+
+func TestMQTTConnectBounds(t *testing.T) {
+	for env, values := range map[string]map[string]bool{
+		"ARGUS_MQTT_CONNECT_TIMEOUT":        {"1s": true, "2m": true, "500ms": false, "6m": false, "ten": false},
+		"ARGUS_MQTT_MAX_PENDING_PER_SOURCE": {"0": true, "1": true, "1024": true, "-1": false, "1048577": false},
+	} {
+		t.Run(env, func(t *testing.T) {
+			for value, ok := range values {
+				t.Setenv(env, value)
+				v := viper.New()
+				require.NoError(t, settings.Load(v, nil, "", server.Keys))
+				_, err := server.FromViper(v)
+				if ok {
+					assert.NoError(t, err, "%s=%s", env, value)
+				} else {
+					assert.ErrorContains(t, err, env, "%s=%s", env, value)
+				}
+			}
+		})
+	}
 }
 
 func TestGCHeapFloorBounds(t *testing.T) {

@@ -127,15 +127,21 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if err != nil {
 		return nil, fmt.Errorf("mqtt-tls-cert: %w", err)
 	}
+	pending := cfg.MQTTMaxPendingPerSource
+	if pending == 0 {
+		pending = -1 // the setting's 0 is no bound
+	}
 	s.broker, err = broker.New(broker.Config{
-		WSAddr:         cfg.MQTTWSAddr,
-		WSPath:         cfg.MQTTWSPath,
-		TLS:            mqttTLS,
-		AllowedOrigins: origins,
-		MaxPacketSize:  cfg.MQTTMaxPacket,
-		Policy:         s.policy,
-		Hooks:          []mqtt.Hook{s.fleet.Hook()},
-		Logger:         log,
+		WSAddr:              cfg.MQTTWSAddr,
+		WSPath:              cfg.MQTTWSPath,
+		TLS:                 mqttTLS,
+		AllowedOrigins:      origins,
+		MaxPacketSize:       cfg.MQTTMaxPacket,
+		ConnectTimeout:      cfg.MQTTConnectTimeout,
+		MaxPendingPerSource: pending,
+		Policy:              s.policy,
+		Hooks:               []mqtt.Hook{s.fleet.Hook()},
+		Logger:              log,
 	})
 	if err != nil {
 		return nil, err
