@@ -1339,11 +1339,22 @@ func (s *Server) processPubcomp(cl *Client, pk packets.Packet) error {
 	return nil
 }
 
+// clientPacketIDInUse reports whether id is held by a flow the client
+// started: an incoming QoS 2 publish awaiting its PUBREL (kept as the PUBREC
+// sent for it). Packet identifiers are chosen by each side for its own
+// packets, so one the server has in flight to the client (an outgoing
+// PUBLISH or PUBREL) does not make the client's SUBSCRIBE or UNSUBSCRIBE
+// with the same id a reuse [MQTT-2.2.1-2].
+func clientPacketIDInUse(cl *Client, id uint16) bool {
+	pk, ok := cl.State.Inflight.Get(id)
+	return ok && pk.FixedHeader.Type == packets.Pubrec
+}
+
 // processSubscribe processes a Subscribe packet.
 func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 	pk = s.hooks.OnSubscribe(cl, pk)
 	code := packets.CodeSuccess
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
+	if clientPacketIDInUse(cl, pk.PacketID) {
 		code = packets.ErrPacketIdentifierInUse
 	}
 
@@ -1417,7 +1428,7 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 // processUnsubscribe processes an unsubscribe packet.
 func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 	code := packets.CodeSuccess
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
+	if clientPacketIDInUse(cl, pk.PacketID) {
 		code = packets.ErrPacketIdentifierInUse
 	}
 

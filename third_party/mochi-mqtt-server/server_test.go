@@ -2865,7 +2865,7 @@ func TestServerProcessPacketSubscribePacketIDInUse(t *testing.T) {
 	s := newServer()
 	cl, r, w := newTestClient()
 	cl.Properties.ProtocolVersion = 5
-	cl.State.Inflight.Set(packets.Packet{PacketID: 15, FixedHeader: packets.FixedHeader{Type: packets.Publish}})
+	cl.State.Inflight.Set(packets.Packet{PacketID: 15, FixedHeader: packets.FixedHeader{Type: packets.Pubrec}})
 
 	pkx := *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeMqtt5).Packet
 	pkx.PacketID = 15
@@ -3112,11 +3112,50 @@ func TestServerProcessPacketUnsubscribe(t *testing.T) {
 	require.Equal(t, int64(-1), atomic.LoadInt64(&s.Info.Subscriptions))
 }
 
+// An outgoing publish in flight with the same id is the server's own: the
+// client's SUBSCRIBE and UNSUBSCRIBE are not refused for it.
+func TestServerProcessPacketSubscribeIDOfServersOwnInflightIsFree(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pk   packets.Packet
+		want []byte
+	}{
+		{"subscribe", func() packets.Packet {
+			pk := *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeMqtt5).Packet
+			pk.PacketID = 15
+			return pk
+		}(), packets.TPacketData[packets.Suback].Get(packets.TSubackMqtt5).RawBytes},
+		{"unsubscribe", *packets.TPacketData[packets.Unsubscribe].Get(packets.TUnsubscribeMqtt5).Packet,
+			packets.TPacketData[packets.Unsuback].Get(packets.TUnsubackMqtt5).RawBytes},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer()
+			cl, r, w := newTestClient()
+			cl.Properties.ProtocolVersion = 5
+			cl.State.Inflight.Set(packets.Packet{PacketID: 15, FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}})
+			if tc.name == "unsubscribe" {
+				s.Topics.Subscribe(cl.ID, packets.Subscription{Filter: "a/b"})
+				cl.State.Subscriptions.Add("a/b", packets.Subscription{Filter: "a/b"})
+				s.Topics.Subscribe(cl.ID, packets.Subscription{Filter: "d/e/f"})
+				cl.State.Subscriptions.Add("d/e/f", packets.Subscription{Filter: "d/e/f"})
+			}
+			go func() {
+				err := s.processPacket(cl, tc.pk)
+				require.NoError(t, err)
+				_ = w.Close()
+			}()
+			buf, err := io.ReadAll(r)
+			require.NoError(t, err)
+			require.Equal(t, tc.want, buf)
+		})
+	}
+}
+
 func TestServerProcessPacketUnsubscribePackedIDInUse(t *testing.T) {
 	s := newServer()
 	cl, r, w := newTestClient()
 	cl.Properties.ProtocolVersion = 5
-	cl.State.Inflight.Set(packets.Packet{PacketID: 15, FixedHeader: packets.FixedHeader{Type: packets.Publish}})
+	cl.State.Inflight.Set(packets.Packet{PacketID: 15, FixedHeader: packets.FixedHeader{Type: packets.Pubrec}})
 	go func() {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Unsubscribe].Get(packets.TUnsubscribeMqtt5).Packet)
 		require.NoError(t, err)
