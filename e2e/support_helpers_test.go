@@ -167,12 +167,18 @@ func (s *supportEnv) assertClosed(t *testing.T, sess apiclient.Session, dir stri
 	assert.Equal(t, reason, got.EndReason)
 	assert.False(t, got.Active)
 
+	// The broker steps follow the end's commit: the row may say ended a
+	// moment before they have run.
 	id, _ := topics.ParseAgentID(sess.AgentID)
-	assert.False(t, s.srv.Policy().Active(sess.AgentID), "ACL closed")
-	if cl, ok := s.srv.Broker().Server().Clients.Get(sess.AgentID); ok {
+	testenv.Eventually(t, 5*time.Second, func() bool { return !s.srv.Policy().Active(sess.AgentID) }, "ACL closed")
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		cl, ok := s.srv.Broker().Server().Clients.Get(sess.AgentID)
+		if !ok {
+			return true
+		}
 		_, subscribed := cl.State.Subscriptions.Get(id.Topic(topics.Commands))
-		assert.False(t, subscribed, "commands subscription dropped")
-	}
+		return !subscribed
+	}, "commands subscription dropped")
 
 	// The agent is dormant by its own account.
 	testenv.Eventually(t, 5*time.Second, func() bool {
@@ -201,11 +207,13 @@ func (s *supportEnv) assertClosed(t *testing.T, sess apiclient.Session, dir stri
 	}
 	s.mu.Unlock()
 
-	var ts struct {
-		Active bool `json:"active"`
-	}
-	s.readTenantStatus(t, sess.TenantID, &ts)
-	assert.False(t, ts.Active, "tenant indicator says no session")
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		var ts struct {
+			Active bool `json:"active"`
+		}
+		s.readTenantStatus(t, sess.TenantID, &ts)
+		return !ts.Active
+	}, "tenant indicator says no session")
 }
 
 func (s *supportEnv) awaitAck(t *testing.T, sessionID string) topics.ActivationAckMsg {
