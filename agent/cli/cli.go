@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/argus-remote/argus/agent"
+	"github.com/argus-remote/argus/internal/cmdtree"
 	"github.com/argus-remote/argus/internal/settings"
 	"github.com/argus-remote/argus/patch"
 )
@@ -40,6 +41,7 @@ func NewRootCmd(io IOStreams) *cobra.Command {
 	pf.String("log-level", "info", "log level: debug, info, warn, error")
 
 	root.AddCommand(newVersionCmd(io), newConfigCmd(io), newEnrollCmd(io), newRunCmd(io), newKillSwitchCmd(io), newStatusCmd(io))
+	cmdtree.RefuseUnknownSubcommands(root)
 	return root
 }
 

@@ -81,3 +81,14 @@ func TestCheckConfig_RefusesNamingTheKey(t *testing.T) {
 	assert.Equal(t, 1, code)
 	assert.Contains(t, errOut.String(), "invalid cameras")
 }
+
+// A mistyped subcommand of a parent fails naming it, with a suggestion,
+// before any of the flags meant for the intended command are judged.
+func TestAgentCLI_UnknownSubcommandFails(t *testing.T) {
+	var out, errOut bytes.Buffer
+	code := cli.Execute([]string{"kill-switch", "engag", "--reason", "freeze"}, cli.IOStreams{Out: &out, ErrOut: &errOut})
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut.String(), `unknown command "engag" for "argus-agent kill-switch"`)
+	assert.Contains(t, errOut.String(), "Did you mean this?\n\tengage")
+	assert.NotContains(t, out.String(), "Usage:")
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/argus-remote/argus/argusctl/tenant"
 	"github.com/argus-remote/argus/argusctl/version"
 	"github.com/argus-remote/argus/argusctl/whoami"
+	"github.com/argus-remote/argus/internal/cmdtree"
 )
 
 // NewCmdRoot builds argusctl with its global flags. The Factory's Config
@@ -57,6 +58,9 @@ selected profile of ~/.config/argusctl/config.yaml.`,
 	// Resolve the configuration before any command runs, so a bad file or
 	// flag fails first and the same way for every command.
 	cmd.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
+		if cmdtree.IsGroup(cmd) {
+			return nil // only prints its help
+		}
 		_, err := f.Config()
 		return err
 	}
@@ -71,5 +75,6 @@ selected profile of ~/.config/argusctl/config.yaml.`,
 		patchcmd.NewCmdPatch(f),
 		operator.NewCmdOperator(f),
 	)
+	cmdtree.RefuseUnknownSubcommands(cmd)
 	return cmd, f
 }

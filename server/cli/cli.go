@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/argus-remote/argus/internal/cmdtree"
 	"github.com/argus-remote/argus/internal/settings"
 	"github.com/argus-remote/argus/internal/telemetry"
 	"github.com/argus-remote/argus/server"
@@ -41,6 +42,7 @@ func NewRootCmd(io IOStreams) *cobra.Command {
 	pf.String("log-format", "text", "log format: text or json")
 
 	root.AddCommand(newServeCmd(io), newOperatorCmd(io), newAuditCmd(io), newVersionCmd(io))
+	cmdtree.RefuseUnknownSubcommands(root)
 	return root
 }
 
