@@ -13,6 +13,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -110,7 +111,11 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 		}
 		return firstNonEmpty(str(key), os.Getenv(env), fromProfile)
 	}
-	c.Server = firstNonEmpty(get("server"), DefaultServer)
+	server, err := serverURL(firstNonEmpty(get("server"), DefaultServer))
+	if err != nil {
+		return nil, err
+	}
+	c.Server = server
 	c.Token = get("token")
 	c.OpsToken = get("ops-token")
 	c.Output = firstNonEmpty(get("output"), "table")
@@ -118,6 +123,22 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 		return nil, fmt.Errorf("output %q: use table or json", c.Output)
 	}
 	return c, nil
+}
+
+// serverURL checks the API address: an http or https URL with a host
+// (and perhaps a path prefix), or a bare HOST[:PORT], which means http://
+// as the default does.
+func serverURL(s string) (string, error) {
+	withScheme := s
+	if !strings.Contains(s, "://") {
+		withScheme = "http://" + s
+	}
+	u, err := url.Parse(withScheme)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Hostname() == "" ||
+		u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return "", fmt.Errorf("server %q: use http://HOST:PORT or https://HOST[:PORT] (a bare HOST:PORT means http://)", s)
+	}
+	return withScheme, nil
 }
 
 func checkKeys(file string, keys []string) error {

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/spf13/pflag"
@@ -96,6 +97,36 @@ func TestLoad_Refusals(t *testing.T) {
 			_, err := Load(flags(t, args...))
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
+
+// A server given as host:port (no scheme) means plain HTTP, as the
+// default does; anything that is not an http(s) URL is refused saying
+// what is expected, not with a URL parser's error.
+func TestLoad_ServerAddress(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"127.0.0.1:8080", "http://127.0.0.1:8080"},
+		{"localhost:8080", "http://localhost:8080"},
+		{"argus.example.net", "http://argus.example.net"},
+		{"[::1]:8080", "http://[::1]:8080"},
+		{"https://argus.example.net/", "https://argus.example.net/"},
+		{"http://127.0.0.1:8080", "http://127.0.0.1:8080"},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			clearEnv(t)
+			c, err := Load(flags(t, "--server", tc.in))
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, c.Server)
+		})
+	}
+	for _, in := range []string{"ftp://argus.example.net", "http://", "127.0.0.1:8080/v1?x=1", "127.0.0.1:notaport", "http://a b"} {
+		t.Run(in, func(t *testing.T) {
+			clearEnv(t)
+			_, err := Load(flags(t, "--server", in))
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "server "+strconv.Quote(in))
+			assert.Contains(t, err.Error(), "http://HOST:PORT")
 		})
 	}
 }

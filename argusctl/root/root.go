@@ -37,7 +37,7 @@ selected profile of ~/.config/argusctl/config.yaml.`,
 	pf := cmd.PersistentFlags()
 	pf.String("config", "", "config file (env ARGUSCTL_CONFIG; default ~/.config/argusctl/config.yaml)")
 	pf.String("profile", "", "profile in the config file (env ARGUSCTL_PROFILE)")
-	pf.String("server", "", "control-plane API URL (env ARGUSCTL_SERVER; default "+config.DefaultServer+")")
+	pf.String("server", "", "control-plane API URL, http(s)://HOST:PORT; a bare HOST:PORT means http:// (env ARGUSCTL_SERVER; default "+config.DefaultServer+")")
 	pf.String("token", "", "operator bearer token (env ARGUSCTL_TOKEN)")
 	pf.String("ops-token", "", "second-factor ops token for support commands (env ARGUSCTL_OPS_TOKEN)")
 	pf.StringP("output", "o", "", "output format: table or json (env ARGUSCTL_OUTPUT)")
