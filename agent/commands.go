@@ -71,8 +71,10 @@ type TailResult struct {
 
 func (a *Agent) tailLog(raw json.RawMessage) (any, error) {
 	var args struct {
-		Log   string `json:"log"`
-		Lines int    `json:"lines"`
+		Log string `json:"log"`
+		// Lines is nil when not given (the default); any given count,
+		// 0 included, must be in range.
+		Lines *int `json:"lines"`
 	}
 	if err := decodeArgs(raw, &args); err != nil {
 		return nil, err
@@ -86,14 +88,15 @@ func (a *Agent) tailLog(raw json.RawMessage) (any, error) {
 	if !ok {
 		return nil, cmdErr("unknown_log", "no log named %q is configured (configured: %s)", args.Log, strings.Join(sortedNames(a.cfg.LogFiles), ", "))
 	}
-	switch {
-	case args.Lines == 0:
-		args.Lines = defTailLines
-	case args.Lines < 0 || args.Lines > maxTailLines:
-		return nil, cmdErr("bad_arguments", "lines must be 1..%d", maxTailLines)
+	n := defTailLines
+	if args.Lines != nil {
+		n = *args.Lines
+	}
+	if n < 1 || n > maxTailLines {
+		return nil, cmdErr("bad_arguments", "lines must be 1..%d (leave it out for %d)", maxTailLines, defTailLines)
 	}
 	res := TailResult{Log: args.Log}
-	lines, whole, used, err := tailFile(path, args.Lines, maxTailBytes)
+	lines, whole, used, err := tailFile(path, n, maxTailBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, cmdErr("log_unavailable", "log %q does not exist right now", args.Log)
 	}
@@ -103,8 +106,8 @@ func (a *Agent) tailLog(raw json.RawMessage) (any, error) {
 	// A freshly rotated log holds few lines: the rest are in its
 	// predecessor, which is held to the same rules: a symlink or a hard
 	// link there refuses the command rather than being skipped quietly.
-	if whole && len(lines) < args.Lines && used < maxTailBytes {
-		older, _, u, err := tailFile(path+".1", args.Lines-len(lines), maxTailBytes-used)
+	if whole && len(lines) < n && used < maxTailBytes {
+		older, _, u, err := tailFile(path+".1", n-len(lines), maxTailBytes-used)
 		switch {
 		case errors.Is(err, errSymlink) || errors.Is(err, errHardLink):
 			return nil, logErr(args.Log, path+".1", err)

@@ -105,3 +105,22 @@ func TestReadFile_RefusesHardLinksToFilesOutsideTheRoot(t *testing.T) {
 		assert.Equal(t, "a: 1\n", string(got), "ordinary files and inner symlinks still work")
 	}
 }
+
+// tail_log takes lines 1..5000 as its error says: an explicit 0 is
+// refused like a negative count, and only a missing count means 200.
+func TestTailLog_LinesOutsideTheRangeAreRefused(t *testing.T) {
+	h := newLinkHost(t)
+	for _, n := range []int{0, -1, 5001} {
+		_, err := h.a.tailLog(args(t, map[string]any{"log": "plain", "lines": n}))
+		assert.Equal(t, "bad_arguments", codeOf(t, err), "lines %d", n)
+		if err != nil {
+			assert.Contains(t, err.Error(), "lines must be 1..5000")
+		}
+	}
+	res, err := h.a.tailLog(args(t, map[string]any{"log": "plain"}))
+	require.NoError(t, err, "no count is the default")
+	assert.Equal(t, []string{"p0", "p1", "p2"}, res.(TailResult).Lines)
+	res, err = h.a.tailLog(args(t, map[string]any{"log": "plain", "lines": 1}))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"p2"}, res.(TailResult).Lines)
+}

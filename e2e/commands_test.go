@@ -166,6 +166,7 @@ func TestCommands_ThroughRealServerAndAgent(t *testing.T) {
 		assert.NotContains(t, string(r.Data), "secret")
 		assert.Equal(t, "unknown_log", code(run("tail_log", map[string]any{})), "with two logs, one must be named")
 		assert.Equal(t, "bad_arguments", code(run("tail_log", map[string]any{"log": "streamer", "lines": 5001})))
+		assert.Equal(t, "bad_arguments", code(run("tail_log", map[string]any{"log": "streamer", "lines": 0})), "0 is outside 1..5000, not the default")
 		assert.Equal(t, "bad_arguments", code(run("tail_log", map[string]any{"log": "streamer", "path": "/etc/shadow"})))
 	})
 

@@ -27,6 +27,12 @@ func ok(name string, res apiclient.CommandResult) error {
 	return fmt.Errorf("%s: %s", name, res.Status)
 }
 
+// The agent's bounds for tail_log (agent.maxTailLines, defTailLines).
+const (
+	maxTailLines     = 5000
+	defaultTailLines = 200
+)
+
 func newCmdTailLog(f *cmdutil.Factory) *cobra.Command {
 	var session, log string
 	var lines int
@@ -40,7 +46,10 @@ func newCmdTailLog(f *cmdutil.Factory) *cobra.Command {
 			if log != "" {
 				a["log"] = log
 			}
-			if lines != 0 {
+			if cmd.Flags().Changed("lines") {
+				if lines < 1 || lines > maxTailLines {
+					return fmt.Errorf("--lines %d: give 1..%d lines (leave --lines out for %d)", lines, maxTailLines, defaultTailLines)
+				}
 				a["lines"] = lines
 			}
 			res, err := Run(cmd.Context(), f, session, "tail_log", a)
@@ -67,7 +76,7 @@ func newCmdTailLog(f *cmdutil.Factory) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&session, "session", "", "session id (required)")
 	cmd.Flags().StringVar(&log, "log", "", "log name from the agent's configuration (default: its only log)")
-	cmd.Flags().IntVar(&lines, "lines", 0, "how many lines (default 200, at most 5000)")
+	cmd.Flags().IntVar(&lines, "lines", 0, "how many lines, 1..5000 (when left out, the agent's default 200)")
 	_ = cmd.MarkFlagRequired("session")
 	return cmd
 }
