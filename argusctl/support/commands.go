@@ -246,6 +246,7 @@ downgrades, and rolls back every file if anything fails.`,
 				Data    json.RawMessage      `json:"data"`
 			}
 			if err := c.DoRaw(cmd.Context(), "POST", "/v1/support/sessions/"+session+"/patch", "application/octet-stream", data, &res); err != nil {
+				forgetIfEnded(session, err)
 				return err
 			}
 			if f.Output() == "json" {

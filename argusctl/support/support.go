@@ -2,7 +2,9 @@
 // 3-factor gate, run commands in it, list, show and end sessions.
 //
 // A session's token is kept in a 0600 file under the config directory
-// (sessions/<id>.token), so the operator never types it.
+// (sessions/<id>.token), so the operator never types it. It is removed
+// once argusctl learns the session has ended: deactivated, a command
+// answered session_ended or session_expired, or show or list saw it ended.
 package support
 
 import (
@@ -58,6 +60,32 @@ func loadToken(sessionID string) (string, error) {
 		return "", fmt.Errorf("no token kept for session %s on this machine (it is shown once, to whoever activated it)", sessionID)
 	}
 	return strings.TrimSpace(string(b)), err
+}
+
+// forgetToken removes a session's kept token, if any. id comes from the
+// user or the server; one that is not a plain file name is left alone.
+func forgetToken(id string) {
+	if id == "" || id != filepath.Base(id) || id == "." || id == ".." {
+		return
+	}
+	_ = os.Remove(tokenPath(id))
+}
+
+// forgetIfEnded removes the session's kept token when err says the
+// session is over: the token can open nothing any more.
+func forgetIfEnded(id string, err error) {
+	if apiclient.IsCode(err, "session_ended") || apiclient.IsCode(err, "session_expired") {
+		forgetToken(id)
+	}
+}
+
+// forgetEnded removes the kept tokens of sessions seen ended.
+func forgetEnded(sessions ...apiclient.Session) {
+	for _, s := range sessions {
+		if !s.Active {
+			forgetToken(s.ID)
+		}
+	}
 }
 
 // defaultTTL is the session length the server chooses when none is asked
@@ -144,6 +172,7 @@ func newCmdList(f *cmdutil.Factory) *cobra.Command {
 			if err := c.Do(cmd.Context(), "GET", "/v1/support/sessions?"+q.Encode(), nil, &res); err != nil {
 				return err
 			}
+			forgetEnded(res.Sessions...)
 			if f.Output() == "json" {
 				return cmdutil.PrintJSON(f.IOStreams, res)
 			}
@@ -193,6 +222,7 @@ func newCmdShow(f *cmdutil.Factory) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			forgetEnded(s)
 			return printSession(f, s)
 		},
 	}
@@ -211,9 +241,11 @@ func newCmdDeactivate(f *cmdutil.Factory) *cobra.Command {
 			}
 			var s apiclient.Session
 			if err := c.Do(cmd.Context(), "POST", "/v1/support/sessions/"+url.PathEscape(args[0])+"/deactivate", nil, &s); err != nil {
+				forgetIfEnded(args[0], err)
 				return err
 			}
-			_ = os.Remove(tokenPath(s.ID))
+			forgetToken(s.ID)
+			forgetToken(args[0])
 			return printSession(f, s)
 		},
 	}
@@ -236,6 +268,7 @@ func Run(ctx context.Context, f *cmdutil.Factory, sessionID, name string, args a
 	}
 	var res apiclient.CommandResult
 	err = c.Do(ctx, "POST", "/v1/support/sessions/"+url.PathEscape(sessionID)+"/commands", body, &res)
+	forgetIfEnded(sessionID, err)
 	if res.Warning != "" {
 		fmt.Fprintln(f.IOStreams.ErrOut, "warning: "+res.Warning)
 	}
