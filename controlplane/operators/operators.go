@@ -286,6 +286,15 @@ func (s *Store) List(ctx context.Context) ([]Operator, error) {
 	return list, nil
 }
 
+// Any reports whether any operator exists, disabled ones included.
+func (s *Store) Any(ctx context.Context) (bool, error) {
+	var exists bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM operators)`).Scan(&exists); err != nil {
+		return false, fmt.Errorf("look for operators: %w", err)
+	}
+	return exists, nil
+}
+
 // TokenInfo is an operator token as listed to administrators: never its
 // secret, except in the one answer that mints it.
 type TokenInfo struct {

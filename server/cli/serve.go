@@ -3,12 +3,14 @@ package cli
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os/signal"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/argus-remote/argus/controlplane/api"
+	"github.com/argus-remote/argus/controlplane/operators"
 	"github.com/argus-remote/argus/internal/heapfloor"
 	"github.com/argus-remote/argus/server"
 )
@@ -55,9 +57,7 @@ Everything listens on loopback unless configured otherwise.`,
 			if err != nil {
 				return err
 			}
-			if srv.Database().ClusterDir() != "" {
-				fmt.Fprintf(io.ErrOut, "\nCreate a first operator and its token (printed once) with:\n  argus-server operator create --data-dir %s --name admin --scope operator:admin --scope tenant:admin --scope agent:admin\n\n", cfg.DataDir)
-			}
+			firstOperatorHint(cmd.Context(), io, cfg, srv, log)
 			waitErr := srv.Wait(ctx)
 			stop()
 			closeErr := srv.Close(context.WithoutCancel(ctx))
@@ -79,4 +79,29 @@ Everything listens on loopback unless configured otherwise.`,
 	f.StringSlice("remote-support-operator-cidrs", nil, "CIDRs operators may open sessions from (env REMOTE_SUPPORT_OPERATOR_CIDRS)")
 	f.StringSlice("trusted-proxies", nil, "CIDRs of proxies whose X-Forwarded-For is believed")
 	return cmd
+}
+
+// firstOperatorCommand is the README's "First operator" command.
+const firstOperatorCommand = "argus-server operator create --name admin --scope operator:admin --scope tenant:admin --scope agent:admin"
+
+// firstOperatorHint says how to create a first operator, only while there
+// is none, with the command as the README gives it, and what to add when
+// this server does not use the default data directory.
+func firstOperatorHint(ctx context.Context, io IOStreams, cfg server.Config, srv *server.Server, log *slog.Logger) {
+	exists, err := operators.NewStore(srv.Database().Pool).Any(ctx)
+	if err != nil {
+		log.Warn("cannot tell whether an operator exists", "err", err)
+		return
+	}
+	if exists {
+		return
+	}
+	fmt.Fprintf(io.ErrOut, "\nNo operator exists yet. Create a first operator and its token (printed once) with:\n  %s\n", firstOperatorCommand)
+	switch {
+	case cfg.DatabaseURL != "":
+		fmt.Fprintln(io.ErrOut, "(run it with the same ARGUS_DATABASE_URL or --database-url as this server)")
+	case cfg.DataDir != server.DefaultDataDir():
+		fmt.Fprintf(io.ErrOut, "(add --data-dir %s: this server does not use the default data directory)\n", cfg.DataDir)
+	}
+	fmt.Fprintln(io.ErrOut)
 }
