@@ -36,6 +36,7 @@ func TestRoot_UnknownSubcommandFailsWithASuggestion(t *testing.T) {
 		{[]string{"tenant", "consent", "recrod", "acme", "--document-id", "D"}, "recrod", "argusctl tenant consent", "record"},
 		{[]string{"operator", "token", "lsit", "admin"}, "lsit", "argusctl operator token", "list"},
 		{[]string{"pnig", "--session", "X"}, "pnig", "argusctl", ""},
+		{[]string{"completion", "bsah"}, "bsah", "argusctl completion", "bash"},
 	} {
 		t.Run(tc.word, func(t *testing.T) {
 			stdout, _, err := execute(t, tc.args...)

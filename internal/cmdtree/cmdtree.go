@@ -20,6 +20,9 @@ import (
 // follow it belong to the command that was meant. Call it once the tree
 // is built.
 func RefuseUnknownSubcommands(root *cobra.Command) {
+	// cobra adds its `completion` parent only when it executes; add it
+	// now so it is walked like the others.
+	root.InitDefaultCompletionCmd()
 	walk(root)
 	inner := root.FlagErrorFunc()
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
