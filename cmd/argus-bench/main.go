@@ -89,7 +89,7 @@ func main() {
 	idle := &cobra.Command{
 		Use:     "idle",
 		Short:   "Connect N agents and measure the server holding them (and, with --reconnect, their return after a restart)",
-		Example: `  argus-bench idle --agents 10000 --sources 64 --reconnect --against mosquitto`,
+		Example: `  argus-bench idle --agents 10000 --sources 250 --reconnect --against mosquitto`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkAgainst(against); err != nil {
 				return err
@@ -126,7 +126,7 @@ func main() {
 		},
 	}
 	idle.Flags().IntVar(&agents, "agents", 1000, "how many agents")
-	idle.Flags().IntVar(&sources, "sources", 64, "loopback source addresses (127.0.0.1..N)")
+	idle.Flags().IntVar(&sources, "sources", 250, "loopback source addresses (127.0.0.1..N)")
 	idle.Flags().DurationVar(&hold, "hold", 0, "hold them this long, then count")
 	idle.Flags().BoolVar(&reconnect, "reconnect", false, "then kill and restart the server and time their return")
 	idle.Flags().StringVar(&against, "against", "", "also measure bare idle clients here and on mosquitto, side by side")
