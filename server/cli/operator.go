@@ -47,22 +47,11 @@ when no one holds an operator:admin token to do it through the API
 		Example: `  TOKEN=$(argus-server operator token create --name admin --scope operator:admin --expires-in 24h)`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			sc, err := operators.ParseScopes(scopes)
-			if err != nil {
-				return fmt.Errorf("--scope: %w", err)
-			}
-			if expiresIn < 0 || (cmd.Flags().Changed("expires-in") && expiresIn == 0) {
-				return fmt.Errorf("--expires-in must be positive (like 720h); leave it out for a token that does not expire")
-			}
-			cfg, log, err := loadConfig(cmd)
+			sc, db, err := openForToken(cmd, scopes, expiresIn)
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			db, err := server.OpenDatabase(ctx, cfg, log, false)
-			if err != nil {
-				return err
-			}
 			defer db.Close(context.WithoutCancel(ctx))
 			info, token, err := operators.NewStore(db.Pool).CreateToken(ctx, name, operators.NewToken{
 				Scopes: sc, TTL: expiresIn, Description: description,
@@ -115,22 +104,11 @@ operator:admin, monitor.`,
   TOKEN=$(argus-server operator create --name alice --scope remote_support --expires-in 720h)`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			sc, err := operators.ParseScopes(scopes)
-			if err != nil {
-				return fmt.Errorf("--scope: %w", err)
-			}
-			if expires < 0 || (cmd.Flags().Changed("expires-in") && expires == 0) {
-				return fmt.Errorf("--expires-in must be positive (like 720h); leave it out for a token that does not expire")
-			}
-			cfg, log, err := loadConfig(cmd)
+			sc, db, err := openForToken(cmd, scopes, expires)
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			db, err := server.OpenDatabase(ctx, cfg, log, false)
-			if err != nil {
-				return err
-			}
 			defer db.Close(context.WithoutCancel(ctx))
 			p, token, err := operators.NewStore(db.Pool).Create(ctx, name, operators.NewToken{
 				Scopes: sc, TTL: expires, Description: description,
@@ -157,4 +135,25 @@ operator:admin, monitor.`,
 	_ = cmd.MarkFlagRequired("name")
 	_ = cmd.MarkFlagRequired("scope")
 	return cmd
+}
+
+// openForToken checks a new token's scopes and lifetime, then opens the
+// database directly, for the commands that mint tokens without the API.
+func openForToken(cmd *cobra.Command, scopes []string, expiresIn time.Duration) ([]operators.Scope, *server.Database, error) {
+	sc, err := operators.ParseScopes(scopes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--scope: %w", err)
+	}
+	if expiresIn < 0 || (cmd.Flags().Changed("expires-in") && expiresIn == 0) {
+		return nil, nil, fmt.Errorf("--expires-in must be positive (like 720h); leave it out for a token that does not expire")
+	}
+	cfg, log, err := loadConfig(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	db, err := server.OpenDatabase(cmd.Context(), cfg, log, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sc, db, nil
 }
