@@ -518,17 +518,6 @@ func (m *Manager) LiveCount() int {
 	return len(m.live)
 }
 
-// Live returns the live session of an agent on this node, if any.
-func (m *Manager) Live(agentID string) (string, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	l, ok := m.live[agentID]
-	if !ok {
-		return "", false
-	}
-	return l.id, true
-}
-
 func (m *Manager) sweep() {
 	defer close(m.stopped)
 	t := time.NewTicker(m.SweepEvery)
