@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -78,6 +79,8 @@ type Broker struct {
 	// skip the ACL (it is the only publisher of activations and commands)
 	// and may carry MQTT v5 properties.
 	control *mqtt.Client
+	// redirect sends new connections to another node (Redirect).
+	redirect atomic.Bool
 }
 
 // New builds a broker and binds its listener; Start begins serving.
@@ -141,13 +144,18 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
 		}
 	}
+	b := &Broker{srv: srv, log: log}
+	if err := srv.AddHook(&redirectHook{b: b}, nil); err != nil {
+		return nil, fmt.Errorf("broker: add redirect hook: %w", err)
+	}
 	ws := newWSListener("ws", cfg)
 	if err := srv.AddListener(ws); err != nil {
 		return nil, fmt.Errorf("broker: listen on %s: %w", cfg.WSAddr, err)
 	}
 	control := srv.NewClient(nil, mqtt.LocalListener, "argus-control", true)
 	control.Properties.ProtocolVersion = 5
-	return &Broker{srv: srv, ws: ws, log: log, control: control}, nil
+	b.ws, b.control = ws, control
+	return b, nil
 }
 
 // Start serves clients; it returns at once.
@@ -234,4 +242,50 @@ func (b *Broker) DisconnectUser(username string, code packets.Code) int {
 func (b *Broker) Connected(clientID string) bool {
 	cl, ok := b.srv.Clients.Get(clientID)
 	return ok && !cl.Closed()
+}
+
+// Redirect makes the broker answer every new connection with MQTT v5
+// reason 0x9C (use another server) while on: a node that must not serve
+// (fenced, draining) sends clients to the others.
+func (b *Broker) Redirect(on bool) { b.redirect.Store(on) }
+
+// Redirecting reports whether new connections are being sent elsewhere.
+func (b *Broker) Redirecting() bool { return b.redirect.Load() }
+
+// DisconnectAll ends every network client's connection with the given
+// reason and reports how many there were; the control plane's own
+// in-process client stays.
+func (b *Broker) DisconnectAll(code packets.Code) int {
+	n := 0
+	for _, cl := range b.srv.Clients.GetAll() {
+		if !cl.Closed() && !cl.Net.Inline {
+			_ = b.srv.DisconnectClient(cl, code)
+			n++
+		}
+	}
+	return n
+}
+
+// redirectHook refuses connections while the broker redirects them. It
+// answers before authentication: a node that sends clients away need not
+// know who they are.
+type redirectHook struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+func (h *redirectHook) ID() string { return "argus-redirect" }
+
+func (h *redirectHook) Provides(b byte) bool { return b == mqtt.OnConnect }
+
+func (h *redirectHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	if !h.b.redirect.Load() {
+		return nil
+	}
+	code := packets.ErrUseAnotherServer
+	if cl.Properties.ProtocolVersion < 5 {
+		code = packets.ErrServerUnavailable
+	}
+	_ = h.b.srv.SendConnack(cl, code, false, nil)
+	return code
 }

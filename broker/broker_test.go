@@ -13,6 +13,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -389,4 +390,34 @@ func TestBroker_ClientsCannotRetain(t *testing.T) {
 	pk, ok := b.Server().Topics.Retained.Get("t/status")
 	require.True(t, ok, "a client's empty retained publish deleted the control plane's")
 	assert.Equal(t, "from the control plane", string(pk.Payload))
+}
+
+// A node that must not serve sends clients elsewhere: those connected are
+// told to use another server, and new ones are refused with that reason,
+// whoever they are.
+func TestBroker_RedirectSendsClientsToAnotherServer(t *testing.T) {
+	b := start(t, broker.Config{Policy: allowPolicy{}})
+	c, _, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "c1", Username: "u1", Password: "p1"})
+	require.NoError(t, err)
+
+	b.Redirect(true)
+	assert.True(t, b.Redirecting())
+	assert.Equal(t, 1, b.DisconnectAll(packets.ErrUseAnotherServer))
+	select {
+	case d := <-c.Disconnected:
+		assert.Equal(t, byte(0x9C), d.ReasonCode)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no DISCONNECT with a reason")
+	}
+	for _, o := range []mqtttest.Options{{ClientID: "c1", Username: "u1", Password: "p1"}, {ClientID: "anon"}} {
+		_, ack, err := mqtttest.Dial(t, b.URL(), o)
+		require.Error(t, err)
+		require.NotNil(t, ack)
+		assert.Equal(t, byte(0x9C), ack.ReasonCode, "use another server")
+	}
+
+	b.Redirect(false)
+	_, ack, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "c1", Username: "u1", Password: "p1"})
+	require.NoError(t, err)
+	assert.Equal(t, byte(0), ack.ReasonCode)
 }

@@ -19,6 +19,8 @@ import (
 type Client struct {
 	*paho.Client
 	Received chan *paho.Publish
+	// Disconnected delivers the server's DISCONNECT, if it sends one.
+	Disconnected chan *paho.Disconnect
 }
 
 // Options describe a CONNECT.
@@ -44,9 +46,15 @@ func Dial(t testing.TB, url string, o Options) (*Client, *paho.Connack, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	c := &Client{Received: make(chan *paho.Publish, 1024)}
+	c := &Client{Received: make(chan *paho.Publish, 1024), Disconnected: make(chan *paho.Disconnect, 1)}
 	c.Client = paho.NewClient(paho.ClientConfig{
 		Conn: wsnet.NewConn(ws),
+		OnServerDisconnect: func(d *paho.Disconnect) {
+			select {
+			case c.Disconnected <- d:
+			default:
+			}
+		},
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 			func(pr paho.PublishReceived) (bool, error) {
 				select {
