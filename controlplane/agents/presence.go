@@ -3,36 +3,67 @@ package agents
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
-// Connected records that node holds the agent's connection now.
-func (s *Store) Connected(ctx context.Context, id, node, remote string, at time.Time) error {
-	_, err := s.pool.Exec(ctx, `
-		WITH p AS (
-			INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (agent_id) DO UPDATE SET node_id = $2, connected_at = $3, remote_addr = $4
+// Connected records that node holds the agent's connection now and
+// returns the connection's epoch: one more than any connection of the
+// agent before it, on any node.
+func (s *Store) Connected(ctx context.Context, id, node, remote string, at time.Time) (int64, error) {
+	var epoch int64
+	err := s.pool.QueryRow(ctx, `
+		WITH e AS (
+			UPDATE agents SET presence_epoch = presence_epoch + 1, last_seen_at = $3 WHERE id = $1
+			RETURNING presence_epoch
+		), p AS (
+			INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch)
+			SELECT $1, $2, $3, $4, presence_epoch FROM e
+			ON CONFLICT (agent_id) DO UPDATE SET node_id = EXCLUDED.node_id, connected_at = EXCLUDED.connected_at,
+				remote_addr = EXCLUDED.remote_addr, epoch = EXCLUDED.epoch
 		)
-		UPDATE agents SET last_seen_at = $3 WHERE id = $1`, id, node, at, remote)
+		SELECT presence_epoch FROM e`, id, node, at, remote).Scan(&epoch)
+	if err != nil {
+		return 0, fmt.Errorf("presence: %w", err)
+	}
+	return epoch, nil
+}
+
+// Disconnected records that the agent's connection of that epoch ended.
+// A newer connection (on another node, or a newer one here) is left
+// alone, however late this disconnect is seen.
+func (s *Store) Disconnected(ctx context.Context, id string, epoch int64, at time.Time) error {
+	_, err := s.pool.Exec(ctx, `
+		WITH d AS (
+			DELETE FROM agent_presence WHERE agent_id = $1 AND epoch = $2
+		)
+		UPDATE agents SET last_seen_at = $3 WHERE id = $1`, id, epoch, at)
 	if err != nil {
 		return fmt.Errorf("presence: %w", err)
 	}
 	return nil
 }
 
-// Disconnected records that the agent's connection on node ended. A newer
-// connection on another node (or a newer one here) is left alone.
-func (s *Store) Disconnected(ctx context.Context, id, node string, connectedAt, at time.Time) error {
-	_, err := s.pool.Exec(ctx, `
-		WITH d AS (
-			DELETE FROM agent_presence WHERE agent_id = $1 AND node_id = $2 AND connected_at = $3
-		)
-		UPDATE agents SET last_seen_at = $4 WHERE id = $1`, id, node, connectedAt, at)
-	if err != nil {
-		return fmt.Errorf("presence: %w", err)
+// Presence is where an agent is connected, if anywhere.
+type Presence struct {
+	NodeID string
+	Epoch  int64
+}
+
+// PresenceOf reads where the agent is connected now; ok is false when it
+// is connected nowhere.
+func (s *Store) PresenceOf(ctx context.Context, id string) (p Presence, ok bool, err error) {
+	err = s.pool.QueryRow(ctx, `SELECT node_id, epoch FROM agent_presence WHERE agent_id = $1`, id).Scan(&p.NodeID, &p.Epoch)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Presence{}, false, nil
 	}
-	return nil
+	if err != nil {
+		return Presence{}, false, fmt.Errorf("presence: %w", err)
+	}
+	return p, true, nil
 }
 
 // ClearNode forgets every connection node held: at start-up, after a

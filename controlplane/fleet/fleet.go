@@ -84,6 +84,9 @@ type conn struct {
 	cl          *mqtt.Client
 	tenant      string
 	connectedAt time.Time
+	// epoch is the connection's presence epoch, set and read only by the
+	// database worker (the connect's write runs before the disconnect's).
+	epoch *int64
 	// lastBeat is the last heartbeat (or the connect); two heartbeat
 	// periods (interval) without one make the agent stale.
 	lastBeat   time.Time
@@ -279,7 +282,7 @@ func (w *Watcher) connected(cl *mqtt.Client) {
 	}
 	tenant, _ := w.tenants.Tenant(cl.ID)
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	c := &conn{cl: cl, tenant: tenant, connectedAt: now, lastBeat: now, interval: defaultHeartbeat, state: topics.StateDormant}
+	c := &conn{cl: cl, tenant: tenant, connectedAt: now, epoch: new(int64), lastBeat: now, interval: defaultHeartbeat, state: topics.StateDormant}
 	w.mu.Lock()
 	w.online[cl.ID] = c
 	delete(w.gone, cl.ID)
@@ -287,9 +290,12 @@ func (w *Watcher) connected(cl *mqtt.Client) {
 	w.mu.Unlock()
 	remote := cl.Net.Remote
 	w.enqueue(func(ctx context.Context) {
-		if err := w.store.Connected(ctx, cl.ID, w.node, remote, c.connectedAt); err != nil {
+		epoch, err := w.store.Connected(ctx, cl.ID, w.node, remote, c.connectedAt)
+		if err != nil {
 			w.log.Error("record agent connect", "agent", cl.ID, "err", err)
+			return
 		}
+		*c.epoch = epoch
 	})
 	w.publishStatus(id, &snap, true)
 	w.log.Info("agent connected", "agent", cl.ID, "remote", remote)
@@ -326,7 +332,10 @@ func (w *Watcher) disconnected(cl *mqtt.Client) {
 		w.OnDisconnect(cl.ID)
 	}
 	w.enqueue(func(ctx context.Context) {
-		if err := w.store.Disconnected(ctx, cl.ID, w.node, c.connectedAt, at); err != nil {
+		if *c.epoch == 0 {
+			return // its connect was never recorded
+		}
+		if err := w.store.Disconnected(ctx, cl.ID, *c.epoch, at); err != nil {
 			w.log.Error("record agent disconnect", "agent", cl.ID, "err", err)
 		}
 	})

@@ -1,0 +1,48 @@
+package agents_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/argus-remote/argus/controlplane/agents"
+	"github.com/argus-remote/argus/internal/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// An agent that moves from node A to node B while A still holds its old
+// connection: A's late disconnect, with any clock on A, must leave B's
+// newer connection recorded.
+func TestPresence_LateDisconnectLeavesTheNewerConnection(t *testing.T) {
+	pool := testenv.Pool(t)
+	ctx := context.Background()
+	var agentID string
+	require.NoError(t, pool.QueryRow(ctx, `
+		WITH t AS (INSERT INTO tenants (name) VALUES ('acme') RETURNING id)
+		INSERT INTO agents (tenant_id, name, secret_hash) SELECT id, 'cam-1', sha256('x') FROM t RETURNING id::text`).Scan(&agentID))
+	s := agents.NewStore(pool)
+
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	epochA, err := s.Connected(ctx, agentID, "node-a", "10.0.0.1:1", now)
+	require.NoError(t, err)
+	// Node B's clock is behind A's: B's newer connection has the earlier
+	// timestamp, and so may the disconnect A sees.
+	epochB, err := s.Connected(ctx, agentID, "node-b", "10.0.0.1:2", now.Add(-time.Minute))
+	require.NoError(t, err)
+	assert.Greater(t, epochB, epochA, "every connection takes a later epoch")
+
+	require.NoError(t, s.Disconnected(ctx, agentID, epochA, now.Add(time.Second)))
+	p, ok, err := s.PresenceOf(ctx, agentID)
+	require.NoError(t, err)
+	require.True(t, ok, "the newer connection on node-b is still recorded")
+	assert.Equal(t, agents.Presence{NodeID: "node-b", Epoch: epochB}, p)
+
+	require.NoError(t, s.Disconnected(ctx, agentID, epochB, now.Add(2*time.Second)))
+	_, ok, err = s.PresenceOf(ctx, agentID)
+	require.NoError(t, err)
+	assert.False(t, ok, "its own disconnect clears node-b's connection")
+}
