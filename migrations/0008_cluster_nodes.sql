@@ -3,7 +3,7 @@
 -- others, which clear the presence it held. Times come from the
 -- database's clock, the one clock every node shares.
 CREATE TABLE nodes (
-    id               text PRIMARY KEY CHECK (id ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'),
+    id               text PRIMARY KEY CHECK (id ~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$'),
     api_url          text NOT NULL DEFAULT '',
     mqtt_url         text NOT NULL DEFAULT '',
     version          text NOT NULL DEFAULT '',

@@ -47,7 +47,10 @@ type Config struct {
 	TrustedProxies          []netip.Prefix
 	OpsToken                string
 
+	// NodeID names this node in the cluster; empty means the one kept in
+	// the data dir (made on first start).
 	NodeID            string
+	Cluster           ClusterConfig
 	MQTTPublicURL     string
 	CommandSigningKey string
 
@@ -103,7 +106,16 @@ var Keys = []settings.Key{
 	{Name: "ops-token", Env: []string{"ARGUS_OPS_TOKEN"}},
 	{Name: "trusted-proxies", Env: []string{"ARGUS_TRUSTED_PROXIES"}},
 	{Name: "mqtt-public-url", Env: []string{"ARGUS_MQTT_PUBLIC_URL"}},
-	{Name: "node-id", Env: []string{"ARGUS_NODE_ID"}, Default: defaultNodeID()},
+	{Name: "node-id", Env: []string{"ARGUS_NODE_ID"}},
+	{Name: "cluster-name", Env: []string{"ARGUS_CLUSTER_NAME"}, Default: "argus"},
+	{Name: "cluster-secret", Env: []string{"ARGUS_CLUSTER_SECRET"}},
+	{Name: "cluster-secret-file", Env: []string{"ARGUS_CLUSTER_SECRET_FILE"}},
+	{Name: "cluster-listen", Env: []string{"ARGUS_CLUSTER_LISTEN"}},
+	{Name: "cluster-peers", Env: []string{"ARGUS_CLUSTER_PEERS"}},
+	{Name: "cluster-nats-url", Env: []string{"ARGUS_CLUSTER_NATS_URL"}},
+	{Name: "cluster-nats-creds", Env: []string{"ARGUS_CLUSTER_NATS_CREDS"}},
+	{Name: "cluster-nats-ca-file", Env: []string{"ARGUS_CLUSTER_NATS_CA_FILE"}},
+	{Name: "cluster-lease", Env: []string{"ARGUS_CLUSTER_LEASE"}, Default: "10s"},
 	{Name: "command-signing-key", Env: []string{"ARGUS_COMMAND_SIGNING_KEY"}},
 	{Name: "smtp-host", Env: []string{"ARGUS_SMTP_HOST"}},
 	{Name: "smtp-port", Env: []string{"ARGUS_SMTP_PORT"}, Default: 587},
@@ -142,13 +154,6 @@ func DefaultDataDir() string {
 		return filepath.Join(home, ".local", "share", "argus")
 	}
 	return "argus-data"
-}
-
-func defaultNodeID() string {
-	if h, err := os.Hostname(); err == nil && h != "" {
-		return h
-	}
-	return "argus"
 }
 
 // FromViper reads and validates the configuration. Each error names the
@@ -233,9 +238,10 @@ func FromViper(v *viper.Viper) (Config, error) {
 			bad("pprof-addr", "%q must be a loopback host:port", c.PprofAddr)
 		}
 	}
-	if c.NodeID == "" {
-		bad("node-id", "empty")
+	if c.NodeID != "" && !ValidNodeID(c.NodeID) {
+		bad("node-id", "%q: use 1 to 63 letters, digits, - and _, starting with a letter or digit", c.NodeID)
 	}
+	c.Cluster = clusterFromViper(v, c, bad)
 	if !strings.HasPrefix(c.MQTTWSPath, "/") {
 		bad("mqtt-ws-path", "%q does not start with /", c.MQTTWSPath)
 	}

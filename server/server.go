@@ -25,6 +25,7 @@ import (
 	"github.com/argus-remote/argus/controlplane/agents"
 	"github.com/argus-remote/argus/controlplane/api"
 	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/cluster"
 	"github.com/argus-remote/argus/controlplane/fleet"
 	"github.com/argus-remote/argus/controlplane/mail"
 	"github.com/argus-remote/argus/controlplane/operators"
@@ -60,6 +61,12 @@ type Server struct {
 	nightlyDone chan struct{}
 	stopRows    context.CancelFunc
 	rowsDone    chan struct{}
+
+	wire        *cluster.Wire
+	members     *cluster.Membership
+	control     agentControl
+	stopMembers context.CancelFunc
+	membersDone chan struct{}
 }
 
 // Start opens the database, starts the broker and serves the API. It
@@ -77,6 +84,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}); err != nil {
 		return nil, fmt.Errorf("telemetry: %w", err)
 	}
+	if err := cfg.ResolveNodeID(); err != nil {
+		return nil, err
+	}
+	s.cfg.NodeID = cfg.NodeID
 	if s.db, err = OpenDatabase(ctx, cfg, log, true); err != nil {
 		return nil, err
 	}
@@ -156,7 +167,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		AfterCommit:    cfg.AfterActivationCommit,
 		ReconnectWait:  cfg.CommandReconnectWait,
 		CommandTimeout: cfg.CommandTimeout,
+		Fenced:         s.Fenced,
+		Ended:          s.broadcastEnded,
 	})
+	s.control = agentControl{policy: s.policy, broker: s.broker, wire: func() *cluster.Wire { return s.wire }}
 	s.fleet.OnConnect = s.sessions.OnAgentConnected
 	s.fleet.OnDisconnect = s.sessions.OnAgentDisconnected
 	s.fleet.OnStale = s.sessions.OnAgentStale
@@ -166,6 +180,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, err
 	}
 	if err := s.sessions.Start(ctx); err != nil {
+		return nil, err
+	}
+	// The node joins before its broker serves: an agent's connection is
+	// recorded under a node the others know.
+	if err := s.joinCluster(ctx); err != nil {
 		return nil, err
 	}
 	if err := s.broker.Start(); err != nil {
@@ -200,7 +219,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		Operators:    opStore,
 		Tenants:      tenantStore,
 		Agents:       agentStore,
-		AgentControl: agentControl{policy: s.policy, broker: s.broker},
+		AgentControl: s.control,
+		Fenced:       s.Fenced,
 		AgentStale:   func(id string) bool { stale, _ := s.fleet.Stale(id); return stale },
 		Sessions:     s.sessions,
 		Gate: api.Gate{
@@ -367,17 +387,29 @@ func (w watcherTokens) Viewer(ctx context.Context, token string) (string, bool) 
 	return t, err == nil
 }
 
-// agentControl revokes an agent on this node's broker.
+// agentControl applies revocations: on this node's broker at once, and
+// on the others' through a broadcast (their sweeps catch a lost one).
 type agentControl struct {
 	policy *acl.Policy
 	broker *broker.Broker
+	wire   func() *cluster.Wire
 }
 
 func (c agentControl) DisconnectViewers(tenantID string) {
+	c.disconnectViewersHere(tenantID)
+	c.wire().Broadcast(cluster.Change{Kind: cluster.TenantViewersRevoked, TenantID: tenantID})
+}
+
+func (c agentControl) disconnectViewersHere(tenantID string) {
 	c.broker.DisconnectUser(acl.ViewerUserPrefix+tenantID, packets.ErrNotAuthorized)
 }
 
 func (c agentControl) DisconnectMonitorTokens(tokenIDs ...string) {
+	c.disconnectMonitorsHere(tokenIDs...)
+	c.wire().Broadcast(cluster.Change{Kind: cluster.MonitorTokensRevoked, TokenIDs: tokenIDs})
+}
+
+func (c agentControl) disconnectMonitorsHere(tokenIDs ...string) {
 	for _, id := range c.policy.MonitorsWith(tokenIDs...) {
 		c.broker.Disconnect(id, packets.ErrNotAuthorized)
 	}
@@ -434,6 +466,11 @@ func (s *Server) watchMonitors(ctx context.Context, ops *operators.Store) {
 }
 
 func (c agentControl) RevokeAgent(agentID string) {
+	c.revokeHere(agentID)
+	c.wire().Broadcast(cluster.Change{Kind: cluster.AgentRevoked, AgentID: agentID})
+}
+
+func (c agentControl) revokeHere(agentID string) {
 	c.policy.Revoke(agentID)
 	c.broker.Disconnect(agentID, packets.ErrNotAuthorized)
 }
@@ -484,11 +521,23 @@ func (s *Server) close(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if s.stopMembers != nil {
+		s.stopMembers()
+		<-s.membersDone
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if err := s.members.Leave(lctx); err != nil {
+			s.log.Warn("cluster: leave", "err", err)
+		}
+		cancel()
+	}
 	if s.sessions != nil && s.broker != nil {
 		s.sessions.Stop()
 	}
 	if s.fleet != nil && s.broker != nil {
 		s.fleet.Stop()
+	}
+	if s.wire != nil {
+		s.wire.Close()
 	}
 	if s.commits != nil {
 		s.commits.Close()

@@ -40,7 +40,11 @@ type Server struct {
 	// AgentStale reports an agent connected but silent (two heartbeats
 	// missed); nil means none is.
 	AgentStale func(agentID string) bool
-	Gate       Gate
+	// Fenced, when set, reports that this node holds no valid lease in
+	// its cluster: it is not ready (a load balancer sends calls to the
+	// others).
+	Fenced func() bool
+	Gate   Gate
 	// BrokerURL and SigningPublicKey are handed to agents at enrollment.
 	BrokerURL        string
 	SigningPublicKey string
@@ -159,6 +163,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		s.Log.Warn("readiness: database unreachable", "err", err)
 		apierror.Write(w, apierror.New(http.StatusServiceUnavailable, apierror.CodeUnavailable, "database unreachable"))
+		return
+	}
+	if s.Fenced != nil && s.Fenced() {
+		apierror.Write(w, apierror.New(http.StatusServiceUnavailable, apierror.CodeUnavailable, "this node is fenced: it cannot renew its lease in the cluster"))
 		return
 	}
 	if latest := migrations.Latest(); v != latest {

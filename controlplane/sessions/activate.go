@@ -121,6 +121,8 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 			"the tenant has no signed remote-support consent on record; record it with 'argusctl tenant consent record "+tenantName+" ...'"))
 	case !armed:
 		return deny(refuse(http.StatusConflict, "tenant_not_armed", "the tenant is not armed; 'argusctl tenant arm "+tenantName+" --reason ...' first"))
+	case m.fenced():
+		return deny(refuse(http.StatusServiceUnavailable, CodeNodeFenced, "this server has lost its place in the cluster and delivers nothing; try again through another"))
 	case !m.Fleet.Online(req.Agent):
 		return deny(refuse(http.StatusConflict, "agent_offline", "the agent is not connected; there is no way to wake it"))
 	case m.Fleet.KillSwitch(req.Agent):
@@ -343,6 +345,16 @@ func EndTx(ctx context.Context, tx pgx.Tx, where string, arg any, reason string,
 // dropped, the agent is told to go dormant, and the tenant's indicator
 // updates.
 func (m *Manager) AfterEnd(ended ...Ended) {
+	m.ApplyEnded(ended...)
+	if m.Ended != nil && len(ended) > 0 {
+		m.Ended(ended)
+	}
+}
+
+// ApplyEnded runs, on this node, the broker steps of ends committed
+// elsewhere (another node's, or found by the check): the same as
+// AfterEnd, without telling anyone else.
+func (m *Manager) ApplyEnded(ended ...Ended) {
 	tenants := map[string]bool{}
 	for _, e := range ended {
 		m.rows.Evict(e.ID)

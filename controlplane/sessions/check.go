@@ -119,7 +119,7 @@ func (m *Manager) checkLive(ctx context.Context) error {
 	m.mu.Unlock()
 	for _, e := range stale {
 		m.repaired(RepairLiveSession, e.AgentID, e.ID)
-		m.AfterEnd(e)
+		m.ApplyEnded(e)
 	}
 	return nil
 }

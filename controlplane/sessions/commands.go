@@ -168,6 +168,11 @@ func (m *Manager) exchange(ctx context.Context, s session, cmdID, name string, a
 	if !m.Fleet.Online(s.agentID) {
 		return disconnectedResult(), nil
 	}
+	if m.fenced() {
+		// Fenced since the command was checked: it is recorded as failed,
+		// never sent.
+		return topics.ResultMsg{Status: "failed", Error: &topics.ErrorBody{Code: CodeNodeFenced, Message: "this server lost its place in the cluster before sending the command"}}, nil
+	}
 	aid, _ := topics.ParseAgentID(s.agentID)
 	props := &packets.Properties{CorrelationData: []byte(cmdID), ResponseTopic: aid.Topic(topics.Results)}
 	// The trace continues on the agent: its context rides in user properties.

@@ -41,6 +41,9 @@ const interruptGrace = 10 * time.Second
 // is reconnecting gets ReconnectWait to come back; one gone for longer is
 // refused at once.
 func (m *Manager) awaitAgent(ctx context.Context, agentID string) *Refusal {
+	if m.fenced() {
+		return refuse(http.StatusServiceUnavailable, CodeNodeFenced, "this server has lost its place in the cluster and delivers nothing; try again through another")
+	}
 	if m.subscribed(agentID) {
 		return nil
 	}

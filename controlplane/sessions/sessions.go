@@ -208,6 +208,12 @@ type Options struct {
 	// AfterCommit, when set (by tests), runs between an activation's
 	// commit and its broker steps, to widen the window an end can race.
 	AfterCommit func(sessionID string)
+	// Fenced, when set, reports that this node holds no valid lease in
+	// the cluster: it delivers no activation and no command then.
+	Fenced func() bool
+	// Ended, when set, is told of every end this node commits, after its
+	// broker steps here, so the other nodes apply it too (a broadcast).
+	Ended func(ended []Ended)
 }
 
 // Manager runs sessions on this node.
@@ -395,6 +401,13 @@ func (m *Manager) OnAgentConnected(agentID string) {
 	m.publishActivation(&live{agentID: agentID}, topics.StateDormant, "")
 }
 
+// fenced reports whether this node must deliver nothing to agents.
+func (m *Manager) fenced() bool { return m.Fenced != nil && m.Fenced() }
+
+// CodeNodeFenced refuses what would reach an agent through a node that
+// has lost its lease in the cluster.
+const CodeNodeFenced = "node_fenced"
+
 func (m *Manager) publishActivation(l *live, state, reason string) {
 	id, err := topics.ParseAgentID(l.agentID)
 	if err != nil {
@@ -405,6 +418,10 @@ func (m *Manager) publishActivation(l *live, state, reason string) {
 		msg.TenantID, msg.SessionID, msg.Operator, msg.ExpiresAt = l.tenantID, l.id, l.operator, l.expiresAt.UTC()
 	} else {
 		msg.SessionID = l.id
+	}
+	if state == topics.StateActive && m.fenced() {
+		m.Log.Warn("activation not sent: this node is fenced", "agent", l.agentID, "session", l.id)
+		return
 	}
 	b, err := topics.Sign(m.Key, topics.PurposeActivation, msg)
 	if err != nil {

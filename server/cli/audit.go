@@ -62,11 +62,15 @@ hash): keep a copy elsewhere. Exit 1 on mismatch.`,
 				return err
 			}
 			defer db.Close(context.WithoutCancel(ctx))
+			node := cfg.NodeID
+			if node == "" {
+				node = "cli"
+			}
 			r, err := reconcile.Run(ctx, db.Pool, start, end)
 			if err != nil {
 				return err
 			}
-			if err := reconcile.Record(ctx, db.Pool, r, audit.Entry{Actor: "system:cli"}, reconcile.Source{Kind: reconcile.KindCLI, Node: cfg.NodeID}); err != nil {
+			if err := reconcile.Record(ctx, db.Pool, r, audit.Entry{Actor: "system:cli"}, reconcile.Source{Kind: reconcile.KindCLI, Node: node}); err != nil {
 				return err
 			}
 			if asJSON {

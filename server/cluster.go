@@ -1,0 +1,251 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/spf13/viper"
+
+	"github.com/argus-remote/argus/controlplane/api"
+	"github.com/argus-remote/argus/controlplane/cluster"
+	"github.com/argus-remote/argus/controlplane/sessions"
+	"github.com/argus-remote/argus/internal/settings"
+)
+
+// ClusterConfig says how this node reaches the other nodes.
+type ClusterConfig struct {
+	// Name is the cluster's name (its NATS subjects are argus.<name>.>).
+	Name string
+	// Secret authenticates the nodes to each other (an embedded NATS
+	// server's routes and connections).
+	Secret string
+	// Listen and Peers: the embedded NATS server's route address and the
+	// other nodes' route addresses.
+	Listen string
+	Peers  []string
+	// NATSURLs, NATSCreds, NATSCAFile: an external NATS instead.
+	NATSURLs   []string
+	NATSCreds  string
+	NATSCAFile string
+	// Lease is how long a renewed lease lasts; a node that cannot renew
+	// it for that long fences itself.
+	Lease time.Duration
+	// DropBroadcasts loses every broadcast (tests of the sweep), from
+	// ARGUS_TEST_DROP_BROADCASTS=1.
+	DropBroadcasts bool
+}
+
+// Multi reports whether other nodes may exist: routes or an external NATS
+// are configured. A node alone has nowhere to send its agents.
+func (c ClusterConfig) Multi() bool { return c.Listen != "" || len(c.NATSURLs) > 0 }
+
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
+
+// ValidNodeID reports whether id can name a node (a NATS subject token).
+func ValidNodeID(id string) bool { return nodeIDPattern.MatchString(id) }
+
+func clusterFromViper(v *viper.Viper, c Config, bad func(key, format string, args ...any)) ClusterConfig {
+	cc := ClusterConfig{
+		Name:       v.GetString("cluster-name"),
+		Secret:     v.GetString("cluster-secret"),
+		Listen:     v.GetString("cluster-listen"),
+		Peers:      settings.List(v, "cluster-peers"),
+		NATSURLs:   settings.List(v, "cluster-nats-url"),
+		NATSCreds:  v.GetString("cluster-nats-creds"),
+		NATSCAFile: v.GetString("cluster-nats-ca-file"),
+		// A test switch, not a setting: it is read from the environment
+		// only.
+		DropBroadcasts: os.Getenv("ARGUS_TEST_DROP_BROADCASTS") == "1",
+	}
+	if f := v.GetString("cluster-secret-file"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			bad("cluster-secret-file", "%v", err)
+		}
+		cc.Secret = strings.TrimSpace(string(b))
+	}
+	if d, err := time.ParseDuration(v.GetString("cluster-lease")); err != nil || d < 2*time.Second || d > 5*time.Minute {
+		bad("cluster-lease", "%q is not a duration within 2s..5m", v.GetString("cluster-lease"))
+	} else {
+		cc.Lease = d
+	}
+	if cc.Listen != "" && len(cc.NATSURLs) > 0 {
+		bad("cluster-listen", "an embedded NATS (cluster-listen) and an external one (cluster-nats-url) exclude each other")
+	}
+	if len(cc.Peers) > 0 && cc.Listen == "" {
+		bad("cluster-peers", "peers are routes of the embedded NATS server: set cluster-listen too")
+	}
+	if cc.Listen != "" && len(cc.Secret) < 32 {
+		bad("cluster-secret", "a cluster's nodes authenticate to each other with a shared secret of at least 32 characters")
+	}
+	if cc.Multi() && c.DatabaseURL == "" {
+		bad("database-url", "a cluster's nodes share one PostgreSQL: set database-url")
+	}
+	return cc
+}
+
+// nodeIDFile keeps a node's generated id in its data dir.
+const nodeIDFile = "node-id"
+
+// ResolveNodeID returns the configured node id, or the one kept in the
+// data dir, made (host name and a random suffix) on first use.
+func (c *Config) ResolveNodeID() error {
+	if c.NodeID != "" {
+		return nil
+	}
+	if c.DataDir == "" {
+		return errors.New("node-id: set one, or a data-dir to keep a generated one in")
+	}
+	path := filepath.Join(c.DataDir, nodeIDFile)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		id := strings.TrimSpace(string(b))
+		if !ValidNodeID(id) {
+			return fmt.Errorf("node-id: %s holds %q, not a node id", path, id)
+		}
+		c.NodeID = id
+		return nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("node-id: %w", err)
+	}
+	id := generatedNodeID()
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return fmt.Errorf("node-id: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, fs.ErrExist) {
+		return c.ResolveNodeID() // made meanwhile by another start
+	}
+	if err != nil {
+		return fmt.Errorf("node-id: %w", err)
+	}
+	_, err = f.WriteString(id + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("node-id: %w", err)
+	}
+	c.NodeID = id
+	return nil
+}
+
+func generatedNodeID() string {
+	host, _ := os.Hostname()
+	host, _, _ = strings.Cut(host, ".")
+	var b strings.Builder
+	for _, r := range host {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			b.WriteRune(r)
+		}
+		if b.Len() >= 40 {
+			break
+		}
+	}
+	suffix := make([]byte, 3)
+	_, _ = rand.Read(suffix)
+	if b.Len() == 0 || !ValidNodeID(b.String()) {
+		return "node-" + hex.EncodeToString(suffix)
+	}
+	return b.String() + "-" + hex.EncodeToString(suffix)
+}
+
+// joinCluster connects the node to the others and takes its lease. A
+// node alone runs the same code: its NATS server is in-process, with a
+// secret of its own.
+func (s *Server) joinCluster(ctx context.Context) error {
+	cc := s.cfg.Cluster
+	secret := cc.Secret
+	if secret == "" && !cc.Multi() {
+		b := make([]byte, 32)
+		_, _ = rand.Read(b)
+		secret = hex.EncodeToString(b)
+	}
+	wire, err := cluster.Connect(ctx, cluster.WireConfig{
+		Name: cc.Name, NodeID: s.cfg.NodeID, Secret: secret, Listen: cc.Listen, Peers: cc.Peers,
+		URLs: cc.NATSURLs, Creds: cc.NATSCreds, CAFile: cc.NATSCAFile, DropBroadcasts: cc.DropBroadcasts,
+		Log: s.log.With("component", "cluster"),
+	})
+	if err != nil {
+		return err
+	}
+	s.wire = wire
+	if err := wire.OnChange(s.applyChange); err != nil {
+		return err
+	}
+	if err := wire.AnswerPings(); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	s.members = cluster.NewMembership(s.db.Pool, cluster.Self{
+		ID: s.cfg.NodeID, APIURL: s.APIURL(), MQTTURL: s.broker.URL(), Version: api.Version,
+	}, cc.Lease, cc.Lease/5, s.log.With("component", "cluster"))
+	s.members.OnFence = s.fence
+	s.members.OnUnfence = s.unfence
+	if err := s.members.Join(ctx); err != nil {
+		return err
+	}
+	mctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopMembers, s.membersDone = stop, make(chan struct{})
+	go func() { defer close(s.membersDone); s.members.Run(mctx) }()
+	if cc.Multi() {
+		s.log.Info("cluster joined", "node", s.cfg.NodeID, "cluster", cc.Name, "routes", wire.RouteAddr())
+	}
+	return nil
+}
+
+// fence stops this node from serving agents: it delivers nothing (the
+// session manager asks Fenced) and fails readiness. In a cluster it also
+// sends its agents and watchers to the other nodes, and refuses new ones,
+// until its lease is back; alone, it has nowhere to send them.
+func (s *Server) fence() {
+	if !s.cfg.Cluster.Multi() {
+		return
+	}
+	s.broker.Redirect(true)
+	n := s.broker.DisconnectAll(packets.ErrUseAnotherServer)
+	s.log.Warn("cluster: fenced node sent its clients to another server", "clients", n)
+}
+
+func (s *Server) unfence() {
+	s.broker.Redirect(false)
+}
+
+// Fenced reports whether this node holds no valid lease.
+func (s *Server) Fenced() bool { return s.members != nil && s.members.Fenced() }
+
+// applyChange applies on this node what another node committed.
+func (s *Server) applyChange(c cluster.Change) {
+	switch c.Kind {
+	case cluster.SessionEnded:
+		s.sessions.ApplyEnded(sessions.Ended{ID: c.SessionID, TenantID: c.TenantID, AgentID: c.AgentID})
+	case cluster.AgentRevoked:
+		s.control.revokeHere(c.AgentID)
+	case cluster.MonitorTokensRevoked:
+		s.control.disconnectMonitorsHere(c.TokenIDs...)
+	case cluster.TenantViewersRevoked:
+		s.control.disconnectViewersHere(c.TenantID)
+	default:
+		s.log.Debug("cluster: unknown change", "kind", c.Kind, "from", c.From)
+	}
+}
+
+// broadcastEnded tells the other nodes of ends this node committed.
+func (s *Server) broadcastEnded(ended []sessions.Ended) {
+	for _, e := range ended {
+		s.wire.Broadcast(cluster.Change{Kind: cluster.SessionEnded, SessionID: e.ID, TenantID: e.TenantID, AgentID: e.AgentID})
+	}
+}
