@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -243,23 +244,18 @@ func Verify(t *Transcript, pub ed25519.PublicKey) []Problem {
 	} else if want := t.LastSeq - t.FirstSeq + 1; t.FirstSeq <= t.LastSeq && n != want {
 		add(0, "the span %d..%d needs %d entries; the transcript holds %d", t.FirstSeq, t.LastSeq, want, n)
 	}
-	next := t.FirstSeq
 	var prev *Entry
 	own := 0
+	seqs := make([]int64, 0, len(t.Entries))
 	for i := range t.Entries {
 		e := &t.Entries[i]
-		switch {
-		case e.Seq < next:
-			add(e.Seq, "out of order or repeated (expected seq %d)", next)
-		case e.Seq > next:
-			if e.Seq-next == 1 {
-				add(next, "missing: the span has no entry for it")
-			} else {
-				add(next, "missing: the span has no entries for %d..%d", next, e.Seq-1)
-			}
+		if e.Seq < t.FirstSeq || e.Seq > t.LastSeq {
+			add(e.Seq, "outside the span %d..%d", t.FirstSeq, t.LastSeq)
+		} else {
+			seqs = append(seqs, e.Seq)
 		}
-		if e.Seq >= next {
-			next = e.Seq + 1
+		if prev != nil && e.Seq <= prev.Seq {
+			add(e.Seq, "out of order or repeated: it follows seq %d", prev.Seq)
 		}
 		if !isHash(e.PrevHash) {
 			add(e.Seq, "prev_hash is not 64 lowercase hex digits")
@@ -282,8 +278,26 @@ func Verify(t *Transcript, pub ed25519.PublicKey) []Problem {
 			add(e.Seq, "%s", p)
 		}
 	}
-	if next <= t.LastSeq && len(t.Entries) > 0 {
-		add(next, "missing: the span ends at %d and the entries stop before it", t.LastSeq)
+	// Holes, from the seqs present: bounded by the entries, whatever span
+	// the file claims.
+	missing := func(from, to int64) {
+		if from == to {
+			add(from, "missing: the span has no entry for it")
+		} else {
+			add(from, "missing: the span has no entries for %d..%d", from, to)
+		}
+	}
+	slices.Sort(seqs)
+	seqs = slices.Compact(seqs)
+	expect := t.FirstSeq
+	for _, seq := range seqs {
+		if seq > expect {
+			missing(expect, seq-1)
+		}
+		expect = seq + 1
+	}
+	if len(t.Entries) > 0 && expect <= t.LastSeq {
+		missing(expect, t.LastSeq)
 	}
 	if own != t.Actions {
 		add(0, "the transcript says it holds %d actions of the session; %d are here", t.Actions, own)

@@ -115,7 +115,7 @@ func TestVerify_NamesWhatIsWrong(t *testing.T) {
 		}, []string{"seq 15: missing", "seq 16: prev_hash does not equal the hash of seq 14"}},
 		{"the last entries cut", func(tr *transcript.Transcript) {
 			tr.Entries = tr.Entries[:8]
-		}, []string{"seq 18: missing: the span ends at 19", "seq 17: the span must end with an action of the session"}},
+		}, []string{"seq 18: missing: the span has no entries for 18..19", "seq 17: the span must end with an action of the session"}},
 		{"a hash changed", func(tr *transcript.Transcript) {
 			tr.Entries[6].Hash = strings.Repeat("0", 64)
 		}, []string{"signature does not verify", "seq 17: prev_hash does not equal the hash of seq 16"}},
@@ -124,7 +124,13 @@ func TestVerify_NamesWhatIsWrong(t *testing.T) {
 		}, []string{"signature does not verify"}},
 		{"entries out of order", func(tr *transcript.Transcript) {
 			tr.Entries[1], tr.Entries[2] = tr.Entries[2], tr.Entries[1]
-		}, []string{"seq 11: out of order or repeated"}},
+		}, []string{"seq 11: out of order or repeated: it follows seq 12", "seq 12: prev_hash does not equal the hash of seq 10"}},
+		{"an entry repeated", func(tr *transcript.Transcript) {
+			tr.Entries = append(tr.Entries[:3], append([]transcript.Entry{tr.Entries[2]}, tr.Entries[3:]...)...)
+		}, []string{"seq 12: out of order or repeated: it follows seq 12", "the span 10..19 needs 10 entries; the transcript holds 11"}},
+		{"an entry outside the span", func(tr *transcript.Transcript) {
+			tr.Entries[9].Seq = 1 << 40
+		}, []string{"seq 1099511627776: outside the span 10..19", "seq 19: missing: the span has no entry for it"}},
 		{"an event of another session", func(tr *transcript.Transcript) {
 			c := []byte(`{"action":"support.command","session_id":"99999999-2d1a-4c3b-9e8f-0a1b2c3d4e5f"}`)
 			e := &tr.Entries[9]
