@@ -24,9 +24,8 @@ import (
 // and the canonical bytes of its own, each written twice (base64 and
 // JSON), so that it stays under transcript.MaxBytes.
 const (
-	MaxSpan      = 100_000
-	MaxOwnBytes  = 16 << 20
-	spanOverhead = 200 // bytes of JSON per entry, hashes and seq
+	MaxSpan     = 100_000
+	MaxOwnBytes = 16 << 20
 )
 
 var (
@@ -99,33 +98,40 @@ func read(ctx context.Context, tx pgx.Tx, id, tenantID string) (*transcript.Tran
 	if *last-*first+1 > MaxSpan {
 		return nil, fmt.Errorf("%w: %d events (at most %d)", ErrTooLarge, *last-*first+1, MaxSpan)
 	}
-	rows, err := tx.Query(ctx, `SELECT seq, canonical, payload::text, prev_hash, hash FROM events
-		WHERE seq BETWEEN $1 AND $2 ORDER BY seq`, *first, *last)
+	// Only the session's own events travel with their bytes: the others
+	// are picked out by their jsonb payload (parsed from the same bytes
+	// on insert), and each own one is checked again on its bytes below.
+	rows, err := tx.Query(ctx, `SELECT seq, prev_hash, hash, own, CASE WHEN own THEN canonical END,
+			CASE WHEN own AND canonical IS NULL THEN payload::text END
+		FROM (SELECT seq, prev_hash, hash, canonical, payload, lower(payload->>'session_id') IS NOT DISTINCT FROM $3 AS own
+			FROM events WHERE seq BETWEEN $1 AND $2) e
+		ORDER BY seq`, *first, *last, id)
 	if err != nil {
 		return nil, fmt.Errorf("transcript: events: %w", err)
 	}
 	defer rows.Close()
-	own := 0
+	size := 0
 	for rows.Next() {
 		var (
 			seq            int64
-			canon          []byte
-			payload        string
 			prevHash, hash []byte
+			mine           bool
+			canon          []byte
+			payload        *string
 		)
-		if err := rows.Scan(&seq, &canon, &payload, &prevHash, &hash); err != nil {
+		if err := rows.Scan(&seq, &prevHash, &hash, &mine, &canon, &payload); err != nil {
 			return nil, fmt.Errorf("transcript: events: %w", err)
 		}
 		e := transcript.Entry{Seq: seq, PrevHash: hex.EncodeToString(prevHash), Hash: hex.EncodeToString(hash)}
-		if canon == nil {
+		if mine && canon == nil && payload != nil {
 			// Written before events kept their bytes: the hash covers
 			// the payload's canonical form (see audit.Canonical).
-			if canon, err = audit.Canonical(json.RawMessage(payload)); err != nil {
+			if canon, err = audit.Canonical(json.RawMessage(*payload)); err != nil {
 				return nil, fmt.Errorf("transcript: event %d: %w", seq, err)
 			}
 		}
-		if belongs(canon, id) {
-			if own += len(canon); own > MaxOwnBytes {
+		if mine && belongs(canon, id) {
+			if size += len(canon); size > MaxOwnBytes {
 				return nil, fmt.Errorf("%w: its actions hold over %d MiB", ErrTooLarge, MaxOwnBytes>>20)
 			}
 			e.Canonical = base64.StdEncoding.EncodeToString(canon)

@@ -24,7 +24,7 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 type fixture struct{ tenant, agent, session string }
 
 // newSession inserts a tenant, an agent and a live session of it.
-func newSession(t *testing.T, pool *pgxpool.Pool, op, name string) fixture {
+func newSession(t testing.TB, pool *pgxpool.Pool, op, name string) fixture {
 	t.Helper()
 	ctx := context.Background()
 	f := fixture{tenant: uuid.NewString(), agent: uuid.NewString(), session: uuid.NewString()}
