@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -17,6 +18,7 @@ import (
 	"github.com/argus-remote/argus/controlplane/transcript"
 	"github.com/argus-remote/argus/controlplane/transcript/collect"
 	"github.com/argus-remote/argus/internal/testenv"
+	"github.com/argus-remote/argus/migrations"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
@@ -100,4 +102,49 @@ func TestSession_OwnActionsInFullOthersAsLinksOnly(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 3, tb.Actions)
 	assert.Empty(t, transcript.Verify(tb, key.Public().(ed25519.PublicKey)))
+}
+
+// Events written before migration 0006 kept no bytes of their own; the
+// transcript carries the canonical form of their payload, which is what
+// their hash covers, and still verifies across old and new events.
+func TestSession_EventsFromBeforeTheirBytesWereKept(t *testing.T) {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testenv.EmptyDatabase(t))
+	require.NoError(t, err)
+	defer pool.Close()
+	_, err = migrations.ApplyTo(ctx, pool, 5)
+	require.NoError(t, err)
+	var op string
+	require.NoError(t, pool.QueryRow(ctx, `INSERT INTO operators (name) VALUES ('alice') RETURNING id`).Scan(&op))
+	f := newSession(t, pool, op, "acme")
+
+	// As the code before 0006 wrote them: the session's, another's, the session's.
+	prev := make([]byte, 32)
+	for i, session := range []string{f.session, "", f.session} {
+		id, at := uuid.NewString(), time.Now().UTC().Truncate(time.Microsecond)
+		ev := audit.Event{ID: id, OccurredAt: at.Format(time.RFC3339Nano), Actor: "operator:alice", Action: "test.legacy",
+			Outcome: audit.Success, SessionID: session, Detail: map[string]any{"i": i, "half": 0.5}}
+		payload, err := audit.Canonical(ev)
+		require.NoError(t, err)
+		hash := audit.ChainHash(prev, payload)
+		_, err = pool.Exec(ctx, `INSERT INTO audit_log (id, occurred_at, actor, action, outcome, session_id) VALUES ($1, $2, $3, $4, $5, NULLIF($6, '')::uuid)`,
+			id, at, ev.Actor, ev.Action, ev.Outcome, session)
+		require.NoError(t, err)
+		_, err = pool.Exec(ctx, `INSERT INTO events (seq, id, occurred_at, action, payload, prev_hash, hash) VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7)`,
+			i+1, id, at, ev.Action, string(payload), prev, hash)
+		require.NoError(t, err)
+		prev = hash
+	}
+	_, err = migrations.Apply(ctx, pool)
+	require.NoError(t, err)
+	require.NoError(t, audit.Write(ctx, pool, audit.Entry{Actor: "system", Action: "support.session.end", Outcome: audit.Success,
+		SessionID: f.session, TenantID: f.tenant}))
+
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	tr, err := collect.Session(ctx, pool, f.session, "", key)
+	require.NoError(t, err)
+	assert.Empty(t, transcript.Verify(tr, key.Public().(ed25519.PublicKey)))
+	assert.Equal(t, 3, tr.Actions)
+	assert.Equal(t, []bool{true, false, true, true}, []bool{tr.Entries[0].Own(), tr.Entries[1].Own(), tr.Entries[2].Own(), tr.Entries[3].Own()})
 }
