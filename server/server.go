@@ -232,6 +232,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		EnrollPerMinute:  cfg.EnrollPerMinute,
 		Node:             cfg.NodeID,
 		SigningPublicKey: topics.EncodePublicKey(signingKey.Public().(ed25519.PublicKey)),
+		SigningKey:       signingKey,
 		Log:              log,
 	}
 	if err := s.observe(sender); err != nil {

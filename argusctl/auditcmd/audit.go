@@ -1,5 +1,5 @@
 // Package auditcmd is `argusctl audit`: list the audit trail and verify it
-// (scope audit:read).
+// (scope audit:read), and check a session transcript offline.
 package auditcmd
 
 import (
@@ -224,6 +224,6 @@ chain still reaches it. Exit 1 on mismatch.`,
 		},
 	}
 	verify.Flags().DurationVar(&vsince, "since", 24*time.Hour, "window: this long until now")
-	cmd.AddCommand(list, verify)
+	cmd.AddCommand(list, verify, newCmdVerifyTranscript(f), newCmdSigningKey(f))
 	return cmd
 }

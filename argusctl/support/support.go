@@ -37,7 +37,7 @@ func NewCmdSupport(f *cmdutil.Factory) *cobra.Command {
 	cmd.AddCommand(newCmdActivate(f), newCmdList(f), newCmdShow(f), newCmdDeactivate(f),
 		newCmdRun(f, "ping", "ping", "Check the agent answers within the session"),
 		newCmdRun(f, "info", "agent_info", "Show the agent's version, host and state"),
-		newCmdTailLog(f), newCmdReadFile(f), newCmdCapabilities(f), newCmdCamera(f), newCmdPatch(f))
+		newCmdTailLog(f), newCmdReadFile(f), newCmdCapabilities(f), newCmdCamera(f), newCmdPatch(f), newCmdTranscript(f))
 	return cmd
 }
 

@@ -2,11 +2,13 @@
 // plus /healthz and /readyz.
 //
 // Every /v1 route passes through authentication (a bearer operator token)
-// and a scope check; there is no unauthenticated /v1 route.
+// and a scope check, except enrollment (an enrollment token), the viewer's
+// routes (a tenant viewer token) and the control plane's public key.
 package api
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -48,6 +50,9 @@ type Server struct {
 	// BrokerURL and SigningPublicKey are handed to agents at enrollment.
 	BrokerURL        string
 	SigningPublicKey string
+	// SigningKey signs session transcripts; its public half is
+	// SigningPublicKey's.
+	SigningKey ed25519.PrivateKey
 	// BrowserMQTTURL is the broker's WebSocket URL as a browser reaches it.
 	BrowserMQTTURL string
 	// EnrollPerMinute bounds enrollment attempts per client address (10).
@@ -56,8 +61,9 @@ type Server struct {
 	Node string
 	Log  *slog.Logger
 
-	enrollLimit    *limiter
-	gateAuditLimit *limiter
+	enrollLimit       *limiter
+	gateAuditLimit    *limiter
+	refusalAuditLimit *limiter
 }
 
 // Handler returns the API's routes.
@@ -68,6 +74,7 @@ func (s *Server) Handler() http.Handler {
 	}
 	s.enrollLimit = newLimiter(per, time.Minute)
 	s.gateAuditLimit = newLimiter(60, time.Minute)
+	s.refusalAuditLimit = newLimiter(60, time.Minute)
 	scoped := func(scope operators.Scope, h http.HandlerFunc) http.Handler { return s.requireScope(scope, h) }
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
@@ -104,6 +111,9 @@ func (s *Server) Handler() http.Handler {
 
 	mux.Handle("GET /v1/audit", scoped(operators.ScopeAuditRead, s.listAudit))
 	mux.Handle("POST /v1/audit/verify", scoped(operators.ScopeAuditRead, s.verifyAudit))
+	mux.HandleFunc("GET /v1/sessions/{session}/transcript", s.operatorTranscript)
+	mux.HandleFunc("GET /v1/viewer/sessions/{session}/transcript", s.viewerTranscript)
+	mux.HandleFunc("GET /v1/signing-key", s.signingKey)
 
 	mux.Handle("POST /v1/support/sessions", s.gate(http.HandlerFunc(s.activate)))
 	mux.Handle("POST /v1/support/sessions/{session}/commands", s.gate(http.HandlerFunc(s.command)))

@@ -7,7 +7,9 @@ package signing
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -69,4 +71,12 @@ func create(path string) (ed25519.PrivateKey, error) {
 		return nil, fmt.Errorf("signing key: %w", err)
 	}
 	return priv, nil
+}
+
+// KeyID names a public key: the hex of the first 16 bytes of SHA-256 over
+// its raw 32 bytes. Whatever a key signs can say which key it was, and a
+// verifier holding another key says so rather than "bad signature".
+func KeyID(pub ed25519.PublicKey) string {
+	sum := sha256.Sum256(pub)
+	return hex.EncodeToString(sum[:16])
 }
