@@ -362,9 +362,9 @@ func (w watcherTokens) Monitor(ctx context.Context, token string) (acl.MonitorGr
 	return acl.MonitorGrant{TokenID: p.TokenID, OperatorID: p.OperatorID, ExpiresAt: p.ExpiresAt}, true
 }
 
-func (w watcherTokens) Viewer(ctx context.Context, token string) (string, bool) {
-	t, err := w.tenants.AuthenticateViewer(ctx, token)
-	return t, err == nil
+func (w watcherTokens) Viewer(ctx context.Context, token string) (acl.ViewerGrant, bool) {
+	g, err := w.tenants.AuthenticateToken(ctx, token)
+	return acl.ViewerGrant{TokenID: g.TokenID, TenantID: g.TenantID}, err == nil
 }
 
 // agentControl revokes an agent on this node's broker.
@@ -373,8 +373,10 @@ type agentControl struct {
 	broker *broker.Broker
 }
 
-func (c agentControl) DisconnectViewers(tenantID string) {
-	c.broker.DisconnectUser(acl.ViewerUserPrefix+tenantID, packets.ErrNotAuthorized)
+func (c agentControl) DisconnectViewerTokens(tokenIDs ...string) {
+	for _, id := range c.policy.ViewersWith(tokenIDs...) {
+		c.broker.Disconnect(id, packets.ErrNotAuthorized)
+	}
 }
 
 func (c agentControl) DisconnectMonitorTokens(tokenIDs ...string) {
