@@ -137,7 +137,7 @@ func TestTenantPage_LiveFeedAndEndFromThePage(t *testing.T) {
 		args    any
 		summary string
 	}{
-		{"ping", map[string]any{}, ""},
+		{"ping", map[string]any{}, "liveness check"},
 		{"tail_log", map[string]any{"log": "streamer", "lines": 5}, "log streamer, 5 lines"},
 		{"read_file", map[string]any{"path": config}, fmt.Sprintf("file %s, %d bytes", config, len(h.configBody))},
 		{"camera_view", map[string]any{"camera": "test"}, "camera test, "},
@@ -171,7 +171,7 @@ func TestTenantPage_LiveFeedAndEndFromThePage(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, wide, "the page fits a phone's width")
 	require.NoError(t, chromedp.Do(ctx, chromedp.EmulateViewport(1100, 900)))
-	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	require.NoError(t, err)
 	out := filepath.Join(t.TempDir(), "tenant-page.png")
 	if os.Getenv("ARGUS_UPDATE_SCREENSHOT") == "1" {

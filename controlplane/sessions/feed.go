@@ -74,6 +74,8 @@ func feedSummary(name string, args, data json.RawMessage, succeeded bool) string
 		return "capability refresh"
 	case "agent_info":
 		return "agent information"
+	case "ping":
+		return "liveness check"
 	}
 	return ""
 }
