@@ -234,7 +234,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", s.tel.MetricsHandler())
-	mux.Handle("/status/", statuspage.Handler("/status/"))
+	mux.Handle("/status/", statuspage.Handler("/status/", brokerURL))
 	mux.Handle("/", apiSrv.Handler())
 	s.http = &http.Server{
 		Handler:           mux,
