@@ -236,8 +236,8 @@ func (s *Server) applyChange(c cluster.Change) {
 		s.control.revokeHere(c.AgentID)
 	case cluster.MonitorTokensRevoked:
 		s.control.disconnectMonitorsHere(c.TokenIDs...)
-	case cluster.TenantViewersRevoked:
-		s.control.disconnectViewersHere(c.TenantID)
+	case cluster.ViewerTokensRevoked:
+		s.control.disconnectViewerTokensHere(c.TokenIDs...)
 	default:
 		s.log.Debug("cluster: unknown change", "kind", c.Kind, "from", c.From)
 	}

@@ -255,7 +255,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", s.tel.MetricsHandler())
-	mux.Handle("/status/", statuspage.Handler("/status/"))
+	mux.Handle("/status/", statuspage.Handler("/status/", brokerURL))
 	mux.Handle("/", apiSrv.Handler())
 	s.http = &http.Server{
 		Handler:           mux,
@@ -383,9 +383,9 @@ func (w watcherTokens) Monitor(ctx context.Context, token string) (acl.MonitorGr
 	return acl.MonitorGrant{TokenID: p.TokenID, OperatorID: p.OperatorID, ExpiresAt: p.ExpiresAt}, true
 }
 
-func (w watcherTokens) Viewer(ctx context.Context, token string) (string, bool) {
-	t, err := w.tenants.AuthenticateViewer(ctx, token)
-	return t, err == nil
+func (w watcherTokens) Viewer(ctx context.Context, token string) (acl.ViewerGrant, bool) {
+	g, err := w.tenants.AuthenticateToken(ctx, token)
+	return acl.ViewerGrant{TokenID: g.TokenID, TenantID: g.TenantID}, err == nil
 }
 
 // agentControl applies revocations: on this node's broker at once, and
@@ -396,13 +396,15 @@ type agentControl struct {
 	wire   func() *cluster.Wire
 }
 
-func (c agentControl) DisconnectViewers(tenantID string) {
-	c.disconnectViewersHere(tenantID)
-	c.wire().Broadcast(cluster.Change{Kind: cluster.TenantViewersRevoked, TenantID: tenantID})
+func (c agentControl) DisconnectViewerTokens(tokenIDs ...string) {
+	c.disconnectViewerTokensHere(tokenIDs...)
+	c.wire().Broadcast(cluster.Change{Kind: cluster.ViewerTokensRevoked, TokenIDs: tokenIDs})
 }
 
-func (c agentControl) disconnectViewersHere(tenantID string) {
-	c.broker.DisconnectUser(acl.ViewerUserPrefix+tenantID, packets.ErrNotAuthorized)
+func (c agentControl) disconnectViewerTokensHere(tokenIDs ...string) {
+	for _, id := range c.policy.ViewersWith(tokenIDs...) {
+		c.broker.Disconnect(id, packets.ErrNotAuthorized)
+	}
 }
 
 func (c agentControl) DisconnectMonitorTokens(tokenIDs ...string) {

@@ -127,6 +127,36 @@ type AgentStatusMsg struct {
 	Time  time.Time `json:"time"`
 }
 
+// FeedMax bounds the entries a tenant's command feed holds.
+const FeedMax = 50
+
+// FeedMsg is the retained feed of a tenant's recent commands, newest
+// first, at most FeedMax of them. It says what was touched (a log's name
+// and line count, a file's path and size, a camera's name, a patch's id
+// and version), never what was read.
+type FeedMsg struct {
+	V        int         `json:"v"`
+	TenantID string      `json:"tenant_id"`
+	Entries  []FeedEntry `json:"entries"`
+	Time     time.Time   `json:"time"`
+}
+
+// FeedEntry is one completed command in a tenant's feed.
+type FeedEntry struct {
+	CommandID string `json:"command_id"`
+	SessionID string `json:"session_id"`
+	AgentID   string `json:"agent_id"`
+	Operator  string `json:"operator"`
+	Command   string `json:"command"`
+	// Summary is a short, safe account of what the command touched.
+	Summary string `json:"summary,omitempty"`
+	// Outcome is the command's recorded status: succeeded, failed,
+	// refused, timeout or interrupted; Code is its error code, if any.
+	Outcome     string    `json:"outcome"`
+	Code        string    `json:"code,omitempty"`
+	CompletedAt time.Time `json:"completed_at"`
+}
+
 // signed is the wire form of a signed message. The signature covers a
 // purpose label and the exact payload bytes, so a signature made for one
 // kind of message can never validate another.

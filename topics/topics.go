@@ -118,6 +118,15 @@ func (t TenantID) RemoteSupport() string {
 	return tenantsRoot + t.s + "/remote-support"
 }
 
+// CommandFeed returns the tenant's retained feed of recent commands: what
+// was done on its hosts, by whom, with what outcome (never the content).
+func (t TenantID) CommandFeed() string {
+	if t.s == "" {
+		panic("topics: topic built from a zero TenantID")
+	}
+	return tenantsRoot + t.s + "/commands"
+}
+
 // TenantStatusFilter is the subscription filter for everything about one
 // tenant's status.
 func (t TenantID) TenantStatusFilter() string {

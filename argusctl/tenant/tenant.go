@@ -10,6 +10,7 @@ import (
 
 	"github.com/argus-remote/argus/argusctl/apiclient"
 	"github.com/argus-remote/argus/argusctl/cmdutil"
+	"github.com/argus-remote/argus/argusctl/tenant/token"
 )
 
 // NewCmdTenant builds `argusctl tenant`.
@@ -18,7 +19,7 @@ func NewCmdTenant(f *cmdutil.Factory) *cobra.Command {
 		Use:   "tenant",
 		Short: "Manage tenants, their consent and arm state",
 	}
-	cmd.AddCommand(newCmdCreate(f), newCmdList(f), newCmdShow(f), newCmdConsent(f), newCmdArm(f), newCmdDisarm(f), newCmdViewerToken(f))
+	cmd.AddCommand(newCmdCreate(f), newCmdList(f), newCmdShow(f), newCmdConsent(f), newCmdArm(f), newCmdDisarm(f), newCmdViewerToken(f), token.NewCmdToken(f))
 	return cmd
 }
 

@@ -22,7 +22,7 @@ type viewerToken struct {
 func newCmdViewerToken(f *cmdutil.Factory) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "viewer-token",
-		Short: "Read-only tokens a tenant uses to watch its remote-support indicator",
+		Short: "View-only tenant tokens (the same as 'argusctl tenant token create --rights view')",
 	}
 	var description string
 	create := &cobra.Command{

@@ -38,7 +38,15 @@ type Credentials interface {
 // operator token with the monitor scope) and tenant viewers.
 type Tokens interface {
 	Monitor(ctx context.Context, token string) (MonitorGrant, bool)
-	Viewer(ctx context.Context, token string) (tenantID string, ok bool)
+	Viewer(ctx context.Context, token string) (ViewerGrant, bool)
+}
+
+// ViewerGrant is what a tenant viewer's connection was admitted with: the
+// tenant token behind it, so revoking that token ends exactly its
+// connections.
+type ViewerGrant struct {
+	TokenID  string
+	TenantID string
 }
 
 // MonitorGrant is what a monitor's connection was admitted with: the
@@ -59,6 +67,12 @@ func (g MonitorGrant) Expired(now time.Time) bool {
 // monitorConn is a grant and when it was made.
 type monitorConn struct {
 	MonitorGrant
+	at time.Time
+}
+
+// viewerConn is a viewer grant and when it was made.
+type viewerConn struct {
+	ViewerGrant
 	at time.Time
 }
 
@@ -114,6 +128,9 @@ type Policy struct {
 	// monitors holds, by client id, the grant each monitor connection
 	// authenticated with (the latest CONNECT for that id).
 	monitors map[string]monitorConn
+	// viewers holds, by client id, the tenant token each viewer
+	// connection authenticated with.
+	viewers map[string]viewerConn
 
 	denials atomic.Int64
 }
@@ -124,7 +141,7 @@ func New(creds Credentials, log *slog.Logger) *Policy {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Policy{creds: creds, log: log, cache: map[string]cred{}, revoked: map[string]bool{}, active: map[string]bool{},
-		monitors: map[string]monitorConn{}}
+		monitors: map[string]monitorConn{}, viewers: map[string]viewerConn{}}
 }
 
 var _ broker.Policy = (*Policy)(nil)
@@ -186,8 +203,14 @@ func (p *Policy) authenticateWatcher(r broker.ConnectRequest) bool {
 	if prefix := "viewer-" + want.String() + "-"; !strings.HasPrefix(r.ClientID, prefix) || len(r.ClientID) == len(prefix) {
 		return false
 	}
-	got, ok := p.Tokens.Viewer(ctx, string(r.Password))
-	return ok && got == want.String()
+	g, ok := p.Tokens.Viewer(ctx, string(r.Password))
+	if !ok || g.TenantID != want.String() {
+		return false
+	}
+	p.mu.Lock()
+	p.viewers[r.ClientID] = viewerConn{ViewerGrant: g, at: time.Now()}
+	p.mu.Unlock()
+	return true
 }
 
 func (p *Policy) lookup(id string) (cred, bool) {
@@ -335,18 +358,37 @@ func (p *Policy) MonitorsWith(tokenIDs ...string) []string {
 	return ids
 }
 
+// ViewersWith lists the client ids of the viewer connections that
+// authenticated with any of these tenant tokens.
+func (p *Policy) ViewersWith(tokenIDs ...string) []string {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	var ids []string
+	for id, v := range p.viewers {
+		if slices.Contains(tokenIDs, v.TokenID) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
 // monitorGrace is how long a grant is kept for a client not (or not yet)
 // connected: a CONNECT is authenticated before its client is registered.
 const monitorGrace = 30 * time.Second
 
-// PruneMonitors drops the grants of clients no longer connected, keeping
-// those made in the last 30 seconds.
+// PruneMonitors drops the grants of watchers (monitors and viewers) no
+// longer connected, keeping those made in the last 30 seconds.
 func (p *Policy) PruneMonitors(connected func(clientID string) bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for id, m := range p.monitors {
 		if time.Since(m.at) > monitorGrace && !connected(id) {
 			delete(p.monitors, id)
+		}
+	}
+	for id, v := range p.viewers {
+		if time.Since(v.at) > monitorGrace && !connected(id) {
+			delete(p.viewers, id)
 		}
 	}
 }

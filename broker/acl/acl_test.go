@@ -180,11 +180,14 @@ func (fakeTokens) Monitor(_ context.Context, tok string) (MonitorGrant, bool) {
 	}
 	return MonitorGrant{}, false
 }
-func (fakeTokens) Viewer(_ context.Context, tok string) (string, bool) {
-	if tok == "view-a" {
-		return tenantA, true
+func (fakeTokens) Viewer(_ context.Context, tok string) (ViewerGrant, bool) {
+	switch tok {
+	case "view-a":
+		return ViewerGrant{TokenID: "tok-view-a", TenantID: tenantA}, true
+	case "view-a2":
+		return ViewerGrant{TokenID: "tok-view-a2", TenantID: tenantA}, true
 	}
-	return "", false
+	return ViewerGrant{}, false
 }
 
 func TestWatchers(t *testing.T) {
@@ -224,6 +227,12 @@ func TestWatchers(t *testing.T) {
 		{ViewerUserPrefix + tenantA, topics.StatusFilter, false, false},
 		{ViewerUserPrefix + tenantA, a.Status(), false, false},
 		{ViewerUserPrefix + tenantA, "argus/v1/status/tenants/" + tenantA + "/remote-support", true, false},
+		{ViewerUserPrefix + tenantA, mustTenant(tenantA).CommandFeed(), false, true},
+		{ViewerUserPrefix + tenantA, mustTenant(tenantB).CommandFeed(), false, false},
+		{ViewerUserPrefix + tenantA, "argus/v1/status/tenants/+/commands", false, false},
+		{ViewerUserPrefix + tenantA, mustTenant(tenantA).CommandFeed(), true, false},
+		{MonitorUser, mustTenant(tenantB).CommandFeed(), false, true},
+		{agentA, mustTenant(tenantA).CommandFeed(), false, false},
 	} {
 		assert.Equal(t, c.want, p.Allow("w", c.user, c.topic, c.write), "%s %s write=%v", c.user, c.topic, c.write)
 	}
@@ -273,4 +282,31 @@ func TestMonitors_RememberTheirToken(t *testing.T) {
 	// Fresh grants survive a prune even before their client is registered.
 	p.PruneMonitors(func(string) bool { return false })
 	assert.Len(t, p.Monitors(), 3)
+}
+
+// Each viewer connection is remembered with the tenant token it
+// authenticated with, so revoking one token ends only its connections.
+func TestViewers_RememberTheirToken(t *testing.T) {
+	p, _ := newPolicy()
+	p.Tokens = fakeTokens{}
+	req := func(id, pass string) broker.ConnectRequest {
+		return broker.ConnectRequest{ClientID: id, Username: ViewerUserPrefix + tenantA, Password: []byte(pass), CleanStart: true, ProtocolVersion: 5}
+	}
+	require.True(t, p.Authenticate(req("viewer-"+tenantA+"-1", "view-a")))
+	require.True(t, p.Authenticate(req("viewer-"+tenantA+"-2", "view-a2")))
+	require.True(t, p.Authenticate(req("viewer-"+tenantA+"-3", "view-a")))
+	assert.False(t, p.Authenticate(req("viewer-"+tenantA+"-4", "nope")))
+	assert.ElementsMatch(t, []string{"viewer-" + tenantA + "-1", "viewer-" + tenantA + "-3"}, p.ViewersWith("tok-view-a"))
+	assert.ElementsMatch(t, []string{"viewer-" + tenantA + "-2"}, p.ViewersWith("tok-view-a2"))
+	assert.Empty(t, p.ViewersWith("tok-none"))
+	p.PruneMonitors(func(string) bool { return false })
+	assert.Len(t, p.ViewersWith("tok-view-a", "tok-view-a2"), 3, "fresh grants survive a prune")
+}
+
+func mustTenant(s string) topics.TenantID {
+	id, err := topics.ParseTenantID(s)
+	if err != nil {
+		panic(err)
+	}
+	return id
 }

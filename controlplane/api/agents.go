@@ -16,9 +16,9 @@ type AgentControl interface {
 	// RevokeAgent drops the agent's credential from the broker and
 	// disconnects it, at once.
 	RevokeAgent(agentID string)
-	// DisconnectViewers ends the tenant's viewer connections; each must
-	// authenticate again, which a revoked token cannot.
-	DisconnectViewers(tenantID string)
+	// DisconnectViewerTokens ends the viewer connections that
+	// authenticated with any of these tenant tokens, at once.
+	DisconnectViewerTokens(tokenIDs ...string)
 	// DisconnectMonitorTokens ends the monitor connections that
 	// authenticated with any of these operator tokens, at once.
 	DisconnectMonitorTokens(tokenIDs ...string)

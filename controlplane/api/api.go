@@ -64,6 +64,7 @@ type Server struct {
 	enrollLimit       *limiter
 	gateAuditLimit    *limiter
 	refusalAuditLimit *limiter
+	tenantAuditLimit  *limiter
 }
 
 // Handler returns the API's routes.
@@ -75,6 +76,7 @@ func (s *Server) Handler() http.Handler {
 	s.enrollLimit = newLimiter(per, time.Minute)
 	s.gateAuditLimit = newLimiter(60, time.Minute)
 	s.refusalAuditLimit = newLimiter(60, time.Minute)
+	s.tenantAuditLimit = newLimiter(tenantAuditPerMinute, time.Minute)
 	scoped := func(scope operators.Scope, h http.HandlerFunc) http.Handler { return s.requireScope(scope, h) }
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
@@ -107,7 +109,13 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/tenants/{tenant}/viewer-tokens", scoped(operators.ScopeTenantAdmin, s.createViewerToken))
 	mux.Handle("GET /v1/tenants/{tenant}/viewer-tokens", scoped(operators.ScopeTenantAdmin, s.listViewerTokens))
 	mux.Handle("POST /v1/tenants/{tenant}/viewer-tokens/{id}/revoke", scoped(operators.ScopeTenantAdmin, s.revokeViewerToken))
+	mux.Handle("POST /v1/tenants/{tenant}/tokens", scoped(operators.ScopeTenantAdmin, s.createTenantToken))
+	mux.Handle("GET /v1/tenants/{tenant}/tokens", scoped(operators.ScopeTenantAdmin, s.listTenantTokens))
+	mux.Handle("POST /v1/tenants/{tenant}/tokens/{id}/revoke", scoped(operators.ScopeTenantAdmin, s.revokeViewerToken))
+	// A tenant token opens these and nothing else; none reaches a
+	// command, a patch or another tenant.
 	mux.HandleFunc("GET /v1/viewer", s.viewer)
+	mux.HandleFunc("POST /v1/viewer/sessions/{session}/end", s.viewerEndSession)
 
 	mux.Handle("GET /v1/audit", scoped(operators.ScopeAuditRead, s.listAudit))
 	mux.Handle("POST /v1/audit/verify", scoped(operators.ScopeAuditRead, s.verifyAudit))

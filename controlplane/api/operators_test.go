@@ -29,8 +29,8 @@ type monitorKicks struct {
 	tokens []string
 }
 
-func (k *monitorKicks) RevokeAgent(string)       {}
-func (k *monitorKicks) DisconnectViewers(string) {}
+func (k *monitorKicks) RevokeAgent(string)               {}
+func (k *monitorKicks) DisconnectViewerTokens(...string) {}
 func (k *monitorKicks) DisconnectMonitorTokens(ids ...string) {
 	k.mu.Lock()
 	defer k.mu.Unlock()

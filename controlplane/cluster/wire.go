@@ -271,7 +271,7 @@ const (
 	SessionEnded         = "session_ended"
 	AgentRevoked         = "agent_revoked"
 	MonitorTokensRevoked = "monitor_tokens_revoked"
-	TenantViewersRevoked = "tenant_viewers_revoked"
+	ViewerTokensRevoked  = "viewer_tokens_revoked"
 	maxChangeSize        = 64 << 10
 	changesSubject       = "changes"
 )

@@ -440,6 +440,8 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 		m.Log.Error("command completion not recorded", "command", cmdID, "session", req.SessionID, "err", err)
 		return CommandResult{}, notRecorded(cmdID)
 	}
+	m.feedCommand(s, topics.FeedEntry{CommandID: cmdID, Operator: operatorName(req.By.Actor), Command: req.Name,
+		Summary: feedSummary(req.Name, req.Args, res.Data, res.Status == topics.ResultOK), Outcome: status, Code: code})
 	if status == "timeout" {
 		return out, refuse(http.StatusGatewayTimeout, "agent_timeout", res.Error.Message)
 	}

@@ -149,6 +149,8 @@ func (m *Manager) ApplyPatch(ctx context.Context, req PatchRequest) (PatchResult
 		m.Log.Error("patch completion not recorded", "command", cmdID, "session", req.SessionID, "err", err)
 		return PatchResult{}, notRecorded(cmdID)
 	}
+	m.feedCommand(s, topics.FeedEntry{CommandID: cmdID, Operator: operatorName(req.By.Actor), Command: "apply_patch",
+		Summary: patchSummary(man.ID, man.Version), Outcome: status, Code: code})
 	if status == "timeout" {
 		return out, refuse(http.StatusGatewayTimeout, "agent_timeout", "the agent did not answer in time; what it did is unknown")
 	}

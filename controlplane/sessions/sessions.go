@@ -55,6 +55,9 @@ const (
 	EndConsentWithdrawn = "consent_withdrawn"
 	EndAgentRevoked     = "agent_revoked"
 	EndNoAck            = "agent_did_not_acknowledge"
+	// EndTenantEnded is a session the tenant ended from its page, with a
+	// tenant token carrying the end right.
+	EndTenantEnded = "tenant_ended"
 )
 
 // Telemetry is looked up at each use, so it reports to the providers
@@ -236,6 +239,9 @@ type Manager struct {
 	// one looks for revocations.
 	checkMu      sync.Mutex
 	revokedSince time.Time
+	// feed holds each tenant's recent commands, newest first (feed.go).
+	feedMu sync.Mutex
+	feed   map[string][]topics.FeedEntry
 }
 
 // live is a session in force, as the broker side needs it.
@@ -281,7 +287,7 @@ func New(o Options) *Manager {
 	m := &Manager{
 		Options: o,
 		started: time.Now(), runs: map[string]bool{},
-		live: map[string]*live{}, acks: map[string]waiter{}, results: map[string]waiter{},
+		live: map[string]*live{}, acks: map[string]waiter{}, results: map[string]waiter{}, feed: map[string][]topics.FeedEntry{},
 		stop: make(chan struct{}), stopped: make(chan struct{}), checked: make(chan struct{}),
 	}
 	if o.Rows != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/input"
 	"github.com/argus-remote/argus/controlplane/sessions"
 	"github.com/argus-remote/argus/internal/credential"
 )
@@ -347,66 +349,120 @@ func nullUUID(s string) *string {
 	return &s
 }
 
-// ViewerToken is a tenant viewer token as listed; Token is set only when
-// it is minted.
+// Rights a tenant token may carry. Every token views; end and approve
+// act on the tenant's own sessions and nothing else.
+const (
+	RightView    = "view"
+	RightEnd     = "end"
+	RightApprove = "approve"
+)
+
+// allRights is every right, in the order they are listed.
+var allRights = []string{RightView, RightEnd, RightApprove}
+
+// MaxTokenDescription bounds a token's description, in characters.
+const MaxTokenDescription = 256
+
+// Errors about tenant tokens.
+var (
+	ErrBadRights      = errors.New("rights are a comma-separated list of view, end and approve")
+	ErrBadDescription = errors.New("a token's description is text of at most 256 characters")
+	ErrTokenRevoked   = errors.New("tenant token revoked")
+)
+
+// NormalizeRights checks a list of rights and returns it in canonical
+// order, without repeats and with view always in it.
+func NormalizeRights(in []string) ([]string, error) {
+	if len(in) > len(allRights)*2 {
+		return nil, ErrBadRights
+	}
+	want := map[string]bool{RightView: true}
+	for _, r := range in {
+		if !slices.Contains(allRights, r) {
+			return nil, ErrBadRights
+		}
+		want[r] = true
+	}
+	out := make([]string, 0, len(want))
+	for _, r := range allRights {
+		if want[r] {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// ViewerToken is a tenant token as listed; Token is set only when it is
+// minted. (Tenant tokens began as read-only viewer tokens, and keep
+// their table and prefix.)
 type ViewerToken struct {
 	ID          string     `json:"id"`
 	TenantID    string     `json:"tenant_id"`
 	Token       string     `json:"token,omitempty"`
+	Rights      []string   `json:"rights"`
 	Description string     `json:"description,omitempty"`
 	CreatedAt   time.Time  `json:"created_at"`
 	RevokedAt   *time.Time `json:"revoked_at,omitempty"`
 }
 
-// ErrViewerTokenNotFound is returned for an unknown viewer token id.
-var ErrViewerTokenNotFound = errors.New("viewer token not found")
+// ErrViewerTokenNotFound is returned for an unknown tenant token.
+var ErrViewerTokenNotFound = errors.New("tenant token not found")
 
-// CreateViewerToken mints a read-only token for the tenant's indicator.
-func (s *Store) CreateViewerToken(ctx context.Context, ref, description string, by audit.Entry) (ViewerToken, error) {
+// CreateViewerToken mints a tenant token with the given rights (view
+// alone when none are given).
+func (s *Store) CreateViewerToken(ctx context.Context, ref, description string, rights []string, by audit.Entry) (ViewerToken, error) {
+	rights, err := NormalizeRights(rights)
+	if err != nil {
+		return ViewerToken{}, err
+	}
+	if input.Text("description", description, MaxTokenDescription) != nil {
+		return ViewerToken{}, ErrBadDescription
+	}
 	m, err := credential.Mint(credential.Viewer)
 	if err != nil {
 		return ViewerToken{}, err
 	}
-	v := ViewerToken{ID: m.ID, Token: m.Plain, Description: description}
+	v := ViewerToken{ID: m.ID, Token: m.Plain, Description: description, Rights: rights}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
 		if v.TenantID, _, err = lockTenant(ctx, tx, ref); err != nil {
 			return err
 		}
-		if err := tx.QueryRow(ctx, `INSERT INTO tenant_viewer_tokens (id, tenant_id, secret_hash, description, created_by)
-			VALUES ($1, $2, $3, $4, $5) RETURNING created_at`, m.ID, v.TenantID, m.Hash, description, nullUUID(by.OperatorID)).Scan(&v.CreatedAt); err != nil {
+		if err := tx.QueryRow(ctx, `INSERT INTO tenant_viewer_tokens (id, tenant_id, secret_hash, description, created_by, rights)
+			VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at`, m.ID, v.TenantID, m.Hash, description, nullUUID(by.OperatorID), rights).Scan(&v.CreatedAt); err != nil {
 			return err
 		}
 		by.Action, by.Outcome, by.TenantID = "tenant.viewer_token.create", audit.Success, v.TenantID
-		by.Detail = map[string]any{"token_id": m.ID}
+		by.Detail = map[string]any{"token_id": m.ID, "rights": rights}
 		_, err = audit.Record(ctx, tx, by)
 		return err
 	})
 	if err != nil {
-		return ViewerToken{}, fmt.Errorf("create viewer token: %w", err)
+		return ViewerToken{}, fmt.Errorf("create tenant token: %w", err)
 	}
 	return v, nil
 }
 
-// ViewerTokens lists a tenant's viewer tokens.
+// ViewerTokens lists a tenant's tokens.
 func (s *Store) ViewerTokens(ctx context.Context, ref string) ([]ViewerToken, error) {
 	t, err := s.Get(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT id, tenant_id, description, created_at, revoked_at FROM tenant_viewer_tokens
+	rows, err := s.pool.Query(ctx, `SELECT id, tenant_id, rights, description, created_at, revoked_at FROM tenant_viewer_tokens
 		WHERE tenant_id = $1 ORDER BY created_at`, t.ID)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (ViewerToken, error) {
 		var v ViewerToken
-		err := r.Scan(&v.ID, &v.TenantID, &v.Description, &v.CreatedAt, &v.RevokedAt)
+		err := r.Scan(&v.ID, &v.TenantID, &v.Rights, &v.Description, &v.CreatedAt, &v.RevokedAt)
 		return v, err
 	})
 }
 
-// RevokeViewerToken revokes one viewer token of the tenant.
+// RevokeViewerToken revokes one token of the tenant. A token id of
+// another tenant is not found.
 func (s *Store) RevokeViewerToken(ctx context.Context, ref, id string, by audit.Entry) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		tid, _, err := lockTenant(ctx, tx, ref)
@@ -427,19 +483,61 @@ func (s *Store) RevokeViewerToken(ctx context.Context, ref, id string, by audit.
 	})
 }
 
-// AuthenticateViewer returns the tenant of a live viewer token.
-func (s *Store) AuthenticateViewer(ctx context.Context, plain string) (string, error) {
+// TokenGrant is what a live tenant token grants: its own tenant, with
+// its rights.
+type TokenGrant struct {
+	TokenID  string
+	TenantID string
+	Rights   []string
+}
+
+// Has reports whether the grant carries right.
+func (g TokenGrant) Has(right string) bool { return slices.Contains(g.Rights, right) }
+
+// TokenID returns the id part of a tenant token, or "" when it is not
+// shaped like one: for the audit of a refused token.
+func TokenID(plain string) string {
+	id, _, err := credential.Parse(credential.Viewer, plain)
+	if err != nil {
+		return ""
+	}
+	return id
+}
+
+// AuthenticateToken returns what a tenant token grants. It fails with
+// ErrViewerTokenNotFound for a token that is unknown or whose secret is
+// wrong, and with ErrTokenRevoked for one revoked (said only to whoever
+// holds its secret).
+func (s *Store) AuthenticateToken(ctx context.Context, plain string) (TokenGrant, error) {
 	id, secret, err := credential.Parse(credential.Viewer, plain)
+	if err != nil {
+		return TokenGrant{}, ErrViewerTokenNotFound
+	}
+	g := TokenGrant{TokenID: id}
+	var hash []byte
+	var revoked bool
+	err = s.pool.QueryRow(ctx, "SELECT tenant_id, rights, secret_hash, revoked_at IS NOT NULL FROM tenant_viewer_tokens WHERE id = $1", id).
+		Scan(&g.TenantID, &g.Rights, &hash, &revoked)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return TokenGrant{}, ErrViewerTokenNotFound
+	}
+	if err != nil {
+		return TokenGrant{}, fmt.Errorf("authenticate tenant token: %w", err)
+	}
+	if !credential.Verify(hash, secret) {
+		return TokenGrant{}, ErrViewerTokenNotFound
+	}
+	if revoked {
+		return TokenGrant{}, ErrTokenRevoked
+	}
+	return g, nil
+}
+
+// AuthenticateViewer returns the tenant of a live tenant token.
+func (s *Store) AuthenticateViewer(ctx context.Context, plain string) (string, error) {
+	g, err := s.AuthenticateToken(ctx, plain)
 	if err != nil {
 		return "", ErrViewerTokenNotFound
 	}
-	var tenant string
-	var hash []byte
-	var revoked bool
-	err = s.pool.QueryRow(ctx, "SELECT tenant_id, secret_hash, revoked_at IS NOT NULL FROM tenant_viewer_tokens WHERE id = $1", id).
-		Scan(&tenant, &hash, &revoked)
-	if err != nil || revoked || !credential.Verify(hash, secret) {
-		return "", ErrViewerTokenNotFound
-	}
-	return tenant, nil
+	return g.TenantID, nil
 }

@@ -1,10 +1,20 @@
-// The tenant's live indicator: a viewer token (from the URL fragment or
-// typed in) opens a read-only MQTT subscription to the tenant's retained
-// remote-support topic; every message redraws the page.
+// The tenant's page: a tenant token (from the URL fragment or typed in)
+// opens a read-only MQTT subscription to the tenant's retained
+// remote-support indicator and command feed; every message redraws the
+// page. A token with the end right may end a live session through the
+// API, sent as Authorization: Bearer (never a cookie, so no other page can
+// make the browser send it).
 (function () {
   "use strict";
   var $ = function (id) { return document.getElementById(id); };
   var fmt = function (s) { return s ? new Date(s).toLocaleString() : "—"; };
+  var time = function (s) { return s ? new Date(s).toLocaleTimeString() : "—"; };
+
+  var token = "";
+  var info = null;
+  var status = null;
+  var feed = [];
+  var names = {};
 
   function cells(tr, values) {
     values.forEach(function (v) {
@@ -14,13 +24,31 @@
     });
   }
 
-  function render(st) {
-    var ind = $("indicator");
-    ind.className = st.active ? "active" : "idle";
+  function can(right) { return !!info && (info.rights || []).indexOf(right) >= 0; }
+
+  // The banner says only what is known: connecting until the retained
+  // status has arrived (or again once the connection is lost), then idle
+  // or ACTIVE.
+  function unknown(why) {
+    status = null;
+    $("indicator").className = "unknown";
+    $("state").textContent = "connecting…";
+    $("detail").textContent = why || "";
+  }
+
+  function render() {
+    if (!status) { return; }
+    var st = status;
+    $("indicator").className = st.active ? "active" : "idle";
     $("state").textContent = st.active ? "ACTIVE" : "idle";
     $("detail").textContent = st.active
       ? st.sessions.length + " remote-support session(s) in progress"
       : "No one is connected to your systems.";
+    (st.today || []).concat(st.sessions || []).forEach(function (s) {
+      if (s.agent_name) { names[s.agent_id] = s.agent_name; }
+    });
+    var end = can("end");
+    document.querySelectorAll("#live .end-col").forEach(function (th) { th.hidden = !end; });
     var live = $("live").tBodies[0];
     live.replaceChildren();
     (st.sessions || []).forEach(function (s) {
@@ -32,6 +60,15 @@
         tr.classList.add("stale");
       }
       cells(tr, [agent, s.operator, fmt(s.since), fmt(s.expires_at)]);
+      if (end) {
+        var td = document.createElement("td");
+        var b = document.createElement("button");
+        b.className = "danger end";
+        b.textContent = "End this session now";
+        b.addEventListener("click", function () { confirmEnd(s); });
+        td.appendChild(b);
+        tr.appendChild(td);
+      }
       live.appendChild(tr);
     });
     var today = $("today").tBodies[0];
@@ -41,28 +78,85 @@
       cells(tr, [s.agent_name || s.agent_id, s.operator, fmt(s.since), s.ended_at ? fmt(s.ended_at) : "live", s.end_reason || ""]);
       today.appendChild(tr);
     });
+    renderFeed();
   }
 
-  function watch(token) {
-    fetch("/v1/viewer", { headers: { Authorization: "Bearer " + token } })
+  function renderFeed() {
+    var body = $("feed").tBodies[0];
+    body.replaceChildren();
+    feed.forEach(function (e) {
+      var tr = document.createElement("tr");
+      tr.dataset.command = e.command_id;
+      cells(tr, [time(e.completed_at), names[e.agent_id] || e.agent_id, e.operator, e.command, e.summary || "",
+        e.outcome + (e.code ? " (" + e.code + ")" : "")]);
+      tr.children[4].className = "what";
+      body.appendChild(tr);
+    });
+  }
+
+  function notice(text) {
+    $("notice").textContent = text;
+    $("notice").hidden = !text;
+  }
+
+  var pending = null;
+  function confirmEnd(s) {
+    pending = s;
+    $("confirm-text").textContent = "End the session of " + s.operator + " on " + (s.agent_name || s.agent_id) +
+      "? The operator loses access at once; the agent goes dormant.";
+    $("confirm").showModal();
+  }
+  $("confirm").addEventListener("close", function () {
+    var s = pending;
+    pending = null;
+    if (!s || $("confirm").returnValue !== "end") { return; }
+    notice("Ending the session…");
+    fetch("/v1/viewer/sessions/" + encodeURIComponent(s.session_id) + "/end", {
+      method: "POST", credentials: "omit", headers: { Authorization: "Bearer " + token }
+    }).then(function (r) {
+      return r.json().then(function (body) {
+        if (!r.ok) { throw new Error((body.error && body.error.message) || "refused"); }
+        notice("Session ended.");
+      });
+    }).catch(function (e) { notice("The session was not ended: " + e.message); });
+  });
+
+  function watch(tok) {
+    token = tok;
+    fetch("/v1/viewer", { credentials: "omit", headers: { Authorization: "Bearer " + token } })
       .then(function (r) {
-        if (!r.ok) { throw new Error("the viewer token was refused"); }
+        if (!r.ok) { throw new Error("the tenant token was refused"); }
         return r.json();
       })
       .then(function (v) {
+        info = v;
         $("tenant").textContent = v.tenant;
         var client = mqtt.connect(v.mqtt_url, {
           username: v.mqtt_username, password: token, protocolVersion: 5, clean: true,
           clientId: "viewer-" + v.tenant_id + "-page-" + Math.random().toString(16).slice(2, 12), reconnectPeriod: 2000
         });
         client.on("connect", function () {
-          $("conn").textContent = "connected, live";
-          client.subscribe(v.topic, { qos: 1 });
+          $("conn").textContent = "connected, waiting for the status…";
+          client.subscribe([v.topic, v.feed_topic], { qos: 1 });
         });
         client.on("message", function (topic, payload) {
-          try { render(JSON.parse(payload.toString())); } catch (e) { /* ignore a bad message */ }
+          var msg;
+          try { msg = JSON.parse(payload.toString()); } catch (e) { return; }
+          if (topic === v.feed_topic) {
+            feed = Array.isArray(msg.entries) ? msg.entries : [];
+            renderFeed();
+            return;
+          }
+          if (topic === v.topic) {
+            status = msg;
+            render();
+            $("conn").textContent = "connected, live";
+          }
         });
-        client.on("close", function () { $("conn").textContent = "disconnected, retrying…"; });
+        client.on("close", function () {
+          unknown("Reconnecting to the live status…");
+          $("conn").textContent = "disconnected, retrying…";
+        });
         client.on("error", function (e) { $("conn").textContent = "error: " + e.message; });
       })
       .catch(function (e) {
@@ -80,11 +174,13 @@
     watch(decodeURIComponent(m[1]));
   } else {
     $("login").hidden = false;
-    $("state").textContent = "paste a viewer token";
+    $("state").textContent = "paste a tenant token";
+    $("conn").textContent = "";
   }
   $("login").addEventListener("submit", function (ev) {
     ev.preventDefault();
     $("login").hidden = true;
+    unknown("");
     watch($("token").value.trim());
   });
 })();
