@@ -303,8 +303,9 @@ func FromViper(v *viper.Viper) (Config, error) {
 	if c.AuditStream.CAFile != "" && !c.AuditStream.TLS {
 		bad("audit-stream-ca-file", "set, but audit-stream-tls is off")
 	}
-	if d, err := time.ParseDuration(v.GetString("audit-stream-max-lag")); err != nil || d < time.Second || d > 24*time.Hour {
-		bad("audit-stream-max-lag", "%q is not a duration within 1s..24h", v.GetString("audit-stream-max-lag"))
+	if d, err := time.ParseDuration(v.GetString("audit-stream-max-lag")); err != nil || d < 5*time.Second || d > 24*time.Hour {
+		// An event takes a second to count as accepted: less would alarm a stream at work.
+		bad("audit-stream-max-lag", "%q is not a duration within 5s..24h", v.GetString("audit-stream-max-lag"))
 	} else {
 		c.AuditStream.MaxLag = d
 	}

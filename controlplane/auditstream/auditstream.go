@@ -183,7 +183,9 @@ func (s *Streamer) Run(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := s.hold(ctx)
-		s.streaming.Store(false)
+		if s.streaming.Swap(false) {
+			backoff = 100 * time.Millisecond // it held the lock: a fresh failure
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -355,7 +357,12 @@ func (st *stream) send(ctx context.Context) error {
 		if len(evs) == 0 {
 			return nil
 		}
-		if err := st.write(evs); err != nil {
+		if err := st.write(evs); errors.Is(err, errFormat) {
+			// Never skipped, since a gap at the receiver would hide it:
+			// tried again at the next poll, and alarmed as a gap.
+			st.s.log.Error("audit stream: an event cannot be sent", "err", err)
+			return nil
+		} else if err != nil {
 			st.closeReceiver(err.Error())
 			st.dialAt = time.Now()
 			return nil
@@ -366,13 +373,15 @@ func (st *stream) send(ctx context.Context) error {
 	}
 }
 
+// errFormat is an event that cannot be made a message.
+var errFormat = errors.New("format")
+
 func (st *stream) write(evs []event) error {
 	var buf []byte
 	for _, e := range evs {
 		msg, err := format(e, st.s.cfg.Hostname, os.Getpid(), st.s.cfg.MaxMessage)
 		if err != nil {
-			// Never skipped: a gap at the receiver would hide it.
-			return fmt.Errorf("format: %w", err)
+			return fmt.Errorf("%w: %w", errFormat, err)
 		}
 		buf = frame(buf, msg)
 	}

@@ -237,6 +237,39 @@ func TestStream_ConnectionEndedWithinSettleAcceptsNothing(t *testing.T) {
 	assert.Equal(t, int64(1), second[0], "resent from the first unaccepted seq")
 }
 
+// Bytes still in this host's send queue, or on their way, are not
+// accepted: the position never covers more than the receiver's kernel
+// has acknowledged, even on a connection that stays open.
+func TestStream_UnacknowledgedBytesAreNotAccepted(t *testing.T) {
+	pool := testenv.Pool(t)
+	rcv := startReceiver(t, "127.0.0.1:0")
+	rcv.pause()
+	s := startStreamer(t, pool, rcv.addr, nil, nil)
+	// 2,000 messages of 8 KiB: far more than the socket buffers of both
+	// ends hold, so the stream stalls with bytes in this host's queue.
+	const n = 2000
+	record(t, pool, n, audit.Entry{Actor: "system", Action: "agent.manifest", Outcome: audit.Success,
+		Detail: map[string]any{"blob": strings.Repeat("x", 7600)}})
+	testenv.Eventually(t, 10*time.Second, func() bool { return s.Accepted() > 0 }, "some accepted")
+	time.Sleep(time.Second) // five Settles: what would be accepted wrongly would be by now
+	accepted := position(t, pool, rcv.addr)
+	unread := rcv.unread()
+	require.Less(t, accepted, int64(n), "the stalled stream is not all accepted")
+
+	rcv.resume()
+	testenv.Eventually(t, 20*time.Second, rcv.has(n), "all received once read")
+	var end int64
+	for _, m := range rcv.all() {
+		if m.conn == 1 && m.params["seq"] == strconv.FormatInt(accepted, 10) {
+			end = m.end
+		}
+	}
+	require.NotZero(t, end, "seq %d came on the first connection", accepted)
+	t.Logf("accepted seq %d (%d bytes) while %d bytes sat unread at the receiver", accepted, end, unread)
+	assert.LessOrEqual(t, end, unread, "accepted only what the receiver's kernel acknowledged")
+	testenv.Eventually(t, 10*time.Second, func() bool { return position(t, pool, rcv.addr) == n }, "all accepted")
+}
+
 // holderPID is the backend holding the stream's advisory lock.
 func holderPID(t *testing.T, pool *pgxpool.Pool) int {
 	t.Helper()

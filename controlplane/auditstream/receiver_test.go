@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/argus-remote/argus/controlplane/auditstream"
 )
 
@@ -27,12 +29,15 @@ type syslogReceiver struct {
 	msgs  []received
 	conn  int // connections accepted so far
 	errs  []error
+	// hold, while open, keeps every connection from being read.
+	hold chan struct{}
 }
 
 type received struct {
 	conn   int
 	raw    string
 	params map[string]string
+	end    int64 // bytes read on its connection up to its end
 }
 
 // startReceiver listens on addr ("127.0.0.1:0" for any port).
@@ -86,8 +91,50 @@ func (r *syslogReceiver) stop() {
 // restart listens again on the same address.
 func (r *syslogReceiver) restart() { r.listen(r.addr) }
 
+// pause keeps connections from being read until resume.
+func (r *syslogReceiver) pause() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.hold = make(chan struct{})
+}
+
+func (r *syslogReceiver) resume() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	close(r.hold)
+	r.hold = nil
+}
+
+// unread is the bytes waiting in the kernel's receive queues of the
+// receiver's connections: acknowledged to the sender, never read.
+func (r *syslogReceiver) unread() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var n int64
+	for _, c := range r.conns {
+		raw, err := c.(*net.TCPConn).SyscallConn()
+		if err != nil {
+			continue
+		}
+		_ = raw.Control(func(fd uintptr) {
+			q, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+			if err == nil {
+				n += int64(q)
+			}
+		})
+	}
+	return n
+}
+
 func (r *syslogReceiver) read(c net.Conn, n int) {
-	br := bufio.NewReader(c)
+	r.mu.Lock()
+	hold := r.hold
+	r.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
+	counted := &countingReader{r: c}
+	br := bufio.NewReaderSize(counted, 64<<10)
 	for {
 		msg, err := readFrame(br)
 		if err != nil {
@@ -103,10 +150,21 @@ func (r *syslogReceiver) read(c net.Conn, n int) {
 		if err != nil {
 			r.errs = append(r.errs, fmt.Errorf("%w in %q", err, msg))
 		} else {
-			r.msgs = append(r.msgs, received{conn: n, raw: msg, params: params})
+			r.msgs = append(r.msgs, received{conn: n, raw: msg, params: params, end: counted.n - int64(br.Buffered())})
 		}
 		r.mu.Unlock()
 	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	return n, err
 }
 
 // readFrame reads one octet-counted frame: MSG-LEN SP SYSLOG-MSG.
