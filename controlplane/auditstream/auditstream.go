@@ -87,6 +87,7 @@ type Streamer struct {
 
 	streaming atomic.Bool
 	accepted  atomic.Int64 // the receiver's position
+	sent      atomic.Int64 // the last seq written to the receiver
 	lagMicros atomic.Int64 // age of the oldest unaccepted event
 	alarmed   bool         // the current gap has been alarmed; the stream loop's own
 }
@@ -159,6 +160,11 @@ func (s *Streamer) observe() error {
 	if err != nil {
 		return err
 	}
+	sent, err := m.Int64ObservableGauge("argus_audit_stream_sent_seq",
+		metric.WithDescription("Last events seq written to the syslog receiver, accepted or not yet (reported by the streaming node)."))
+	if err != nil {
+		return err
+	}
 	streaming, err := m.Int64ObservableGauge("argus_audit_stream_streaming",
 		metric.WithDescription("1 on the node that holds the stream's lock and streams the audit, 0 elsewhere."))
 	if err != nil {
@@ -171,9 +177,10 @@ func (s *Streamer) observe() error {
 		}
 		o.ObserveInt64(streaming, 1)
 		o.ObserveInt64(last, s.accepted.Load())
+		o.ObserveInt64(sent, s.sent.Load())
 		o.ObserveFloat64(lag, float64(s.lagMicros.Load())/1e6)
 		return nil
-	}, last, lag, streaming)
+	}, last, sent, lag, streaming)
 	return err
 }
 
@@ -225,6 +232,7 @@ func (s *Streamer) hold(ctx context.Context) error {
 		return fmt.Errorf("position: %w", err)
 	}
 	s.accepted.Store(pos)
+	s.sent.Store(pos)
 	s.streaming.Store(true)
 	s.log.Info("audit stream: this node streams", "from_seq", pos+1)
 	st := &stream{s: s, db: conn, accepted: pos, sent: pos, wake: true}
@@ -391,6 +399,7 @@ func (st *stream) write(evs []event) error {
 	}
 	st.pending = append(st.pending, batch{last: evs[len(evs)-1].Seq, end: end, oldest: evs[0].OccurredAt})
 	st.sent = evs[len(evs)-1].Seq
+	st.s.sent.Store(st.sent)
 	sentCounter.Get().Add(context.Background(), int64(len(evs)))
 	return nil
 }

@@ -3,6 +3,7 @@ package auditstream_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	"github.com/argus-remote/argus/controlplane/auditstream"
 	"github.com/argus-remote/argus/controlplane/mail"
 	"github.com/argus-remote/argus/internal/smtptest"
+	"github.com/argus-remote/argus/internal/testcert"
 	"github.com/argus-remote/argus/internal/testenv"
 )
 
@@ -270,6 +272,32 @@ func TestStream_UnacknowledgedBytesAreNotAccepted(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, func() bool { return position(t, pool, rcv.addr) == n }, "all accepted")
 }
 
+// Over TLS the receiver is verified against the CA file: with it the
+// events arrive; without it (a certificate no system root signed) nothing
+// is sent, and the refusal is logged.
+func TestStream_OverTLSWithACAFile(t *testing.T) {
+	pool := testenv.Pool(t)
+	certFile, keyFile := testcert.Files(t)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	require.NoError(t, err)
+	rcv := startTLSReceiver(t, cert)
+	untrusted := startStreamer(t, pool, rcv.addr, func(c *auditstream.Config) { c.TLS = true }, nil)
+	record(t, pool, 5, audit.Entry{})
+	testenv.Eventually(t, 10*time.Second, func() bool { return strings.Contains(untrusted.logs.String(), "certificate") },
+		"an unknown certificate refused")
+	assert.Empty(t, rcv.all())
+	assert.Equal(t, int64(0), position(t, pool, rcv.addr))
+	untrusted.stop()
+
+	s := startStreamer(t, pool, rcv.addr, func(c *auditstream.Config) { c.TLS, c.CAFile = true, certFile }, nil)
+	testenv.Eventually(t, 10*time.Second, rcv.has(5), "5 received over TLS")
+	testenv.Eventually(t, 5*time.Second, func() bool { return s.Accepted() == 5 }, "5 accepted")
+	require.NoError(t, inOrderNoGaps(rcv.seqs()))
+	for _, err := range rcv.problems() {
+		assert.ErrorContains(t, err, "tls: bad certificate", "only the untrusted handshakes failed")
+	}
+}
+
 // holderPID is the backend holding the stream's advisory lock.
 func holderPID(t *testing.T, pool *pgxpool.Pool) int {
 	t.Helper()
@@ -379,6 +407,7 @@ func TestStream_GapIsAlarmed(t *testing.T) {
 	assert.Equal(t, 1.0, m["argus_audit_stream_gaps"], fmt.Sprint(m))
 	assert.Greater(t, m["argus_audit_stream_lag_seconds"], 1.0)
 	assert.Equal(t, 0.0, m["argus_audit_stream_last_seq"])
+	assert.Equal(t, 0.0, m["argus_audit_stream_sent_seq"])
 	assert.Equal(t, 1.0, m["argus_audit_stream_streaming"])
 
 	rcv.restart()
@@ -386,6 +415,7 @@ func TestStream_GapIsAlarmed(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, func() bool { return strings.Contains(s.logs.String(), "audit stream gap closed") }, "closed")
 	m = metrics()
 	assert.Equal(t, 3.0, m["argus_audit_stream_last_seq"])
+	assert.Equal(t, 3.0, m["argus_audit_stream_sent_seq"])
 	assert.Equal(t, 0.0, m["argus_audit_stream_lag_seconds"])
 	assert.Equal(t, 1.0, m["argus_audit_stream_gaps"], "one alarm for one gap")
 }

@@ -2,6 +2,7 @@ package auditstream_test
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +32,7 @@ type syslogReceiver struct {
 	errs  []error
 	// hold, while open, keeps every connection from being read.
 	hold chan struct{}
+	tls  *tls.Config
 }
 
 type received struct {
@@ -49,10 +51,22 @@ func startReceiver(t *testing.T, addr string) *syslogReceiver {
 	return r
 }
 
+// startTLSReceiver is startReceiver behind TLS with cert.
+func startTLSReceiver(t *testing.T, cert tls.Certificate) *syslogReceiver {
+	t.Helper()
+	r := &syslogReceiver{t: t, tls: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}
+	r.listen("127.0.0.1:0")
+	t.Cleanup(r.stop)
+	return r
+}
+
 func (r *syslogReceiver) listen(addr string) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		r.t.Fatal(err)
+	}
+	if r.tls != nil {
+		ln = tls.NewListener(ln, r.tls)
 	}
 	r.mu.Lock()
 	r.ln, r.addr = ln, ln.Addr().String()
@@ -112,7 +126,11 @@ func (r *syslogReceiver) unread() int64 {
 	defer r.mu.Unlock()
 	var n int64
 	for _, c := range r.conns {
-		raw, err := c.(*net.TCPConn).SyscallConn()
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			continue
+		}
+		raw, err := tc.SyscallConn()
 		if err != nil {
 			continue
 		}
