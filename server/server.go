@@ -198,6 +198,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		nightly.Loop(nctx)
 	}()
 
+	// The audit goes to the SIEM as it commits; on a cluster, one node
+	// at a time streams it (auditstream).
 	if cfg.AuditStream.Addr != "" {
 		streamer, err := auditstream.New(cfg.AuditStream, func(ctx context.Context) (*pgx.Conn, error) {
 			return pgx.ConnectConfig(ctx, s.db.Pool.Config().ConnConfig.Copy())

@@ -250,6 +250,7 @@ type stream struct {
 	sent     int64 // last seq written on rc (accepted when rc is nil)
 	pending  []batch
 	wake     bool      // a notification (or the start) asks for a read
+	stuck    bool      // the next event cannot be sent (see send)
 	lastRead time.Time // of events
 	lagAt    time.Time // of the last lag check
 	dialAt   time.Time // earliest next dial
@@ -369,6 +370,7 @@ func (st *stream) send(ctx context.Context) error {
 			// Never skipped, since a gap at the receiver would hide it:
 			// tried again at the next poll, and alarmed as a gap.
 			st.s.log.Error("audit stream: an event cannot be sent", "err", err)
+			st.stuck = true
 			return nil
 		} else if err != nil {
 			st.closeReceiver(err.Error())
@@ -386,22 +388,31 @@ var errFormat = errors.New("format")
 
 func (st *stream) write(evs []event) error {
 	var buf []byte
+	var ferr error
+	n := 0
 	for _, e := range evs {
 		msg, err := format(e, st.s.cfg.Hostname, os.Getpid(), st.s.cfg.MaxMessage)
 		if err != nil {
-			return fmt.Errorf("%w: %w", errFormat, err)
+			// What comes before it is sent; nothing after it.
+			ferr = fmt.Errorf("%w: %w", errFormat, err)
+			break
 		}
 		buf = frame(buf, msg)
+		n++
+	}
+	if n == 0 {
+		return ferr
 	}
 	end, err := st.rc.write(buf)
 	if err != nil {
 		return err
 	}
-	st.pending = append(st.pending, batch{last: evs[len(evs)-1].Seq, end: end, oldest: evs[0].OccurredAt})
-	st.sent = evs[len(evs)-1].Seq
+	st.stuck = false
+	st.pending = append(st.pending, batch{last: evs[n-1].Seq, end: end, oldest: evs[0].OccurredAt})
+	st.sent = evs[n-1].Seq
 	st.s.sent.Store(st.sent)
-	sentCounter.Get().Add(context.Background(), int64(len(evs)))
-	return nil
+	sentCounter.Get().Add(context.Background(), int64(n))
+	return ferr
 }
 
 // confirm marks the batches the receiver's TCP has acknowledged, and
@@ -459,7 +470,7 @@ func (st *stream) checkLag(ctx context.Context) error {
 	var oldest time.Time
 	if len(st.pending) > 0 {
 		oldest = st.pending[0].oldest
-	} else if st.rc == nil || st.wake {
+	} else if st.rc == nil || st.wake || st.stuck {
 		// Nothing in flight, and perhaps unsent events: the database
 		// says, asked once a second.
 		if now.Sub(st.lagAt) < time.Second {

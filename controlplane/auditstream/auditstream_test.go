@@ -419,3 +419,23 @@ func TestStream_GapIsAlarmed(t *testing.T) {
 	assert.Equal(t, 0.0, m["argus_audit_stream_lag_seconds"])
 	assert.Equal(t, 1.0, m["argus_audit_stream_gaps"], "one alarm for one gap")
 }
+
+// An event that cannot be made a message (here: a row whose canonical
+// bytes someone broke by hand) holds the stream back rather than leave a
+// hole at the receiver, and the wait is alarmed as a gap.
+func TestStream_AnEventThatCannotBeSentIsNeverSkipped(t *testing.T) {
+	pool := testenv.Pool(t)
+	ctx := context.Background()
+	record(t, pool, 1, audit.Entry{})
+	_, err := pool.Exec(ctx, `INSERT INTO events (seq, id, occurred_at, action, payload, canonical, prev_hash, hash)
+		VALUES (2, gen_random_uuid(), now(), 'x', '{}', '\x7b', decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex'))`)
+	require.NoError(t, err)
+	record(t, pool, 1, audit.Entry{})
+
+	rcv := startReceiver(t, "127.0.0.1:0")
+	s := startStreamer(t, pool, rcv.addr, func(c *auditstream.Config) { c.MaxLag = time.Second }, nil)
+	testenv.Eventually(t, 10*time.Second, func() bool { return strings.Contains(s.logs.String(), "audit stream gap") }, "the wait alarmed")
+	assert.Contains(t, s.logs.String(), "an event cannot be sent")
+	assert.Equal(t, []int64{1}, rcv.seqs(), "nothing after the event that cannot be sent")
+	assert.Equal(t, int64(1), position(t, pool, rcv.addr))
+}
