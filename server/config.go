@@ -19,6 +19,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/argus-remote/argus/broker"
+	"github.com/argus-remote/argus/controlplane/auditstream"
 	"github.com/argus-remote/argus/controlplane/mail"
 	"github.com/argus-remote/argus/internal/settings"
 )
@@ -58,6 +59,10 @@ type Config struct {
 	ReconcileAt       time.Duration
 	ReconcileOverlap  time.Duration
 	ReconcileAllClear bool
+
+	// AuditStream is the syslog receiver the audit is streamed to; off
+	// when its Addr is empty.
+	AuditStream auditstream.Config
 
 	OTLPEndpoint    string
 	EnrollPerMinute int
@@ -128,6 +133,12 @@ var Keys = []settings.Key{
 	{Name: "audit-reconcile-at", Env: []string{"ARGUS_AUDIT_RECONCILE_AT"}, Default: "02:00"},
 	{Name: "audit-reconcile-overlap", Env: []string{"ARGUS_AUDIT_RECONCILE_OVERLAP"}, Default: "1h"},
 	{Name: "audit-all-clear-mail", Env: []string{"ARGUS_AUDIT_ALL_CLEAR_MAIL"}, Default: false},
+	{Name: "audit-stream-addr", Env: []string{"ARGUS_AUDIT_STREAM_ADDR"}},
+	{Name: "audit-stream-tls", Env: []string{"ARGUS_AUDIT_STREAM_TLS"}, Default: false},
+	{Name: "audit-stream-ca-file", Env: []string{"ARGUS_AUDIT_STREAM_CA_FILE"}},
+	{Name: "audit-stream-max-lag", Env: []string{"ARGUS_AUDIT_STREAM_MAX_LAG"}, Default: "1m"},
+	// 8 KiB: what every RFC 5425 receiver must take (rsyslog's default).
+	{Name: "audit-stream-max-message", Env: []string{"ARGUS_AUDIT_STREAM_MAX_MESSAGE"}, Default: 8192},
 	{Name: "otlp-endpoint", Env: []string{"ARGUS_OTLP_ENDPOINT"}},
 	{Name: "pprof-addr", Env: []string{"ARGUS_PPROF_ADDR"}},
 	{Name: "gc-heap-floor", Env: []string{"ARGUS_GC_HEAP_FLOOR"}, Default: 64 << 20},
@@ -285,6 +296,29 @@ func FromViper(v *viper.Viper) (Config, error) {
 	}
 	if c.ReconcileAllClear, err = parseBool(v.Get("audit-all-clear-mail")); err != nil {
 		bad("audit-all-clear-mail", "%v", err)
+	}
+	c.AuditStream = auditstream.Config{Addr: v.GetString("audit-stream-addr"), CAFile: v.GetString("audit-stream-ca-file"), Hostname: c.NodeID}
+	if a := c.AuditStream.Addr; a != "" {
+		if host, port, err := net.SplitHostPort(a); err != nil || host == "" || port == "" {
+			bad("audit-stream-addr", "%q is not host:port", a)
+		}
+	}
+	if c.AuditStream.TLS, err = parseBool(v.Get("audit-stream-tls")); err != nil {
+		bad("audit-stream-tls", "%v", err)
+	}
+	if c.AuditStream.CAFile != "" && !c.AuditStream.TLS {
+		bad("audit-stream-ca-file", "set, but audit-stream-tls is off")
+	}
+	if d, err := time.ParseDuration(v.GetString("audit-stream-max-lag")); err != nil || d < 5*time.Second || d > 24*time.Hour {
+		// An event takes a second to count as accepted: less would alarm a stream at work.
+		bad("audit-stream-max-lag", "%q is not a duration within 5s..24h", v.GetString("audit-stream-max-lag"))
+	} else {
+		c.AuditStream.MaxLag = d
+	}
+	if n := v.GetInt64("audit-stream-max-message"); n < auditstream.MinMessage || n > 1<<20 {
+		bad("audit-stream-max-message", "%d is outside %d..1048576 bytes", n, auditstream.MinMessage)
+	} else {
+		c.AuditStream.MaxMessage = int(n)
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString("log-level"))); err != nil {
 		bad("log-level", "%q is not debug, info, warn or error", v.GetString("log-level"))

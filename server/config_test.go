@@ -90,3 +90,41 @@ func TestDefaultsAreLoopback(t *testing.T) {
 	assert.Equal(t, "/mqtt", cfg.MQTTWSPath)
 	assert.False(t, cfg.RemoteSupport, "remote support is off unless turned on")
 }
+
+func TestAuditStreamSettings(t *testing.T) {
+	for _, c := range []struct {
+		env map[string]string
+		bad string // the variable the error names; "" when valid
+	}{
+		{map[string]string{}, ""},
+		{map[string]string{"ARGUS_AUDIT_STREAM_ADDR": "siem.example.net:6514", "ARGUS_AUDIT_STREAM_TLS": "true", "ARGUS_AUDIT_STREAM_CA_FILE": "/etc/argus/ca.pem"}, ""},
+		{map[string]string{"ARGUS_AUDIT_STREAM_ADDR": "siem.example.net"}, "ARGUS_AUDIT_STREAM_ADDR"},
+		{map[string]string{"ARGUS_AUDIT_STREAM_ADDR": ":6514"}, "ARGUS_AUDIT_STREAM_ADDR"},
+		{map[string]string{"ARGUS_AUDIT_STREAM_TLS": "maybe"}, "ARGUS_AUDIT_STREAM_TLS"},
+		{map[string]string{"ARGUS_AUDIT_STREAM_CA_FILE": "/etc/argus/ca.pem"}, "ARGUS_AUDIT_STREAM_CA_FILE"},
+		{map[string]string{"ARGUS_AUDIT_STREAM_MAX_LAG": "1s"}, "ARGUS_AUDIT_STREAM_MAX_LAG"},
+		{map[string]string{"ARGUS_AUDIT_STREAM_MAX_LAG": "25h"}, "ARGUS_AUDIT_STREAM_MAX_LAG"},
+		{map[string]string{"ARGUS_AUDIT_STREAM_MAX_MESSAGE": "1024"}, "ARGUS_AUDIT_STREAM_MAX_MESSAGE"},
+		{map[string]string{"ARGUS_AUDIT_STREAM_MAX_MESSAGE": "2000000"}, "ARGUS_AUDIT_STREAM_MAX_MESSAGE"},
+		{map[string]string{"ARGUS_AUDIT_STREAM_ADDR": "127.0.0.1:514"}, ""}, // the variables emptied above are unset
+	} {
+		for k, val := range c.env {
+			t.Setenv(k, val)
+		}
+		v := viper.New()
+		require.NoError(t, settings.Load(v, nil, "", server.Keys))
+		cfg, err := server.FromViper(v)
+		if c.bad == "" {
+			require.NoError(t, err, "%v", c.env)
+			assert.Equal(t, time.Minute, cfg.AuditStream.MaxLag)
+			assert.Equal(t, 8192, cfg.AuditStream.MaxMessage)
+			assert.Equal(t, c.env["ARGUS_AUDIT_STREAM_ADDR"], cfg.AuditStream.Addr)
+			assert.Equal(t, cfg.NodeID, cfg.AuditStream.Hostname)
+		} else {
+			assert.ErrorContains(t, err, c.bad, "%v", c.env)
+		}
+		for k := range c.env {
+			t.Setenv(k, "")
+		}
+	}
+}

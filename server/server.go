@@ -25,6 +25,7 @@ import (
 	"github.com/argus-remote/argus/controlplane/agents"
 	"github.com/argus-remote/argus/controlplane/api"
 	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/auditstream"
 	"github.com/argus-remote/argus/controlplane/cluster"
 	"github.com/argus-remote/argus/controlplane/fleet"
 	"github.com/argus-remote/argus/controlplane/mail"
@@ -67,6 +68,8 @@ type Server struct {
 	control     agentControl
 	stopMembers context.CancelFunc
 	membersDone chan struct{}
+	stopStream  context.CancelFunc
+	streamDone  chan struct{}
 }
 
 // Start opens the database, starts the broker and serves the API. It
@@ -213,6 +216,20 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		go s.watchMonitors(nctx, opStore)
 		nightly.Loop(nctx)
 	}()
+
+	// The audit goes to the SIEM as it commits; on a cluster, one node
+	// at a time streams it (auditstream).
+	if cfg.AuditStream.Addr != "" {
+		streamer, err := auditstream.New(cfg.AuditStream, func(ctx context.Context) (*pgx.Conn, error) {
+			return pgx.ConnectConfig(ctx, s.db.Pool.Config().ConnConfig.Copy())
+		}, sender, log)
+		if err != nil {
+			return nil, err
+		}
+		sctx, stopStream := context.WithCancel(context.WithoutCancel(ctx))
+		s.stopStream, s.streamDone = stopStream, make(chan struct{})
+		go func() { defer close(s.streamDone); streamer.Run(sctx) }()
+	}
 
 	apiSrv := &api.Server{
 		Pool:         s.db.Pool,
@@ -544,6 +561,10 @@ func (s *Server) close(ctx context.Context) error {
 	}
 	if s.commits != nil {
 		s.commits.Close()
+	}
+	if s.stopStream != nil {
+		s.stopStream()
+		<-s.streamDone
 	}
 	if s.stopRows != nil {
 		s.stopRows()
