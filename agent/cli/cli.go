@@ -116,6 +116,9 @@ func printConfig(w io.Writer, cfg agent.Config) {
 	}
 	same := func(s string) string { return s }
 
+	// Where the enrollment secret is: a packaged agent takes it from
+	// /etc/argus/agent.yaml, an admin's shell from its own default.
+	fmt.Fprintf(w, "state-dir: %s\n", cfg.StateDir)
 	if cfg.RemoteSupportDisabled {
 		fmt.Fprintln(w, "remote-support-disabled: true (every activation is refused; the allowlists below are not used)")
 	} else {

@@ -56,6 +56,7 @@ patch-health-timeout: 30s
 		"streamer: /opt/argus-streamer",
 		"patch-health-check: /usr/bin/systemctl is-active argus-streamer (timeout 30s)",
 		"remote-support-disabled: false",
+		"state-dir: " + filepath.Join(dir, "state") + "\n",
 	} {
 		assert.Contains(t, got, want)
 	}
