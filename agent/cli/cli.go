@@ -19,6 +19,13 @@ import (
 // Version is the agent's version, set at build time with -ldflags.
 var Version = "dev"
 
+// DefaultConfigFile is the configuration file read when neither --config
+// nor ARGUS_AGENT_CONFIG names one. Empty (no file) in a development
+// build; the Debian package's build sets /etc/argus/agent.yaml with
+// -ldflags, so an installed agent and the admin's commands read the file
+// the package installed.
+var DefaultConfigFile = ""
+
 // IOStreams are where a command writes.
 type IOStreams struct {
 	Out    io.Writer
@@ -36,7 +43,7 @@ func NewRootCmd(io IOStreams) *cobra.Command {
 	root.SetOut(io.Out)
 	root.SetErr(io.ErrOut)
 	pf := root.PersistentFlags()
-	pf.String("config", "", "YAML configuration file (env ARGUS_AGENT_CONFIG)")
+	pf.String("config", DefaultConfigFile, "YAML configuration file (env ARGUS_AGENT_CONFIG)")
 	pf.String("state-dir", agent.DefaultStateDir(), "state directory: enrollment credentials and applied patches")
 	pf.String("log-level", "info", "log level: debug, info, warn, error")
 
@@ -109,6 +116,9 @@ func printConfig(w io.Writer, cfg agent.Config) {
 	}
 	same := func(s string) string { return s }
 
+	// Where the enrollment secret is: a packaged agent takes it from
+	// /etc/argus/agent.yaml, an admin's shell from its own default.
+	fmt.Fprintf(w, "state-dir: %s\n", cfg.StateDir)
 	if cfg.RemoteSupportDisabled {
 		fmt.Fprintln(w, "remote-support-disabled: true (every activation is refused; the allowlists below are not used)")
 	} else {

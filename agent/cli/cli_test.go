@@ -56,6 +56,7 @@ patch-health-timeout: 30s
 		"streamer: /opt/argus-streamer",
 		"patch-health-check: /usr/bin/systemctl is-active argus-streamer (timeout 30s)",
 		"remote-support-disabled: false",
+		"state-dir: " + filepath.Join(dir, "state") + "\n",
 	} {
 		assert.Contains(t, got, want)
 	}
@@ -91,4 +92,53 @@ func TestAgentCLI_UnknownSubcommandFails(t *testing.T) {
 	assert.Contains(t, errOut.String(), `unknown command "engag" for "argus-agent kill-switch"`)
 	assert.Contains(t, errOut.String(), "Did you mean this?\n\tengage")
 	assert.NotContains(t, out.String(), "Usage:")
+}
+
+// A packaged build names a default file (/etc/argus/agent.yaml); the
+// environment and --config still choose another, and --config "" none.
+func TestConfig_DefaultFileYieldsToEnvAndFlag(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, root string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte("readable-roots: ["+root+"]\n"), 0o600))
+		return p
+	}
+	def := write("default.yaml", "/srv/from-default")
+	env := write("env.yaml", "/srv/from-env")
+	flag := write("flag.yaml", "/srv/from-flag")
+	old := cli.DefaultConfigFile
+	cli.DefaultConfigFile = def
+	t.Cleanup(func() { cli.DefaultConfigFile = old })
+
+	for _, tc := range []struct {
+		name, env string
+		args      []string
+		want      string
+	}{
+		{"default file", "", nil, "/srv/from-default\n"},
+		{"environment over default", env, nil, "/srv/from-env\n"},
+		{"flag over environment", env, []string{"--config", flag}, "/srv/from-flag\n"},
+		{"empty flag: no file", "", []string{"--config", ""}, "readable-roots (read_file): none"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("ARGUS_AGENT_CONFIG", tc.env)
+			var out, errOut bytes.Buffer
+			args := append([]string{"check-config", "--state-dir", filepath.Join(dir, "state")}, tc.args...)
+			require.Equal(t, 0, cli.Execute(args, cli.IOStreams{Out: &out, ErrOut: &errOut}), errOut.String())
+			assert.Contains(t, out.String(), tc.want)
+			for _, other := range []string{"/srv/from-default", "/srv/from-env", "/srv/from-flag"} {
+				if other+"\n" != tc.want {
+					assert.NotContains(t, out.String(), other)
+				}
+			}
+		})
+	}
+
+	t.Run("missing default file is an error", func(t *testing.T) {
+		t.Setenv("ARGUS_AGENT_CONFIG", "")
+		cli.DefaultConfigFile = filepath.Join(dir, "absent.yaml")
+		var out, errOut bytes.Buffer
+		assert.Equal(t, 1, cli.Execute([]string{"check-config", "--state-dir", dir}, cli.IOStreams{Out: &out, ErrOut: &errOut}))
+		assert.Contains(t, errOut.String(), "absent.yaml")
+	})
 }

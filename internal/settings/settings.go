@@ -240,9 +240,14 @@ func describe(x any) string {
 // configuration; its errors are indented under one heading.
 func ForCommand[T any](fs *pflag.FlagSet, configEnv string, keys []Key, decode func(*viper.Viper) (T, error)) (T, error) {
 	var zero T
+	// The flag's default may be a file (a packaged build's
+	// /etc/argus/...): the environment still overrides it, and a --config
+	// given on the command line overrides both.
 	file, _ := fs.GetString("config")
-	if file == "" {
-		file = os.Getenv(configEnv)
+	if !fs.Changed("config") || file == "" {
+		if env := os.Getenv(configEnv); env != "" {
+			file = env
+		}
 	}
 	v := viper.New()
 	if err := Load(v, fs, file, keys); err != nil {

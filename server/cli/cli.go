@@ -18,6 +18,11 @@ import (
 // Version is the server's version, set at build time with -ldflags.
 var Version = "dev"
 
+// DefaultConfigFile is the configuration file read when neither --config
+// nor ARGUS_CONFIG names one: empty in a development build, and
+// /etc/argus/server.yaml (set with -ldflags) in the Debian package's.
+var DefaultConfigFile = ""
+
 // IOStreams are where a command reads and writes; tests substitute buffers.
 type IOStreams struct {
 	Out    io.Writer
@@ -35,7 +40,7 @@ func NewRootCmd(io IOStreams) *cobra.Command {
 	root.SetOut(io.Out)
 	root.SetErr(io.ErrOut)
 	pf := root.PersistentFlags()
-	pf.String("config", "", "YAML configuration file (env ARGUS_CONFIG)")
+	pf.String("config", DefaultConfigFile, "YAML configuration file (env ARGUS_CONFIG)")
 	pf.String("data-dir", server.DefaultDataDir(), "data directory; holds the private PostgreSQL cluster when no database URL is set")
 	pf.String("database-url", "", "PostgreSQL URL; when empty a private cluster runs in the data directory")
 	pf.String("log-level", "info", "log level: debug, info, warn, error")
