@@ -172,8 +172,11 @@ type Fleet interface {
 
 // Options configure a Manager.
 type Options struct {
-	Pool   *pgxpool.Pool
+	Pool *pgxpool.Pool
+	// Key signs activations and commands, unless Signer is set: then
+	// Signer's key at each signing (it changes when the key rotates).
 	Key    ed25519.PrivateKey
+	Signer func() ed25519.PrivateKey
 	Broker Broker
 	ACL    ACL
 	Fleet  Fleet
@@ -406,7 +409,7 @@ func (m *Manager) publishActivation(l *live, state, reason string) {
 	} else {
 		msg.SessionID = l.id
 	}
-	b, err := topics.Sign(m.Key, topics.PurposeActivation, msg)
+	b, err := topics.Sign(m.key(), topics.PurposeActivation, msg)
 	if err != nil {
 		m.Log.Error("sign activation", "err", err)
 		return
@@ -414,6 +417,14 @@ func (m *Manager) publishActivation(l *live, state, reason string) {
 	if err := m.Broker.Publish(id.Topic(topics.Activation), b, true, 1, nil); err != nil {
 		m.Log.Error("publish activation", "agent", l.agentID, "err", err)
 	}
+}
+
+// key is the key to sign with now.
+func (m *Manager) key() ed25519.PrivateKey {
+	if m.Signer != nil {
+		return m.Signer()
+	}
+	return m.Key
 }
 
 // TenantStatus is the retained live indicator of one tenant.
