@@ -42,10 +42,12 @@ type Distributor struct {
 	// accepted is, by agent id, the key set (newest, oldest) it last
 	// confirmed.
 	accepted map[string][2]string
-	audits   chan audit.Entry
-	accepts  chan acceptance
-	stop     chan struct{}
-	done     sync.WaitGroup
+	// offered is when each agent was last sent the chain.
+	offered map[string]time.Time
+	audits  chan audit.Entry
+	accepts chan acceptance
+	stop    chan struct{}
+	done    sync.WaitGroup
 }
 
 type acceptance struct {
@@ -62,7 +64,8 @@ func NewDistributor(ring *Ring, pool *pgxpool.Pool, log *slog.Logger) *Distribut
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Distributor{ring: ring, pool: pool, log: log, PollEvery: time.Second, accepted: map[string][2]string{},
-		audits: make(chan audit.Entry, 4096), accepts: make(chan acceptance, 1024), stop: make(chan struct{})}
+		offered: map[string]time.Time{},
+		audits:  make(chan audit.Entry, 4096), accepts: make(chan acceptance, 1024), stop: make(chan struct{})}
 }
 
 // Start loads what agents have confirmed, listens to heartbeats and
@@ -136,6 +139,9 @@ func (d *Distributor) offer(id topics.AgentID, via string) {
 	}
 	d.mu.Lock()
 	have := d.accepted[id.String()] == [2]string{newest, oldest}
+	if !have {
+		d.offered[id.String()] = time.Now()
+	}
 	d.mu.Unlock()
 	if have {
 		return
@@ -167,7 +173,11 @@ func (d *Distributor) onHeartbeat(_ *mqtt.Client, _ packets.Subscription, pk pac
 		return
 	}
 	_, newest, oldest, ok := d.ring.Chain()
-	if !ok || hb.SigningKey != newest || hb.OldestKey != oldest {
+	if !ok {
+		return
+	}
+	if hb.SigningKey != newest || hb.OldestKey != oldest {
+		d.behind(id)
 		return
 	}
 	d.mu.Lock()
@@ -182,6 +192,28 @@ func (d *Distributor) onHeartbeat(_ *mqtt.Client, _ packets.Subscription, pk pac
 		default:
 			d.forget(id.String()) // the next heartbeat tries again
 		}
+	}
+}
+
+// reofferEvery bounds how often an agent whose heartbeat shows it behind
+// the key set is sent the chain again (a heartbeat may have left before the
+// chain just sent arrived).
+const reofferEvery = time.Minute
+
+// behind handles an agent whose heartbeat reports a key set other than
+// the current one: one that lost its key file, or missed the chain. It is
+// sent the chain again, at most once a reofferEvery.
+func (d *Distributor) behind(id topics.AgentID) {
+	now := time.Now()
+	d.mu.Lock()
+	last, seen := d.offered[id.String()]
+	again := !seen || now.Sub(last) >= reofferEvery
+	if again {
+		delete(d.accepted, id.String())
+	}
+	d.mu.Unlock()
+	if again {
+		d.offer(id, "heartbeat")
 	}
 }
 
