@@ -268,3 +268,52 @@ func (s *supportEnv) refusals(agentID, code string) int {
 	}
 	return n
 }
+
+// The signing-key commands refuse a data directory without an ARGUS
+// database as the other direct-database commands do, and make no key
+// there.
+func TestSigningKey_SubcommandsRefuseADataDirWithoutAnArgusDatabase(t *testing.T) {
+	parent := testenv.TempDir(t)
+	empty := filepath.Join(parent, "empty")
+	require.NoError(t, os.Mkdir(empty, 0o700))
+	for _, dir := range []string{filepath.Join(parent, "typo"), empty} {
+		for _, verb := range []string{"rotate", "status", "retire"} {
+			out, stderr, err := testenv.Run(t, []string{"ARGUS_DATABASE_URL="}, "argus-server", "signing-key", verb, "--data-dir", dir)
+			assert.Equal(t, 1, exitCode(err), "%s on %s: %s%s", verb, dir, out, stderr)
+			assert.Contains(t, stderr, "no ARGUS database in "+dir+": start `argus-server serve --data-dir "+dir+"` once, or set ARGUS_DATABASE_URL", verb)
+			assert.Empty(t, out)
+			assert.NoFileExists(t, filepath.Join(dir, "command-signing.key"), "%s made no key", verb)
+		}
+	}
+	assert.NoDirExists(t, filepath.Join(parent, "typo"), "a mistyped data dir is not created")
+}
+
+// Before any rotation, status shows the one key every agent enrolled
+// with; retire refuses (nothing to retire) with exit 1, and the refusal
+// is audited.
+func TestSigningKey_StatusAndRetireBeforeAnyRotation(t *testing.T) {
+	s := newSupportEnv(t, nil)
+	id := topics.KeyID(s.key.Public().(ed25519.PublicKey))
+	var st struct {
+		Keys []struct {
+			ID    string `json:"key_id"`
+			State string `json:"state"`
+		} `json:"keys"`
+		Agents    int `json:"agents"`
+		Confirmed int `json:"confirmed"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(signingKeyCLI(t, s, "status", "--json")), &st))
+	require.Len(t, st.Keys, 1)
+	assert.Equal(t, id, st.Keys[0].ID)
+	assert.Equal(t, "current", st.Keys[0].State)
+
+	out, stderr, err := testenv.Run(t, s.env.Vars(), "argus-server", "signing-key", "retire")
+	assert.Equal(t, 1, exitCode(err), out+stderr)
+	assert.Contains(t, stderr, "no key to retire")
+	assert.Empty(t, out)
+	var denied int
+	require.NoError(t, s.srv.Database().Pool.QueryRow(context.Background(),
+		`SELECT count(*) FROM audit_log WHERE action = 'signing_key.retire' AND outcome = 'denied'`).Scan(&denied))
+	assert.Equal(t, 1, denied)
+	assert.FileExists(t, filepath.Join(s.env.DataDir, "command-signing.key"))
+}
