@@ -138,7 +138,8 @@ func (d *Distributor) offer(id topics.AgentID, via string) {
 		return
 	}
 	d.mu.Lock()
-	have := d.accepted[id.String()] == [2]string{newest, oldest}
+	acc, known := d.accepted[id.String()]
+	have := known && d.ring.Holds(acc[0], acc[1])
 	if !have {
 		d.offered[id.String()] = time.Now()
 	}
@@ -172,23 +173,23 @@ func (d *Distributor) onHeartbeat(_ *mqtt.Client, _ packets.Subscription, pk pac
 	if err := topics.Decode(pk.Payload, topics.MaxEnvelope, &hb); err != nil || hb.AgentID != id.String() || hb.SigningKey == "" {
 		return
 	}
-	_, newest, oldest, ok := d.ring.Chain()
-	if !ok {
+	if _, _, _, ok := d.ring.Chain(); !ok {
 		return
 	}
-	if hb.SigningKey != newest || hb.OldestKey != oldest {
+	if !d.ring.Holds(hb.SigningKey, hb.OldestKey) {
 		d.behind(id)
 		return
 	}
+	held := [2]string{hb.SigningKey, hb.OldestKey}
 	d.mu.Lock()
-	fresh := d.accepted[id.String()] != [2]string{newest, oldest}
+	fresh := d.accepted[id.String()] != held
 	if fresh {
-		d.accepted[id.String()] = [2]string{newest, oldest}
+		d.accepted[id.String()] = held
 	}
 	d.mu.Unlock()
 	if fresh {
 		select {
-		case d.accepts <- acceptance{agent: id.String(), newest: newest, oldest: oldest}:
+		case d.accepts <- acceptance{agent: id.String(), newest: held[0], oldest: held[1]}:
 		default:
 			d.forget(id.String()) // the next heartbeat tries again
 		}

@@ -58,6 +58,9 @@ func TestRotateRetire_SignedChainAuditedAndFollowedByTheRing(t *testing.T) {
 	require.True(t, ok)
 	assert.Equal(t, k1.ID, newest)
 	assert.Equal(t, id0, oldest)
+	assert.True(t, ring.Holds(k1.ID, id0), "both keys")
+	assert.True(t, ring.Holds(k1.ID, k1.ID), "enrolled with the new key: never held the old")
+	assert.False(t, ring.Holds(id0, id0), "behind")
 	var msg topics.KeyChainMsg
 	require.NoError(t, json.Unmarshal(chain, &msg))
 	assert.Len(t, msg.Links, 1)
@@ -81,6 +84,8 @@ func TestRotateRetire_SignedChainAuditedAndFollowedByTheRing(t *testing.T) {
 	_, newest, oldest, _ = ring.Chain()
 	assert.Equal(t, k1.ID, newest)
 	assert.Equal(t, k1.ID, oldest)
+	assert.False(t, ring.Holds(k1.ID, id0), "still trusts the retired key")
+	assert.True(t, ring.Holds(k1.ID, k1.ID))
 
 	for action, want := range map[string][2]int{
 		"signing_key.adopt": {1, 0}, "signing_key.rotate": {1, 0}, "signing_key.retire": {1, 1},

@@ -155,6 +155,22 @@ func (r *Ring) Public() ed25519.PublicKey { return r.st.Load().priv.Public().(ed
 // Keys returns the key set as last loaded, oldest first.
 func (r *Ring) Keys() []Key { return r.st.Load().keys }
 
+// Holds reports whether an agent whose newest and oldest trusted keys are
+// these holds the live key set: the current key, and no retired one (an
+// agent enrolled with a newer key never held the older ones).
+func (r *Ring) Holds(newest, oldest string) bool {
+	st := r.st.Load()
+	if newest != st.newest {
+		return false
+	}
+	for _, k := range st.keys {
+		if k.ID == oldest {
+			return k.RetiredAt == nil
+		}
+	}
+	return false
+}
+
 // Chain returns the encoded key chain for agents and the trusted keys
 // (newest, oldest) an agent that followed it holds; ok is false while
 // there has never been a key change.

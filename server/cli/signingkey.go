@@ -125,8 +125,8 @@ retired keys' ids.`,
 // keyStatus is what 'signing-key status --json' prints.
 type keyStatus struct {
 	Keys []keyRow `json:"keys"`
-	// Agents counts live agents; Confirmed those that report holding
-	// exactly the live key set.
+	// Agents counts live agents; Confirmed those that report holding the
+	// current key and no retired one.
 	Agents    int `json:"agents"`
 	Confirmed int `json:"confirmed"`
 }
@@ -156,7 +156,7 @@ func newSigningKeyStatusCmd(io IOStreams) *cobra.Command {
 			ctx := cmd.Context()
 			defer db.Close(context.WithoutCancel(ctx))
 			var st keyStatus
-			newest, oldest := "", ""
+			newest, live := "", []string{}
 			for i, k := range keys {
 				r := keyRow{Seq: k.Seq, ID: k.ID, State: "live", File: k.File, CreatedAt: k.CreatedAt, RetiredAt: k.RetiredAt}
 				switch {
@@ -165,16 +165,16 @@ func newSigningKeyStatusCmd(io IOStreams) *cobra.Command {
 				case i == len(keys)-1:
 					r.State = "current"
 				}
-				if k.RetiredAt == nil && oldest == "" {
-					oldest = k.ID
+				if k.RetiredAt == nil {
+					live = append(live, k.ID)
 				}
 				newest = k.ID
 				st.Keys = append(st.Keys, r)
 			}
 			if err := db.Pool.QueryRow(ctx, `SELECT count(*),
-				count(*) FILTER (WHERE s.newest_key_id = $1 AND s.oldest_key_id = $2)
+				count(*) FILTER (WHERE s.newest_key_id = $1 AND s.oldest_key_id = ANY ($2))
 				FROM agents a LEFT JOIN signing_key_agents s ON s.agent_id = a.id WHERE a.revoked_at IS NULL`,
-				newest, oldest).Scan(&st.Agents, &st.Confirmed); err != nil {
+				newest, live).Scan(&st.Agents, &st.Confirmed); err != nil {
 				return err
 			}
 			if len(keys) == 1 {
