@@ -113,19 +113,16 @@ func (d *Distributor) watch() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		changed, err := d.ring.Refresh(ctx)
+		_, err := d.ring.refresh(ctx, func() {
+			for _, cl := range d.broker.Server().Clients.GetAll() {
+				if id, err := topics.ParseAgentID(cl.ID); err == nil && !cl.Net.Inline && !cl.Closed() {
+					d.offer(id, "key_change")
+				}
+			}
+		})
 		cancel()
 		if err != nil {
 			d.log.Warn("reading the signing key set", "err", err)
-			continue
-		}
-		if !changed {
-			continue
-		}
-		for _, cl := range d.broker.Server().Clients.GetAll() {
-			if id, err := topics.ParseAgentID(cl.ID); err == nil && !cl.Net.Inline && !cl.Closed() {
-				d.offer(id, "key_change")
-			}
 		}
 	}
 }

@@ -109,7 +109,14 @@ func (r *Ring) build(keys []Key) (*ringState, error) {
 
 // Refresh reloads the key set and reports whether it changed (a key
 // added or retired).
-func (r *Ring) Refresh(ctx context.Context) (bool, error) {
+func (r *Ring) Refresh(ctx context.Context) (bool, error) { return r.refresh(ctx, nil) }
+
+// refresh is Refresh that, when the set changed, runs publish with the new
+// chain in place while the previous key still signs, and only then signs
+// with the new key: a command signed with the new key is published after
+// the chain that introduces it, on the same connection, so an agent
+// connected here always has the key first.
+func (r *Ring) refresh(ctx context.Context, publish func()) (bool, error) {
 	keys, err := Keys(ctx, r.pool)
 	if err != nil {
 		return false, err
@@ -121,6 +128,12 @@ func (r *Ring) Refresh(ctx context.Context) (bool, error) {
 	st, err := r.build(keys)
 	if err != nil {
 		return false, err
+	}
+	if publish != nil {
+		interim := *st
+		interim.priv, interim.id = old.priv, old.id
+		r.st.Store(&interim)
+		publish()
 	}
 	r.st.Store(st)
 	r.log.Info("signing key set changed", "signing_with", st.id, "newest", st.newest, "oldest_live", st.oldest, "keys", len(keys))
