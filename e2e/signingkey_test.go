@@ -116,6 +116,7 @@ func TestSigningKey_RotateWithAnAgentOfflineThenRetire(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, func() bool { return !s.online(offline.id) }, "fourth agent offline")
 
 	newID := strings.TrimSpace(signingKeyCLI(t, s, "rotate"))
+	rotated := time.Now()
 	require.Regexp(t, "^[0-9a-f]{32}$", newID)
 	require.NotEqual(t, oldID, newID)
 	assert.Equal(t, 1, s.auditCount(t, "signing_key.rotate", ""))
@@ -131,6 +132,7 @@ func TestSigningKey_RotateWithAnAgentOfflineThenRetire(t *testing.T) {
 		assert.ElementsMatch(t, []string{oldID, newID}, live, "both keys trusted until retirement")
 		assert.Equal(t, 1, s.auditCount(t, "signing_key.publish", e.id))
 	}
+	t.Logf("three online agents accepted the new key %v after rotate returned", time.Since(rotated).Round(time.Millisecond))
 	live, _ := agentKeys(t, offline.dir)
 	assert.Empty(t, live, "the offline agent has heard of nothing")
 	assert.Zero(t, s.auditCount(t, "signing_key.publish", offline.id))
