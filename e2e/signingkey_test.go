@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/argus-remote/argus/argusctl/apiclient"
 	"github.com/argus-remote/argus/internal/testenv"
 	"github.com/argus-remote/argus/topics"
 )
@@ -318,4 +319,75 @@ func TestSigningKey_StatusAndRetireBeforeAnyRotation(t *testing.T) {
 		`SELECT count(*) FROM audit_log WHERE action = 'signing_key.retire' AND outcome = 'denied'`).Scan(&denied))
 	assert.Equal(t, 1, denied)
 	assert.FileExists(t, filepath.Join(s.env.DataDir, "command-signing.key"))
+}
+
+// The same rotation with every program a real binary, the server
+// included: the running server picks up `rotate` and `retire` without a
+// restart, the agent follows both, argusctl's commands still run, and no
+// private key appears in any log.
+func TestSigningKey_RotateAndRetireUnderTheRealServer(t *testing.T) {
+	env := testenv.NewEnv(t)
+	srv := env.StartServer(t, []string{"REMOTE_SUPPORT_ENABLED=true", "REMOTE_SUPPORT_OPERATOR_CIDRS=127.0.0.0/8", "ARGUS_OPS_TOKEN=" + opsToken})
+	token := env.Operator(t, "admin", "operator:admin", "tenant:admin", "tenant:arm", "agent:admin", "remote_support")
+	cfgDir := t.TempDir()
+	ctl := func(args ...string) string {
+		t.Helper()
+		out, stderr, err := testenv.Run(t, []string{"ARGUSCTL_SERVER=" + srv.APIURL, "ARGUSCTL_TOKEN=" + token, "ARGUSCTL_OPS_TOKEN=" + opsToken,
+			"ARGUSCTL_CONFIG=", "XDG_CONFIG_HOME=" + cfgDir}, "argusctl", args...)
+		require.NoError(t, err, "argusctl %v\n%s", args, stderr)
+		return out
+	}
+	keyCLI := func(verb string) string {
+		t.Helper()
+		out, stderr, err := testenv.Run(t, env.Vars(), "argus-server", "signing-key", verb)
+		require.NoError(t, err, stderr)
+		return out
+	}
+	ctl("tenant", "create", "acme")
+	enr := ctl("agent", "enroll", "--tenant", "acme", "--name", "cam-gw-1")
+	state := filepath.Join(t.TempDir(), "agent-state")
+	out, stderr, err := testenv.Run(t, nil, "argus-agent", "enroll", "--server", srv.APIURL, "--token", enr, "--state-dir", state)
+	require.NoError(t, err, stderr)
+	agentID := strings.Fields(strings.TrimPrefix(out, "enrolled as agent "))[0]
+	agentProc := testenv.StartAgent(t, state)
+	testenv.Eventually(t, 10*time.Second, func() bool { return strings.Contains(ctl("agent", "list", "--tenant", "acme"), "yes") }, "agent online")
+	ctl("tenant", "consent", "record", "acme", "--document-id", "DOC-1", "--signed-by", "Jane Roe", "--signed-at", "2026-11-20")
+	ctl("tenant", "arm", "acme", "--reason", "INC-1")
+
+	var st struct {
+		Keys []struct {
+			ID string `json:"key_id"`
+		} `json:"keys"`
+	}
+	out, stderr, err = testenv.Run(t, env.Vars(), "argus-server", "signing-key", "status", "--json")
+	require.NoError(t, err, stderr)
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	require.Len(t, st.Keys, 1)
+	oldID := st.Keys[0].ID
+	newID := strings.TrimSpace(keyCLI("rotate"))
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		live, _ := agentKeys(t, state)
+		return len(live) == 2 && live[1] == newID
+	}, "agent follows the rotation")
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return strings.Contains(keyCLI("status"), "agents holding the live key set: 1 of 1")
+	}, "the server records the agent's acceptance")
+	assert.Equal(t, oldID, strings.TrimSpace(keyCLI("retire")))
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		live, retired := agentKeys(t, state)
+		return len(live) == 1 && live[0] == newID && len(retired) == 1 && retired[0] == oldID
+	}, "agent follows the retirement")
+
+	var sess apiclient.Session
+	require.NoError(t, json.Unmarshal([]byte(ctl("support", "activate", "--tenant", "acme", "--agent", agentID, "--reason", "INC-1", "-o", "json")), &sess))
+	assert.Contains(t, ctl("support", "ping", "--session", sess.ID), "pong")
+	assert.Contains(t, srv.Logs(), "signing key set changed")
+
+	pemBytes, err := os.ReadFile(filepath.Join(env.DataDir, "command-signing-"+newID+".key"))
+	require.NoError(t, err)
+	body := strings.Join(strings.Split(strings.TrimSpace(string(pemBytes)), "\n")[1:2], "")
+	require.NotEmpty(t, body)
+	for name, logs := range map[string]string{"server": srv.Logs(), "agent": agentProc.Logs()} {
+		assert.NotContains(t, logs, body, "no private key in the %s's log", name)
+	}
 }
