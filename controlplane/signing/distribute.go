@@ -106,6 +106,7 @@ func (d *Distributor) watch() {
 	defer d.done.Done()
 	t := time.NewTicker(d.PollEvery)
 	defer t.Stop()
+	failing := false
 	for {
 		select {
 		case <-d.stop:
@@ -121,9 +122,15 @@ func (d *Distributor) watch() {
 			}
 		})
 		cancel()
-		if err != nil {
-			d.log.Warn("reading the signing key set", "err", err)
+		// Said once when reading starts failing and once when it works
+		// again, not every second in between.
+		switch {
+		case err != nil && !failing:
+			d.log.Warn("cannot read the signing key set; signing with the keys last read", "err", err)
+		case err == nil && failing:
+			d.log.Info("reading the signing key set again")
 		}
+		failing = err != nil
 	}
 }
 
