@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -34,8 +33,9 @@ type Agent struct {
 	cfg Config
 	st  State
 	id  topics.AgentID
-	pub ed25519.PublicKey
-	log *slog.Logger
+	// keys are the control-plane keys the agent accepts signatures from.
+	keys *keyRing
+	log  *slog.Logger
 
 	started time.Time
 
@@ -45,6 +45,8 @@ type Agent struct {
 	sess       *session
 	lastIssued time.Time
 	killSwitch bool
+	// unverified is the last activation no trusted key verified.
+	unverified []byte
 	// refusal is set while the broker refuses the agent's credentials.
 	refusal *Refusal
 	xfer    *transfer
@@ -77,14 +79,14 @@ func New(cfg Config, st State, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent id: %w", err)
 	}
-	pub, err := topics.ParsePublicKey(st.SigningPublicKey)
+	keys, err := loadKeys(cfg.StateDir, st)
 	if err != nil {
 		return nil, err
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{cfg: cfg, st: st, id: id, pub: pub, log: log.With("agent", st.AgentID), started: time.Now(),
+	a := &Agent{cfg: cfg, st: st, id: id, keys: keys, log: log.With("agent", st.AgentID), started: time.Now(),
 		running: make(chan struct{}, maxRunningCommands)}
 	a.killSwitch = KillSwitchEngaged(cfg.StateDir)
 	return a, nil
@@ -407,9 +409,10 @@ func (a *Agent) heartbeat(ctx context.Context) {
 	state, sid := a.stateLocked()
 	ks := a.killSwitch
 	a.mu.Unlock()
+	newest, oldest := a.keys.trusted()
 	a.publish(ctx, topics.Heartbeat, topics.HeartbeatMsg{
 		V: topics.Version, AgentID: a.st.AgentID, Version: Version, State: state, SessionID: sid, KillSwitch: ks,
-		Interval: int(a.cfg.HeartbeatInterval / time.Second), Time: time.Now().UTC(),
+		Interval: int(a.cfg.HeartbeatInterval / time.Second), SigningKey: newest, OldestKey: oldest, Time: time.Now().UTC(),
 	}, 0)
 }
 

@@ -107,9 +107,18 @@ func (a *Agent) onActivation(ctx context.Context, payload []byte) {
 	if len(payload) == 0 {
 		return // a cleared retained message
 	}
+	if topics.IsKeyChain(payload) {
+		a.onKeyChain(ctx, payload)
+		return
+	}
 	ack := topics.ActivationAckMsg{V: topics.Version, AgentID: a.st.AgentID, State: topics.StateDormant}
 	var msg topics.ActivationMsg
-	if err := topics.Open(a.pub, topics.PurposeActivation, payload, topics.MaxEnvelope, &msg); err != nil {
+	if err := a.keys.open(topics.PurposeActivation, payload, topics.MaxEnvelope, &msg); err != nil {
+		// Kept, so an activation signed with a key the agent learns of a
+		// moment later (in the chain that follows) is applied then.
+		a.mu.Lock()
+		a.unverified = payload
+		a.mu.Unlock()
 		a.log.Warn("refusing activation: not signed by the control plane", "err", err)
 		ack.Error = "bad_signature"
 		a.publish(ctx, topics.ActivationAck, ack, 1)
@@ -119,6 +128,7 @@ func (a *Agent) onActivation(ctx context.Context, payload []byte) {
 	now := time.Now()
 
 	a.mu.Lock()
+	a.unverified = nil
 	refusal := ""
 	switch {
 	case msg.AgentID != a.st.AgentID:
@@ -251,7 +261,7 @@ func (a *Agent) onCommand(ctx context.Context, p *paho.Publish) {
 	}
 	ctx, span := tracer().Start(ctx, "agent.command", trace.WithSpanKind(trace.SpanKindConsumer))
 	var cmd topics.CommandMsg
-	err := topics.Open(a.pub, topics.PurposeCommand, p.Payload, maxCommand, &cmd)
+	err := a.keys.open(topics.PurposeCommand, p.Payload, maxCommand, &cmd)
 	now := time.Now()
 
 	a.mu.Lock()

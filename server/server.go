@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,6 +49,8 @@ type Server struct {
 	fleet    *fleet.Watcher
 	sessions *sessions.Manager
 	commits  *audit.Committer
+	keys     *signing.Distributor
+	ring     *signing.Ring
 	http     *http.Server
 	httpLn   net.Listener
 	scheme   string
@@ -95,10 +96,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, err
 	}
 
-	signingKey, err := signing.LoadOrCreate(cfg.CommandSigningKey)
+	// The key set is the database's (shared by every node); the private
+	// halves are files beside the configured key. A rotation made while
+	// the server runs is picked up by the distributor's watch.
+	keys, err := signing.OpenRing(ctx, s.db.Pool, cfg.CommandSigningKey, log)
 	if err != nil {
 		return nil, fmt.Errorf("command-signing-key: %w", err)
 	}
+	s.ring, s.keys = keys, signing.NewDistributor(keys, s.db.Pool, log)
 	// Rows read on every request are cached while a listener hears of
 	// their changes (rowcache); until it listens, they are read each time.
 	rows := rowcache.NewListener(func(ctx context.Context) (*pgx.Conn, error) {
@@ -154,7 +159,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		ConnectTimeout:      cfg.MQTTConnectTimeout,
 		MaxPendingPerSource: pending,
 		Policy:              s.policy,
-		Hooks:               []mqtt.Hook{s.fleet.Hook()},
+		Hooks:               []mqtt.Hook{s.fleet.Hook(), s.keys.Hook()},
 		Logger:              log,
 	})
 	if err != nil {
@@ -162,7 +167,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 	s.commits = audit.NewCommitter(s.db.Pool)
 	s.sessions = sessions.New(sessions.Options{
-		Pool: s.db.Pool, Key: signingKey, Broker: s.broker, ACL: s.policy, Fleet: s.fleet, Log: log,
+		Pool: s.db.Pool, Signer: keys.Signer, Broker: s.broker, ACL: s.policy, Fleet: s.fleet, Log: log,
 		Disabled: !cfg.RemoteSupport, Commits: s.commits, Rows: rows,
 		Refused: func(agentID, topic, why string) {
 			s.policy.Refuse(acl.Denial{ClientID: agentID, AgentID: agentID, Topic: topic, Write: true, Why: why})
@@ -184,6 +189,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 	if err := s.sessions.Start(ctx); err != nil {
 		return nil, err
+	}
+	if err := s.keys.Start(ctx, s.broker); err != nil {
+		return nil, fmt.Errorf("signing keys: %w", err)
 	}
 	// The node joins before its broker serves: an agent's connection is
 	// recorded under a node the others know.
@@ -244,12 +252,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 			Enabled: cfg.RemoteSupport, OperatorCIDRs: cfg.OperatorCIDRs,
 			TrustedProxies: cfg.TrustedProxies, OpsToken: cfg.OpsToken,
 		},
-		BrokerURL:        brokerURL,
-		BrowserMQTTURL:   brokerURL,
-		EnrollPerMinute:  cfg.EnrollPerMinute,
-		Node:             cfg.NodeID,
-		SigningPublicKey: topics.EncodePublicKey(signingKey.Public().(ed25519.PublicKey)),
-		SigningKey:       signingKey,
+		BrokerURL:       brokerURL,
+		BrowserMQTTURL:  brokerURL,
+		EnrollPerMinute: cfg.EnrollPerMinute,
+		Node:            cfg.NodeID,
+		// An agent enrolled here pins the key signed with at start; if it
+		// has rotated since, the chain reaches the agent as it connects.
+		SigningPublicKey: topics.EncodePublicKey(keys.Public()),
+		SigningKey:       keys.Signer,
 		Log:              log,
 	}
 	if err := s.observe(sender); err != nil {
@@ -382,6 +392,10 @@ func (s *Server) Broker() *broker.Broker { return s.broker }
 
 // Sessions returns the session manager.
 func (s *Server) Sessions() *sessions.Manager { return s.sessions }
+
+// SigningKeys returns the live key set: the key to sign with now (and its
+// KeyID, for signatures that name their key).
+func (s *Server) SigningKeys() *signing.Ring { return s.ring }
 
 // Policy returns the broker's access policy.
 func (s *Server) Policy() *acl.Policy { return s.policy }
@@ -540,6 +554,9 @@ func (s *Server) close(ctx context.Context) error {
 		if err := s.broker.Close(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if s.keys != nil && s.broker != nil {
+		s.keys.Stop()
 	}
 	if s.stopMembers != nil {
 		s.stopMembers()

@@ -92,8 +92,13 @@ type HeartbeatMsg struct {
 	KillSwitch bool   `json:"kill_switch,omitempty"`
 	// Interval is the agent's heartbeat period in seconds: two missed
 	// make it stale.
-	Interval int       `json:"interval_s,omitempty"`
-	Time     time.Time `json:"time"`
+	Interval int `json:"interval_s,omitempty"`
+	// SigningKey and OldestKey are the KeyIDs of the newest and oldest
+	// control-plane keys the agent trusts: how the control plane learns
+	// that it has followed a key change or retirement.
+	SigningKey string    `json:"signing_key,omitempty"`
+	OldestKey  string    `json:"oldest_signing_key,omitempty"`
+	Time       time.Time `json:"time"`
 }
 
 // ManifestMsg is the agent's advisory description of itself. It is never
@@ -201,6 +206,23 @@ func Open(pub ed25519.PublicKey, purpose string, data []byte, max int, v any) er
 	}
 	if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, signingInput(purpose, s.Payload), s.Sig) {
 		return ErrBadSignature
+	}
+	if err := json.Unmarshal(s.Payload, v); err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return nil
+}
+
+// Unverified decodes a signed message's payload into v WITHOUT checking
+// its signature: only to learn which key to check it with. Nothing it
+// returns may be trusted until Open has checked the same bytes.
+func Unverified(data []byte, max int, v any) error {
+	if len(data) > max {
+		return ErrTooLarge
+	}
+	var s signed
+	if err := json.Unmarshal(data, &s); err != nil || s.V != Version {
+		return ErrMalformed
 	}
 	if err := json.Unmarshal(s.Payload, v); err != nil {
 		return fmt.Errorf("%w: %v", ErrMalformed, err)

@@ -52,7 +52,7 @@ type Server struct {
 	SigningPublicKey string
 	// SigningKey signs session transcripts; its public half is
 	// SigningPublicKey's.
-	SigningKey ed25519.PrivateKey
+	SigningKey func() ed25519.PrivateKey
 	// BrowserMQTTURL is the broker's WebSocket URL as a browser reaches it.
 	BrowserMQTTURL string
 	// EnrollPerMinute bounds enrollment attempts per client address (10).

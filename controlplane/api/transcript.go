@@ -47,7 +47,7 @@ func (s *Server) signingKey(w http.ResponseWriter, r *http.Request) {
 		apierror.Write(w, apierror.New(http.StatusServiceUnavailable, apierror.CodeUnavailable, "no signing key configured"))
 		return
 	}
-	pub := s.SigningKey.Public().(ed25519.PublicKey)
+	pub := s.SigningKey().Public().(ed25519.PublicKey)
 	writeJSON(w, http.StatusOK, SigningKeyInfo{
 		Alg: "ed25519", KeyID: signing.KeyID(pub), PublicKey: base64.StdEncoding.EncodeToString(pub),
 		PEM: string(transcript.PublicKeyPEM(pub)),
@@ -119,7 +119,7 @@ func (s *Server) serveTranscript(w http.ResponseWriter, r *http.Request, by audi
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
 	defer cancel()
-	t, err := collect.Session(ctx, s.Pool, id, tenant, s.SigningKey)
+	t, err := collect.Session(ctx, s.Pool, id, tenant, s.SigningKey())
 	switch {
 	case errors.Is(err, collect.ErrNotFound):
 		s.refuseTranscript(w, r, by, notFound)

@@ -150,7 +150,7 @@ func (m *Manager) exchange(ctx context.Context, s session, cmdID, name string, a
 		V: topics.Version, ID: cmdID, SessionID: s.id, TenantID: s.tenantID, AgentID: s.agentID,
 		Name: name, Args: args, IssuedAt: now.UTC(), ExpiresAt: deadline.UTC(),
 	}
-	payload, err := topics.Sign(m.Key, topics.PurposeCommand, msg)
+	payload, err := topics.Sign(m.key(), topics.PurposeCommand, msg)
 	if err != nil {
 		return topics.ResultMsg{}, err
 	}

@@ -175,8 +175,11 @@ type Fleet interface {
 
 // Options configure a Manager.
 type Options struct {
-	Pool   *pgxpool.Pool
+	Pool *pgxpool.Pool
+	// Key signs activations and commands, unless Signer is set: then
+	// Signer's key at each signing (it changes when the key rotates).
 	Key    ed25519.PrivateKey
+	Signer func() ed25519.PrivateKey
 	Broker Broker
 	ACL    ACL
 	Fleet  Fleet
@@ -429,7 +432,7 @@ func (m *Manager) publishActivation(l *live, state, reason string) {
 		m.Log.Warn("activation not sent: this node is fenced", "agent", l.agentID, "session", l.id)
 		return
 	}
-	b, err := topics.Sign(m.Key, topics.PurposeActivation, msg)
+	b, err := topics.Sign(m.key(), topics.PurposeActivation, msg)
 	if err != nil {
 		m.Log.Error("sign activation", "err", err)
 		return
@@ -437,6 +440,14 @@ func (m *Manager) publishActivation(l *live, state, reason string) {
 	if err := m.Broker.Publish(id.Topic(topics.Activation), b, true, 1, nil); err != nil {
 		m.Log.Error("publish activation", "agent", l.agentID, "err", err)
 	}
+}
+
+// key is the key to sign with now.
+func (m *Manager) key() ed25519.PrivateKey {
+	if m.Signer != nil {
+		return m.Signer()
+	}
+	return m.Key
 }
 
 // TenantStatus is the retained live indicator of one tenant.

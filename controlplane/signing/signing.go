@@ -1,15 +1,15 @@
-// Package signing holds the control plane's ed25519 command-signing key.
-// Agents pin its public half at enrollment and refuse any activation or
-// command it did not sign, so a message injected through the broker by
-// anything else is refused.
+// Package signing holds the control plane's ed25519 command-signing keys.
+// Agents pin the first at enrollment and refuse any activation or command
+// a key they trust did not sign, so a message injected through the broker
+// by anything else is refused. A new key reaches them as a key change
+// signed by the key before it (see Rotate and Ring); the private halves
+// stay in 0600 files and are never logged or stored in the database.
 package signing
 
 import (
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -21,10 +21,16 @@ import (
 // LoadOrCreate reads the PKCS#8 PEM private key at path, creating it
 // (mode 0600) on first use.
 func LoadOrCreate(path string) (ed25519.PrivateKey, error) {
-	b, err := os.ReadFile(path)
+	priv, err := load(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return create(path)
 	}
+	return priv, err
+}
+
+// load reads the PKCS#8 PEM ed25519 private key at path.
+func load(path string) (ed25519.PrivateKey, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("signing key: %w", err)
 	}
@@ -71,12 +77,4 @@ func create(path string) (ed25519.PrivateKey, error) {
 		return nil, fmt.Errorf("signing key: %w", err)
 	}
 	return priv, nil
-}
-
-// KeyID names a public key: the hex of the first 16 bytes of SHA-256 over
-// its raw 32 bytes. Whatever a key signs can say which key it was, and a
-// verifier holding another key says so rather than "bad signature".
-func KeyID(pub ed25519.PublicKey) string {
-	sum := sha256.Sum256(pub)
-	return hex.EncodeToString(sum[:16])
 }

@@ -46,7 +46,7 @@ func NewRootCmd(io IOStreams) *cobra.Command {
 	pf.String("log-level", "info", "log level: debug, info, warn, error")
 	pf.String("log-format", "text", "log format: text or json")
 
-	root.AddCommand(newServeCmd(io), newOperatorCmd(io), newAuditCmd(io), newVersionCmd(io))
+	root.AddCommand(newServeCmd(io), newOperatorCmd(io), newAuditCmd(io), newSigningKeyCmd(io), newVersionCmd(io))
 	cmdtree.RefuseUnknownSubcommands(root)
 	return root
 }

@@ -19,6 +19,7 @@ func TestServerCLI_UnknownSubcommandFails(t *testing.T) {
 		{[]string{"operator", "creat", "--name", "admin"}, "creat", "argus-server operator", "create"},
 		{[]string{"operator", "token", "craete", "--name", "admin"}, "craete", "argus-server operator token", "create"},
 		{[]string{"audit", "reconcil", "--since", "24h"}, "reconcil", "argus-server audit", "reconcile"},
+		{[]string{"signing-key", "rotat"}, "rotat", "argus-server signing-key", "rotate"},
 	} {
 		t.Run(tc.word, func(t *testing.T) {
 			var out, errOut bytes.Buffer
