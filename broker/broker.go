@@ -225,19 +225,6 @@ func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte, pr
 	return b.srv.InjectPacket(b.control, pk)
 }
 
-// DisconnectUser ends every connection authenticated with username, and
-// reports how many there were.
-func (b *Broker) DisconnectUser(username string, code packets.Code) int {
-	n := 0
-	for _, cl := range b.srv.Clients.GetAll() {
-		if string(cl.Properties.Username) == username && !cl.Closed() && !cl.Net.Inline {
-			_ = b.srv.DisconnectClient(cl, code)
-			n++
-		}
-	}
-	return n
-}
-
 // Connected reports whether a client with this id is connected.
 func (b *Broker) Connected(clientID string) bool {
 	cl, ok := b.srv.Clients.Get(clientID)
