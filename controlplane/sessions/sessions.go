@@ -486,33 +486,58 @@ func (m *Manager) publishTenant(tenantID string) {
 		return
 	}
 	st := TenantStatus{V: topics.Version, TenantID: tenantID, Sessions: []SessionStatus{}, Today: []SessionStatus{}, Time: time.Now().UTC()}
-	names := map[string]string{}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	rows, err := m.Pool.Query(ctx, `SELECT s.id, s.agent_id, a.name, o.name, s.created_at, s.expires_at, s.ended_at, COALESCE(s.end_reason, '')
-		FROM support_sessions s JOIN agents a ON a.id = s.agent_id JOIN operators o ON o.id = s.operator_id
-		WHERE s.tenant_id = $1 AND s.created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-		ORDER BY s.created_at`, tenantID)
+	// The indicator is the database's, whichever node publishes it: a
+	// session opened through another node is live here too. Its time is
+	// the database's clock, read before the sessions are, so of two
+	// nodes' indicators the later-timed one saw every commit the other
+	// saw (the cluster's nodes keep the latest).
+	err = m.Pool.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&st.Time)
+	var rows pgx.Rows
 	if err == nil {
-		st.Today, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (SessionStatus, error) {
+		rows, err = m.Pool.Query(ctx, `SELECT s.id, s.agent_id, a.name, o.name, s.created_at, s.expires_at, s.ended_at, COALESCE(s.end_reason, ''),
+			s.created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+		FROM support_sessions s JOIN agents a ON a.id = s.agent_id JOIN operators o ON o.id = s.operator_id
+		WHERE s.tenant_id = $1 AND (s.ended_at IS NULL OR s.created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+		ORDER BY s.created_at`, tenantID)
+	}
+	var list []SessionStatus
+	var today []bool
+	if err == nil {
+		list, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (SessionStatus, error) {
 			var x SessionStatus
-			err := r.Scan(&x.SessionID, &x.AgentID, &x.AgentName, &x.Operator, &x.Since, &x.ExpiresAt, &x.EndedAt, &x.EndReason)
-			names[x.AgentID] = x.AgentName
+			var isToday bool
+			err := r.Scan(&x.SessionID, &x.AgentID, &x.AgentName, &x.Operator, &x.Since, &x.ExpiresAt, &x.EndedAt, &x.EndReason, &isToday)
+			today = append(today, isToday)
 			return x, err
 		})
 	}
-	if err != nil {
-		// The indicator itself must still go out; the history is extra.
-		m.Log.Warn("tenant session history", "tenant", tenantID, "err", err)
-		st.Today = []SessionStatus{}
-	}
-	m.mu.Lock()
-	for _, l := range m.live {
-		if l.tenantID == tenantID && !l.pending {
-			st.Sessions = append(st.Sessions, SessionStatus{SessionID: l.id, AgentID: l.agentID, AgentName: names[l.agentID], Operator: l.operator, Since: l.createdAt.UTC(), ExpiresAt: l.expiresAt.UTC()})
+	if err == nil {
+		for i, x := range list {
+			if today[i] {
+				st.Today = append(st.Today, x)
+			}
+			if x.EndedAt == nil {
+				x.Since, x.ExpiresAt = x.Since.UTC(), x.ExpiresAt.UTC()
+				x.EndReason = ""
+				st.Sessions = append(st.Sessions, x)
+			}
 		}
+	} else {
+		// The indicator itself must still go out: from what this node
+		// holds, timed by its own clock.
+		m.Log.Warn("tenant sessions", "tenant", tenantID, "err", err)
+		st.Time = time.Now().UTC()
+		m.mu.Lock()
+		for _, l := range m.live {
+			if l.tenantID == tenantID && !l.pending {
+				st.Sessions = append(st.Sessions, SessionStatus{SessionID: l.id, AgentID: l.agentID, Operator: l.operator, Since: l.createdAt.UTC(), ExpiresAt: l.expiresAt.UTC()})
+			}
+		}
+		m.mu.Unlock()
 	}
-	m.mu.Unlock()
+	st.Time = st.Time.UTC()
 	for i := range st.Sessions {
 		st.Sessions[i].AgentStale, _ = m.Fleet.Stale(st.Sessions[i].AgentID)
 	}
