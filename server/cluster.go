@@ -190,6 +190,9 @@ func (s *Server) joinCluster(ctx context.Context) error {
 	if err := wire.AnswerPings(); err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
+	if err := s.status.Attach(wire); err != nil {
+		return fmt.Errorf("cluster: status: %w", err)
+	}
 	s.members = cluster.NewMembership(s.db.Pool, cluster.Self{
 		ID: s.cfg.NodeID, APIURL: s.APIURL(), MQTTURL: s.broker.URL(), Version: api.Version,
 	}, cc.Lease, cc.Lease/5, s.log.With("component", "cluster"))
@@ -200,7 +203,9 @@ func (s *Server) joinCluster(ctx context.Context) error {
 	}
 	mctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopMembers, s.membersDone = stop, make(chan struct{})
-	go func() { defer close(s.membersDone); s.members.Run(mctx) }()
+	repaired := make(chan struct{})
+	go func() { defer close(repaired); s.status.RepairDead(mctx, s.db.Pool, cc.Lease/2) }()
+	go func() { defer close(s.membersDone); s.members.Run(mctx); <-repaired }()
 	if cc.Multi() {
 		s.log.Info("cluster joined", "node", s.cfg.NodeID, "cluster", cc.Name, "routes", wire.RouteAddr())
 	}
@@ -248,4 +253,23 @@ func (s *Server) broadcastEnded(ended []sessions.Ended) {
 	for _, e := range ended {
 		s.wire.Broadcast(cluster.Change{Kind: cluster.SessionEnded, SessionID: e.ID, TenantID: e.TenantID, AgentID: e.AgentID})
 	}
+}
+
+// clusterNodes is the cluster as the server summary shows it: every
+// node's row with the agents it holds, and their sum. A database hiccup
+// leaves the list empty for one summary, not the summary unsent.
+func (s *Server) clusterNodes(ctx context.Context) ([]cluster.Node, int) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	nodes, err := cluster.Nodes(ctx, s.db.Pool)
+	if err != nil {
+		s.log.Warn("server summary: cluster nodes", "err", err)
+		return []cluster.Node{}, 0
+	}
+	total := 0
+	for i := range nodes {
+		nodes[i].ThisNode = nodes[i].ID == s.cfg.NodeID
+		total += nodes[i].AgentsHeld
+	}
+	return nodes, total
 }

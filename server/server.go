@@ -66,6 +66,7 @@ type Server struct {
 
 	wire        *cluster.Wire
 	members     *cluster.Membership
+	status      *cluster.StatusMirror
 	control     agentControl
 	stopMembers context.CancelFunc
 	membersDone chan struct{}
@@ -146,6 +147,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if err != nil {
 		return nil, fmt.Errorf("mqtt-tls-cert: %w", err)
 	}
+	// Retained status is the same on every node: the mirror sees this
+	// node's publishes (its hook) and applies the others' (cluster).
+	s.status = cluster.NewStatusMirror(cfg.NodeID, nil, log.With("component", "cluster"))
 	pending := cfg.MQTTMaxPendingPerSource
 	if pending == 0 {
 		pending = -1 // the setting's 0 is no bound
@@ -159,12 +163,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		ConnectTimeout:      cfg.MQTTConnectTimeout,
 		MaxPendingPerSource: pending,
 		Policy:              s.policy,
-		Hooks:               []mqtt.Hook{s.fleet.Hook(), s.keys.Hook()},
+		Hooks:               []mqtt.Hook{s.fleet.Hook(), s.keys.Hook(), s.status.Hook()},
 		Logger:              log,
 	})
 	if err != nil {
 		return nil, err
 	}
+	s.status.SetPublisher(s.broker)
 	s.commits = audit.NewCommitter(s.db.Pool)
 	s.sessions = sessions.New(sessions.Options{
 		Pool: s.db.Pool, Signer: keys.Signer, Broker: s.broker, ACL: s.policy, Fleet: s.fleet, Log: log,
@@ -256,6 +261,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		BrowserMQTTURL:  brokerURL,
 		EnrollPerMinute: cfg.EnrollPerMinute,
 		Node:            cfg.NodeID,
+		ClusterNodes: func(ctx context.Context) ([]cluster.Node, error) {
+			return cluster.Status(ctx, s.db.Pool, s.wire, 500*time.Millisecond)
+		},
 		// An agent enrolled here pins the key signed with at start; if it
 		// has rotated since, the chain reaches the agent as it connects.
 		SigningPublicKey: topics.EncodePublicKey(keys.Public()),
@@ -365,6 +373,10 @@ type ServerStatus struct {
 	AgentsOnline  int       `json:"agents_online"`
 	LiveSessions  int       `json:"live_sessions"`
 	Time          time.Time `json:"time"`
+	// Nodes is the whole cluster as the database has it, with the agents
+	// each node holds (this node among them); ClusterAgents is their sum.
+	Nodes         []cluster.Node `json:"nodes"`
+	ClusterAgents int            `json:"cluster_agents_online"`
 }
 
 // publishSummary keeps the retained server summary fresh for monitors.
@@ -375,6 +387,7 @@ func (s *Server) publishSummary(ctx context.Context) {
 	for {
 		st := ServerStatus{V: topics.Version, NodeID: s.cfg.NodeID, Version: api.Version, UptimeSeconds: int64(time.Since(started).Seconds()),
 			AgentsOnline: s.fleet.OnlineCount(), LiveSessions: s.sessions.LiveCount(), Time: time.Now().UTC()}
+		st.Nodes, st.ClusterAgents = s.clusterNodes(ctx)
 		b, _ := json.Marshal(st)
 		if err := s.broker.Publish(topics.ServerStatus, b, true, 0, nil); err != nil {
 			s.log.Warn("publish server status", "err", err)

@@ -235,3 +235,31 @@ func Nodes(ctx context.Context, pool *pgxpool.Pool) ([]Node, error) {
 		return n, err
 	})
 }
+
+// Status is Nodes with each live node's reachability over NATS (asked of
+// all at once, each within timeout) and this node marked.
+func Status(ctx context.Context, pool *pgxpool.Pool, w *Wire, timeout time.Duration) ([]Node, error) {
+	nodes, err := Nodes(ctx, pool)
+	if err != nil {
+		return nil, err
+	}
+	var wg sync.WaitGroup
+	for i := range nodes {
+		n := &nodes[i]
+		if w == nil {
+			continue
+		}
+		n.ThisNode = n.ID == w.cfg.NodeID
+		if n.LeftAt != nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ok := w.Reachable(ctx, n.ID, timeout)
+			n.Reachable = &ok
+		}()
+	}
+	wg.Wait()
+	return nodes, nil
+}

@@ -1,0 +1,415 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/nats-io/nats.go"
+
+	"github.com/argus-remote/argus/topics"
+)
+
+// Status subjects: every retained status message a node publishes goes
+// to the others on statusSubject; a joining node asks on helloSubject
+// for what the others hold, and they answer on its snapshot subject.
+const (
+	statusSubject = "status"
+	helloSubject  = "hello"
+	// mirroredKey marks, on the inline publish that applies it, a status
+	// message that came from another node: it is not sent on again. The
+	// mark is taken off before the broker stores or delivers it.
+	mirroredKey = "argus-mirrored"
+	// maxBatch bounds one status message between nodes; a snapshot is
+	// sent in as many as it takes.
+	maxBatch = 256 << 10
+	// maxStatusMsg bounds what a node accepts from another in one message.
+	maxStatusMsg = 4 << 20
+)
+
+// Retainer is the broker the mirror publishes retained messages on.
+type Retainer interface {
+	Publish(topic string, payload []byte, retain bool, qos byte, props *packets.Properties) error
+}
+
+// StatusItem is one retained status message, as it travels between nodes.
+type StatusItem struct {
+	// Origin is the node that published it (a snapshot passes on what
+	// other nodes published).
+	Origin  string          `json:"origin,omitempty"`
+	Topic   string          `json:"topic"`
+	QoS     byte            `json:"qos"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+// statusBatch is what goes on the wire: items from one node.
+type statusBatch struct {
+	From  string       `json:"from"`
+	Items []StatusItem `json:"items"`
+}
+
+// held is the newest message of one topic this node knows of.
+type held struct {
+	item   StatusItem
+	origin string
+	at     time.Time
+	// online is an agent status's connection state: a connection's end,
+	// said late by the node it left, must not hide the agent's newer
+	// connection to another node.
+	online bool
+}
+
+// StatusMirror makes every node's broker hold every retained status
+// message (agents', tenants' indicators and command feeds), wherever it
+// was published, so that a monitor or a tenant viewer may connect to any
+// node. Each node sends the others what it publishes; the others keep
+// the newer of what they hold and what they receive (by the time the
+// message carries; a tenant's command feed is the union of every node's).
+// The server summary is not mirrored: each node derives it from the
+// database.
+type StatusMirror struct {
+	node string
+	pub  Retainer
+	log  *slog.Logger
+
+	// mu serialises every decision and the retain that follows it, so an
+	// older message can never be stored after a newer one.
+	mu   sync.Mutex
+	held map[string]*held
+	wire *Wire
+}
+
+// NewStatusMirror returns the mirror of node's retained status, which
+// publishes on pub. Register its Hook with the broker, then Attach it
+// to the wire.
+func NewStatusMirror(node string, pub Retainer, log *slog.Logger) *StatusMirror {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &StatusMirror{node: node, pub: pub, log: log, held: map[string]*held{}}
+}
+
+// SetPublisher sets the broker the mirror publishes on, when it exists
+// only after the mirror (whose hook the broker needs).
+func (m *StatusMirror) SetPublisher(pub Retainer) {
+	m.mu.Lock()
+	m.pub = pub
+	m.mu.Unlock()
+}
+
+// mirrored reports whether topic is one the mirror keeps the same on
+// every node.
+func mirrored(topic string) bool {
+	return strings.HasPrefix(topic, topics.StatusRoot) && topic != topics.ServerStatus
+}
+
+// Hook returns the broker hook that sees the node's own retained status
+// publishes.
+func (m *StatusMirror) Hook() mqtt.Hook { return &statusHook{m: m} }
+
+type statusHook struct {
+	mqtt.HookBase
+	m *StatusMirror
+}
+
+func (h *statusHook) ID() string { return "argus-status-mirror" }
+
+func (h *statusHook) Provides(b byte) bool { return b == mqtt.OnPublish }
+
+// OnPublish takes the control plane's retained status publishes: the
+// mirror stores (and sends on) the newest itself, under its lock, so the
+// publish as made is dropped here. Its own re-publish, marked, passes
+// with the mark removed.
+func (h *statusHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if !cl.Net.Inline || !pk.FixedHeader.Retain || len(pk.Payload) == 0 || !mirrored(pk.TopicName) {
+		return pk, nil
+	}
+	if i := slices.IndexFunc(pk.Properties.User, func(u packets.UserProperty) bool { return u.Key == mirroredKey }); i >= 0 {
+		pk.Properties.User = slices.Delete(slices.Clone(pk.Properties.User), i, i+1)
+		return pk, nil
+	}
+	h.m.offer(h.m.node, StatusItem{Topic: pk.TopicName, QoS: pk.FixedHeader.Qos, Payload: bytes.Clone(pk.Payload)}, true)
+	return pk, packets.ErrRejectPacket
+}
+
+// offer keeps item if it is newer than what the node holds for its topic
+// (a command feed: merges it in), publishes the result retained here, and
+// sends it to the other nodes when it was published here.
+func (m *StatusMirror) offer(origin string, item StatusItem, local bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur := m.held[item.Topic]
+	next, ok := decide(cur, origin, item)
+	if !ok {
+		if local {
+			m.log.Debug("status: older than what is held; not published", "topic", item.Topic)
+		}
+		return
+	}
+	m.held[item.Topic] = next
+	if m.pub != nil {
+		props := &packets.Properties{User: []packets.UserProperty{{Key: mirroredKey, Val: origin}}}
+		if err := m.pub.Publish(next.item.Topic, next.item.Payload, true, next.item.QoS, props); err != nil {
+			m.log.Warn("status: publish", "topic", item.Topic, "err", err)
+		}
+	}
+	if local && m.wire != nil {
+		m.send(m.wire.Subject(statusSubject), []StatusItem{next.item})
+	}
+}
+
+// statusFields are the fields of a status message the mirror orders by.
+type statusFields struct {
+	Time   time.Time `json:"time"`
+	Online *bool     `json:"online"`
+}
+
+// decide returns what the node should hold for a topic after item, and
+// whether that changed.
+func decide(cur *held, origin string, item StatusItem) (*held, bool) {
+	var f statusFields
+	_ = json.Unmarshal(item.Payload, &f)
+	item.Origin = origin
+	next := &held{item: item, origin: origin, at: f.Time, online: f.Online != nil && *f.Online}
+	if cur == nil {
+		return next, true
+	}
+	if isFeed(item.Topic) {
+		merged, changed := mergeFeed(cur.item.Payload, item.Payload)
+		if !changed {
+			return cur, false
+		}
+		next.item.Payload = merged
+		return next, true
+	}
+	if f.Online != nil && cur.origin != origin {
+		// An agent's connection is said by the node it is connected to;
+		// the node it left may say so late (it notices the loss after the
+		// agent has reconnected elsewhere), so one node's word that a
+		// connection ended says nothing of another node's connection.
+		if !next.online && cur.online {
+			return cur, false
+		}
+		if next.online && !cur.online {
+			return next, true
+		}
+	}
+	if next.at.Before(cur.at) || bytes.Equal(cur.item.Payload, item.Payload) {
+		return cur, false
+	}
+	return next, true
+}
+
+func isFeed(topic string) bool {
+	return strings.HasPrefix(topic, topics.StatusRoot+"tenants/") && strings.HasSuffix(topic, "/commands")
+}
+
+// mergeFeed is the union of two feeds of one tenant, newest first and
+// bounded; changed is false when b adds nothing to a.
+func mergeFeed(a, b []byte) ([]byte, bool) {
+	var fa, fb topics.FeedMsg
+	if json.Unmarshal(a, &fa) != nil {
+		return b, true
+	}
+	if json.Unmarshal(b, &fb) != nil {
+		return a, false
+	}
+	seen := make(map[string]bool, len(fa.Entries))
+	for _, e := range fa.Entries {
+		seen[e.CommandID] = true
+	}
+	out := fa
+	out.Entries = slices.Clone(fa.Entries)
+	changed := false
+	for _, e := range fb.Entries {
+		if !seen[e.CommandID] {
+			seen[e.CommandID] = true
+			out.Entries = append(out.Entries, e)
+			changed = true
+		}
+	}
+	if !changed {
+		return a, false
+	}
+	slices.SortStableFunc(out.Entries, func(x, y topics.FeedEntry) int { return y.CompletedAt.Compare(x.CompletedAt) })
+	if len(out.Entries) > topics.FeedMax {
+		out.Entries = out.Entries[:topics.FeedMax]
+	}
+	if fb.Time.After(out.Time) {
+		out.Time = fb.Time
+	}
+	merged, err := json.Marshal(out)
+	if err != nil {
+		return a, false
+	}
+	return merged, true
+}
+
+// Attach connects the mirror to the other nodes: it hears what they
+// publish from now on, asks them for what they hold, and sends them what
+// it holds (what this node derived from the database as it started).
+func (m *StatusMirror) Attach(w *Wire) error {
+	nc := w.Conn()
+	if _, err := nc.Subscribe(w.Subject(statusSubject), m.receive); err != nil {
+		return err
+	}
+	snapshot := w.Subject(statusSubject, "snapshot", w.cfg.NodeID)
+	if _, err := nc.Subscribe(snapshot, m.receive); err != nil {
+		return err
+	}
+	if _, err := nc.Subscribe(w.Subject(statusSubject, helloSubject), func(msg *nats.Msg) {
+		if msg.Reply != "" && strings.HasPrefix(msg.Reply, w.Subject(statusSubject, "snapshot")+".") {
+			m.sendAll(msg.Reply)
+		}
+	}); err != nil {
+		return err
+	}
+	if err := nc.Flush(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.wire = w
+	m.mu.Unlock()
+	if err := nc.PublishRequest(w.Subject(statusSubject, helloSubject), snapshot, nil); err != nil {
+		return err
+	}
+	m.sendAll(w.Subject(statusSubject))
+	return nc.Flush()
+}
+
+// receive applies a batch another node sent.
+func (m *StatusMirror) receive(msg *nats.Msg) {
+	if len(msg.Data) > maxStatusMsg {
+		return
+	}
+	var b statusBatch
+	if err := json.Unmarshal(msg.Data, &b); err != nil {
+		m.log.Warn("status: unreadable message from another node", "err", err)
+		return
+	}
+	if b.From == m.node {
+		return
+	}
+	for _, it := range b.Items {
+		if !mirrored(it.Topic) || len(it.Payload) == 0 || it.QoS > 1 {
+			continue
+		}
+		origin := b.From
+		if it.Origin != "" {
+			origin = it.Origin
+		}
+		m.offer(origin, it, false)
+	}
+}
+
+// sendAll sends everything the node holds to subject, in batches.
+func (m *StatusMirror) sendAll(subject string) {
+	m.mu.Lock()
+	items := make([]StatusItem, 0, len(m.held))
+	for _, h := range m.held {
+		items = append(items, h.item)
+	}
+	w := m.wire
+	m.mu.Unlock()
+	if w == nil {
+		return
+	}
+	var batch []StatusItem
+	size := 0
+	for _, it := range items {
+		if size+len(it.Payload) > maxBatch && len(batch) > 0 {
+			m.sendOn(w, subject, batch)
+			batch, size = nil, 0
+		}
+		batch = append(batch, it)
+		size += len(it.Payload) + len(it.Topic) + 32
+	}
+	if len(batch) > 0 {
+		m.sendOn(w, subject, batch)
+	}
+}
+
+func (m *StatusMirror) send(subject string, items []StatusItem) { m.sendOn(m.wire, subject, items) }
+
+func (m *StatusMirror) sendOn(w *Wire, subject string, items []StatusItem) {
+	b, err := json.Marshal(statusBatch{From: m.node, Items: items})
+	if err == nil {
+		err = w.Conn().Publish(subject, b)
+	}
+	if err != nil {
+		m.log.Warn("status: not sent to the other nodes", "items", len(items), "err", err)
+	}
+}
+
+// Held returns the payload held for topic, for tests and the API.
+func (m *StatusMirror) Held(topic string) ([]byte, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h, ok := m.held[topic]
+	if !ok {
+		return nil, false
+	}
+	return h.item.Payload, true
+}
+
+// RepairDead runs until ctx ends: every interval it says offline, on this
+// node only, every agent whose last word is that it is connected to a
+// node that has since died (killed, it could not say so itself). Each
+// live node does the same for itself.
+func (m *StatusMirror) RepairDead(ctx context.Context, pool *pgxpool.Pool, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		nodes, err := Nodes(qctx, pool)
+		cancel()
+		if err != nil {
+			continue
+		}
+		alive := map[string]bool{m.node: true}
+		for _, n := range nodes {
+			if n.Alive {
+				alive[n.ID] = true
+			}
+		}
+		m.repair(alive)
+	}
+}
+
+func (m *StatusMirror) repair(alive map[string]bool) {
+	m.mu.Lock()
+	var dead []*held
+	for _, h := range m.held {
+		if h.online && !alive[h.origin] {
+			dead = append(dead, h)
+		}
+	}
+	m.mu.Unlock()
+	for _, h := range dead {
+		var st topics.AgentStatusMsg
+		if json.Unmarshal(h.item.Payload, &st) != nil {
+			continue
+		}
+		st.Online, st.Stale, st.Time = false, false, time.Now().UTC()
+		b, err := json.Marshal(st)
+		if err != nil {
+			continue
+		}
+		// Offered as the dead node's own word, so the agent's connection
+		// elsewhere, said meanwhile, still wins.
+		m.offer(h.origin, StatusItem{Topic: h.item.Topic, QoS: h.item.QoS, Payload: b}, false)
+	}
+}
