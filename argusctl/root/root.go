@@ -6,6 +6,7 @@ import (
 
 	"github.com/argus-remote/argus/argusctl/agent"
 	"github.com/argus-remote/argus/argusctl/auditcmd"
+	"github.com/argus-remote/argus/argusctl/clustercmd"
 	"github.com/argus-remote/argus/argusctl/cmdutil"
 	"github.com/argus-remote/argus/argusctl/config"
 	"github.com/argus-remote/argus/argusctl/iostreams"
@@ -74,6 +75,7 @@ selected profile of ~/.config/argusctl/config.yaml.`,
 		auditcmd.NewCmdAudit(f),
 		patchcmd.NewCmdPatch(f),
 		operator.NewCmdOperator(f),
+		clustercmd.NewCmdCluster(f),
 	)
 	cmdtree.RefuseUnknownSubcommands(cmd)
 	return cmd, f

@@ -22,6 +22,7 @@ import (
 
 	"github.com/argus-remote/argus/controlplane/agents"
 	"github.com/argus-remote/argus/controlplane/apierror"
+	"github.com/argus-remote/argus/controlplane/cluster"
 	"github.com/argus-remote/argus/controlplane/operators"
 	"github.com/argus-remote/argus/controlplane/sessions"
 	"github.com/argus-remote/argus/controlplane/tenants"
@@ -59,7 +60,9 @@ type Server struct {
 	EnrollPerMinute int
 	// Node is this server's node id, kept with the audit verifications it runs.
 	Node string
-	Log  *slog.Logger
+	// ClusterNodes lists the cluster's nodes for GET /v1/cluster.
+	ClusterNodes func(ctx context.Context) ([]cluster.Node, error)
+	Log          *slog.Logger
 
 	enrollLimit       *limiter
 	gateAuditLimit    *limiter
@@ -122,6 +125,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/sessions/{session}/transcript", s.operatorTranscript)
 	mux.HandleFunc("GET /v1/viewer/sessions/{session}/transcript", s.viewerTranscript)
 	mux.HandleFunc("GET /v1/signing-key", s.signingKey)
+	mux.HandleFunc("GET /v1/cluster", s.clusterStatus)
 
 	mux.Handle("POST /v1/support/sessions", s.gate(http.HandlerFunc(s.activate)))
 	mux.Handle("POST /v1/support/sessions/{session}/commands", s.gate(http.HandlerFunc(s.command)))
