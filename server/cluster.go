@@ -204,7 +204,7 @@ func (s *Server) joinCluster(ctx context.Context) error {
 	mctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopMembers, s.membersDone = stop, make(chan struct{})
 	repaired := make(chan struct{})
-	go func() { defer close(repaired); s.status.RepairDead(mctx, s.db.Pool, cc.Lease/2) }()
+	go func() { defer close(repaired); s.status.Run(mctx, s.db.Pool, 500*time.Millisecond) }()
 	go func() { defer close(s.membersDone); s.members.Run(mctx); <-repaired }()
 	if cc.Multi() {
 		s.log.Info("cluster joined", "node", s.cfg.NodeID, "cluster", cc.Name, "routes", wire.RouteAddr())

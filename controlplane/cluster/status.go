@@ -254,21 +254,26 @@ func mergeFeed(a, b []byte) ([]byte, bool) {
 }
 
 // Attach connects the mirror to the other nodes: it hears what they
-// publish from now on, asks them for what they hold, and sends them what
-// it holds (what this node derived from the database as it started).
+// publish from now on, and answers their requests for what it holds.
+// Run then fetches what each other node holds.
 func (m *StatusMirror) Attach(w *Wire) error {
 	nc := w.Conn()
 	if _, err := nc.Subscribe(w.Subject(statusSubject), m.receive); err != nil {
 		return err
 	}
-	snapshot := w.Subject(statusSubject, "snapshot", w.cfg.NodeID)
-	if _, err := nc.Subscribe(snapshot, m.receive); err != nil {
+	if _, err := nc.Subscribe(w.Subject(statusSubject, "snapshot", w.cfg.NodeID), m.receive); err != nil {
 		return err
 	}
-	if _, err := nc.Subscribe(w.Subject(statusSubject, helloSubject), func(msg *nats.Msg) {
-		if msg.Reply != "" && strings.HasPrefix(msg.Reply, w.Subject(statusSubject, "snapshot")+".") {
-			m.sendAll(msg.Reply)
+	// A node asks for what this one holds: it is sent on the asker's
+	// snapshot subject, then the request is answered, so the answer comes
+	// after the last of it (one connection's messages keep their order).
+	if _, err := nc.Subscribe(w.Subject(statusSubject, helloSubject, w.cfg.NodeID), func(msg *nats.Msg) {
+		asker := string(msg.Data)
+		if !validName(asker) || asker == w.cfg.NodeID {
+			return
 		}
+		m.sendAll(w.Subject(statusSubject, "snapshot", asker))
+		_ = msg.Respond([]byte(w.cfg.NodeID))
 	}); err != nil {
 		return err
 	}
@@ -278,11 +283,58 @@ func (m *StatusMirror) Attach(w *Wire) error {
 	m.mu.Lock()
 	m.wire = w
 	m.mu.Unlock()
-	if err := nc.PublishRequest(w.Subject(statusSubject, helloSubject), snapshot, nil); err != nil {
-		return err
+	return nil
+}
+
+// Run keeps the mirror whole until ctx ends. It fetches what every other
+// live node holds once per start of that node (a node that joins late
+// gets the current state; the others get what it derived as it
+// started), and says offline, on this node only, every agent whose last
+// word is that it is connected to a node that has since died (killed, it
+// could not say so itself).
+func (m *StatusMirror) Run(ctx context.Context, pool *pgxpool.Pool, every time.Duration) {
+	m.mu.Lock()
+	w := m.wire
+	m.mu.Unlock()
+	if w == nil {
+		return
 	}
-	m.sendAll(w.Subject(statusSubject))
-	return nc.Flush()
+	synced := map[string]time.Time{}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		nodes, err := Nodes(qctx, pool)
+		cancel()
+		if err == nil {
+			alive := map[string]bool{m.node: true}
+			for _, n := range nodes {
+				if !n.Alive || n.ID == m.node {
+					continue
+				}
+				alive[n.ID] = true
+				if synced[n.ID].Equal(n.StartedAt) {
+					continue
+				}
+				// Its routes or its subscriptions may not have reached
+				// this node yet: asked again next time.
+				rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				_, err := w.Conn().RequestWithContext(rctx, w.Subject(statusSubject, helloSubject, n.ID), []byte(m.node))
+				cancel()
+				if err == nil {
+					synced[n.ID] = n.StartedAt
+				} else {
+					m.log.Debug("status: snapshot of another node not had yet", "node", n.ID, "err", err)
+				}
+			}
+			m.repair(alive)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // receive applies a batch another node sent.
@@ -358,35 +410,6 @@ func (m *StatusMirror) Held(topic string) ([]byte, bool) {
 		return nil, false
 	}
 	return h.item.Payload, true
-}
-
-// RepairDead runs until ctx ends: every interval it says offline, on this
-// node only, every agent whose last word is that it is connected to a
-// node that has since died (killed, it could not say so itself). Each
-// live node does the same for itself.
-func (m *StatusMirror) RepairDead(ctx context.Context, pool *pgxpool.Pool, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		nodes, err := Nodes(qctx, pool)
-		cancel()
-		if err != nil {
-			continue
-		}
-		alive := map[string]bool{m.node: true}
-		for _, n := range nodes {
-			if n.Alive {
-				alive[n.ID] = true
-			}
-		}
-		m.repair(alive)
-	}
 }
 
 func (m *StatusMirror) repair(alive map[string]bool) {
