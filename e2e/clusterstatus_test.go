@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -337,4 +338,52 @@ func TestClusterStatus_SingleNodeIsOneRow(t *testing.T) {
 	assert.True(t, cs.Nodes[0].ThisNode)
 	require.NotNil(t, cs.Nodes[0].Reachable)
 	assert.True(t, *cs.Nodes[0].Reachable)
+}
+
+// A tenant token revoked through one node ends its viewers' connections
+// on another even when the broadcast that says so is lost: the other
+// node's check of its viewers' tokens finds the revocation.
+func TestClusterStatus_ViewerRevokedElsewhereIsDroppedWithoutTheBroadcast(t *testing.T) {
+	env := testenv.NewEnv(t)
+	a1, a2 := freePort(t), freePort(t)
+	// Node A loses every broadcast it sends (the switch is read as it starts).
+	t.Setenv("ARGUS_TEST_DROP_BROADCASTS", "1")
+	nodeA := statusNode(t, env, "node-a", a1, a2)
+	require.NoError(t, os.Unsetenv("ARGUS_TEST_DROP_BROADCASTS"))
+	nodeB := statusNode(t, env, "node-b", a2, a1)
+	ctx := context.Background()
+	_, admin, err := operators.NewStore(nodeA.Database().Pool).Create(ctx, "alice", operators.NewToken{Scopes: []operators.Scope{operators.ScopeTenantAdmin}})
+	require.NoError(t, err)
+	onA := &apiclient.Client{BaseURL: nodeA.APIURL(), Token: admin}
+	require.NoError(t, onA.Do(ctx, "POST", "/v1/tenants", map[string]string{"name": "acme"}, nil))
+	var viewer struct {
+		ID       string `json:"id"`
+		Token    string `json:"token"`
+		TenantID string `json:"tenant_id"`
+	}
+	require.NoError(t, onA.Do(ctx, "POST", "/v1/tenants/acme/viewer-tokens", map[string]string{}, &viewer))
+	view := watch(t, nodeB.MQTTURL(), "viewer-"+viewer.TenantID+"-b", "viewer:"+viewer.TenantID, viewer.Token, "argus/v1/status/tenants/"+viewer.TenantID+"/#")
+	view.await("argus/v1/status/tenants/"+viewer.TenantID+"/remote-support", tenantActive(false, ""), "the viewer on B is served")
+
+	id := viewer.ID
+	if id == "" {
+		var list struct {
+			Tokens []struct {
+				ID string `json:"id"`
+			} `json:"viewer_tokens"`
+		}
+		require.NoError(t, onA.Do(ctx, "GET", "/v1/tenants/acme/viewer-tokens", nil, &list))
+		require.Len(t, list.Tokens, 1)
+		id = list.Tokens[0].ID
+	}
+	revoked := time.Now()
+	require.NoError(t, onA.Do(ctx, "POST", "/v1/tenants/acme/viewer-tokens/"+id+"/revoke", nil, nil))
+	select {
+	case <-view.c.Done():
+		t.Logf("viewer on node B dropped %v after the revocation on node A", time.Since(revoked).Round(time.Millisecond))
+	case <-time.After(5 * time.Second):
+		t.Fatal("the viewer revoked on node A is still connected to node B")
+	}
+	_, _, err = mqtttest.Dial(t, nodeB.MQTTURL(), mqtttest.Options{ClientID: "viewer-" + viewer.TenantID + "-b2", Username: "viewer:" + viewer.TenantID, Password: viewer.Token})
+	assert.Error(t, err, "nor can it connect again")
 }

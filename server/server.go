@@ -227,6 +227,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		defer close(s.nightlyDone)
 		go s.publishSummary(nctx)
 		go s.watchMonitors(nctx, opStore)
+		go s.watchViewers(nctx)
 		nightly.Loop(nctx)
 	}()
 

@@ -358,6 +358,17 @@ func (p *Policy) MonitorsWith(tokenIDs ...string) []string {
 	return ids
 }
 
+// Viewers returns a copy of every viewer grant, by client id.
+func (p *Policy) Viewers() map[string]ViewerGrant {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	out := make(map[string]ViewerGrant, len(p.viewers))
+	for id, v := range p.viewers {
+		out[id] = v.ViewerGrant
+	}
+	return out
+}
+
 // ViewersWith lists the client ids of the viewer connections that
 // authenticated with any of these tenant tokens.
 func (p *Policy) ViewersWith(tokenIDs ...string) []string {
