@@ -26,11 +26,10 @@ import (
 
 const statusClusterSecret = "status-cluster-secret-0123456789abcdef"
 
-// statusNode starts one in-process node of a cluster on env's database
-// (all nodes share its data dir, and so its signing key), routed to peers.
-func statusNode(t *testing.T, env *testenv.Env, id, listen string, peers ...string) *server.Server {
-	t.Helper()
-	return testenv.StartInProcess(t, env, map[string]any{
+// statusNodeSettings are one node's settings in a cluster of in-process
+// nodes.
+func statusNodeSettings(id, listen string, peers ...string) map[string]any {
+	return map[string]any{
 		"remote-support-enabled":        true,
 		"remote-support-operator-cidrs": "127.0.0.1/32",
 		"ops-token":                     opsToken,
@@ -40,7 +39,14 @@ func statusNode(t *testing.T, env *testenv.Env, id, listen string, peers ...stri
 		"cluster-listen":                listen,
 		"cluster-peers":                 strings.Join(peers, ","),
 		"cluster-lease":                 "4s",
-	})
+	}
+}
+
+// statusNode starts one in-process node of a cluster on env's database
+// (all nodes share its data dir, and so its signing key), routed to peers.
+func statusNode(t *testing.T, env *testenv.Env, id, listen string, peers ...string) *server.Server {
+	t.Helper()
+	return testenv.StartInProcess(t, env, statusNodeSettings(id, listen, peers...))
 }
 
 // watcher is an MQTT client subscribed to filter that keeps the last
@@ -166,11 +172,11 @@ func TestClusterStatus_WatchersOnAnyNodeSeeEveryAgentAndTenant(t *testing.T) {
 	view.await(indicator, tenantActive(false, ""), "node B's viewer: nothing active")
 
 	// A session opens through the agent's node; node B's viewer sees it.
-	type activation struct {
+	type opened struct {
 		Session apiclient.Session `json:"session"`
 		Token   string            `json:"token"`
 	}
-	var act, other activation
+	var act, other opened
 	require.NoError(t, onA.Do(ctx, "POST", "/v1/support/sessions", map[string]string{"tenant": "acme", "agent": agentID, "reason": "INC-1: stream drops"}, &act))
 	view.await(indicator, tenantActive(true, act.Session.ID), "node B's viewer: the session is active")
 	mon.await(indicator, tenantActive(true, act.Session.ID), "node B's monitor: the session is active")
@@ -386,4 +392,55 @@ func TestClusterStatus_ViewerRevokedElsewhereIsDroppedWithoutTheBroadcast(t *tes
 	}
 	_, _, err = mqtttest.Dial(t, nodeB.MQTTURL(), mqtttest.Options{ClientID: "viewer-" + viewer.TenantID + "-b2", Username: "viewer:" + viewer.TenantID, Password: viewer.Token})
 	assert.Error(t, err, "nor can it connect again")
+}
+
+// An agent on node A that has gone silent is shown stale in its tenant's
+// indicator even when node B, which does not hold it, publishes the
+// indicator (ending another session of the tenant).
+func TestClusterStatus_StaleAgentElsewhereStaysStaleInTheIndicator(t *testing.T) {
+	a1, a2 := freePort(t), freePort(t)
+	s := newSupportEnv(t, statusNodeSettings("node-a", a1, a2))
+	nodeB := statusNode(t, s.env, "node-b", a2, a1)
+	s.consentAndArm(t)
+	var viewer struct {
+		Token    string `json:"token"`
+		TenantID string `json:"tenant_id"`
+	}
+	require.NoError(t, s.do(t, "POST", "/v1/tenants/acme/viewer-tokens", map[string]string{}, &viewer))
+	indicator := "argus/v1/status/tenants/" + viewer.TenantID + "/remote-support"
+	view := watch(t, nodeB.MQTTURL(), "viewer-"+viewer.TenantID+"-b", "viewer:"+viewer.TenantID, viewer.Token, "argus/v1/status/tenants/"+viewer.TenantID+"/#")
+
+	silent, first := s.activeFake(t, "gw-silent")
+	_, second := s.activeFake(t, "gw-other")
+	// One heartbeat saying it beats every second, then silence.
+	silent.publish(t, topics.Heartbeat, topics.HeartbeatMsg{V: topics.Version, AgentID: silent.e.AgentID, State: topics.StateActive,
+		SessionID: first.session.ID, Interval: 1, Time: time.Now().UTC()})
+	staleIn := func(b []byte) (bool, bool) {
+		var st struct {
+			Sessions []struct {
+				SessionID  string `json:"session_id"`
+				AgentStale bool   `json:"agent_stale"`
+			} `json:"sessions"`
+		}
+		if json.Unmarshal(b, &st) != nil {
+			return false, false
+		}
+		for _, x := range st.Sessions {
+			if x.SessionID == first.session.ID {
+				return x.AgentStale, true
+			}
+		}
+		return false, false
+	}
+	view.await(indicator, func(b []byte) bool { stale, listed := staleIn(b); return listed && stale }, "node B's viewer: the silent agent is stale")
+
+	view.mark()
+	onB := *s.api
+	onB.BaseURL = nodeB.APIURL()
+	require.NoError(t, onB.Do(context.Background(), "POST", "/v1/support/sessions/"+second.session.ID+"/deactivate", nil, nil))
+	view.await(indicator, tenantActive(true, first.session.ID), "node B's viewer: only the silent agent's session is left")
+	for _, b := range view.since[indicator] {
+		stale, listed := staleIn(b)
+		assert.True(t, !listed || stale, "node B's viewer was told the silent agent is fine: %s", b)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -20,6 +21,7 @@ import (
 	"github.com/argus-remote/argus/controlplane/cluster"
 	"github.com/argus-remote/argus/controlplane/sessions"
 	"github.com/argus-remote/argus/internal/settings"
+	"github.com/argus-remote/argus/topics"
 )
 
 // ClusterConfig says how this node reaches the other nodes.
@@ -272,4 +274,24 @@ func (s *Server) clusterNodes(ctx context.Context) ([]cluster.Node, int) {
 		total += nodes[i].AgentsHeld
 	}
 	return nodes, total
+}
+
+// agentStale reports an agent connected but silent, wherever it is
+// connected: this node's fleet knows its own agents; the others' are as
+// their holders last said on their status topics.
+func (s *Server) agentStale(agentID string) bool {
+	if s.fleet.Online(agentID) {
+		stale, _ := s.fleet.Stale(agentID)
+		return stale
+	}
+	id, err := topics.ParseAgentID(agentID)
+	if err != nil {
+		return false
+	}
+	b, ok := s.status.Held(id.Status())
+	if !ok {
+		return false
+	}
+	var st topics.AgentStatusMsg
+	return json.Unmarshal(b, &st) == nil && st.Online && st.Stale
 }

@@ -182,6 +182,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		CommandTimeout: cfg.CommandTimeout,
 		Fenced:         s.Fenced,
 		Ended:          s.broadcastEnded,
+		AgentStale:     s.agentStale,
 	})
 	s.control = agentControl{policy: s.policy, broker: s.broker, wire: func() *cluster.Wire { return s.wire }}
 	s.fleet.OnConnect = s.sessions.OnAgentConnected
@@ -252,7 +253,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		Agents:       agentStore,
 		AgentControl: s.control,
 		Fenced:       s.Fenced,
-		AgentStale:   func(id string) bool { stale, _ := s.fleet.Stale(id); return stale },
+		AgentStale:   s.agentStale,
 		Sessions:     s.sessions,
 		Gate: api.Gate{
 			Enabled: cfg.RemoteSupport, OperatorCIDRs: cfg.OperatorCIDRs,

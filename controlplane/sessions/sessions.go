@@ -220,6 +220,10 @@ type Options struct {
 	// Ended, when set, is told of every end this node commits, after its
 	// broker steps here, so the other nodes apply it too (a broadcast).
 	Ended func(ended []Ended)
+	// AgentStale, when set, reports an agent connected but silent
+	// wherever in the cluster it is connected, for the tenant's
+	// indicator; nil means this node's fleet.
+	AgentStale func(agentID string) bool
 }
 
 // Manager runs sessions on this node.
@@ -539,7 +543,11 @@ func (m *Manager) publishTenant(tenantID string) {
 	}
 	st.Time = st.Time.UTC()
 	for i := range st.Sessions {
-		st.Sessions[i].AgentStale, _ = m.Fleet.Stale(st.Sessions[i].AgentID)
+		if m.AgentStale != nil {
+			st.Sessions[i].AgentStale = m.AgentStale(st.Sessions[i].AgentID)
+		} else {
+			st.Sessions[i].AgentStale, _ = m.Fleet.Stale(st.Sessions[i].AgentID)
+		}
 	}
 	st.Active = len(st.Sessions) > 0
 	b, _ := json.Marshal(st)
