@@ -61,6 +61,11 @@ type held struct {
 	item   StatusItem
 	origin string
 	at     time.Time
+	// seen is when this node came to hold it.
+	seen time.Time
+	// repaired is this node's guess that the agent left a node that
+	// died or restarted, not the holder's word.
+	repaired bool
 	// online is an agent status's connection state: a connection's end,
 	// said late by the node it left, must not hide the agent's newer
 	// connection to another node.
@@ -136,18 +141,19 @@ func (h *statusHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 		pk.Properties.User = slices.Delete(slices.Clone(pk.Properties.User), i, i+1)
 		return pk, nil
 	}
-	h.m.offer(h.m.node, StatusItem{Topic: pk.TopicName, QoS: pk.FixedHeader.Qos, Payload: bytes.Clone(pk.Payload)}, true)
+	h.m.offer(h.m.node, StatusItem{Topic: pk.TopicName, QoS: pk.FixedHeader.Qos, Payload: bytes.Clone(pk.Payload)}, fromHere)
 	return pk, packets.ErrRejectPacket
 }
 
 // offer keeps item if it is newer than what the node holds for its topic
 // (a command feed: merges it in), publishes the result retained here, and
 // sends it to the other nodes when it was published here.
-func (m *StatusMirror) offer(origin string, item StatusItem, local bool) {
+func (m *StatusMirror) offer(origin string, item StatusItem, how source) {
+	local := how == fromHere
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cur := m.held[item.Topic]
-	next, ok := decide(cur, origin, item)
+	next, ok := decide(cur, origin, item, how)
 	if !ok {
 		if local {
 			m.log.Debug("status: older than what is held; not published", "topic", item.Topic)
@@ -166,6 +172,20 @@ func (m *StatusMirror) offer(origin string, item StatusItem, local bool) {
 	}
 }
 
+// source is how a status message reached the mirror.
+type source int
+
+const (
+	// fromHere: published on this node.
+	fromHere source = iota
+	// fromOrigin: sent by the node that published it.
+	fromOrigin
+	// relayed: passed on by another node (a snapshot).
+	relayed
+	// repaired: this node's guess for a holder that cannot speak.
+	repaired
+)
+
 // statusFields are the fields of a status message the mirror orders by.
 type statusFields struct {
 	Time   time.Time `json:"time"`
@@ -174,13 +194,17 @@ type statusFields struct {
 
 // decide returns what the node should hold for a topic after item, and
 // whether that changed.
-func decide(cur *held, origin string, item StatusItem) (*held, bool) {
+func decide(cur *held, origin string, item StatusItem, how source) (*held, bool) {
 	var f statusFields
 	_ = json.Unmarshal(item.Payload, &f)
 	item.Origin = origin
-	next := &held{item: item, origin: origin, at: f.Time, online: f.Online != nil && *f.Online}
+	next := &held{item: item, origin: origin, at: f.Time, seen: time.Now(), online: f.Online != nil && *f.Online, repaired: how == repaired}
 	if cur == nil {
 		return next, true
+	}
+	if cur.repaired && how == fromOrigin && cur.origin == origin && !next.at.Before(cur.at.Add(-time.Millisecond)) {
+		// The holder's own word beats what another node guessed for it.
+		return next, !bytes.Equal(cur.item.Payload, item.Payload)
 	}
 	if isFeed(item.Topic) {
 		merged, changed := mergeFeed(cur.item.Payload, item.Payload)
@@ -316,6 +340,12 @@ func (m *StatusMirror) Run(ctx context.Context, pool *pgxpool.Pool, every time.D
 				if synced[n.ID].Equal(n.StartedAt) {
 					continue
 				}
+				if !synced[n.ID].IsZero() {
+					// It has restarted since: the connections it held
+					// before are gone (it says its new ones itself).
+					id := n.ID
+					m.repairWhere(func(h *held) bool { return h.origin == id && h.seen.Before(n.StartedAt) })
+				}
 				// Its routes or its subscriptions may not have reached
 				// this node yet: asked again next time.
 				rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -358,8 +388,42 @@ func (m *StatusMirror) receive(msg *nats.Msg) {
 		if it.Origin != "" {
 			origin = it.Origin
 		}
-		m.offer(origin, it, false)
+		if origin == m.node {
+			it, ok := m.ownFromBefore(it)
+			if !ok {
+				continue
+			}
+			m.offer(origin, it, relayed)
+			continue
+		}
+		how := relayed
+		if origin == b.From {
+			how = fromOrigin
+		}
+		m.offer(origin, it, how)
 	}
+}
+
+// ownFromBefore is what to make of this node's own word passed back by
+// another: nothing when this node holds its own word on the topic (it
+// knows best), and an agent's connection said before a restart is gone.
+func (m *StatusMirror) ownFromBefore(it StatusItem) (StatusItem, bool) {
+	m.mu.Lock()
+	cur := m.held[it.Topic]
+	m.mu.Unlock()
+	if cur != nil && cur.origin == m.node {
+		return it, false
+	}
+	var f statusFields
+	if json.Unmarshal(it.Payload, &f) != nil || f.Online == nil || !*f.Online {
+		return it, true
+	}
+	b, ok := offline(&held{item: it, at: f.Time})
+	if !ok {
+		return it, false
+	}
+	it.Payload = b
+	return it, true
 }
 
 // sendAll sends everything the node holds to subject, in batches.
@@ -413,26 +477,37 @@ func (m *StatusMirror) Held(topic string) ([]byte, bool) {
 }
 
 func (m *StatusMirror) repair(alive map[string]bool) {
+	m.repairWhere(func(h *held) bool { return !alive[h.origin] })
+}
+
+// repairWhere says offline, on this node only, every agent held online
+// whose holder matches void.
+func (m *StatusMirror) repairWhere(void func(*held) bool) {
 	m.mu.Lock()
 	var dead []*held
 	for _, h := range m.held {
-		if h.online && !alive[h.origin] {
+		if h.online && void(h) {
 			dead = append(dead, h)
 		}
 	}
 	m.mu.Unlock()
 	for _, h := range dead {
-		var st topics.AgentStatusMsg
-		if json.Unmarshal(h.item.Payload, &st) != nil {
-			continue
+		if b, ok := offline(h); ok {
+			// Offered as the holder's own word, so the agent's connection
+			// elsewhere, said meanwhile, still wins.
+			m.offer(h.origin, StatusItem{Topic: h.item.Topic, QoS: h.item.QoS, Payload: b}, repaired)
 		}
-		st.Online, st.Stale, st.Time = false, false, time.Now().UTC()
-		b, err := json.Marshal(st)
-		if err != nil {
-			continue
-		}
-		// Offered as the dead node's own word, so the agent's connection
-		// elsewhere, said meanwhile, still wins.
-		m.offer(h.origin, StatusItem{Topic: h.item.Topic, QoS: h.item.QoS, Payload: b}, false)
 	}
+}
+
+// offline is h's agent status said offline, timed just after h: anything
+// its holder says later (a new connection, once restarted) still wins.
+func offline(h *held) ([]byte, bool) {
+	var st topics.AgentStatusMsg
+	if json.Unmarshal(h.item.Payload, &st) != nil {
+		return nil, false
+	}
+	st.Online, st.Stale, st.Time = false, false, h.at.Add(time.Millisecond)
+	b, err := json.Marshal(st)
+	return b, err == nil
 }

@@ -53,9 +53,9 @@ func TestDecide_NewerWinsAndALateEndElsewhereDoesNotHideAConnection(t *testing.T
 			"a", func(t *testing.T) StatusItem { return agentItem(t, true, t0) }, false, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cur, ok := decide(nil, tc.curOrigin, tc.cur(t))
+			cur, ok := decide(nil, tc.curOrigin, tc.cur(t), fromOrigin)
 			require.True(t, ok)
-			got, changed := decide(cur, tc.newOrigin, tc.next(t))
+			got, changed := decide(cur, tc.newOrigin, tc.next(t), fromOrigin)
 			assert.Equal(t, tc.kept, changed)
 			assert.Equal(t, tc.isNew, got != cur)
 			assert.Equal(t, tc.wantOnline, online(got))
@@ -88,19 +88,19 @@ func feedIDs(t *testing.T, h *held) []string {
 // A tenant's command feed is the union of every node's, newest first and
 // bounded: commands completed through different nodes all show.
 func TestDecide_CommandFeedsOfTwoNodesMerge(t *testing.T) {
-	cur, _ := decide(nil, "a", feedItem(t, 3, 1))
-	got, changed := decide(cur, "b", feedItem(t, 2))
+	cur, _ := decide(nil, "a", feedItem(t, 3, 1), fromOrigin)
+	got, changed := decide(cur, "b", feedItem(t, 2), fromOrigin)
 	require.True(t, changed)
 	assert.Equal(t, []string{"3", "2", "1"}, feedIDs(t, got))
 
-	_, changed = decide(got, "a", feedItem(t, 3, 1))
+	_, changed = decide(got, "a", feedItem(t, 3, 1), fromOrigin)
 	assert.False(t, changed, "nothing new")
 
 	many := make([]int, 0, topics.FeedMax)
 	for i := 100; i < 100+topics.FeedMax; i++ {
 		many = append(many, i)
 	}
-	got, changed = decide(got, "b", feedItem(t, many...))
+	got, changed = decide(got, "b", feedItem(t, many...), fromOrigin)
 	require.True(t, changed)
 	ids := feedIDs(t, got)
 	assert.Len(t, ids, topics.FeedMax)
@@ -112,10 +112,10 @@ func TestDecide_CommandFeedsOfTwoNodesMerge(t *testing.T) {
 func TestRepair_AgentsOfADeadNodeGoOffline(t *testing.T) {
 	pub := &recorder{}
 	m := NewStatusMirror("c", pub, nil)
-	m.offer("a", agentItem(t, true, time.Now().UTC()), false)
+	m.offer("a", agentItem(t, true, time.Now().UTC()), fromOrigin)
 	other := agentItem(t, true, time.Now().UTC())
 	other.Topic = topics.StatusRoot + "agents/1b6c1f1e-8f0a-4c2e-9d55-3f8f2f6b9a10"
-	m.offer("b", other, false)
+	m.offer("b", other, fromOrigin)
 
 	m.repair(map[string]bool{"b": true, "c": true})
 	assert.False(t, online(m.held[agentTopic]), "agent of dead node a is offline")
@@ -130,4 +130,34 @@ type recorder struct{ topics []string }
 func (r *recorder) Publish(topic string, _ []byte, _ bool, _ byte, _ *packets.Properties) error {
 	r.topics = append(r.topics, topic)
 	return nil
+}
+
+// A node that restarted: the connections it held before are voided by
+// the others; its own word then wins over that guess, a relayed copy of
+// its old word does not; and its own old word passed back to it says
+// the agent is gone, unless it already says otherwise itself.
+func TestRepair_RestartedHolderVoidsItsOldConnectionsAndSpeaksForItself(t *testing.T) {
+	t0 := time.Now().UTC().Add(-time.Minute)
+	m := NewStatusMirror("b", &recorder{}, nil)
+	m.offer("a", agentItem(t, true, t0), fromOrigin)
+	m.repairWhere(func(h *held) bool { return h.origin == "a" })
+	require.False(t, online(m.held[agentTopic]), "voided")
+	assert.True(t, m.held[agentTopic].repaired)
+
+	m.offer("a", agentItem(t, true, t0), relayed)
+	assert.False(t, online(m.held[agentTopic]), "another node's copy of the old word does not undo the guess")
+	m.offer("a", agentItem(t, true, t0), fromOrigin)
+	assert.True(t, online(m.held[agentTopic]), "the holder's own word does")
+
+	// Node a, restarted, hears its own old word from b.
+	a := NewStatusMirror("a", &recorder{}, nil)
+	old := agentItem(t, true, t0)
+	it, ok := a.ownFromBefore(old)
+	require.True(t, ok)
+	a.offer("a", it, relayed)
+	assert.False(t, online(a.held[agentTopic]), "its connection from before the restart is gone")
+	a.offer("a", agentItem(t, true, time.Now().UTC()), fromHere)
+	_, ok = a.ownFromBefore(old)
+	assert.False(t, ok, "once it says so itself, what others pass back is ignored")
+	assert.True(t, online(a.held[agentTopic]))
 }
