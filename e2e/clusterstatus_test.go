@@ -444,3 +444,70 @@ func TestClusterStatus_StaleAgentElsewhereStaysStaleInTheIndicator(t *testing.T)
 		assert.True(t, !listed || stale, "node B's viewer was told the silent agent is fine: %s", b)
 	}
 }
+
+// An agent that moves from node A to node B stays online for every
+// watcher when A notices its old connection's end only afterwards.
+func TestClusterStatus_MovedAgentStaysOnlineWhenItsOldNodeSaysItLeftLate(t *testing.T) {
+	a1, a2 := freePort(t), freePort(t)
+	s := newSupportEnv(t, statusNodeSettings("node-a", a1, a2))
+	nodeA := s.srv
+	nodeB := statusNode(t, s.env, "node-b", a2, a1)
+	_, monitor, err := operators.NewStore(nodeA.Database().Pool).Create(context.Background(), "grafana", operators.NewToken{Scopes: []operators.Scope{operators.ScopeMonitor}})
+	require.NoError(t, err)
+	e := s.enrollDirect(t, "gw-move")
+	topic := "argus/v1/status/agents/" + e.AgentID
+	monA := watch(t, nodeA.MQTTURL(), "monitor-a", "monitor", monitor, topics.StatusFilter)
+	monB := watch(t, nodeB.MQTTURL(), "monitor-b", "monitor", monitor, topics.StatusFilter)
+
+	onA, _, err := mqtttest.Dial(t, nodeA.MQTTURL(), mqtttest.Options{ClientID: e.AgentID, Username: e.AgentID, Password: e.Secret})
+	require.NoError(t, err)
+	monB.await(topic, agentOnline(true), "online on A, seen from B")
+	// The agent is on B now; A has not noticed yet.
+	monA.mark()
+	onB, _, err := mqtttest.Dial(t, nodeB.MQTTURL(), mqtttest.Options{ClientID: e.AgentID, Username: e.AgentID, Password: e.Secret})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = onB.Disconnect(&paho.Disconnect{}) })
+	testenv.Eventually(t, 5*time.Second, func() bool { return nodeB.Broker().Connected(e.AgentID) }, "on B")
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		var n int
+		err := nodeA.Database().Pool.QueryRow(context.Background(),
+			"SELECT count(*) FROM agent_presence WHERE agent_id = $1 AND node_id = 'node-b'", e.AgentID).Scan(&n)
+		return err == nil && n == 1
+	}, "B's connection recorded")
+	monA.await(topic, func([]byte) bool { return len(monA.since[topic]) > 0 }, "A's monitor hears B's word")
+	monA.mark()
+	monB.mark()
+
+	// A notices now.
+	require.NoError(t, onA.Disconnect(&paho.Disconnect{}))
+	testenv.Eventually(t, 5*time.Second, func() bool { return !nodeA.Broker().Connected(e.AgentID) }, "gone from A")
+	// A's word that it left (published as A saw the end) has had a
+	// round trip to B's API and back to pass; the watchers still say online.
+	var cs struct {
+		Nodes []struct {
+			ID string `json:"id"`
+		} `json:"nodes"`
+	}
+	testenv.CLIJSON(t, nodeB.APIURL(), monitor, &cs, "cluster", "status")
+	deadline := time.After(time.Second)
+	for open := true; open; {
+		select {
+		case pk := <-monB.c.Received:
+			monB.last[pk.Topic] = pk.Payload
+			monB.since[pk.Topic] = append(monB.since[pk.Topic], pk.Payload)
+		case pk := <-monA.c.Received:
+			monA.last[pk.Topic] = pk.Payload
+			monA.since[pk.Topic] = append(monA.since[pk.Topic], pk.Payload)
+		case <-deadline:
+			open = false
+		}
+	}
+	for name, w := range map[string]*watcher{"A": monA, "B": monB} {
+		for _, b := range w.since[topic] {
+			assert.True(t, agentOnline(true)(b), "node %s's monitor was told the agent that moved to B is offline: %s", name, b)
+		}
+		if b, ok := w.last[topic]; assert.True(t, ok, name) {
+			assert.True(t, agentOnline(true)(b), "node %s: last word online", name)
+		}
+	}
+}
