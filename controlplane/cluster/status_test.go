@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -81,6 +82,7 @@ func TestStatusMirror_LateJoinerGetsEveryAgentThenFollows(t *testing.T) {
 	}
 	require.Equal(t, int64(n), int64(srv1.Topics.Retained.Len()), "n1 retains what it published")
 
+	heapBefore := heapInUse()
 	srv2, m2 := mirrorBroker(t, "n2")
 	start := time.Now()
 	w2 := node(t, "n2", secret, a2, a1)
@@ -88,7 +90,8 @@ func TestStatusMirror_LateJoinerGetsEveryAgentThenFollows(t *testing.T) {
 	require.NoError(t, cluster.NewMembership(pool, cluster.Self{ID: "n2"}, 0, 0, log).Join(ctx))
 	go m2.Run(ctx, pool, 200*time.Millisecond)
 	require.Eventually(t, func() bool { return srv2.Topics.Retained.Len() == n }, 30*time.Second, 10*time.Millisecond)
-	t.Logf("late joiner held %d agents' status %v after it started", n, time.Since(start).Round(time.Millisecond))
+	t.Logf("late joiner held %d agents' status %v after it started; its broker and mirror hold %d bytes per agent",
+		n, time.Since(start).Round(time.Millisecond), (heapInUse()-heapBefore)/uint64(n))
 
 	// Live: an agent leaves n1; n2 stores it, with no mark left on it.
 	topic, b := agentStatus(t, 7, false)
@@ -119,4 +122,12 @@ func TestStatusMirror_LateJoinerGetsEveryAgentThenFollows(t *testing.T) {
 			t.Fatal("n2 did not hear the agent leave n1")
 		}
 	}
+}
+
+// heapInUse is the live heap after a collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
 }
