@@ -204,10 +204,12 @@ func TestClusterStatus_WatchersOnAnyNodeSeeEveryAgentAndTenant(t *testing.T) {
 	cmd.SessionToken = act.Token
 	var res apiclient.CommandResult
 	require.NoError(t, cmd.Do(ctx, "POST", "/v1/support/sessions/"+act.Session.ID+"/commands", map[string]string{"name": "ping"}, &res))
+	answered := time.Now()
 	view.await(feed, func(b []byte) bool {
 		var f topics.FeedMsg
 		return json.Unmarshal(b, &f) == nil && len(f.Entries) == 1 && f.Entries[0].Command == "ping" && f.Entries[0].SessionID == act.Session.ID
 	}, "node B's viewer: the ping in the feed")
+	t.Logf("node B's viewer had the ping in its feed %v after node A answered it", time.Since(answered).Round(time.Microsecond))
 
 	// The session ends through node B, which holds no part of it: both
 	// nodes' indicators say so.
