@@ -148,7 +148,9 @@ func (h *statusHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 
 // offer keeps item if it is newer than what the node holds for its topic
 // (a command feed: merges it in), publishes the result retained here, and
-// sends it to the other nodes when it was published here.
+// sends it to the other nodes when it was published here. It publishes
+// under the mirror's lock: no in-process subscriber to a status topic may
+// publish one in turn (none does; its delivery runs in this call).
 func (m *StatusMirror) offer(origin string, item StatusItem, how source) {
 	local := how == fromHere
 	m.mu.Lock()
