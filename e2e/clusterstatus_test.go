@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -512,4 +513,38 @@ func TestClusterStatus_MovedAgentStaysOnlineWhenItsOldNodeSaysItLeftLate(t *test
 			assert.True(t, agentOnline(true)(b), "node %s: last word online", name)
 		}
 	}
+}
+
+// The tenant's status page served by node 2 turns ACTIVE for a session
+// whose agent is on node 1 and back to idle when it ends through node 3.
+func TestClusterStatus_PageOnAnotherNodeTurnsActiveAndBackInChromium(t *testing.T) {
+	a1, a2, a3 := freePort(t), freePort(t), freePort(t)
+	s := newSupportEnv(t, statusNodeSettings("node-1", a1, a2, a3))
+	node2 := statusNode(t, s.env, "node-2", a2, a1, a3)
+	node3 := statusNode(t, s.env, "node-3", a3, a1, a2)
+	s.consentAndArm(t)
+	agentID, _, _ := s.runAgent(t, "cam-gw-1")
+	var viewer struct {
+		Token string `json:"token"`
+	}
+	require.NoError(t, s.do(t, "POST", "/v1/tenants/acme/viewer-tokens", map[string]string{"description": "browser test"}, &viewer))
+
+	ctx := browser(t)
+	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(node2.APIURL()+"/status/#token="+viewer.Token)))
+	waitState(t, ctx, "idle", 15*time.Second)
+
+	sess, _ := s.activate(t, agentID, "")
+	took := waitState(t, ctx, "ACTIVE", 5*time.Second)
+	t.Logf("node 2's page turned ACTIVE %v after node 1 answered the activation", took.Round(time.Millisecond))
+	live, err := chromedp.Run(ctx, chromedp.Text("#live tbody"))
+	require.NoError(t, err)
+	assert.Contains(t, live, "cam-gw-1")
+
+	on3 := *s.api
+	on3.BaseURL = node3.APIURL()
+	require.NoError(t, on3.Do(context.Background(), "POST", "/v1/support/sessions/"+sess.ID+"/deactivate", nil, nil))
+	waitState(t, ctx, "idle", 5*time.Second)
+	today, err := chromedp.Run(ctx, chromedp.Text("#today tbody"))
+	require.NoError(t, err)
+	assert.Contains(t, today, "deactivated", "today's history lists the session ended through node 3")
 }
