@@ -14,10 +14,12 @@ import (
 	_ "net/http/pprof"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"sort"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -184,9 +186,9 @@ func main() {
 	rtt.Flags().StringVar(&rttAgainst, "against", "", "also measure bare MQTT request/response on this project's broker and on mosquitto")
 
 	var (
-		nodes, clAgents, clSources, clPings int
-		clHold                              time.Duration
-		clKill                              bool
+		nodes, clAgents, clSources, clPings, perProcess int
+		clHold                                          time.Duration
+		clKill                                          bool
 	)
 	cl := &cobra.Command{
 		Use:   "cluster",
@@ -198,7 +200,14 @@ func main() {
 			if err != nil {
 				return err
 			}
-			r, err := bench.ClusterRun(cmd.Context(), b, nodes, clAgents, clSources, clHold, clPings, clKill)
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			r, err := bench.ClusterRun(cmd.Context(), b, bench.ClusterOptions{
+				Nodes: nodes, Agents: clAgents, Sources: clSources, Hold: clHold, Pings: clPings, Kill: clKill,
+				Self: self, PerProcess: perProcess,
+			})
 			if err != nil {
 				return err
 			}
@@ -210,9 +219,28 @@ func main() {
 	cl.Flags().IntVar(&clSources, "sources", 250, "loopback source addresses (127.0.0.1..N)")
 	cl.Flags().IntVar(&clPings, "pings", 1000, "sequential audited pings, same node and across nodes")
 	cl.Flags().DurationVar(&clHold, "hold", 0, "hold the agents this long before measuring")
+	cl.Flags().IntVar(&perProcess, "agents-per-process", bench.DefaultAgentsPerProcess, "agents per harness process (each a descriptor; mind the per-process limit)")
 	cl.Flags().BoolVar(&clKill, "kill", false, "then SIGKILL the last node and time its agents' and its session's return")
 
-	root.AddCommand(idle, rtt, cl)
+	var (
+		holdStates              string
+		holdSources, holdOffset int
+	)
+	holdAgents := &cobra.Command{
+		Use:    "hold-agents",
+		Short:  "Connect the agents in a states file and hold them (a cluster run's child process)",
+		Hidden: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			return bench.HoldAgents(ctx, holdStates, holdSources, holdOffset, os.Stdout)
+		},
+	}
+	holdAgents.Flags().StringVar(&holdStates, "states", "", "JSON file of agent states")
+	holdAgents.Flags().IntVar(&holdSources, "sources", 250, "loopback source addresses")
+	holdAgents.Flags().IntVar(&holdOffset, "source-offset", 0, "the first source address's index")
+
+	root.AddCommand(idle, rtt, cl, holdAgents)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := root.ExecuteContext(ctx); err != nil {
@@ -227,9 +255,12 @@ func clusterRows(r bench.ClusterResult) [][2]string {
 	}
 	rows := [][2]string{
 		{"cluster", fmt.Sprintf("%d nodes, one PostgreSQL, embedded NATS with routes", r.Nodes)},
-		{"agents", fmt.Sprintf("%d from %d source addresses in one bench process (fd limit %d)", r.Agents, r.Sources, r.FDLimit)},
+		{"agents", fmt.Sprintf("%d, %d source addresses per harness process (this one's fd limit %d)", r.Agents, r.Sources, r.FDLimit)},
 		{"connect rate", fmt.Sprintf("%.0f agents/s", r.ConnectRate)},
 		{"connected after hold", fmt.Sprintf("%d of %d (held %s)", r.ConnectedAtEnd, r.Agents, r.HeldFor)},
+	}
+	for i, p := range r.Processes {
+		rows = append(rows, [2]string{fmt.Sprintf("harness process %d", i+1), fmt.Sprintf("%d agents (fd limit %d)", p.Agents, p.FDLimit)})
 	}
 	for _, n := range r.PerNode {
 		rows = append(rows, [2]string{fmt.Sprintf("node %d", n.Node),

@@ -64,6 +64,9 @@ type Fleet struct {
 	API    *apiclient.Client
 	agents []*runningAgent
 	log    io.Writer
+	// SourceOffset shifts the loopback source addresses agents dial
+	// from, so several harness processes use different ones.
+	SourceOffset int
 }
 
 type runningAgent struct {
@@ -221,7 +224,7 @@ func (f *Fleet) Connect(ctx context.Context, states []agent.State, sources, conc
 	for i, st := range states {
 		cfg := agent.Config{
 			StateDir: os.TempDir(), HeartbeatInterval: time.Hour, ReconnectMax: 10 * time.Second,
-			LocalAddr: fmt.Sprintf("127.0.0.%d", 1+i%sources), CameraTimeout: time.Second,
+			LocalAddr: sourceAddr(f.SourceOffset + i%sources), CameraTimeout: time.Second,
 		}
 		a, err := agent.New(cfg, st, quiet)
 		if err != nil {
@@ -263,6 +266,13 @@ func (f *Fleet) Connect(ctx context.Context, states []agent.State, sources, conc
 		return lats, time.Since(start), fmt.Errorf("%d agents did not connect within 2 minutes", n)
 	}
 	return lats, time.Since(start), nil
+}
+
+// sourceAddr is the i-th loopback source address: 127.0.0.1, 127.0.0.2,
+// ... then on into 127.0.1.x and beyond (all of 127/8 is loopback).
+func sourceAddr(i int) string {
+	i++
+	return fmt.Sprintf("127.%d.%d.%d", i>>16&255, i>>8&255, i&255)
 }
 
 // Settle waits for the server's memory to settle after a change.

@@ -128,16 +128,25 @@ type NodeFigures struct {
 	RSSPerAgentKiB float64 `json:"rss_per_agent_kib"`
 }
 
+// HolderFigures is one child harness process: its agents and the
+// descriptor limit it ran under.
+type HolderFigures struct {
+	Agents  int    `json:"agents"`
+	FDLimit uint64 `json:"fd_limit"`
+}
+
 // ClusterResult is what the cluster run measures.
 type ClusterResult struct {
-	Nodes          int           `json:"nodes"`
-	Agents         int           `json:"agents"`
-	Sources        int           `json:"sources"`
-	FDLimit        uint64        `json:"fd_limit"`
-	ConnectRate    float64       `json:"connects_per_s"`
-	HeldFor        string        `json:"held_for"`
-	ConnectedAtEnd int           `json:"connected_at_end"`
-	PerNode        []NodeFigures `json:"per_node"`
+	Nodes   int    `json:"nodes"`
+	Agents  int    `json:"agents"`
+	Sources int    `json:"sources"`
+	FDLimit uint64 `json:"fd_limit"`
+	// Processes are the child harness processes holding agents, if any.
+	Processes      []HolderFigures `json:"processes,omitempty"`
+	ConnectRate    float64         `json:"connects_per_s"`
+	HeldFor        string          `json:"held_for"`
+	ConnectedAtEnd int             `json:"connected_at_end"`
+	PerNode        []NodeFigures   `json:"per_node"`
 	// Audited pings from the first node's API: to an agent held there,
 	// and to one held by another node.
 	SameNodePing  Quantiles `json:"same_node_ping"`
@@ -152,10 +161,30 @@ type ClusterResult struct {
 	CrossNodeError string `json:"cross_node_error,omitempty"`
 }
 
-// ClusterRun holds m agents spread over an n-node cluster, measures each
-// node, times audited pings within and across nodes, and, with kill,
-// kills the last node and times its agents' and its session's return.
-func ClusterRun(ctx context.Context, bin string, n, m, sources int, hold time.Duration, pings int, kill bool) (ClusterResult, error) {
+// ClusterOptions configure a cluster run.
+type ClusterOptions struct {
+	Nodes, Agents int
+	// Sources is how many loopback source addresses each harness
+	// process dials from.
+	Sources int
+	Hold    time.Duration
+	Pings   int
+	Kill    bool
+	// Self is this harness's binary, run again as child processes
+	// holding PerProcess agents each when Agents is more than that.
+	Self       string
+	PerProcess int
+}
+
+// ClusterRun holds the agents spread over an n-node cluster, measures
+// each node, times audited pings within and across nodes, and, with
+// Kill, kills the last node and times its agents' and its session's
+// return.
+func ClusterRun(ctx context.Context, bin string, o ClusterOptions) (ClusterResult, error) {
+	n, m, sources, hold, pings, kill := o.Nodes, o.Agents, o.Sources, o.Hold, o.Pings, o.Kill
+	if o.PerProcess <= 0 {
+		o.PerProcess = DefaultAgentsPerProcess
+	}
 	r := ClusterResult{Nodes: n, Agents: m, Sources: sources, FDLimit: RaiseFDLimit(), HeldFor: hold.String()}
 	c, err := StartCluster(ctx, bin, n)
 	if err != nil {
@@ -186,11 +215,28 @@ func ClusterRun(ctx context.Context, bin string, n, m, sources int, hold time.Du
 	for i := range states {
 		states[i].BrokerURL = c.Nodes[i%n].MQTTURL
 	}
-	_, total, err := f.Connect(ctx, states, sources, 512)
-	if err != nil {
-		return r, err
+	start := time.Now()
+	if m <= o.PerProcess || o.Self == "" {
+		if _, _, err := f.Connect(ctx, states, sources, 512); err != nil {
+			return r, err
+		}
+	} else {
+		// Shares of PerProcess agents, each from its own source addresses;
+		// the first n agents stay here, for the pings.
+		if _, _, err := f.Connect(ctx, states[:n], 1, n); err != nil {
+			return r, err
+		}
+		for k, lo := 0, n; lo < m; k, lo = k+1, lo+o.PerProcess {
+			hi := min(lo+o.PerProcess, m)
+			h, rep, err := spawnHolder(ctx, o.Self, states[lo:hi], sources, 1+(k+1)*sources)
+			if err != nil {
+				return r, err
+			}
+			defer h.stop()
+			r.Processes = append(r.Processes, HolderFigures{Agents: rep.Connected, FDLimit: rep.FDLimit})
+		}
 	}
-	r.ConnectRate = float64(m) / total.Seconds()
+	r.ConnectRate = float64(m) / time.Since(start).Seconds()
 	Settle(10 * time.Second)
 	if hold > 0 {
 		time.Sleep(hold)
@@ -198,6 +244,11 @@ func ClusterRun(ctx context.Context, bin string, n, m, sources int, hold time.Du
 	var per []int
 	r.ConnectedAtEnd, per = c.Connected(nil)
 	for i, s := range c.Nodes {
+		// What the node holds live: enrolling through node 1 leaves it
+		// garbage the others do not have.
+		if err := s.FreeOSMemory(); err != nil {
+			return r, err
+		}
 		rss, err := s.RSS()
 		if err != nil {
 			return r, err
@@ -234,7 +285,7 @@ func ClusterRun(ctx context.Context, bin string, n, m, sources int, hold time.Du
 	victim := c.Nodes[n-1]
 	r.KilledAgents = per[n-1]
 	victim.Kill()
-	start := time.Now()
+	start = time.Now()
 	for {
 		got, _ := c.Connected(victim)
 		if got >= m {
