@@ -113,10 +113,15 @@ func TestApproval_ApprovedDeniedAndTimedOutFromThePage(t *testing.T) {
 	require.ErrorAs(t, s.do(t, "GET", "/v1/support/sessions/"+id, nil, nil), &missing)
 	assert.Equal(t, "session_not_found", missing.Code, "nothing is opened while it waits")
 	assert.False(t, s.srv.Policy().Active(agentID), "the commands topic stays shut while it waits")
-	// argusctl waits, and says so with the time elapsed.
-	testenv.Eventually(t, 5*time.Second, func() bool {
-		return len(done) == 0 // still running
-	}, "argusctl waits")
+	// argusctl waits, and says so with the time elapsed: the click comes
+	// after it has asked at least once.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		var a struct {
+			ElapsedMs int64 `json:"elapsed_ms"`
+		}
+		return s.do(t, "GET", "/v1/support/sessions/"+id+"/approval", nil, &a) == nil && a.ElapsedMs >= 2500
+	}, "two seconds of waiting")
+	require.Empty(t, done, "argusctl still waits")
 	require.NoError(t, chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#approvals tbody tr[data-session="`+id+`"] button.approve`))))
 	clicked := time.Now()
 	var res ctlResult
@@ -127,7 +132,7 @@ func TestApproval_ApprovedDeniedAndTimedOutFromThePage(t *testing.T) {
 	}
 	require.NoError(t, res.err, res.stderr)
 	t.Logf("click to argusctl returning with the open session: %v", time.Since(clicked))
-	assert.Contains(t, res.stderr, "waiting for acme to approve")
+	assert.Contains(t, res.stderr, "waiting for acme to approve the session on cam-gw-1")
 	assert.Contains(t, res.stderr, "elapsed")
 	assert.Contains(t, res.stderr, "approved by tenant_token:"+approver.ID)
 	assert.Contains(t, res.stdout, "session "+id+" active on agent cam-gw-1")
@@ -173,9 +178,11 @@ func TestApproval_ApprovedDeniedAndTimedOutFromThePage(t *testing.T) {
 	assert.Equal(t, "session_not_found", missing.Code)
 	assert.False(t, s.srv.Policy().Active(agentID))
 	assert.Equal(t, "tenant_token:"+approver.ID, s.actorOf(t, "support.approval.deny", id))
-	na, ne := s.deniedWith(t, "support.activate", "tenant_denied")
-	assert.Equal(t, 1, na)
-	assert.Equal(t, 1, ne)
+	// The waiting node records the refusal once it reads the decision.
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		na, ne := s.deniedWith(t, "support.activate", "tenant_denied")
+		return na == 1 && ne == 1
+	}, "the activation's refusal audited twice")
 	waitJS(t, ctx, `document.querySelectorAll("#approvals tbody tr").length === 0`, 5*time.Second)
 
 	// 3. No answer: tenant_approval_timeout once the (changed) timeout passes.
@@ -192,10 +199,15 @@ func TestApproval_ApprovedDeniedAndTimedOutFromThePage(t *testing.T) {
 	assert.Contains(t, res.stderr, "tenant_approval_timeout")
 	assert.GreaterOrEqual(t, res.took, 5*time.Second, "it waited the whole timeout")
 	assert.Equal(t, "timeout", s.approvalOf(t, id).State)
-	assert.Equal(t, "system", s.actorOf(t, "support.approval.timeout", id))
-	na, ne = s.deniedWith(t, "support.activate", "tenant_approval_timeout")
-	assert.Equal(t, 1, na)
-	assert.Equal(t, 1, ne)
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		var n int
+		return s.srv.Database().Pool.QueryRow(context.Background(), `SELECT count(*) FROM audit_log
+			WHERE action = 'support.approval.timeout' AND session_id = $1 AND actor = 'system'`, id).Scan(&n) == nil && n == 1
+	}, "the timeout audited, by the system")
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		na, ne := s.deniedWith(t, "support.activate", "tenant_approval_timeout")
+		return na == 1 && ne == 1
+	}, "the activation's refusal audited twice")
 	assert.False(t, s.srv.Policy().Active(agentID))
 	waitJS(t, ctx, `document.querySelectorAll("#approvals tbody tr").length === 0`, 5*time.Second)
 

@@ -71,15 +71,17 @@ type Approval struct {
 func (m *Manager) awaitApproval(ctx context.Context, req ActivateRequest, entry *audit.Entry, sessionID, token string) error {
 	var mode string
 	var timeoutMs int64
-	if err := m.Pool.QueryRow(ctx, "SELECT approval_mode, (extract(epoch FROM approval_timeout) * 1000)::bigint FROM tenants WHERE id = $1", entry.TenantID).
-		Scan(&mode, &timeoutMs); err != nil {
+	var agentName string
+	if err := m.Pool.QueryRow(ctx, `SELECT t.approval_mode, (extract(epoch FROM t.approval_timeout) * 1000)::bigint, a.name
+		FROM tenants t JOIN agents a ON a.tenant_id = t.id WHERE t.id = $1 AND a.id = $2`, entry.TenantID, req.Agent).
+		Scan(&mode, &timeoutMs, &agentName); err != nil {
 		return fmt.Errorf("approval mode: %w", err)
 	}
 	timeout := time.Duration(timeoutMs) * time.Millisecond
 	if mode != "required" {
 		return nil
 	}
-	a := Approval{ID: sessionID, State: StatePendingApproval, TenantID: entry.TenantID, AgentID: req.Agent,
+	a := Approval{ID: sessionID, State: StatePendingApproval, TenantID: entry.TenantID, AgentID: req.Agent, AgentName: agentName,
 		OperatorID: req.OperatorID, Operator: req.Operator, Reason: req.Reason, TTL: req.TTL.String()}
 	err := pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {
 		// A request left undecided past its deadline (its node stopped
