@@ -42,7 +42,7 @@ func awaitApproval(ctx context.Context, f *cmdutil.Factory, c *apiclient.Client,
 		tenant, a.AgentName, a.RequestedAt.UTC().Format(time.TimeOnly), a.Deadline.UTC().Format(time.TimeOnly+" MST"))
 	t := time.NewTicker(approvalPoll)
 	defer t.Stop()
-	lastShown := time.Now()
+	var lastShown time.Time // never: the first answer is shown
 	var decidedSince time.Time
 	failures := 0
 	for {
@@ -75,7 +75,7 @@ func awaitApproval(ctx context.Context, f *cmdutil.Factory, c *apiclient.Client,
 		case "pending_approval":
 			if f.IOStreams.OutTTY {
 				fmt.Fprintf(errOut, "\rwaiting for approval… %s elapsed", elapsed)
-			} else if time.Since(lastShown) >= 10*time.Second {
+			} else if lastShown.IsZero() || time.Since(lastShown) >= 10*time.Second {
 				fmt.Fprintf(errOut, "waiting for approval… %s elapsed\n", elapsed)
 				lastShown = time.Now()
 			}
