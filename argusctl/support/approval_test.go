@@ -47,7 +47,7 @@ func approvalAPI(t *testing.T, polls int32, final string) *httptest.Server {
 }
 
 func TestActivate_WaitsForTheTenantAndReturnsTheOpenedSession(t *testing.T) {
-	t.Cleanup(support.SetApprovalPoll(5*time.Millisecond))
+	t.Cleanup(support.SetApprovalPoll(5 * time.Millisecond))
 	api := approvalAPI(t, 2, `{"state":"approved","decided_by":"tenant_token:abc","elapsed_ms":3000,"outcome":"opened"}`)
 	out, errOut, err := runActivate(t, api.URL)
 	require.NoError(t, err)
@@ -58,7 +58,7 @@ func TestActivate_WaitsForTheTenantAndReturnsTheOpenedSession(t *testing.T) {
 }
 
 func TestActivate_ReturnsTheTenantsRefusal(t *testing.T) {
-	t.Cleanup(support.SetApprovalPoll(5*time.Millisecond))
+	t.Cleanup(support.SetApprovalPoll(5 * time.Millisecond))
 	for final, code := range map[string]string{
 		`{"state":"denied","elapsed_ms":4000}`:  "tenant_denied",
 		`{"state":"timeout","elapsed_ms":4000}`: "tenant_approval_timeout",
