@@ -488,3 +488,28 @@ func TestTenantPage_TranscriptDownloads(t *testing.T) {
 		WHERE action = 'transcript.download' AND outcome = 'success' AND detail->>'session' = $1`, sess.ID).Scan(&actor))
 	assert.Equal(t, "viewer:"+view.ID, actor)
 }
+
+// A tenant disarmed while an activation waits leaves nothing to approve:
+// the request ends, refused tenant_not_armed, and leaves the page.
+func TestApproval_DisarmWhileWaitingEndsTheRequest(t *testing.T) {
+	s := newSupportEnv(t, nil)
+	s.consentAndArm(t)
+	agentID, _, _ := s.runAgent(t, "cam-gw-1")
+	approver := s.tenantToken(t, "acme", "view", "approve")
+	require.NoError(t, s.do(t, "POST", "/v1/tenants/acme/approval", map[string]string{"mode": "required", "timeout": "1m"}, nil))
+	var res struct {
+		Session apiclient.Session `json:"session"`
+	}
+	require.NoError(t, s.do(t, "POST", "/v1/support/sessions", map[string]string{"tenant": "acme", "agent": agentID, "reason": "INC-1"}, &res))
+	id := res.Session.ID
+	require.NoError(t, s.do(t, "POST", "/v1/tenants/acme/disarm", map[string]string{"reason": "not now"}, nil))
+	testenv.Eventually(t, 5*time.Second, func() bool { return s.approvalOf(t, id).Outcome == "tenant_not_armed" }, "the request ends")
+	assert.Equal(t, "withdrawn", s.approvalOf(t, id).State)
+	status, code := s.viewerCall(t, "POST", "/v1/viewer/sessions/"+id+"/approve", approver.Token, nil)
+	assert.Equal(t, http.StatusConflict, status)
+	assert.Equal(t, "approval_decided", code)
+	var missing *apiclient.Error
+	require.ErrorAs(t, s.do(t, "GET", "/v1/support/sessions/"+id, nil, nil), &missing)
+	assert.Equal(t, "session_not_found", missing.Code)
+	assert.False(t, s.srv.Policy().Active(agentID))
+}

@@ -124,13 +124,19 @@ func (m *Manager) awaitApproval(ctx context.Context, req ActivateRequest, entry 
 			return m.withdrawn(context.WithoutCancel(ctx), entry, sessionID, "the server stopped while the activation waited")
 		}
 		var decision, by *string
-		var late bool
-		if err := m.Pool.QueryRow(ctx, "SELECT decision, decided_by, deadline <= now() FROM session_approvals WHERE id = $1", sessionID).
-			Scan(&decision, &by, &late); err != nil {
+		var late, consent, armed bool
+		if err := m.Pool.QueryRow(ctx, `SELECT r.decision, r.decided_by, r.deadline <= now(), t.consent_id IS NOT NULL, t.armed_at IS NOT NULL
+			FROM session_approvals r JOIN tenants t ON t.id = r.tenant_id WHERE r.id = $1`, sessionID).
+			Scan(&decision, &by, &late, &consent, &armed); err != nil {
 			m.Log.Warn("read approval", "session", sessionID, "err", err)
 			continue
 		}
 		switch {
+		case decision == nil && !consent:
+			// Nothing left to approve: the tenant's page stops asking.
+			return m.withdrawnFor(context.WithoutCancel(ctx), entry, sessionID, "tenant_consent_required", "the tenant's consent was withdrawn while the activation waited")
+		case decision == nil && !armed:
+			return m.withdrawnFor(context.WithoutCancel(ctx), entry, sessionID, "tenant_not_armed", "the tenant was disarmed while the activation waited")
 		case decision == nil && late:
 			if err := pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {
 				return expireApprovals(ctx, tx, "id = $1", sessionID)
@@ -168,6 +174,11 @@ func (m *Manager) awaitApproval(ctx context.Context, req ActivateRequest, entry 
 // withdrawn records that an activation stopped waiting undecided and
 // returns its audited refusal.
 func (m *Manager) withdrawn(ctx context.Context, entry *audit.Entry, id, why string) error {
+	return m.withdrawnFor(ctx, entry, id, CodeApprovalWithdrawn, why)
+}
+
+// withdrawnFor is withdrawn with the refusal's code.
+func (m *Manager) withdrawnFor(ctx context.Context, entry *audit.Entry, id, code, why string) error {
 	var decision string
 	err := pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `UPDATE session_approvals SET decision = 'withdrawn', decided_at = now(), decided_by = 'system'
@@ -187,7 +198,7 @@ func (m *Manager) withdrawn(ctx context.Context, entry *audit.Entry, id, why str
 	if err != nil {
 		return fmt.Errorf("withdraw approval: %w", err)
 	}
-	return m.denied(ctx, *entry, refuse(http.StatusConflict, CodeApprovalWithdrawn, why))
+	return m.denied(ctx, *entry, refuse(http.StatusConflict, code, why))
 }
 
 // expireApprovals times out, audited, the undecided requests matching
