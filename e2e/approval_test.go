@@ -109,9 +109,7 @@ func TestApproval_ApprovedDeniedAndTimedOutFromThePage(t *testing.T) {
 		assert.Contains(t, row, want, "the page says who asks, for which agent, why and for how long")
 	}
 	assert.Equal(t, "pending_approval", s.approvalOf(t, id).State)
-	var missing *apiclient.Error
-	require.ErrorAs(t, s.do(t, "GET", "/v1/support/sessions/"+id, nil, nil), &missing)
-	assert.Equal(t, "session_not_found", missing.Code, "nothing is opened while it waits")
+	s.assertUnopened(t, id, "pending_approval")
 	assert.False(t, s.srv.Policy().Active(agentID), "the commands topic stays shut while it waits")
 	// argusctl waits, and says so with the time elapsed: the click comes
 	// after it has asked at least once.
@@ -122,6 +120,9 @@ func TestApproval_ApprovedDeniedAndTimedOutFromThePage(t *testing.T) {
 		return s.do(t, "GET", "/v1/support/sessions/"+id+"/approval", nil, &a) == nil && a.ElapsedMs >= 2500
 	}, "two seconds of waiting")
 	require.Empty(t, done, "argusctl still waits")
+	shown, stderr, err := testenv.Run(t, env, "argusctl", "support", "show", id)
+	require.NoError(t, err, stderr)
+	assert.Contains(t, shown, "pending_approval (waiting for the tenant since")
 	require.NoError(t, chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#approvals tbody tr[data-session="`+id+`"] button.approve`))))
 	clicked := time.Now()
 	var res ctlResult
@@ -174,8 +175,7 @@ func TestApproval_ApprovedDeniedAndTimedOutFromThePage(t *testing.T) {
 	require.Error(t, res.err)
 	assert.Contains(t, res.stderr, "tenant_denied")
 	assert.Equal(t, "denied", s.approvalOf(t, id).State)
-	require.ErrorAs(t, s.do(t, "GET", "/v1/support/sessions/"+id, nil, nil), &missing)
-	assert.Equal(t, "session_not_found", missing.Code)
+	s.assertUnopened(t, id, "denied")
 	assert.False(t, s.srv.Policy().Active(agentID))
 	assert.Equal(t, "tenant_token:"+approver.ID, s.actorOf(t, "support.approval.deny", id))
 	// The waiting node records the refusal once it reads the decision.
@@ -223,6 +223,18 @@ func TestApproval_ApprovedDeniedAndTimedOutFromThePage(t *testing.T) {
 	}
 	require.NoError(t, rows.Err())
 	assert.Equal(t, []string{"10m0s->1m0s", "1m0s->5s"}, changes)
+}
+
+// assertUnopened checks that id has no session: the API shows the
+// activation in state, inactive, and no session row exists.
+func (s *supportEnv) assertUnopened(t *testing.T, id, state string) {
+	t.Helper()
+	sess := s.session(t, id)
+	assert.Equal(t, state, sess.State)
+	assert.False(t, sess.Active)
+	var n int
+	require.NoError(t, s.srv.Database().Pool.QueryRow(context.Background(), "SELECT count(*) FROM support_sessions WHERE id = $1", id).Scan(&n))
+	assert.Zero(t, n, "no session row")
 }
 
 // readToken reads the session token argusctl kept.
@@ -508,8 +520,6 @@ func TestApproval_DisarmWhileWaitingEndsTheRequest(t *testing.T) {
 	status, code := s.viewerCall(t, "POST", "/v1/viewer/sessions/"+id+"/approve", approver.Token, nil)
 	assert.Equal(t, http.StatusConflict, status)
 	assert.Equal(t, "approval_decided", code)
-	var missing *apiclient.Error
-	require.ErrorAs(t, s.do(t, "GET", "/v1/support/sessions/"+id, nil, nil), &missing)
-	assert.Equal(t, "session_not_found", missing.Code)
+	s.assertUnopened(t, id, "withdrawn")
 	assert.False(t, s.srv.Policy().Active(agentID))
 }

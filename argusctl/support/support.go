@@ -82,7 +82,8 @@ func forgetIfEnded(id string, err error) {
 // forgetEnded removes the kept tokens of sessions seen ended.
 func forgetEnded(sessions ...apiclient.Session) {
 	for _, s := range sessions {
-		if !s.Active {
+		// A session still waiting for its tenant (or opening) keeps its token.
+		if !s.Active && s.State != "pending_approval" && s.State != "approved" {
 			forgetToken(s.ID)
 		}
 	}
@@ -215,8 +216,14 @@ func printSession(f *cmdutil.Factory, s apiclient.Session) error {
 		return cmdutil.PrintJSON(f.IOStreams, s)
 	}
 	state := "ended (" + s.EndReason + ")"
-	if s.Active {
+	switch {
+	case s.Active:
 		state = "ACTIVE"
+	case s.State != "":
+		state = s.State + " (no session opened)"
+		if s.State == "pending_approval" {
+			state = "pending_approval (waiting for the tenant since " + cmdutil.Time(&s.CreatedAt) + ")"
+		}
 	}
 	_, err := fmt.Fprintf(f.IOStreams.Out, "session:  %s\nstate:    %s\ntenant:   %s\nagent:    %s (%s)\noperator: %s\nreason:   %s\ncreated:  %s\nexpires:  %s\nended:    %s\n",
 		s.ID, state, s.Tenant, s.AgentName, s.AgentID, s.Operator, s.Reason,

@@ -278,3 +278,25 @@ func (s *Server) viewerDecide(w http.ResponseWriter, r *http.Request, approve bo
 	}
 	writeJSON(w, http.StatusOK, a)
 }
+
+// UnopenedSession is what GET /v1/support/sessions/{id} says of an
+// activation that waited for its tenant and has no session (yet): its
+// state is the approval's (pending_approval, denied, timeout, withdrawn,
+// or approved while the session opens).
+type UnopenedSession struct {
+	ID        string            `json:"id"`
+	TenantID  string            `json:"tenant_id"`
+	AgentID   string            `json:"agent_id"`
+	AgentName string            `json:"agent_name"`
+	Operator  string            `json:"operator"`
+	Reason    string            `json:"reason"`
+	CreatedAt time.Time         `json:"created_at"`
+	State     string            `json:"state"`
+	Active    bool              `json:"active"`
+	Approval  sessions.Approval `json:"approval"`
+}
+
+func unopened(a sessions.Approval) UnopenedSession {
+	return UnopenedSession{ID: a.ID, TenantID: a.TenantID, AgentID: a.AgentID, AgentName: a.AgentName, Operator: a.Operator,
+		Reason: a.Reason, CreatedAt: a.RequestedAt, State: a.State, Approval: a}
+}

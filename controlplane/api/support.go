@@ -107,6 +107,14 @@ func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
 	sess, err := s.Sessions.Get(r.Context(), r.PathValue("session"))
+	var rf *sessions.Refusal
+	if errors.As(err, &rf) && rf.Code == "session_not_found" {
+		// Never opened: perhaps it waits (or waited) for its tenant.
+		if a, aerr := s.Sessions.ApprovalOf(r.Context(), r.PathValue("session")); aerr == nil {
+			writeJSON(w, http.StatusOK, unopened(a))
+			return
+		}
+	}
 	if err != nil {
 		s.fail(w, r, sessionError(err))
 		return
