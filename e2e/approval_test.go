@@ -96,6 +96,7 @@ func TestApproval_ApprovedDeniedAndTimedOutFromThePage(t *testing.T) {
 	assert.Contains(t, out, "approval: required")
 
 	ctx := browser(t)
+	require.NoError(t, chromedp.Do(ctx, chromedp.EmulateViewport(1100, 800)))
 	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(s.srv.APIURL()+"/status/#token="+approver.Token)))
 	waitState(t, ctx, "idle", 15*time.Second)
 
@@ -120,6 +121,13 @@ func TestApproval_ApprovedDeniedAndTimedOutFromThePage(t *testing.T) {
 		return s.do(t, "GET", "/v1/support/sessions/"+id+"/approval", nil, &a) == nil && a.ElapsedMs >= 2500
 	}, "two seconds of waiting")
 	require.Empty(t, done, "argusctl still waits")
+	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	require.NoError(t, err)
+	out = filepath.Join(t.TempDir(), "tenant-page-approval.png")
+	if os.Getenv("ARGUS_UPDATE_SCREENSHOT") == "1" {
+		out = filepath.Join("..", "docs", "tenant-page-approval.png")
+	}
+	require.NoError(t, os.WriteFile(out, shot, 0o644))
 	shown, stderr, err := testenv.Run(t, env, "argusctl", "support", "show", id)
 	require.NoError(t, err, stderr)
 	assert.Contains(t, shown, "pending_approval (waiting for the tenant since")
