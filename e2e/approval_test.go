@@ -531,3 +531,19 @@ func TestApproval_DisarmWhileWaitingEndsTheRequest(t *testing.T) {
 	s.assertUnopened(t, id, "withdrawn")
 	assert.False(t, s.srv.Policy().Active(agentID))
 }
+
+// An agent revoked while its activation waits ends the request.
+func TestApproval_RevokeWhileWaitingEndsTheRequest(t *testing.T) {
+	s := newSupportEnv(t, nil)
+	s.consentAndArm(t)
+	agentID, _, _ := s.runAgent(t, "cam-gw-1")
+	require.NoError(t, s.do(t, "POST", "/v1/tenants/acme/approval", map[string]string{"mode": "required", "timeout": "1m"}, nil))
+	var res struct {
+		Session apiclient.Session `json:"session"`
+	}
+	require.NoError(t, s.do(t, "POST", "/v1/support/sessions", map[string]string{"tenant": "acme", "agent": agentID, "reason": "INC-1"}, &res))
+	id := res.Session.ID
+	require.NoError(t, s.do(t, "POST", "/v1/agents/"+agentID+"/revoke", map[string]string{"reason": "host retired"}, nil))
+	testenv.Eventually(t, 5*time.Second, func() bool { return s.approvalOf(t, id).Outcome == "agent_revoked" }, "the request ends")
+	s.assertUnopened(t, id, "withdrawn")
+}

@@ -124,10 +124,11 @@ func (m *Manager) awaitApproval(ctx context.Context, req ActivateRequest, entry 
 			return m.withdrawn(context.WithoutCancel(ctx), entry, sessionID, "the server stopped while the activation waited")
 		}
 		var decision, by *string
-		var late, consent, armed bool
-		if err := m.Pool.QueryRow(ctx, `SELECT r.decision, r.decided_by, r.deadline <= now(), t.consent_id IS NOT NULL, t.armed_at IS NOT NULL
-			FROM session_approvals r JOIN tenants t ON t.id = r.tenant_id WHERE r.id = $1`, sessionID).
-			Scan(&decision, &by, &late, &consent, &armed); err != nil {
+		var late, consent, armed, revoked bool
+		if err := m.Pool.QueryRow(ctx, `SELECT r.decision, r.decided_by, r.deadline <= now(), t.consent_id IS NOT NULL, t.armed_at IS NOT NULL,
+			a.revoked_at IS NOT NULL
+			FROM session_approvals r JOIN tenants t ON t.id = r.tenant_id JOIN agents a ON a.id = r.agent_id WHERE r.id = $1`, sessionID).
+			Scan(&decision, &by, &late, &consent, &armed, &revoked); err != nil {
 			m.Log.Warn("read approval", "session", sessionID, "err", err)
 			continue
 		}
@@ -135,6 +136,8 @@ func (m *Manager) awaitApproval(ctx context.Context, req ActivateRequest, entry 
 		case decision == nil && !consent:
 			// Nothing left to approve: the tenant's page stops asking.
 			return m.withdrawnFor(context.WithoutCancel(ctx), entry, sessionID, "tenant_consent_required", "the tenant's consent was withdrawn while the activation waited")
+		case decision == nil && revoked:
+			return m.withdrawnFor(context.WithoutCancel(ctx), entry, sessionID, "agent_revoked", "the agent's enrollment was revoked while the activation waited")
 		case decision == nil && !armed:
 			return m.withdrawnFor(context.WithoutCancel(ctx), entry, sessionID, "tenant_not_armed", "the tenant was disarmed while the activation waited")
 		case decision == nil && late:
@@ -177,7 +180,8 @@ func (m *Manager) withdrawn(ctx context.Context, entry *audit.Entry, id, why str
 	return m.withdrawnFor(ctx, entry, id, CodeApprovalWithdrawn, why)
 }
 
-// withdrawnFor is withdrawn with the refusal's code.
+// withdrawnFor is withdrawn with the refusal's code: the request can no
+// longer open anything (its tenant disarmed, its agent revoked).
 func (m *Manager) withdrawnFor(ctx context.Context, entry *audit.Entry, id, code, why string) error {
 	var decision string
 	err := pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {

@@ -166,7 +166,15 @@
   var polling = null;
   function pollApprovals() {
     fetch("/v1/viewer/approvals", { credentials: "omit", headers: { Authorization: "Bearer " + token } })
-      .then(function (r) { return r.ok ? r.json() : { approvals: approvals }; })
+      .then(function (r) {
+        if (r.status === 401) {
+          // Revoked (or unknown): asking again changes nothing.
+          clearInterval(polling);
+          approvals = [];
+          notice("The tenant token was refused; reopen the page with a valid token.");
+        }
+        return r.ok ? r.json() : { approvals: approvals };
+      })
       .then(function (v) { approvals = v.approvals || []; renderApprovals(); })
       .catch(function () { /* kept as last seen; the next poll tries again */ });
   }
