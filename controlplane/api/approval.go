@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/argus-remote/argus/controlplane/apierror"
@@ -137,19 +138,28 @@ func (s *Server) activateWaiting(w http.ResponseWriter, r *http.Request, req ses
 	done := make(chan result, 1)
 	// Called in the activation's goroutine, before it returns.
 	var waitedID string
+	var waiting atomic.Bool
 	req.OnPending = func(a sessions.Approval, token string) {
 		waitedID = a.ID
+		waiting.Store(true)
 		pending <- ActivatePendingResponse{
 			Session: sessions.Session{ID: a.ID, TenantID: a.TenantID, AgentID: a.AgentID, OperatorID: a.OperatorID,
-				Operator: a.Operator, Reason: a.Reason, ClientIP: req.ClientIP, CreatedAt: a.RequestedAt, ExpiresAt: a.Deadline},
+				Operator: a.Operator, Reason: a.Reason, ClientIP: req.ClientIP, CreatedAt: a.RequestedAt},
 			Token: token, Approval: a, Poll: "/v1/support/sessions/" + a.ID + "/approval",
 		}
 	}
-	// The wait is the tenant's, not the request's: it is not cancelled
-	// when the operator's connection goes (the operator withdraws it with
-	// a deactivation).
-	ctx := context.WithoutCancel(r.Context())
+	// Until it waits, the activation is the request's, cancelled with it
+	// as before. Once it waits it is the tenant's: it goes on after the
+	// 202, and the operator withdraws it with a deactivation.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	stop := context.AfterFunc(r.Context(), func() {
+		if !waiting.Load() {
+			cancel()
+		}
+	})
 	go func() {
+		defer cancel()
+		defer stop()
 		sess, token, err := s.Sessions.Activate(ctx, req)
 		if waitedID != "" {
 			s.recordOutcome(ctx, waitedID, err)
