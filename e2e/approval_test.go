@@ -132,6 +132,12 @@ func TestApproval_ApprovedDeniedAndTimedOutFromThePage(t *testing.T) {
 	require.NoError(t, err, stderr)
 	assert.Contains(t, shown, "pending_approval (waiting for the tenant since")
 	require.NoError(t, chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#approvals tbody tr[data-session="`+id+`"] button.approve`))))
+	waitJS(t, ctx, `document.getElementById("confirm-approval").open`, 2*time.Second)
+	confirmText, err := chromedp.Run(ctx, chromedp.Text(chromedp.ID("confirm-approval-text")))
+	require.NoError(t, err)
+	assert.Contains(t, confirmText, "Let alice into cam-gw-1 for 20m0s?")
+	assert.Equal(t, "pending_approval", s.approvalOf(t, id).State, "nothing is approved before the tenant confirms")
+	require.NoError(t, chromedp.Do(ctx, chromedp.Click(chromedp.ID("approval-approve"))))
 	clicked := time.Now()
 	var res ctlResult
 	select {

@@ -142,7 +142,9 @@
           var btn = document.createElement("button");
           btn.textContent = b[0];
           btn.className = b[1];
-          btn.addEventListener("click", function () { decide(a, b[0] === "Approve"); });
+          btn.addEventListener("click", function () {
+            if (b[0] === "Approve") { confirmApproval(a); } else { decide(a, false); }
+          });
           td.appendChild(btn);
         });
         tr.appendChild(td);
@@ -150,6 +152,19 @@
       body.appendChild(tr);
     });
   }
+  // Approving lets someone in: it is confirmed, with what it grants.
+  var approving = null;
+  function confirmApproval(a) {
+    approving = a;
+    $("confirm-approval-text").textContent = "Let " + a.operator + " into " + (a.agent_name || a.agent_id) +
+      " for " + a.ttl + "? Reason given: " + a.reason;
+    $("confirm-approval").showModal();
+  }
+  $("confirm-approval").addEventListener("close", function () {
+    var a = approving;
+    approving = null;
+    if (a && $("confirm-approval").returnValue === "approve") { decide(a, true); }
+  });
   function decide(a, approve) {
     notice(approve ? "Approving…" : "Denying…");
     fetch("/v1/viewer/sessions/" + encodeURIComponent(a.id) + (approve ? "/approve" : "/deny"), {
