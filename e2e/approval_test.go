@@ -121,6 +121,12 @@ func TestApproval_ApprovedDeniedAndTimedOutFromThePage(t *testing.T) {
 		return s.do(t, "GET", "/v1/support/sessions/"+id+"/approval", nil, &a) == nil && a.ElapsedMs >= 2500
 	}, "two seconds of waiting")
 	require.Empty(t, done, "argusctl still waits")
+	// Readable on a phone, the waiting request too.
+	require.NoError(t, chromedp.Do(ctx, chromedp.EmulateViewport(390, 844)))
+	wide, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth`))
+	require.NoError(t, err)
+	assert.False(t, wide, "the page fits a phone's width")
+	require.NoError(t, chromedp.Do(ctx, chromedp.EmulateViewport(1100, 800)))
 	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	require.NoError(t, err)
 	out = filepath.Join(t.TempDir(), "tenant-page-approval.png")
