@@ -182,6 +182,21 @@ func TestApproval_ApprovedDeniedAndTimedOutFromThePage(t *testing.T) {
 	require.NoError(t, err, "the session opened by the approval takes commands")
 	require.NoError(t, s.do(t, "POST", "/v1/support/sessions/"+id+"/deactivate", nil, nil))
 	s.assertClosed(t, sess, dir, proc, "deactivated")
+	// Its transcript holds the request and the approval, and verifies.
+	tdir := t.TempDir()
+	file, keyFile := filepath.Join(tdir, "t.json"), filepath.Join(tdir, "cp.pub")
+	_, stderr, err = testenv.Run(t, env, "argusctl", "support", "transcript", id, "--out", file)
+	require.NoError(t, err, stderr)
+	_, stderr, err = testenv.Run(t, env, "argusctl", "audit", "signing-key", "--out", keyFile)
+	require.NoError(t, err, stderr)
+	verified, stderr, err := testenv.Run(t, env, "argusctl", "audit", "verify-transcript", file, "--key", keyFile)
+	require.NoError(t, err, stderr)
+	assert.Contains(t, verified, "verified")
+	body, err := os.ReadFile(file)
+	require.NoError(t, err)
+	for _, action := range []string{"support.approval.request", "support.approval.approve", "support.activate", "support.session.end"} {
+		assert.Contains(t, string(body), action, "the transcript has %s", action)
+	}
 
 	// 2. Denied from the page: tenant_denied, nothing opened.
 	done = s.activateCLI(t, env, agentID, "INC-8: second look")
