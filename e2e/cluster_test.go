@@ -252,18 +252,25 @@ func TestCluster(t *testing.T) {
 	})
 
 	t.Run("DeactivateOnNode2_AgentOnNode3_DormantWithin1s", func(t *testing.T) {
-		sess := sessions[a3]
+		// Four sessions in turn: node 3's own check would find an end within
+		// 1 s now and then (it runs every 3 s), never four times running.
+		sess, token := sessions[a3], tokens[a3]
 		require.NotEmpty(t, sess.ID)
-		require.True(t, active(a3.dir))
-		res, err := e.command(n3, sess.ID, tokens[a3], "ping")
-		require.NoError(t, err)
-		require.Equal(t, topics.ResultOK, res.Status)
+		for round := range 4 {
+			if round > 0 {
+				sess, token = e.activate(t, n3, a3.id)
+			}
+			testenv.Eventually(t, 10*time.Second, func() bool { return active(a3.dir) }, "agent active")
+			res, err := e.command(n3, sess.ID, token, "ping")
+			require.NoError(t, err)
+			require.Equal(t, topics.ResultOK, res.Status)
 
-		require.NoError(t, e.api(n2.APIURL()).Do(context.Background(), "POST", "/v1/support/sessions/"+sess.ID+"/deactivate", nil, nil))
-		took := within(t, time.Second, func() bool { return dormant(a3.dir) }, "agent on node 3 dormant")
-		t.Logf("agent on node 3 dormant %v after node 2 committed the end", took.Round(time.Millisecond))
-		_, err = e.command(n3, sess.ID, tokens[a3], "ping")
-		assert.Equal(t, "session_ended", apiCode(err), "the next command on node 3 is refused")
+			require.NoError(t, e.api(n2.APIURL()).Do(context.Background(), "POST", "/v1/support/sessions/"+sess.ID+"/deactivate", nil, nil))
+			took := within(t, time.Second, func() bool { return dormant(a3.dir) }, "agent on node 3 dormant")
+			t.Logf("agent on node 3 dormant %v after node 2 committed the end", took.Round(time.Millisecond))
+			_, err = e.command(n3, sess.ID, token, "ping")
+			assert.Equal(t, "session_ended", apiCode(err), "the next command on node 3 is refused")
+		}
 	})
 
 	t.Run("DeactivateWithBroadcastLost_DormantWithinOneSweep", func(t *testing.T) {
@@ -314,8 +321,7 @@ func TestCluster(t *testing.T) {
 // HAProxy's nodes and by every node directly.
 func (e *clusterEnv) assertRefusedEverywhere(t *testing.T, a *clusterAgent, mark int) {
 	t.Helper()
-	a.proc.WaitLog(t, mark, "cannot connect to broker", 1, 15*time.Second)
-	assert.Empty(t, e.holder(a.id), "no node holds the revoked agent")
+	a.proc.WaitLog(t, mark, "cannot connect to broker", 2, 15*time.Second)
 	creds := mqtttest.Options{ClientID: a.id, Username: a.id, Password: a.secret}
 	urls := []string{e.c.LB.BrokerURL, e.c.LB.BrokerURL, e.c.LB.BrokerURL}
 	for _, nd := range e.c.Nodes {
@@ -327,7 +333,9 @@ func (e *clusterEnv) assertRefusedEverywhere(t *testing.T, a *clusterAgent, mark
 		require.NotNil(t, ack, u)
 		assert.Equal(t, byte(0x86), ack.ReasonCode, "%s refuses the revoked agent", u)
 	}
-	assert.Empty(t, e.holder(a.id), "no node holds the revoked agent")
+	// The node records the disconnect after it has happened, off the
+	// broker's path.
+	testenv.Eventually(t, 5*time.Second, func() bool { return e.holder(a.id) == "" }, "no node holds the revoked agent")
 }
 
 // countingRelay forwards TCP connections to target and counts the ones
