@@ -100,10 +100,10 @@ func StartCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
 		})
 	}
 	for _, nd := range c.Nodes {
-		for _, other := range c.Nodes {
-			if other != nd {
-				nd.peers = append(nd.peers, other.RouteAddr)
-			}
+		// Every node gets the same list, its own address included, as the
+		// README does: NATS skips a route to itself.
+		for _, m := range c.Nodes {
+			nd.peers = append(nd.peers, m.RouteAddr)
 		}
 		nd.dbURL = c.DatabaseURL
 		if opts.ProxyDB {
