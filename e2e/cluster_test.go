@@ -314,6 +314,47 @@ func TestCluster(t *testing.T) {
 	t.Run("NodeCutOffFromPostgresFencesAndItsAgentsMove", func(t *testing.T) {
 		e.fence(t)
 	})
+
+	t.Run("KilledNode_AgentsMoveAndItsPresenceIsCleared", func(t *testing.T) {
+		e.killNine(t)
+	})
+}
+
+// killNine: kill -9 the node holding two agents, one that dials HAProxy
+// and one pinned to that node. The first is back on another node; the
+// second cannot reconnect, and a live node clears the presence the dead
+// node left once its lease has run out. Restarted, the node is taken back
+// in and the pinned agent returns to it.
+func (e *clusterEnv) killNine(t *testing.T) {
+	c := e.c
+	roamer := e.agent(t, "roamer-2", nil)
+	victim := c.NodeByID(e.holder(roamer.id))
+	require.NotNil(t, victim)
+	pinned := e.agent(t, "pinned-1", victim)
+	mark := roamer.proc.LineCount()
+
+	killed := time.Now()
+	victim.Kill(t)
+	roamer.proc.WaitLog(t, mark, "disconnected from broker", 1, 5*time.Second)
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		h := e.holder(roamer.id)
+		return h != "" && h != victim.ID
+	}, "the roaming agent is back on another node")
+	t.Logf("agent moved from killed %s to %s %v after the kill", victim.ID, e.holder(roamer.id), time.Since(killed).Round(time.Millisecond))
+	c.LB.AwaitStatus(t, victim.ID, "DOWN", 5*time.Second)
+
+	// Nothing of the dead node's said it let go of the pinned agent: its
+	// presence goes when its lease has expired and a live node clears it.
+	assert.Equal(t, victim.ID, e.holder(pinned.id), "the dead node's presence row is still there at first")
+	testenv.Eventually(t, 15*time.Second, func() bool { return e.holder(pinned.id) == "" }, "a live node cleared the dead node's presence")
+	t.Logf("the dead node's presence was cleared %v after the kill (lease 5s)", time.Since(killed).Round(time.Millisecond))
+	var a apiclient.Agent
+	require.NoError(t, e.api(c.LB.APIURL).Do(context.Background(), "GET", "/v1/agents/"+pinned.id, nil, &a))
+	assert.False(t, a.Online, "the pinned agent is offline")
+
+	victim.Start(t)
+	c.LB.AwaitStatus(t, victim.ID, "UP", 20*time.Second)
+	testenv.Eventually(t, 15*time.Second, func() bool { return e.holder(pinned.id) == victim.ID }, "the pinned agent is back on the restarted node")
 }
 
 // assertRefusedEverywhere checks a revoked agent stays out: its own
