@@ -40,13 +40,12 @@ type clusterEnv struct {
 
 const clusterTenant = "acme"
 
-func newClusterEnv(t *testing.T) *clusterEnv {
+// newClusterEnv starts n nodes with remote support on, and a consenting,
+// armed tenant.
+func newClusterEnv(t *testing.T, n int, opts testenv.ClusterOptions) *clusterEnv {
 	t.Helper()
-	c := testenv.StartCluster(t, 3, testenv.ClusterOptions{
-		Env:     []string{"REMOTE_SUPPORT_ENABLED=true", "REMOTE_SUPPORT_OPERATOR_CIDRS=127.0.0.0/8", "ARGUS_OPS_TOKEN=" + opsToken},
-		NodeEnv: map[int][]string{3: {"ARGUS_TEST_DROP_BROADCASTS=1"}},
-		ProxyDB: true,
-	})
+	opts.Env = append(opts.Env, "REMOTE_SUPPORT_ENABLED=true", "REMOTE_SUPPORT_OPERATOR_CIDRS=127.0.0.0/8", "ARGUS_OPS_TOKEN="+opsToken)
+	c := testenv.StartCluster(t, n, opts)
 	e := &clusterEnv{c: c, token: c.Operator(t, "admin")}
 	pool, err := pgxpool.New(context.Background(), c.DatabaseURL)
 	require.NoError(t, err)
@@ -169,7 +168,10 @@ func within(t *testing.T, limit time.Duration, cond func() bool, what string) ti
 // TestCluster runs the cluster's cross-node guarantees on one cluster of
 // three real nodes behind HAProxy: the subtests run in order and share it.
 func TestCluster(t *testing.T) {
-	e := newClusterEnv(t)
+	e := newClusterEnv(t, 3, testenv.ClusterOptions{
+		NodeEnv: map[int][]string{3: {"ARGUS_TEST_DROP_BROADCASTS=1"}},
+		ProxyDB: true,
+	})
 	n1, n2, n3 := e.c.Node(1), e.c.Node(2), e.c.Node(3)
 	a1 := e.agent(t, "edge-1", n1)
 	a2 := e.agent(t, "edge-2", n2)
@@ -492,8 +494,9 @@ func (e *clusterEnv) strangers(t *testing.T) {
 		r := routedTo(observer)
 		return r["node-1"] && r["node-2"] && r["node-3"]
 	}, "the observer is routed to every node")
+	// A route's subscriptions follow it over the wire a moment later.
 	for _, nd := range c.Nodes {
-		require.NoError(t, pingNode(onc, c.Name, nd.ID), "%s answers a member", nd.ID)
+		testenv.Eventually(t, 10*time.Second, func() bool { return pingNode(onc, c.Name, nd.ID) == nil }, nd.ID+" answers a member")
 	}
 
 	// Another cluster's secret, on a real node (same database, same key).
@@ -589,4 +592,48 @@ func (e *clusterEnv) fence(t *testing.T) {
 	// Its database back, the node renews its lease and is taken back in.
 	victim.DB.Restore()
 	c.LB.AwaitStatus(t, victim.ID, "UP", 20*time.Second)
+}
+
+// TestCluster_ExternalNATS joins two nodes through a NATS server of their
+// own (cluster-nats-url) instead of embedded ones: a NATS that admits the
+// nodes' user to the cluster's subjects only. Revocations and ends still
+// reach the node holding the agent within 1 s.
+func TestCluster_ExternalNATS(t *testing.T) {
+	const name, user = "argus-ext", "argus-node"
+	password := strings.Repeat("7", 40)
+	perms := &natsserver.Permissions{
+		Publish:   &natsserver.SubjectPermission{Allow: []string{"argus." + name + ".>"}},
+		Subscribe: &natsserver.SubjectPermission{Allow: []string{"argus." + name + ".>"}},
+	}
+	ns, err := natsserver.NewServer(&natsserver.Options{ServerName: "external", Host: "127.0.0.1", Port: natsserver.RANDOM_PORT,
+		NoSigs: true, NoLog: true, Users: []*natsserver.User{{Username: user, Password: password, Permissions: perms}}})
+	require.NoError(t, err)
+	ns.Start()
+	require.True(t, ns.ReadyForConnections(10*time.Second))
+	t.Cleanup(ns.Shutdown)
+	addr := ns.Addr().String()
+
+	e := newClusterEnv(t, 2, testenv.ClusterOptions{Name: name, NATSURL: "nats://" + user + ":" + password + "@" + addr})
+	c, ctx := e.c, context.Background()
+	n1, n2 := c.Node(1), c.Node(2)
+	assert.Equal(t, 2, ns.NumClients(), "both nodes are connected to the external NATS")
+	for _, log := range []string{n1.Logs(), n2.Logs()} {
+		assert.NotContains(t, log, password, "the NATS password is never logged")
+	}
+
+	a := e.agent(t, "edge-ext", n2)
+	sess, token := e.activate(t, n2, a.id)
+	testenv.Eventually(t, 10*time.Second, func() bool { return active(a.dir) }, "agent active")
+	require.NoError(t, e.api(n1.APIURL()).Do(ctx, "POST", "/v1/support/sessions/"+sess.ID+"/deactivate", nil, nil))
+	took := within(t, time.Second, func() bool { return dormant(a.dir) }, "agent on node 2 dormant")
+	t.Logf("agent on node 2 dormant %v after node 1 committed the end", took.Round(time.Millisecond))
+	_, err = e.command(n2, sess.ID, token, "ping")
+	assert.Equal(t, "session_ended", apiCode(err))
+
+	mark := a.proc.LineCount()
+	start := time.Now()
+	require.NoError(t, e.api(n1.APIURL()).Do(ctx, "POST", "/v1/agents/"+a.id+"/revoke", map[string]string{"reason": "host decommissioned"}, nil))
+	mark = a.proc.WaitLog(t, mark, "disconnected from broker", 1, 5*time.Second)
+	assert.Less(t, time.Since(start), time.Second, "dropped within 1 s of the revocation on the other node")
+	e.assertRefusedEverywhere(t, a, mark)
 }

@@ -32,6 +32,10 @@ type ClusterOptions struct {
 	// ProxyDB puts a Proxy between each node and PostgreSQL (Node.DB), so
 	// a test can cut one node off the database and no other.
 	ProxyDB bool
+	// NATSURL, when set, joins the nodes through that external NATS
+	// (cluster-nats-url, credentials in the URL) instead of embedded
+	// servers routed to each other.
+	NATSURL string
 }
 
 // Cluster is n argus-server processes on one PostgreSQL, routed to each
@@ -177,13 +181,16 @@ func (n *Node) Vars() []string {
 		"ARGUS_DATABASE_URL=" + n.dbURL,
 		"ARGUS_NODE_ID=" + n.ID,
 		"ARGUS_CLUSTER_NAME=" + n.c.Name,
-		"ARGUS_CLUSTER_LISTEN=" + n.RouteAddr,
-		"ARGUS_CLUSTER_PEERS=" + strings.Join(n.peers, ","),
 		"ARGUS_CLUSTER_LEASE=" + n.c.opts.Lease,
 		"ARGUS_COMMAND_SIGNING_KEY=" + n.c.KeyFile,
 	}
-	// Empty means none: the node is left to refuse or accept that.
-	env = append(env, "ARGUS_CLUSTER_SECRET="+n.secret)
+	if n.c.opts.NATSURL != "" {
+		env = append(env, "ARGUS_CLUSTER_NATS_URL="+n.c.opts.NATSURL)
+	} else {
+		env = append(env, "ARGUS_CLUSTER_LISTEN="+n.RouteAddr, "ARGUS_CLUSTER_PEERS="+strings.Join(n.peers, ","),
+			// Empty means none: the node is left to refuse or accept that.
+			"ARGUS_CLUSTER_SECRET="+n.secret)
+	}
 	if n.c.LB != nil {
 		env = append(env, "ARGUS_MQTT_PUBLIC_URL="+n.c.LB.BrokerURL)
 	}
