@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
 	"github.com/jackc/pgx/v5/pgxpool"
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -76,6 +77,23 @@ type clusterAgent struct {
 // without, it dials HAProxy, as enrollment told it to.
 func (e *clusterEnv) agent(t *testing.T, name string, on *testenv.Node) *clusterAgent {
 	t.Helper()
+	a := e.enroll(t, name)
+	if on != nil {
+		pinBroker(t, a.dir, on.BrokerURL())
+	}
+	a.proc = testenv.StartAgent(t, a.dir)
+	a.proc.WaitLog(t, 0, "connected to broker", 1, 15*time.Second)
+	if on != nil {
+		testenv.Eventually(t, 10*time.Second, func() bool { return e.holder(a.id) == on.ID }, name+" held by "+on.ID)
+	} else {
+		testenv.Eventually(t, 10*time.Second, func() bool { return e.holder(a.id) != "" }, name+" held by a node")
+	}
+	return a
+}
+
+// enroll enrolls an agent through HAProxy without running it.
+func (e *clusterEnv) enroll(t *testing.T, name string) *clusterAgent {
+	t.Helper()
 	var tok struct {
 		Token string `json:"token"`
 	}
@@ -86,17 +104,7 @@ func (e *clusterEnv) agent(t *testing.T, name string, on *testenv.Node) *cluster
 	st, err := agent.LoadState(dir)
 	require.NoError(t, err)
 	require.Equal(t, e.c.LB.BrokerURL, st.BrokerURL, "enrollment hands out the load balancer's broker")
-	if on != nil {
-		pinBroker(t, dir, on.BrokerURL())
-	}
-	a := &clusterAgent{id: st.AgentID, dir: dir, secret: st.Secret, proc: testenv.StartAgent(t, dir)}
-	a.proc.WaitLog(t, 0, "connected to broker", 1, 15*time.Second)
-	if on != nil {
-		testenv.Eventually(t, 10*time.Second, func() bool { return e.holder(a.id) == on.ID }, name+" held by "+on.ID)
-	} else {
-		testenv.Eventually(t, 10*time.Second, func() bool { return e.holder(a.id) != "" }, name+" held by a node")
-	}
-	return a
+	return &clusterAgent{id: st.AgentID, dir: dir, secret: st.Secret}
 }
 
 // pinBroker points an enrolled agent at one broker URL.
@@ -550,6 +558,13 @@ func (e *clusterEnv) fence(t *testing.T) {
 	res, err := e.command(victim, sess.ID, token, "ping")
 	require.NoError(t, err)
 	require.Equal(t, topics.ResultOK, res.Status)
+	// And an agent's raw connection straight to it, to see how it is sent
+	// away.
+	raw := e.enroll(t, "raw-1")
+	creds := mqtttest.Options{ClientID: raw.id, Username: raw.id, Password: raw.secret}
+	rc, _, err := mqtttest.Dial(t, victim.BrokerURL(), creds)
+	require.NoError(t, err)
+	defer rc.Disconnect(&paho.Disconnect{})
 	mark := b1.proc.LineCount()
 	var resp *http.Response
 
@@ -566,6 +581,19 @@ func (e *clusterEnv) fence(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "a fenced node is not ready")
+	// Its agents are told to use another server (MQTT v5 reason 0x9C),
+	// and new ones are refused the same way.
+	select {
+	case d := <-rc.Disconnected:
+		assert.Equal(t, byte(0x9C), d.ReasonCode, "use another server")
+	case <-time.After(5 * time.Second):
+		t.Fatal("the fenced node did not disconnect the agent")
+	}
+	_, ack, err := mqtttest.Dial(t, victim.BrokerURL(), creds)
+	require.Error(t, err)
+	require.NotNil(t, ack)
+	assert.Equal(t, byte(0x9C), ack.ReasonCode, "a fenced node sends new agents elsewhere")
+
 	// Nothing goes through it any more.
 	_, err = e.command(victim, sess.ID, token, "ping")
 	t.Logf("command through the fenced node: %v", err)
