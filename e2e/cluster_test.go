@@ -328,6 +328,61 @@ func TestCluster(t *testing.T) {
 	t.Run("KilledNode_AgentsMoveAndItsPresenceIsCleared", func(t *testing.T) {
 		e.killNine(t)
 	})
+
+	t.Run("RollingRestart_APIThroughHAProxyAnswersThroughout", func(t *testing.T) {
+		e.rollingRestart(t)
+	})
+}
+
+// rollingRestart restarts every node in turn, as the README does (SIGTERM,
+// start again, wait until HAProxy sends to it), while a reader calls the
+// API through HAProxy every 10 ms: no call fails, and the agents that dial
+// HAProxy are all online again at the end.
+func (e *clusterEnv) rollingRestart(t *testing.T) {
+	c := e.c
+	var roamers []*clusterAgent
+	for i := range 3 {
+		roamers = append(roamers, e.agent(t, fmt.Sprintf("rolling-%d", i), nil))
+	}
+	lb := e.api(c.LB.APIURL)
+	stop := make(chan struct{})
+	var calls, failed atomic.Int64
+	var firstErr atomic.Value
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			var a apiclient.Agent
+			calls.Add(1)
+			if err := lb.Do(context.Background(), "GET", "/v1/agents/"+roamers[0].id, nil, &a); err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	start := time.Now()
+	for _, nd := range c.Nodes {
+		// Down long enough for HAProxy to see it (a quicker restart may go
+		// unnoticed, and would prove less).
+		nd.Stop(t)
+		c.LB.AwaitStatus(t, nd.ID, "DOWN", 5*time.Second)
+		nd.Start(t)
+		c.LB.AwaitStatus(t, nd.ID, "UP", 20*time.Second)
+	}
+	close(stop)
+	<-done
+	t.Logf("rolling restart of %d nodes: %v; %d API calls through HAProxy, %d failed (first: %v)",
+		len(c.Nodes), time.Since(start).Round(time.Millisecond), calls.Load(), failed.Load(), firstErr.Load())
+	assert.Zero(t, failed.Load(), "no API call through HAProxy failed during the rolling restart")
+	for _, a := range roamers {
+		testenv.Eventually(t, 15*time.Second, func() bool { return e.holder(a.id) != "" }, "agent back online")
+	}
 }
 
 // killNine: kill -9 the node holding two agents, one that dials HAProxy
