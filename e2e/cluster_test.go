@@ -188,12 +188,9 @@ func TestCluster(t *testing.T) {
 	tokens := map[*clusterAgent]string{}
 
 	t.Run("ThreeNodesWritingAuditKeepOneChain", func(t *testing.T) {
-		var idle struct {
-			Name string `json:"name"`
-		}
-		// A tenant without consent: every activation on it is refused, and
-		// every refusal audited.
-		require.NoError(t, e.api(e.c.LB.APIURL).Do(context.Background(), "POST", "/v1/tenants", map[string]string{"name": "idle"}, &idle))
+		// A tenant none of the agents belongs to: every activation naming it
+		// is refused (agent_not_found), and every refusal audited.
+		require.NoError(t, e.api(e.c.LB.APIURL).Do(context.Background(), "POST", "/v1/tenants", map[string]string{"name": "idle"}, nil))
 		for _, p := range []struct {
 			a  *clusterAgent
 			nd *testenv.Node
@@ -232,7 +229,7 @@ func TestCluster(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		assert.Zero(t, failed.Load(), "every ping answered, every activation on the idle tenant refused")
+		assert.Zero(t, failed.Load(), "every ping answered, every activation naming the idle tenant refused")
 
 		// One chain: the events' sequence has no gap, and each event's
 		// prev_hash is its predecessor's hash.
@@ -243,6 +240,25 @@ func TestCluster(t *testing.T) {
 		require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT count(*) FROM events e JOIN events p ON p.seq = e.seq - 1
 			WHERE e.prev_hash <> p.hash`).Scan(&broken))
 		assert.Zero(t, broken, "every event links to the one before")
+		// Every refusal, whichever node refused it, is in both trails.
+		var deniedLogs, deniedEvents int
+		require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT count(*) FROM audit_log
+			WHERE action = 'support.activate' AND outcome = 'denied' AND detail->>'tenant' = 'idle'`).Scan(&deniedLogs))
+		require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT count(*) FROM events
+			WHERE action = 'support.activate' AND payload->>'outcome' = 'denied' AND payload->'detail'->>'tenant' = 'idle'`).Scan(&deniedEvents))
+		assert.Equal(t, rounds*3, deniedLogs, "each refused activation is audited")
+		assert.Equal(t, rounds*3, deniedEvents, "each refused activation is in the chain")
+		for a, sess := range sessions {
+			// Requested before sending, completed before answering: two
+			// rows a ping, in each trail.
+			var logs, events int
+			require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT count(*) FROM audit_log
+				WHERE action IN ('support.command.requested', 'support.command.completed') AND session_id = $1`, sess.ID).Scan(&logs))
+			require.NoError(t, e.pool.QueryRow(context.Background(), `SELECT count(*) FROM events
+				WHERE action IN ('support.command.requested', 'support.command.completed') AND payload->>'session_id' = $1`, sess.ID).Scan(&events))
+			assert.Equal(t, 2*rounds, logs, "the pings of %s's session are audited", a.id)
+			assert.Equal(t, 2*rounds, events, "the pings of %s's session are in the chain", a.id)
+		}
 		var logs, evs int
 		require.NoError(t, e.pool.QueryRow(context.Background(), "SELECT count(*) FROM audit_log").Scan(&logs))
 		require.NoError(t, e.pool.QueryRow(context.Background(), "SELECT count(*) FROM events").Scan(&evs))
