@@ -45,6 +45,10 @@ type Session struct {
 	EndedAt   *time.Time `json:"ended_at,omitempty"`
 	EndReason string     `json:"end_reason,omitempty"`
 	Active    bool       `json:"active"`
+	// State is set for an activation that waited for its tenant and
+	// opened no session: pending_approval, approved (opening), denied,
+	// timeout or withdrawn.
+	State string `json:"state,omitempty"`
 }
 
 // CommandResult is an agent's answer to a command.

@@ -82,7 +82,8 @@ func forgetIfEnded(id string, err error) {
 // forgetEnded removes the kept tokens of sessions seen ended.
 func forgetEnded(sessions ...apiclient.Session) {
 	for _, s := range sessions {
-		if !s.Active {
+		// A session still waiting for its tenant (or opening) keeps its token.
+		if !s.Active && s.State != "pending_approval" && s.State != "approved" {
 			forgetToken(s.ID)
 		}
 	}
@@ -101,7 +102,13 @@ func newCmdActivate(f *cmdutil.Factory) *cobra.Command {
 		Long: `Open a support session on one enrolled, online agent of a consenting, armed
 tenant. Needs the 3-factor gate: your address inside the operator networks,
 the ops token (--ops-token / ARGUSCTL_OPS_TOKEN) and a token with the
-remote_support scope. The session token is kept for you, 0600.`,
+remote_support scope. The session token is kept for you, 0600.
+
+When the tenant requires approval ('argusctl tenant approval set'), the
+command shows that it waits, with the time elapsed, and returns once the
+tenant has decided: the session opens (its TTL counted from the approval),
+or it fails with tenant_denied or tenant_approval_timeout. Interrupting it
+withdraws the activation.`,
 		Example: `  argusctl support activate --tenant acme --agent 0b6c1f1e-... --reason "INC-2231" --ttl 30m`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -118,15 +125,22 @@ remote_support scope. The session token is kept for you, 0600.`,
 				body["ttl"] = ttl.String()
 			}
 			var res struct {
-				Session apiclient.Session `json:"session"`
-				Token   string            `json:"token"`
+				Session  apiclient.Session `json:"session"`
+				Token    string            `json:"token"`
+				Approval *approval         `json:"approval"`
 			}
 			if err := c.Do(cmd.Context(), "POST", "/v1/support/sessions", body, &res); err != nil {
 				return err
 			}
 			path, err := saveToken(res.Session.ID, res.Token)
 			if err != nil {
-				return fmt.Errorf("session %s is open but its token could not be kept: %w", res.Session.ID, err)
+				return fmt.Errorf("session %s is requested but its token could not be kept: %w", res.Session.ID, err)
+			}
+			if res.Approval != nil {
+				// The tenant decides first; the token opens nothing before.
+				if res.Session, err = awaitApproval(cmd.Context(), f, c, *res.Approval, tenant); err != nil {
+					return err
+				}
 			}
 			if f.Output() == "json" {
 				return cmdutil.PrintJSON(f.IOStreams, res.Session)
@@ -202,8 +216,14 @@ func printSession(f *cmdutil.Factory, s apiclient.Session) error {
 		return cmdutil.PrintJSON(f.IOStreams, s)
 	}
 	state := "ended (" + s.EndReason + ")"
-	if s.Active {
+	switch {
+	case s.Active:
 		state = "ACTIVE"
+	case s.State != "":
+		state = s.State + " (no session opened)"
+		if s.State == "pending_approval" {
+			state = "pending_approval (waiting for the tenant since " + cmdutil.Time(&s.CreatedAt) + ")"
+		}
 	}
 	_, err := fmt.Fprintf(f.IOStreams.Out, "session:  %s\nstate:    %s\ntenant:   %s\nagent:    %s (%s)\noperator: %s\nreason:   %s\ncreated:  %s\nexpires:  %s\nended:    %s\n",
 		s.ID, state, s.Tenant, s.AgentName, s.AgentID, s.Operator, s.Reason,

@@ -19,7 +19,7 @@ func NewCmdTenant(f *cmdutil.Factory) *cobra.Command {
 		Use:   "tenant",
 		Short: "Manage tenants, their consent and arm state",
 	}
-	cmd.AddCommand(newCmdCreate(f), newCmdList(f), newCmdShow(f), newCmdConsent(f), newCmdArm(f), newCmdDisarm(f), newCmdViewerToken(f), token.NewCmdToken(f))
+	cmd.AddCommand(newCmdCreate(f), newCmdList(f), newCmdShow(f), newCmdConsent(f), newCmdArm(f), newCmdDisarm(f), newCmdViewerToken(f), token.NewCmdToken(f), newCmdApproval(f))
 	return cmd
 }
 

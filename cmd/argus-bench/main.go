@@ -14,10 +14,12 @@ import (
 	_ "net/http/pprof"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"sort"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -183,13 +185,101 @@ func main() {
 	rtt.Flags().IntVar(&acts, "activations", 200, "activations to time")
 	rtt.Flags().StringVar(&rttAgainst, "against", "", "also measure bare MQTT request/response on this project's broker and on mosquitto")
 
-	root.AddCommand(idle, rtt)
+	var (
+		nodes, clAgents, clSources, clPings, perProcess int
+		clHold                                          time.Duration
+		clKill                                          bool
+	)
+	cl := &cobra.Command{
+		Use:   "cluster",
+		Short: "Hold agents on a cluster of N nodes, time pings within and across nodes, and kill a node",
+		Example: `  argus-bench cluster --nodes 3 --agents 3000 --kill
+  argus-bench cluster --nodes 5 --agents 15000 --sources 250 --hold 5m`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := bin()
+			if err != nil {
+				return err
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			r, err := bench.ClusterRun(cmd.Context(), b, bench.ClusterOptions{
+				Nodes: nodes, Agents: clAgents, Sources: clSources, Hold: clHold, Pings: clPings, Kill: clKill,
+				Self: self, PerProcess: perProcess,
+			})
+			if err != nil {
+				return err
+			}
+			return emit(r, clusterRows(r))
+		},
+	}
+	cl.Flags().IntVar(&nodes, "nodes", 3, "how many server processes")
+	cl.Flags().IntVar(&clAgents, "agents", 3000, "how many agents, spread round robin over the nodes")
+	cl.Flags().IntVar(&clSources, "sources", 250, "loopback source addresses (127.0.0.1..N)")
+	cl.Flags().IntVar(&clPings, "pings", 1000, "sequential audited pings, same node and across nodes")
+	cl.Flags().DurationVar(&clHold, "hold", 0, "hold the agents this long before measuring")
+	cl.Flags().IntVar(&perProcess, "agents-per-process", bench.DefaultAgentsPerProcess, "agents per harness process (each a descriptor; mind the per-process limit)")
+	cl.Flags().BoolVar(&clKill, "kill", false, "then SIGKILL the last node and time its agents' and its session's return")
+
+	var (
+		holdStates              string
+		holdSources, holdOffset int
+	)
+	holdAgents := &cobra.Command{
+		Use:    "hold-agents",
+		Short:  "Connect the agents in a states file and hold them (a cluster run's child process)",
+		Hidden: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			return bench.HoldAgents(ctx, holdStates, holdSources, holdOffset, os.Stdout)
+		},
+	}
+	holdAgents.Flags().StringVar(&holdStates, "states", "", "JSON file of agent states")
+	holdAgents.Flags().IntVar(&holdSources, "sources", 250, "loopback source addresses")
+	holdAgents.Flags().IntVar(&holdOffset, "source-offset", 0, "the first source address's index")
+
+	root.AddCommand(idle, rtt, cl, holdAgents)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "argus-bench:", err)
 		os.Exit(1)
 	}
+}
+
+func clusterRows(r bench.ClusterResult) [][2]string {
+	q := func(x bench.Quantiles) string {
+		return fmt.Sprintf("p50 %.2f  p90 %.2f  p99 %.2f  max %.2f ms (n=%d)", x.P50, x.P90, x.P99, x.Max, x.N)
+	}
+	rows := [][2]string{
+		{"cluster", fmt.Sprintf("%d nodes, one PostgreSQL, embedded NATS with routes", r.Nodes)},
+		{"agents", fmt.Sprintf("%d, %d source addresses per harness process (this one's fd limit %d)", r.Agents, r.Sources, r.FDLimit)},
+		{"connect rate", fmt.Sprintf("%.0f agents/s", r.ConnectRate)},
+		{"connected after hold", fmt.Sprintf("%d of %d (held %s)", r.ConnectedAtEnd, r.Agents, r.HeldFor)},
+	}
+	for i, p := range r.Processes {
+		rows = append(rows, [2]string{fmt.Sprintf("harness process %d", i+1), fmt.Sprintf("%d agents (fd limit %d)", p.Agents, p.FDLimit)})
+	}
+	for _, n := range r.PerNode {
+		rows = append(rows, [2]string{fmt.Sprintf("node %d", n.Node),
+			fmt.Sprintf("%d agents, RSS %.1f MiB (baseline %.1f), %.1f KiB per agent", n.Agents, n.RSSMiB, n.RSSBaselineMiB, n.RSSPerAgentKiB)})
+	}
+	if r.SameNodePing.N > 0 {
+		rows = append(rows, [2]string{"audited ping, same node", q(r.SameNodePing)})
+	}
+	if r.CrossNodePing.N > 0 {
+		rows = append(rows, [2]string{"audited ping, across nodes", q(r.CrossNodePing)})
+	}
+	if r.CrossNodeError != "" {
+		rows = append(rows, [2]string{"audited ping, across nodes", "failed: " + r.CrossNodeError})
+	}
+	if r.AllBackIn != "" {
+		rows = append(rows, [2]string{"node killed", fmt.Sprintf("%d agents back on the others in %s; its session answered after %s; sessions ended: %d",
+			r.KilledAgents, r.AllBackIn, r.SessionBackIn, r.SessionsEnded)})
+	}
+	return rows
 }
 
 func idleRows(r bench.IdleResult) [][2]string {

@@ -115,10 +115,15 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/tenants/{tenant}/tokens", scoped(operators.ScopeTenantAdmin, s.createTenantToken))
 	mux.Handle("GET /v1/tenants/{tenant}/tokens", scoped(operators.ScopeTenantAdmin, s.listTenantTokens))
 	mux.Handle("POST /v1/tenants/{tenant}/tokens/{id}/revoke", scoped(operators.ScopeTenantAdmin, s.revokeViewerToken))
+	mux.Handle("POST /v1/tenants/{tenant}/approval", scoped(operators.ScopeTenantAdmin, s.setApproval))
+	mux.Handle("GET /v1/tenants/{tenant}/approval", scoped(operators.ScopeTenantAdmin, s.getApproval))
 	// A tenant token opens these and nothing else; none reaches a
 	// command, a patch or another tenant.
 	mux.HandleFunc("GET /v1/viewer", s.viewer)
 	mux.HandleFunc("POST /v1/viewer/sessions/{session}/end", s.viewerEndSession)
+	mux.HandleFunc("GET /v1/viewer/approvals", s.viewerApprovals)
+	mux.HandleFunc("POST /v1/viewer/sessions/{session}/approve", s.viewerApprove)
+	mux.HandleFunc("POST /v1/viewer/sessions/{session}/deny", s.viewerDeny)
 
 	mux.Handle("GET /v1/audit", scoped(operators.ScopeAuditRead, s.listAudit))
 	mux.Handle("POST /v1/audit/verify", scoped(operators.ScopeAuditRead, s.verifyAudit))
@@ -132,6 +137,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/support/sessions/{session}/patch", s.gate(http.HandlerFunc(s.applyPatch)))
 	mux.Handle("GET /v1/support/sessions", s.supportAuth(s.listSessions))
 	mux.Handle("GET /v1/support/sessions/{session}", s.supportAuth(s.getSession))
+	mux.Handle("GET /v1/support/sessions/{session}/approval", s.supportAuth(s.supportApproval))
 	mux.Handle("POST /v1/support/sessions/{session}/deactivate", s.supportAuth(s.deactivate))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierror.Write(w, apierror.New(http.StatusNotFound, apierror.CodeNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path))

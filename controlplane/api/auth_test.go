@@ -110,6 +110,34 @@ func TestAuth_EachFailureHasItsCode(t *testing.T) {
 	}
 }
 
+func TestAuth_EveryRefusalIsAudited(t *testing.T) {
+	srv, store, pool := newAPI(t)
+	ctx := context.Background()
+	_, auditor, err := store.Create(ctx, "auditor", operators.NewToken{Scopes: []operators.Scope{operators.ScopeAuditRead}})
+	require.NoError(t, err)
+
+	for _, tc := range []struct {
+		name, auth, action, actor, code string
+	}{
+		{"missing", "", "api.authenticate", "anonymous", apierror.CodeUnauthenticated},
+		{"malformed", "Bearer argus_pat_nope", "api.authenticate", "anonymous", apierror.CodeInvalidToken},
+		{"missing scope", "Bearer " + auditor, "api.authorize", "operator:auditor", apierror.CodeForbidden},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := get(t, srv.URL+"/v1/operators", tc.auth)
+			require.Equal(t, tc.code, r.code)
+			var logRows, events int
+			require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM audit_log
+				WHERE action = $1 AND actor = $2 AND outcome = 'denied' AND detail->>'code' = $3 AND detail->>'path' = '/v1/operators'`,
+				tc.action, tc.actor, tc.code).Scan(&logRows))
+			require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE action = $1 AND payload->>'actor' = $2`,
+				tc.action, tc.actor).Scan(&events))
+			assert.Equal(t, 1, logRows, "the refusal is in the audit log")
+			assert.GreaterOrEqual(t, events, 1, "the refusal is in the event chain")
+		})
+	}
+}
+
 func TestWhoami_ShowsOperatorAndScopes(t *testing.T) {
 	srv, store, _ := newAPI(t)
 	_, tok, err := store.Create(context.Background(), "alice", operators.NewToken{

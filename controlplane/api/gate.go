@@ -162,15 +162,3 @@ func (s *Server) supportAuth(next http.HandlerFunc) http.Handler {
 		next(w, r)
 	}))
 }
-
-// requireAnyScope admits a principal carrying at least one of scopes.
-func (s *Server) requireAnyScope(next http.HandlerFunc, scopes ...operators.Scope) http.Handler {
-	return s.authenticated(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := principalFrom(r.Context())
-		if !slices.ContainsFunc(scopes, p.Has) {
-			apierror.Write(w, apierror.New(http.StatusForbidden, apierror.CodeForbidden, "token lacks the required scope"))
-			return
-		}
-		next(w, r)
-	}))
-}

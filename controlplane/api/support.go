@@ -75,15 +75,10 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request) {
 		ttl = d
 	}
 	p := principalFrom(r.Context())
-	sess, token, err := s.Sessions.Activate(r.Context(), sessions.ActivateRequest{
+	s.activateWaiting(w, r, sessions.ActivateRequest{
 		Tenant: req.Tenant, Agent: req.Agent, Reason: strings.TrimSpace(req.Reason), TTL: ttl,
 		OperatorID: p.OperatorID, Operator: p.OperatorName, ClientIP: gateIP(r),
 	})
-	if err != nil {
-		s.fail(w, r, sessionError(err))
-		return
-	}
-	writeJSON(w, http.StatusCreated, ActivateResponse{Session: sess, Token: token})
 }
 
 // refuseActivation audits an activation refused for its ttl before it
@@ -112,6 +107,14 @@ func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
 	sess, err := s.Sessions.Get(r.Context(), r.PathValue("session"))
+	var rf *sessions.Refusal
+	if errors.As(err, &rf) && rf.Code == "session_not_found" {
+		// Never opened: perhaps it waits (or waited) for its tenant.
+		if a, aerr := s.Sessions.ApprovalOf(r.Context(), r.PathValue("session")); aerr == nil {
+			writeJSON(w, http.StatusOK, unopened(a))
+			return
+		}
+	}
 	if err != nil {
 		s.fail(w, r, sessionError(err))
 		return
@@ -121,6 +124,18 @@ func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) deactivate(w http.ResponseWriter, r *http.Request) {
 	sess, err := s.Sessions.Get(r.Context(), r.PathValue("session"))
+	var rf *sessions.Refusal
+	if errors.As(err, &rf) && rf.Code == "session_not_found" {
+		// Not opened yet: perhaps waiting for its tenant's approval.
+		if a, werr := s.Sessions.Withdraw(r.Context(), r.PathValue("session"), actor(r)); !errors.As(werr, &rf) {
+			if werr != nil {
+				s.fail(w, r, sessionError(werr))
+				return
+			}
+			writeJSON(w, http.StatusOK, a)
+			return
+		}
+	}
 	if err != nil {
 		s.fail(w, r, sessionError(err))
 		return

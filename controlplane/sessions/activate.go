@@ -35,6 +35,9 @@ type ActivateRequest struct {
 	OperatorID string
 	Operator   string
 	ClientIP   string
+	// OnPending, when set, is told once the activation waits for its
+	// tenant's approval, with the session's token (shown once).
+	OnPending func(a Approval, token string)
 }
 
 // Session is a session as the API shows it; it never holds the token.
@@ -161,6 +164,10 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 		}
 		m.mu.Unlock()
 	}()
+
+	if err := m.awaitApproval(ctx, req, &entry, s.ID, tok.Plain); err != nil {
+		return Session{}, "", err
+	}
 
 	var raced *Refusal
 	err = pgx.BeginFunc(ctx, m.Pool, func(tx pgx.Tx) error {

@@ -64,6 +64,9 @@ type Fleet struct {
 	API    *apiclient.Client
 	agents []*runningAgent
 	log    io.Writer
+	// SourceOffset shifts the loopback source addresses agents dial
+	// from, so several harness processes use different ones.
+	SourceOffset int
 }
 
 type runningAgent struct {
@@ -85,6 +88,15 @@ func NewFleet(ctx context.Context, bin string, log io.Writer) (*Fleet, error) {
 		return nil, err
 	}
 	f := &Fleet{Server: srv, Bin: bin, API: &apiclient.Client{BaseURL: srv.APIURL, Token: tok, OpsToken: OpsToken}, log: log}
+	if err := f.prepareTenant(ctx); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// prepareTenant creates the tenant "bench", signs its consent and arms it.
+func (f *Fleet) prepareTenant(ctx context.Context) error {
 	for _, step := range []struct {
 		path string
 		body map[string]string
@@ -94,11 +106,59 @@ func NewFleet(ctx context.Context, bin string, log io.Writer) (*Fleet, error) {
 		{"/v1/tenants/bench/arm", map[string]string{"reason": "benchmark"}},
 	} {
 		if err := f.API.Do(ctx, "POST", step.path, step.body, nil); err != nil {
-			f.Close()
-			return nil, err
+			return err
 		}
 	}
-	return f, nil
+	return nil
+}
+
+// session is a live session the harness sends commands in.
+type session struct {
+	id  string
+	api apiclient.Client // the fleet's client with the session's token
+}
+
+// openSession activates a two-hour session on agentID.
+func (f *Fleet) openSession(ctx context.Context, agentID string) (*session, error) {
+	var res struct {
+		Session apiclient.Session `json:"session"`
+		Token   string            `json:"token"`
+	}
+	if err := f.API.Do(ctx, "POST", "/v1/support/sessions", map[string]string{"tenant": "bench", "agent": agentID, "reason": "bench", "ttl": "120m"}, &res); err != nil {
+		return nil, err
+	}
+	s := &session{id: res.Session.ID, api: *f.API}
+	s.api.SessionToken = res.Token
+	return s, nil
+}
+
+// ping sends one audited ping and times its round trip.
+func (s *session) ping(ctx context.Context) (time.Duration, error) {
+	var out apiclient.CommandResult
+	t0 := time.Now()
+	err := s.api.Do(ctx, "POST", "/v1/support/sessions/"+s.id+"/commands", map[string]string{"name": "ping"}, &out)
+	if err == nil && out.Status != "ok" {
+		err = fmt.Errorf("ping: %s", out.Status)
+	}
+	return time.Since(t0), err
+}
+
+// pings times k sequential pings after a warm-up of connections and caches.
+func (f *Fleet) pings(ctx context.Context, s *session, k int) (Quantiles, error) {
+	for i := 0; i < 50; i++ {
+		if _, err := s.ping(ctx); err != nil {
+			return Quantiles{}, err
+		}
+	}
+	lat := make([]time.Duration, 0, k)
+	for i := 0; i < k; i++ {
+		d, err := s.ping(ctx)
+		if err != nil {
+			return Quantiles{}, err
+		}
+		lat = append(lat, d)
+	}
+	return quantiles(lat), nil
 }
 
 // Close stops the agents and the server.
@@ -164,7 +224,7 @@ func (f *Fleet) Connect(ctx context.Context, states []agent.State, sources, conc
 	for i, st := range states {
 		cfg := agent.Config{
 			StateDir: os.TempDir(), HeartbeatInterval: time.Hour, ReconnectMax: 10 * time.Second,
-			LocalAddr: fmt.Sprintf("127.0.0.%d", 1+i%sources), CameraTimeout: time.Second,
+			LocalAddr: sourceAddr(f.SourceOffset + i%sources), CameraTimeout: time.Second,
 		}
 		a, err := agent.New(cfg, st, quiet)
 		if err != nil {
@@ -206,6 +266,13 @@ func (f *Fleet) Connect(ctx context.Context, states []agent.State, sources, conc
 		return lats, time.Since(start), fmt.Errorf("%d agents did not connect within 2 minutes", n)
 	}
 	return lats, time.Since(start), nil
+}
+
+// sourceAddr is the i-th loopback source address: 127.0.0.1, 127.0.0.2,
+// ... then on into 127.0.1.x and beyond (all of 127/8 is loopback).
+func sourceAddr(i int) string {
+	i++
+	return fmt.Sprintf("127.%d.%d.%d", i>>16&255, i>>8&255, i&255)
 }
 
 // Settle waits for the server's memory to settle after a change.

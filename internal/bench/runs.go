@@ -179,38 +179,14 @@ func RTT(ctx context.Context, bin string, seq, window int, dur time.Duration, ac
 	}
 	r.Activate = quantiles(act)
 
-	var res struct {
-		Session apiclient.Session `json:"session"`
-		Token   string            `json:"token"`
-	}
-	if err := f.API.Do(ctx, "POST", "/v1/support/sessions", map[string]string{"tenant": "bench", "agent": agentID, "reason": "bench", "ttl": "120m"}, &res); err != nil {
+	sess, err := f.openSession(ctx, agentID)
+	if err != nil {
 		return r, err
 	}
-	c := *f.API
-	c.SessionToken = res.Token
-	ping := func() (time.Duration, error) {
-		var out apiclient.CommandResult
-		t0 := time.Now()
-		err := c.Do(ctx, "POST", "/v1/support/sessions/"+res.Session.ID+"/commands", map[string]string{"name": "ping"}, &out)
-		if err == nil && out.Status != "ok" {
-			err = fmt.Errorf("ping: %s", out.Status)
-		}
-		return time.Since(t0), err
+	ping := func() (time.Duration, error) { return sess.ping(ctx) }
+	if r.Sequential, err = f.pings(ctx, sess, seq); err != nil {
+		return r, err
 	}
-	for i := 0; i < 50; i++ { // warm up connections and caches
-		if _, err := ping(); err != nil {
-			return r, err
-		}
-	}
-	var seqLat []time.Duration
-	for i := 0; i < seq; i++ {
-		d, err := ping()
-		if err != nil {
-			return r, err
-		}
-		seqLat = append(seqLat, d)
-	}
-	r.Sequential = quantiles(seqLat)
 
 	var mu sync.Mutex
 	var conc []time.Duration

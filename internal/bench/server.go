@@ -31,13 +31,20 @@ type Server struct {
 	dir     string
 	APIURL  string
 	MQTTURL string
-	pprof   string // the server's loopback debug listener
+	pprof   string   // the server's loopback debug listener
+	extra   []string // more environment, for every command run against it
 	done    chan error
 }
 
 // StartServer runs bin with a private PostgreSQL in a fresh directory and
 // remote support on for loopback operators.
 func StartServer(ctx context.Context, bin string, extraArgs ...string) (*Server, error) {
+	return StartServerEnv(ctx, bin, nil, extraArgs...)
+}
+
+// StartServerEnv is StartServer with more environment (a cluster node's
+// settings), kept for the commands run against it later.
+func StartServerEnv(ctx context.Context, bin string, env []string, extraArgs ...string) (*Server, error) {
 	dir, err := os.MkdirTemp("", "argus-bench-")
 	if err != nil {
 		return nil, err
@@ -59,12 +66,13 @@ func StartServer(ctx context.Context, bin string, extraArgs ...string) (*Server,
 			return nil, err
 		}
 	}
-	s := &Server{dir: dir, pprof: pprof, done: make(chan error, 1), args: append([]string{"--http-addr", api, "--mqtt-ws-addr", mq}, extraArgs...)}
+	s := &Server{dir: dir, pprof: pprof, extra: env, done: make(chan error, 1), args: append([]string{"--http-addr", api, "--mqtt-ws-addr", mq}, extraArgs...)}
 	return s, s.start(ctx, bin, s.args...)
 }
 
 func (s *Server) env() []string {
-	return append(os.Environ(), "ARGUS_DATA_DIR="+s.dir, "REMOTE_SUPPORT_ENABLED=true",
+	env := append(os.Environ(), s.extra...)
+	return append(env, "ARGUS_DATA_DIR="+s.dir, "REMOTE_SUPPORT_ENABLED=true",
 		"REMOTE_SUPPORT_OPERATOR_CIDRS=127.0.0.0/8", "ARGUS_OPS_TOKEN="+OpsToken, "ARGUS_ENROLL_RATE_LIMIT=100000000",
 		"ARGUS_LOG_LEVEL=warn", "ARGUS_PPROF_ADDR="+s.pprof)
 }

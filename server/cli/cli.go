@@ -72,6 +72,21 @@ func loadConfig(cmd *cobra.Command) (server.Config, *slog.Logger, error) {
 	return cfg, newLogger(cmd.ErrOrStderr(), cfg), nil
 }
 
+// openDatabase loads the configuration and opens its database for the
+// commands that work on the record directly, without the API. A data
+// directory without an ARGUS database is refused, never created.
+func openDatabase(cmd *cobra.Command) (server.Config, *server.Database, error) {
+	cfg, log, err := loadConfig(cmd)
+	if err != nil {
+		return server.Config{}, nil, err
+	}
+	db, err := server.OpenDatabase(cmd.Context(), cfg, log, false)
+	if err != nil {
+		return server.Config{}, nil, err
+	}
+	return cfg, db, nil
+}
+
 func newLogger(w io.Writer, cfg server.Config) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
 	if cfg.LogFormat == "json" {

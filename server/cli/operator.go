@@ -147,11 +147,7 @@ func openForToken(cmd *cobra.Command, scopes []string, expiresIn time.Duration) 
 	if expiresIn < 0 || (cmd.Flags().Changed("expires-in") && expiresIn == 0) {
 		return nil, nil, fmt.Errorf("--expires-in must be positive (like 720h); leave it out for a token that does not expire")
 	}
-	cfg, log, err := loadConfig(cmd)
-	if err != nil {
-		return nil, nil, err
-	}
-	db, err := server.OpenDatabase(cmd.Context(), cfg, log, false)
+	_, db, err := openDatabase(cmd)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -36,11 +36,7 @@ the configured command-signing-key and never leave this machine.`,
 // openKeys opens the database (refusing a data directory without one) and
 // makes sure the key set is recorded.
 func openKeys(cmd *cobra.Command) (*server.Database, string, []signing.Key, error) {
-	cfg, log, err := loadConfig(cmd)
-	if err != nil {
-		return nil, "", nil, err
-	}
-	db, err := server.OpenDatabase(cmd.Context(), cfg, log, false)
+	cfg, db, err := openDatabase(cmd)
 	if err != nil {
 		return nil, "", nil, err
 	}

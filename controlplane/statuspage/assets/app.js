@@ -3,7 +3,9 @@
 // remote-support indicator and command feed; every message redraws the
 // page. A token with the end right may end a live session through the
 // API, sent as Authorization: Bearer (never a cookie, so no other page can
-// make the browser send it).
+// make the browser send it). A token with the approve right approves or
+// denies the activations waiting for the tenant, the same way; the
+// waiting ones are read from the API every second.
 (function () {
   "use strict";
   var $ = function (id) { return document.getElementById(id); };
@@ -75,10 +77,121 @@
     today.replaceChildren();
     (st.today || []).forEach(function (s) {
       var tr = document.createElement("tr");
+      tr.dataset.session = s.session_id;
       cells(tr, [s.agent_name || s.agent_id, s.operator, fmt(s.since), s.ended_at ? fmt(s.ended_at) : "live", s.end_reason || ""]);
+      var td = document.createElement("td");
+      var link = document.createElement("a");
+      link.href = "#";
+      link.className = "transcript";
+      link.textContent = "Download";
+      link.addEventListener("click", function (ev) { ev.preventDefault(); downloadTranscript(s.session_id, link); });
+      td.appendChild(link);
+      tr.appendChild(td);
       today.appendChild(tr);
     });
     renderFeed();
+  }
+
+  // A transcript is fetched with the token in the Authorization header
+  // (a plain link would need it in the address), then saved from memory.
+  function downloadTranscript(id, link) {
+    link.textContent = "downloading…";
+    fetch("/v1/viewer/sessions/" + encodeURIComponent(id) + "/transcript", {
+      credentials: "omit", headers: { Authorization: "Bearer " + token }
+    }).then(function (r) {
+      if (!r.ok) {
+        return r.json().then(function (body) { throw new Error((body.error && body.error.message) || "refused"); });
+      }
+      return r.blob();
+    }).then(function (blob) {
+      var a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = "transcript-" + id + ".json";
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(function () { URL.revokeObjectURL(a.href); }, 60000);
+      link.textContent = "Download";
+      link.dataset.downloaded = "1";
+    }).catch(function (e) {
+      link.textContent = "Download";
+      notice("The transcript could not be downloaded: " + e.message);
+    });
+  }
+
+  var approvals = [];
+  function since(ms) {
+    var s = Math.floor(ms / 1000);
+    return Math.floor(s / 60) + ":" + ("0" + (s % 60)).slice(-2);
+  }
+  function renderApprovals() {
+    $("approvals-section").hidden = approvals.length === 0;
+    var approve = can("approve");
+    document.querySelectorAll("#approvals .approve-col").forEach(function (th) { th.hidden = !approve; });
+    var body = $("approvals").tBodies[0];
+    body.replaceChildren();
+    approvals.forEach(function (a) {
+      var tr = document.createElement("tr");
+      tr.dataset.session = a.id;
+      cells(tr, [a.operator, a.agent_name || a.agent_id, a.reason, a.ttl, fmt(a.requested_at), since(a.elapsed_ms)]);
+      tr.children[2].className = "what";
+      if (approve) {
+        var td = document.createElement("td");
+        td.className = "buttons";
+        [["Approve", "approve"], ["Deny", "danger deny"]].forEach(function (b) {
+          var btn = document.createElement("button");
+          btn.textContent = b[0];
+          btn.className = b[1];
+          btn.addEventListener("click", function () {
+            if (b[0] === "Approve") { confirmApproval(a); } else { decide(a, false); }
+          });
+          td.appendChild(btn);
+        });
+        tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    });
+  }
+  // Approving lets someone in: it is confirmed, with what it grants.
+  var approving = null;
+  function confirmApproval(a) {
+    approving = a;
+    $("confirm-approval-text").textContent = "Let " + a.operator + " into " + (a.agent_name || a.agent_id) +
+      " for " + a.ttl + "? Reason given: " + a.reason;
+    $("confirm-approval").showModal();
+  }
+  $("confirm-approval").addEventListener("close", function () {
+    var a = approving;
+    approving = null;
+    if (a && $("confirm-approval").returnValue === "approve") { decide(a, true); }
+  });
+  function decide(a, approve) {
+    notice(approve ? "Approving…" : "Denying…");
+    fetch("/v1/viewer/sessions/" + encodeURIComponent(a.id) + (approve ? "/approve" : "/deny"), {
+      method: "POST", credentials: "omit", headers: { Authorization: "Bearer " + token }
+    }).then(function (r) {
+      return r.json().then(function (body) {
+        if (!r.ok) { throw new Error((body.error && body.error.message) || "refused"); }
+        notice(approve ? "Approved: the session of " + a.operator + " on " + (a.agent_name || a.agent_id) + " opens now."
+          : "Denied: " + a.operator + " gets no session on " + (a.agent_name || a.agent_id) + ".");
+        pollApprovals();
+      });
+    }).catch(function (e) { notice("Not decided: " + e.message); });
+  }
+  var polling = null;
+  function pollApprovals() {
+    fetch("/v1/viewer/approvals", { credentials: "omit", headers: { Authorization: "Bearer " + token } })
+      .then(function (r) {
+        if (r.status === 401) {
+          // Revoked (or unknown): asking again changes nothing.
+          clearInterval(polling);
+          approvals = [];
+          notice("The tenant token was refused; reopen the page with a valid token.");
+        }
+        return r.ok ? r.json() : { approvals: approvals };
+      })
+      .then(function (v) { approvals = v.approvals || []; renderApprovals(); })
+      .catch(function () { /* kept as last seen; the next poll tries again */ });
   }
 
   function renderFeed() {
@@ -131,6 +244,8 @@
       .then(function (v) {
         info = v;
         $("tenant").textContent = v.tenant;
+        pollApprovals();
+        if (!polling) { polling = setInterval(pollApprovals, 1000); }
         var client = mqtt.connect(v.mqtt_url, {
           username: v.mqtt_username, password: token, protocolVersion: 5, clean: true,
           clientId: "viewer-" + v.tenant_id + "-page-" + Math.random().toString(16).slice(2, 12), reconnectPeriod: 2000
