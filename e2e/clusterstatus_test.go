@@ -243,7 +243,24 @@ func TestClusterStatus_WatchersOnAnyNodeSeeEveryAgentAndTenant(t *testing.T) {
 		return len(held) == 3 && held["node-a"] == 2 && held["node-b"] == 0 && held["node-c"] == 0
 	}, "late node C's summary: three nodes, the agents on A")
 
-	// argusctl cluster status, through node B, for a monitor and an admin.
+	// argusctl cluster status, through node B, for a monitor and an admin,
+	// once C's route to B is up (C has only just joined).
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		var cs struct {
+			Nodes []struct {
+				Reachable *bool `json:"reachable"`
+			} `json:"nodes"`
+		}
+		if onB.Do(ctx, "GET", "/v1/cluster", nil, &cs) != nil || len(cs.Nodes) != 3 {
+			return false
+		}
+		for _, n := range cs.Nodes {
+			if n.Reachable == nil || !*n.Reachable {
+				return false
+			}
+		}
+		return true
+	}, "every node reachable from node B")
 	for _, token := range []string{monitor, admin} {
 		var cs struct {
 			Node  string `json:"node"`
