@@ -637,6 +637,39 @@ func BenchmarkSubscribers(b *testing.B) {
 	}
 }
 
+// TestMessagesWhileRetaining scans retained messages by wildcard while
+// another goroutine sets and clears them: under -race, a scan that reads a
+// particle's retained path without its lock is a data race.
+func TestMessagesWhileRetaining(t *testing.T) {
+	index := NewTopicsIndex()
+	fh := packets.FixedHeader{Type: packets.Publish, Retain: true}
+	index.RetainMessage(packets.Packet{TopicName: "a/b/c", Payload: []byte("x"), FixedHeader: fh})
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 2000; i++ {
+			payload := []byte("x")
+			if i%2 == 1 {
+				payload = nil
+			}
+			index.RetainMessage(packets.Packet{TopicName: "a/b/c", Payload: payload, FixedHeader: fh})
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			index.RetainMessage(packets.Packet{TopicName: "a/b/c", Payload: []byte("x"), FixedHeader: fh})
+			require.Len(t, index.Messages("a/+/c"), 1)
+			require.Len(t, index.Messages("a/#"), 1)
+			return
+		default:
+			index.Messages("a/+/c")
+			index.Messages("a/#")
+		}
+	}
+}
+
 func TestMessagesPattern(t *testing.T) {
 	payload := []byte("hello")
 	fh := packets.FixedHeader{Type: packets.Publish, Retain: true}
