@@ -14,22 +14,39 @@ import (
 // returns the connection's epoch: one more than any connection of the
 // agent before it, on any node.
 func (s *Store) Connected(ctx context.Context, id, node, remote string, at time.Time) (int64, error) {
-	var epoch int64
-	err := s.pool.QueryRow(ctx, `
-		WITH e AS (
-			UPDATE agents SET presence_epoch = presence_epoch + 1, last_seen_at = $3 WHERE id = $1
-			RETURNING presence_epoch
-		), p AS (
-			INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch)
-			SELECT $1, $2, $3, $4, presence_epoch FROM e
+	epoch, _, _, err := s.ConnectedFrom(ctx, id, node, remote, at)
+	return epoch, err
+}
+
+// ConnectedFrom is Connected that also returns the presence the new one
+// replaced: where the agent was connected until now, if its row was still
+// there (a node that died, or one that handed its agents over, leaves it
+// for the next node to replace).
+func (s *Store) ConnectedFrom(ctx context.Context, id, node, remote string, at time.Time) (epoch int64, prev Presence, hadPrev bool, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// The agent's row lock orders concurrent connections of one
+		// agent, so each reads the presence the one before it wrote.
+		if err := tx.QueryRow(ctx, `UPDATE agents SET presence_epoch = presence_epoch + 1, last_seen_at = $2 WHERE id = $1
+			RETURNING presence_epoch`, id, at).Scan(&epoch); err != nil {
+			return err
+		}
+		err := tx.QueryRow(ctx, `SELECT node_id, epoch FROM agent_presence WHERE agent_id = $1`, id).Scan(&prev.NodeID, &prev.Epoch)
+		switch {
+		case err == nil:
+			hadPrev = true
+		case !errors.Is(err, pgx.ErrNoRows):
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch)
+			VALUES ($1, $2, $3, $4, $5)
 			ON CONFLICT (agent_id) DO UPDATE SET node_id = EXCLUDED.node_id, connected_at = EXCLUDED.connected_at,
-				remote_addr = EXCLUDED.remote_addr, epoch = EXCLUDED.epoch
-		)
-		SELECT presence_epoch FROM e`, id, node, at, remote).Scan(&epoch)
+				remote_addr = EXCLUDED.remote_addr, epoch = EXCLUDED.epoch`, id, node, at, remote, epoch)
+		return err
+	})
 	if err != nil {
-		return 0, fmt.Errorf("presence: %w", err)
+		return 0, Presence{}, false, fmt.Errorf("presence: %w", err)
 	}
-	return epoch, nil
+	return epoch, prev, hadPrev, nil
 }
 
 // Disconnected records that the agent's connection of that epoch ended.
