@@ -220,6 +220,10 @@ type Options struct {
 	// Ended, when set, is told of every end this node commits, after its
 	// broker steps here, so the other nodes apply it too (a broadcast).
 	Ended func(ended []Ended)
+	// Node is this node's id, as agents' presence names it: an agent
+	// that arrives from another node with its session is audited as
+	// moved (moved.go).
+	Node string
 }
 
 // Manager runs sessions on this node.
@@ -245,6 +249,8 @@ type Manager struct {
 	// feed holds each tenant's recent commands, newest first (feed.go).
 	feedMu sync.Mutex
 	feed   map[string][]topics.FeedEntry
+	// ran is signalled as a command in flight here finishes (drain.go).
+	ran chan struct{}
 }
 
 // live is a session in force, as the broker side needs it.
@@ -289,7 +295,7 @@ func New(o Options) *Manager {
 	}
 	m := &Manager{
 		Options: o,
-		started: time.Now(), runs: map[string]bool{},
+		started: time.Now(), runs: map[string]bool{}, ran: make(chan struct{}, 1),
 		live: map[string]*live{}, acks: map[string]waiter{}, results: map[string]waiter{}, feed: map[string][]topics.FeedEntry{},
 		stop: make(chan struct{}), stopped: make(chan struct{}), checked: make(chan struct{}),
 	}
@@ -340,21 +346,7 @@ func (m *Manager) Stop() {
 // on the broker and their activations re-published (retained messages do
 // not outlive a broker).
 func (m *Manager) restore(ctx context.Context) error {
-	rows, err := m.Pool.Query(ctx, `
-		SELECT s.id, s.tenant_id, s.agent_id, o.name, s.created_at, s.expires_at, s.acked_at IS NOT NULL
-		FROM support_sessions s JOIN operators o ON o.id = s.operator_id WHERE s.ended_at IS NULL`)
-	if err != nil {
-		return fmt.Errorf("sessions: restore: %w", err)
-	}
-	type row struct {
-		l     live
-		acked bool
-	}
-	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
-		var x row
-		err := r.Scan(&x.l.id, &x.l.tenantID, &x.l.agentID, &x.l.operator, &x.l.createdAt, &x.l.expiresAt, &x.acked)
-		return x, err
-	})
+	list, err := m.liveSessions(ctx, "TRUE")
 	if err != nil {
 		return fmt.Errorf("sessions: restore: %w", err)
 	}
@@ -372,8 +364,7 @@ func (m *Manager) restore(ctx context.Context) error {
 			m.mu.Lock()
 			m.live[l.agentID] = &l
 			m.mu.Unlock()
-			m.ACL.SetActive(l.agentID, true)
-			m.publishActivation(&l, topics.StateActive, "")
+			m.rearm(&l)
 		}
 		if err != nil && !errors.Is(err, ErrEnded) {
 			return err
@@ -394,8 +385,43 @@ func (m *Manager) restore(ctx context.Context) error {
 	return nil
 }
 
-// OnAgentConnected re-sends an agent its activation state as it connects:
-// active for its live session, dormant otherwise.
+// liveRow is a live session as restore and takeOver read it.
+type liveRow struct {
+	l     live
+	acked bool
+}
+
+// liveSessions reads the live sessions matching where (a condition on
+// support_sessions s, with args).
+func (m *Manager) liveSessions(ctx context.Context, where string, args ...any) ([]liveRow, error) {
+	rows, err := m.Pool.Query(ctx, `
+		SELECT s.id, s.tenant_id, s.agent_id, o.name, s.created_at, s.expires_at, s.acked_at IS NOT NULL
+		FROM support_sessions s JOIN operators o ON o.id = s.operator_id WHERE s.ended_at IS NULL AND `+where, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (liveRow, error) {
+		var x liveRow
+		err := r.Scan(&x.l.id, &x.l.tenantID, &x.l.agentID, &x.l.operator, &x.l.createdAt, &x.l.expiresAt, &x.acked)
+		return x, err
+	})
+}
+
+// rearm opens a live, acknowledged session's commands topic on this
+// node's broker and re-publishes its signed activation, retained (a
+// retained message does not outlive a broker, nor cross to another
+// node's): at start for every live session (restore), and when an
+// agent's session comes to this node with the agent (takeOver).
+func (m *Manager) rearm(l *live) {
+	m.ACL.SetActive(l.agentID, true)
+	m.publishActivation(l, topics.StateActive, "")
+}
+
+// OnAgentConnected re-sends an agent its activation as it connects, when
+// this node has its live session already (a reconnect, or a session
+// restored at start). Anything else is decided once the connection is
+// recorded (OnAgentPresent): the database may hold a session this node
+// has not seen, and a dormant state sent now would end it on the agent.
 func (m *Manager) OnAgentConnected(agentID string) {
 	m.mu.Lock()
 	var l live
@@ -405,9 +431,7 @@ func (m *Manager) OnAgentConnected(agentID string) {
 	m.mu.Unlock()
 	if l.id != "" && l.expiresAt.After(time.Now()) {
 		m.publishActivation(&l, topics.StateActive, "")
-		return
 	}
-	m.publishActivation(&live{agentID: agentID}, topics.StateDormant, "")
 }
 
 // fenced reports whether this node must deliver nothing to agents.
