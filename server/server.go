@@ -177,11 +177,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		CommandTimeout: cfg.CommandTimeout,
 		Fenced:         s.Fenced,
 		Ended:          s.broadcastEnded,
+		Node:           cfg.NodeID,
 	})
 	s.control = agentControl{policy: s.policy, broker: s.broker, wire: func() *cluster.Wire { return s.wire }}
 	s.fleet.OnConnect = s.sessions.OnAgentConnected
 	s.fleet.OnDisconnect = s.sessions.OnAgentDisconnected
 	s.fleet.OnStale = s.sessions.OnAgentStale
+	s.fleet.OnPresent = s.sessions.OnAgentPresent
 	// The watcher and the sessions rebuild their state and subscribe before
 	// the first agent can connect.
 	if err := s.fleet.Start(ctx, s.broker.Server()); err != nil {
@@ -530,8 +532,15 @@ func (s *Server) Wait(ctx context.Context) error {
 
 // Close stops the API, the broker and the database, in that order, so no
 // request or client outlives the store behind it.
+//
+// A node of a cluster drains first (drain.go): its agents move to the
+// other nodes with their sessions, once the commands in flight here are
+// done.
 func (s *Server) Close(ctx context.Context) error {
-	s.closeOnce.Do(func() { s.closeErr = s.close(ctx) })
+	s.closeOnce.Do(func() {
+		s.drain(ctx)
+		s.closeErr = s.close(ctx)
+	})
 	return s.closeErr
 }
 

@@ -132,3 +132,12 @@ func (s *Store) SetManifest(ctx context.Context, id string, manifest json.RawMes
 	}
 	return nil
 }
+
+// HeldBy is how many agents' presence names node.
+func (s *Store) HeldBy(ctx context.Context, node string) (int, error) {
+	var n int
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM agent_presence WHERE node_id = $1", node).Scan(&n); err != nil {
+		return 0, fmt.Errorf("presence: %w", err)
+	}
+	return n, nil
+}

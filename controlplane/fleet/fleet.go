@@ -161,6 +161,29 @@ func (w *Watcher) Stop() {
 // left.
 func (w *Watcher) Handover() { w.handover.Store(true) }
 
+// handoverPoll is how often AwaitHandedOver reads the presence rows.
+const handoverPoll = 100 * time.Millisecond
+
+// AwaitHandedOver waits, after Handover and the agents' disconnects,
+// until no presence row names this node any more (every agent it held
+// has been recorded on another node) or ctx is done, and returns how
+// many were left. Another node's write is only seen by asking.
+func (w *Watcher) AwaitHandedOver(ctx context.Context) int {
+	t := time.NewTicker(handoverPoll)
+	defer t.Stop()
+	for {
+		n, err := w.store.HeldBy(ctx, w.node)
+		if err == nil && n == 0 {
+			return 0
+		}
+		select {
+		case <-ctx.Done():
+			return n
+		case <-t.C:
+		}
+	}
+}
+
 // Online reports whether the agent is connected to this node now.
 func (w *Watcher) Online(agentID string) bool {
 	w.mu.Lock()

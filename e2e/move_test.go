@@ -1,0 +1,307 @@
+package e2e
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/argus-remote/argus/agent"
+	"github.com/argus-remote/argus/argusctl/apiclient"
+	"github.com/argus-remote/argus/internal/testenv"
+	"github.com/argus-remote/argus/patch"
+)
+
+// clusterNode is one argus-server process of a two-node cluster.
+type clusterNode struct {
+	id, dataDir, route string
+	env                []string
+	proc               *testenv.ServerProcess
+	api                *apiclient.Client
+}
+
+// twoNodes is two argus-server processes on one PostgreSQL, routed to
+// each other by their embedded NATS servers and sharing the signing key,
+// with an operator and an armed tenant.
+type twoNodes struct {
+	env   *testenv.Env
+	pool  *pgxpool.Pool
+	token string
+	nodes [2]*clusterNode
+}
+
+func newTwoNodes(t *testing.T) *twoNodes {
+	t.Helper()
+	env := testenv.NewEnv(t)
+	c := &twoNodes{env: env}
+	shared := t.TempDir()
+	secret := strings.Repeat("s3cret-of-the-move-test-", 2)
+	routes := [2]string{freePort(t), freePort(t)}
+	for i, id := range []string{"node-a", "node-b"} {
+		n := &clusterNode{id: id, dataDir: filepath.Join(t.TempDir(), id), route: routes[i]}
+		n.env = append(env.Vars(),
+			"ARGUS_DATA_DIR="+n.dataDir, "ARGUS_NODE_ID="+id,
+			"ARGUS_CLUSTER_NAME=movetest", "ARGUS_CLUSTER_SECRET="+secret,
+			"ARGUS_CLUSTER_LISTEN="+routes[i], "ARGUS_CLUSTER_PEERS="+routes[1-i],
+			"ARGUS_COMMAND_SIGNING_KEY="+filepath.Join(shared, "command-signing.key"),
+			"REMOTE_SUPPORT_ENABLED=true", "REMOTE_SUPPORT_OPERATOR_CIDRS=127.0.0.1/32", "ARGUS_OPS_TOKEN="+opsToken,
+			// Commands wait for an agent between nodes rather than fail.
+			"ARGUS_COMMAND_RECONNECT_WAIT=10s", "ARGUS_LOG_LEVEL=debug",
+		)
+		c.nodes[i] = n
+	}
+	// One after the other: the first makes the shared signing key.
+	for _, n := range c.nodes {
+		n.proc = testenv.StartServer(t, n.dataDir, n.env)
+	}
+	c.token = env.Operator(t, "alice")
+	for _, n := range c.nodes {
+		n.api = &apiclient.Client{BaseURL: n.proc.APIURL, Token: c.token, OpsToken: opsToken}
+	}
+	pool, err := pgxpool.New(context.Background(), env.DatabaseURL)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	c.pool = pool
+
+	a := c.nodes[0].api
+	ctx := context.Background()
+	require.NoError(t, a.Do(ctx, "POST", "/v1/tenants", map[string]string{"name": "acme"}, nil))
+	require.NoError(t, a.Do(ctx, "POST", "/v1/tenants/acme/consent", map[string]string{"document_id": "DOC-1", "signed_by": "Jane Roe"}, nil))
+	require.NoError(t, a.Do(ctx, "POST", "/v1/tenants/acme/arm", map[string]string{"reason": "INC-1"}, nil))
+	return c
+}
+
+// runAgent enrolls an agent and runs it with both nodes' brokers; it
+// returns once the agent's connection is recorded on one of them.
+func (c *twoNodes) runAgent(t *testing.T, name, config string) (string, *testenv.AgentProcess) {
+	t.Helper()
+	var tok struct {
+		Token string `json:"token"`
+	}
+	require.NoError(t, c.nodes[0].api.Do(context.Background(), "POST", "/v1/enrollment-tokens", map[string]string{"tenant": "acme", "name": name}, &tok))
+	dir := filepath.Join(t.TempDir(), name)
+	_, stderr, err := testenv.Run(t, nil, "argus-agent", "enroll", "--server", c.nodes[0].proc.APIURL, "--token", tok.Token, "--state-dir", dir)
+	require.NoError(t, err, stderr)
+	st, err := agent.LoadState(dir)
+	require.NoError(t, err)
+	env := []string{"ARGUS_AGENT_BROKER_URLS=" + c.nodes[0].proc.MQTTURL + "," + c.nodes[1].proc.MQTTURL}
+	if config != "" {
+		env = append(env, "ARGUS_AGENT_CONFIG="+config)
+	}
+	proc := testenv.StartAgent(t, dir, env...)
+	proc.WaitLog(t, 0, "connected to broker", 1, 10*time.Second)
+	testenv.Eventually(t, 10*time.Second, func() bool { return c.holder(t, st.AgentID) != nil }, "agent's connection recorded")
+	return st.AgentID, proc
+}
+
+// holder is the node the database says holds the agent.
+func (c *twoNodes) holder(t *testing.T, agentID string) *clusterNode {
+	t.Helper()
+	var node string
+	err := c.pool.QueryRow(context.Background(), "SELECT node_id FROM agent_presence WHERE agent_id = $1", agentID).Scan(&node)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	require.NoError(t, err)
+	for _, n := range c.nodes {
+		if n.id == node {
+			return n
+		}
+	}
+	return nil
+}
+
+func (c *twoNodes) other(n *clusterNode) *clusterNode {
+	if n == c.nodes[0] {
+		return c.nodes[1]
+	}
+	return c.nodes[0]
+}
+
+func (c *twoNodes) activate(t *testing.T, n *clusterNode, agentID string) (apiclient.Session, string) {
+	t.Helper()
+	var res struct {
+		Session apiclient.Session `json:"session"`
+		Token   string            `json:"token"`
+	}
+	require.NoError(t, n.api.Do(context.Background(), "POST", "/v1/support/sessions",
+		map[string]string{"tenant": "acme", "agent": agentID, "reason": "INC-7: node maintenance"}, &res))
+	require.NotNil(t, res.Session.AckedAt, "the agent acknowledged its activation")
+	return res.Session, res.Token
+}
+
+func (c *twoNodes) ping(n *clusterNode, sessionID, token string) (apiclient.CommandResult, error) {
+	cl := *n.api
+	cl.SessionToken = token
+	var res apiclient.CommandResult
+	err := cl.Do(context.Background(), "POST", "/v1/support/sessions/"+sessionID+"/commands", map[string]string{"name": "ping"}, &res)
+	return res, err
+}
+
+func (c *twoNodes) session(t *testing.T, n *clusterNode, id string) apiclient.Session {
+	t.Helper()
+	var s apiclient.Session
+	require.NoError(t, n.api.Do(context.Background(), "GET", "/v1/support/sessions/"+id, nil, &s))
+	return s
+}
+
+// moves are the agent.moved rows of a session: from node, to node.
+func (c *twoNodes) moves(t *testing.T, sessionID string) [][2]string {
+	t.Helper()
+	rows, err := c.pool.Query(context.Background(), `SELECT detail->>'from_node', detail->>'to_node' FROM audit_log
+		WHERE action = 'agent.moved' AND session_id = $1 ORDER BY occurred_at`, sessionID)
+	require.NoError(t, err)
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
+		var m [2]string
+		err := r.Scan(&m[0], &m[1])
+		return m, err
+	})
+	require.NoError(t, err)
+	return out
+}
+
+// The node holding an agent in a live session dies (SIGKILL): the agent
+// reconnects to the other node from its own list, that node takes the
+// session up, the move is audited, and the next command through it
+// succeeds within 15 s. Nothing ends the session.
+func TestCluster_SessionSurvivesItsNodesDeath(t *testing.T) {
+	c := newTwoNodes(t)
+	agentID, proc := c.runAgent(t, "cam-gw-1", "")
+	holder := c.holder(t, agentID)
+	require.NotNil(t, holder)
+	survivor := c.other(holder)
+	sess, token := c.activate(t, holder, agentID)
+	res, err := c.ping(holder, sess.ID, token)
+	require.NoError(t, err)
+	require.Equal(t, "ok", res.Status)
+
+	mark := proc.LineCount()
+	killed := time.Now()
+	require.NoError(t, holder.proc.Cmd.Process.Signal(syscall.SIGKILL))
+	<-holder.proc.Done()
+
+	proc.WaitLog(t, mark, "connected to broker", 1, 15*time.Second)
+	res, err = c.ping(survivor, sess.ID, token)
+	took := time.Since(killed)
+	require.NoError(t, err, "the next command through the node that now holds the agent")
+	assert.Equal(t, "ok", res.Status)
+	assert.Less(t, took, 15*time.Second)
+	t.Logf("from SIGKILL of %s to a command answered through %s: %v", holder.id, survivor.id, took.Round(time.Millisecond))
+
+	assert.Equal(t, survivor, c.holder(t, agentID), "the agent is held by the survivor")
+	got := c.session(t, survivor, sess.ID)
+	assert.Nil(t, got.EndedAt, "the session was never ended")
+	assert.True(t, got.Active)
+	assert.Equal(t, [][2]string{{holder.id, survivor.id}}, c.moves(t, sess.ID), "agent.moved audited, from the dead node to the survivor")
+}
+
+// SIGTERM on the node holding an agent with a patch in flight: the node
+// stops taking agents, lets the patch finish (its health check is held
+// open by the test), then sends the agent on with 0x9C; the agent moves
+// to the other node with its session, and nothing ends.
+func TestCluster_DrainFinishesCommandsInFlightAndMovesAgents(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "streamer")
+	require.NoError(t, os.MkdirAll(filepath.Join(root, "bin"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "bin", "run.sh"), []byte("#!/bin/sh\necho v1\n"), 0o644))
+	pub, key, _ := ed25519.GenerateKey(nil)
+	pubFile := filepath.Join(dir, "patch-signing.pub")
+	require.NoError(t, os.WriteFile(pubFile, []byte(patch.EncodePublic(pub)+"\n"), 0o644))
+	started, hold := filepath.Join(dir, "health-started"), filepath.Join(dir, "health-hold")
+	config := filepath.Join(dir, "agent.yaml")
+	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf(`patch-keys: [%s]
+patch-roots:
+  streamer: %s
+patch-health-check: [/bin/sh, -c, "touch %s; while [ -e %s ]; do sleep 0.05; done"]
+patch-health-timeout: 60s
+`, pubFile, root, started, hold)), 0o600))
+
+	c := newTwoNodes(t)
+	agentID, proc := c.runAgent(t, "cam-gw-2", config)
+	holder := c.holder(t, agentID)
+	require.NotNil(t, holder)
+	survivor := c.other(holder)
+	sess, token := c.activate(t, holder, agentID)
+
+	bundle, err := patch.Build(patch.Manifest{ID: "HF-DRAIN", Version: "1.1.0", Root: "streamer", Files: []patch.File{{Target: "bin/run.sh", Mode: "0755"}}},
+		map[string][]byte{"bin/run.sh": []byte("#!/bin/sh\necho v2\n")}, key)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(hold, nil, 0o644))
+	type outcome struct {
+		status string
+		err    error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		cl := *holder.api
+		cl.SessionToken = token
+		var res struct {
+			Status string `json:"status"`
+		}
+		err := cl.DoRaw(context.Background(), "POST", "/v1/support/sessions/"+sess.ID+"/patch", "application/octet-stream", bundle, &res)
+		done <- outcome{res.Status, err}
+	}()
+	testenv.Eventually(t, 15*time.Second, func() bool { _, err := os.Stat(started); return err == nil }, "the patch's health check runs")
+
+	mark := proc.LineCount()
+	require.NoError(t, holder.proc.Cmd.Process.Signal(syscall.SIGTERM))
+	// Only its log tells that the node has begun to drain; without one the
+	// test goes on, and the agent's own account below decides.
+	draining := func() bool {
+		return strings.Contains(holder.proc.Logs(), "draining: new agent connections go to the other nodes")
+	}
+	for deadline := time.Now().Add(10 * time.Second); !draining() && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	assert.True(t, draining(), "the node says it drains")
+	// The patch is in flight: the draining node keeps the agent.
+	select {
+	case o := <-done:
+		t.Fatalf("the patch finished before its health check was let go: %+v", o)
+	default:
+	}
+	assert.Equal(t, holder, c.holder(t, agentID), "the agent stays while its command is in flight")
+
+	require.NoError(t, os.Remove(hold))
+	select {
+	case o := <-done:
+		require.NoError(t, o.err, "the command in flight completes on the draining node")
+		assert.Equal(t, "ok", o.status)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the patch did not complete")
+	}
+	proc.WaitLog(t, mark, "broker asked this agent to use another server", 1, 10*time.Second)
+	proc.WaitLog(t, mark, "connected to broker", 1, 10*time.Second)
+	select {
+	case <-holder.proc.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the drained node did not exit")
+	}
+
+	res, err := c.ping(survivor, sess.ID, token)
+	require.NoError(t, err, "the next command through the node that took the agent")
+	assert.Equal(t, "ok", res.Status)
+	assert.Equal(t, survivor, c.holder(t, agentID))
+	got := c.session(t, survivor, sess.ID)
+	assert.Nil(t, got.EndedAt, "nothing ended the session")
+	assert.True(t, got.Active)
+	assert.Equal(t, [][2]string{{holder.id, survivor.id}}, c.moves(t, sess.ID), "agent.moved audited, from the drained node to the other")
+
+	var left bool
+	require.NoError(t, c.pool.QueryRow(context.Background(), "SELECT left_at IS NOT NULL FROM nodes WHERE id = $1", holder.id).Scan(&left))
+	assert.True(t, left, "the drained node left the nodes table")
+	var status string
+	require.NoError(t, c.pool.QueryRow(context.Background(), `SELECT c.status FROM commands c WHERE c.session_id = $1 AND c.name = 'apply_patch'`, sess.ID).Scan(&status))
+	assert.Equal(t, "succeeded", status)
+}
