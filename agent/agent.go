@@ -184,6 +184,10 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.emit("moved_on", u.Redacted())
 				return
 			}
+			// autopaho's message names its slot, not the URL dialled.
+			if inner := errors.Unwrap(err); inner != nil {
+				err = inner
+			}
 			a.log.Warn("cannot connect to broker", "url", u.Redacted(), "err", err)
 		},
 		ClientConfig: paho.ClientConfig{
