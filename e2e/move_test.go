@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -304,4 +305,41 @@ patch-health-timeout: 60s
 	var status string
 	require.NoError(t, c.pool.QueryRow(context.Background(), `SELECT c.status FROM commands c WHERE c.session_id = $1 AND c.name = 'apply_patch'`, sess.ID).Scan(&status))
 	assert.Equal(t, "succeeded", status)
+}
+
+// Two real brokers, the agent configured with both: while one answers
+// every connection with CONNACK 0x9C (use another server), the agent,
+// whichever it tries first, moves on to the other at once and connects
+// there, every time.
+func TestAgent_ConnackUseAnotherServerMovesOnToTheNextURL(t *testing.T) {
+	a := newSupportEnv(t, nil)
+	envB := &testenv.Env{DataDir: testenv.TempDir(t), DatabaseURL: a.env.DatabaseURL}
+	b := testenv.StartInProcess(t, envB, map[string]any{"command-signing-key": filepath.Join(a.env.DataDir, "command-signing.key")})
+
+	var tok struct {
+		Token string `json:"token"`
+	}
+	require.NoError(t, a.do(t, "POST", "/v1/enrollment-tokens", map[string]string{"tenant": a.tenant, "name": "cam-gw-3"}, &tok))
+	dir := filepath.Join(t.TempDir(), "cam-gw-3")
+	_, stderr, err := testenv.Run(t, nil, "argus-agent", "enroll", "--server", a.srv.APIURL(), "--token", tok.Token, "--state-dir", dir)
+	require.NoError(t, err, stderr)
+	st, err := agent.LoadState(dir)
+	require.NoError(t, err)
+
+	a.srv.Broker().Redirect(true)
+	proc := testenv.StartAgent(t, dir, "ARGUS_AGENT_BROKER_URLS="+a.srv.MQTTURL()+","+b.MQTTURL())
+	bURL := "url=" + b.MQTTURL()
+	mark := proc.WaitLog(t, 0, "connected to broker", 1, 10*time.Second)
+	assert.Contains(t, proc.Logs(), bURL)
+	// The order is random at each connect: reconnect until the redirecting
+	// broker has been tried first (1 in 2 each time).
+	for round := 0; !strings.Contains(proc.Logs(), "broker sent this agent to another server"); round++ {
+		require.Less(t, round, 30, "the redirecting broker was never tried first")
+		testenv.Eventually(t, 5*time.Second, func() bool { return b.Broker().Connected(st.AgentID) }, "agent on the other broker")
+		b.Broker().Disconnect(st.AgentID, packets.ErrAdministrativeAction)
+		mark = proc.WaitLog(t, mark, "connected to broker", 1, 10*time.Second)
+		assert.Contains(t, proc.Logs(), bURL)
+	}
+	assert.NotContains(t, proc.Logs(), "connected to broker\" agent="+st.AgentID+" url="+a.srv.MQTTURL())
+	assert.False(t, a.srv.Broker().Connected(st.AgentID), "never held by the redirecting broker")
 }
