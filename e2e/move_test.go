@@ -343,3 +343,73 @@ func TestAgent_ConnackUseAnotherServerMovesOnToTheNextURL(t *testing.T) {
 	assert.NotContains(t, proc.Logs(), "connected to broker\" agent="+st.AgentID+" url="+a.srv.MQTTURL())
 	assert.False(t, a.srv.Broker().Connected(st.AgentID), "never held by the redirecting broker")
 }
+
+// A node that restarts while another node waits for an agent's
+// activation ack leaves that activation alone: it is the other node's to
+// complete or to end.
+func TestCluster_RestartLeavesAnotherNodesActivationInProgress(t *testing.T) {
+	c := newTwoNodes(t)
+	agentID, proc := c.runAgent(t, "cam-gw-4", "")
+	holder := c.holder(t, agentID)
+	require.NotNil(t, holder)
+	restarted := c.other(holder)
+
+	// The agent freezes, so the activation waits for its ack.
+	require.NoError(t, proc.Cmd.Process.Signal(syscall.SIGSTOP))
+	type outcome struct {
+		sess apiclient.Session
+		err  error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		var res struct {
+			Session apiclient.Session `json:"session"`
+		}
+		err := holder.api.Do(context.Background(), "POST", "/v1/support/sessions",
+			map[string]string{"tenant": "acme", "agent": agentID, "reason": "INC-8: during a rolling restart"}, &res)
+		done <- outcome{res.Session, err}
+	}()
+	var sessID string
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		return c.pool.QueryRow(context.Background(), "SELECT id FROM support_sessions WHERE agent_id = $1", agentID).Scan(&sessID) == nil
+	}, "the session row committed")
+
+	restarted.proc.Stop(t)
+	restarted.proc = testenv.StartServer(t, restarted.dataDir, restarted.env)
+	require.NoError(t, proc.Cmd.Process.Signal(syscall.SIGCONT))
+
+	o := <-done
+	require.NoError(t, o.err, "the activation completes on its node")
+	assert.Equal(t, sessID, o.sess.ID)
+	got := c.session(t, holder, sessID)
+	assert.Nil(t, got.EndedAt, "the restarted node did not end it")
+	assert.Empty(t, got.EndReason)
+}
+
+// The node activating a session dies before the agent's ack: the other
+// node's sweep ends the session once no node can still be waiting for
+// the ack, so the agent is not held busy until the session's expiry.
+func TestCluster_ActivationWhoseNodeDiedIsEndedBySweep(t *testing.T) {
+	c := newTwoNodes(t)
+	agentID, proc := c.runAgent(t, "cam-gw-5", "")
+	holder := c.holder(t, agentID)
+	require.NotNil(t, holder)
+	survivor := c.other(holder)
+
+	require.NoError(t, proc.Cmd.Process.Signal(syscall.SIGSTOP))
+	go func() {
+		_ = holder.api.Do(context.Background(), "POST", "/v1/support/sessions",
+			map[string]string{"tenant": "acme", "agent": agentID, "reason": "INC-9"}, nil)
+	}()
+	var sessID string
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		return c.pool.QueryRow(context.Background(), "SELECT id FROM support_sessions WHERE agent_id = $1", agentID).Scan(&sessID) == nil
+	}, "the session row committed")
+	require.NoError(t, holder.proc.Cmd.Process.Signal(syscall.SIGKILL))
+	<-holder.proc.Done()
+	require.NoError(t, proc.Cmd.Process.Signal(syscall.SIGCONT))
+
+	// The ack wait (5 s) and its margin (10 s), then one sweep.
+	testenv.Eventually(t, 25*time.Second, func() bool { return c.session(t, survivor, sessID).EndedAt != nil }, "the unacknowledged session ended")
+	assert.Equal(t, "agent_did_not_acknowledge", c.session(t, survivor, sessID).EndReason)
+}

@@ -178,6 +178,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		Fenced:         s.Fenced,
 		Ended:          s.broadcastEnded,
 		Node:           cfg.NodeID,
+		Cluster:        cfg.Cluster.Multi(),
 	})
 	s.control = agentControl{policy: s.policy, broker: s.broker, wire: func() *cluster.Wire { return s.wire }}
 	s.fleet.OnConnect = s.sessions.OnAgentConnected

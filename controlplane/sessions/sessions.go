@@ -224,6 +224,10 @@ type Options struct {
 	// that arrives from another node with its session is audited as
 	// moved (moved.go).
 	Node string
+	// Cluster is that other nodes may exist: an unacknowledged session
+	// may be another node's activation in progress, not this node's to
+	// end at start (the sweep ends it once past unackedGrace).
+	Cluster bool
 }
 
 // Manager runs sessions on this node.
@@ -355,6 +359,8 @@ func (m *Manager) restore(ctx context.Context) error {
 		switch {
 		case m.Disabled:
 			_, err = m.End(ctx, x.l.id, EndDeactivated, audit.Entry{Actor: "system", Reason: "remote support disabled"})
+		case !x.acked && m.Cluster && time.Since(x.l.createdAt) < m.unackedGrace():
+			// Another node may be waiting for its ack right now.
 		case !x.acked:
 			_, err = m.End(ctx, x.l.id, EndNoAck, system)
 		case !x.l.expiresAt.After(time.Now()):
@@ -569,6 +575,11 @@ func (m *Manager) record(ctx context.Context, stmts []audit.Stmt, entries ...aud
 	})
 }
 
+// unackedGrace is how long after its creation an unacknowledged session
+// may still be an activation in progress on some node: the ack wait and
+// a margin for the write that records the ack.
+func (m *Manager) unackedGrace() time.Duration { return m.AckTimeout + 10*time.Second }
+
 // LiveCount is how many sessions are live on this node.
 func (m *Manager) LiveCount() int {
 	m.mu.Lock()
@@ -587,17 +598,34 @@ func (m *Manager) sweep() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		rows, err := m.Pool.Query(ctx, "SELECT id FROM support_sessions WHERE ended_at IS NULL AND expires_at <= now()")
-		var ids []string
+		// Expired sessions, and sessions whose activation was never
+		// acknowledged long after any node could still be waiting for it
+		// (its node died mid-activation).
+		rows, err := m.Pool.Query(ctx, `SELECT id, expires_at <= now() FROM support_sessions
+			WHERE ended_at IS NULL AND (expires_at <= now() OR (acked_at IS NULL AND created_at < now() - $1::interval))`,
+			m.unackedGrace().String())
+		type due struct {
+			id      string
+			expired bool
+		}
+		var list []due
 		if err == nil {
-			ids, err = pgx.CollectRows(rows, pgx.RowTo[string])
+			list, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (due, error) {
+				var d due
+				err := r.Scan(&d.id, &d.expired)
+				return d, err
+			})
 		}
 		if err != nil {
 			m.Log.Warn("session sweep", "err", err)
 		}
-		for _, id := range ids {
-			if _, err := m.End(ctx, id, EndExpired, audit.Entry{Actor: "system"}); err != nil && !errors.Is(err, ErrEnded) {
-				m.Log.Error("end expired session", "session", id, "err", err)
+		for _, d := range list {
+			reason := EndExpired
+			if !d.expired {
+				reason = EndNoAck
+			}
+			if _, err := m.End(ctx, d.id, reason, audit.Entry{Actor: "system"}); err != nil && !errors.Is(err, ErrEnded) {
+				m.Log.Error("end swept session", "session", d.id, "reason", reason, "err", err)
 			}
 		}
 		cancel()
