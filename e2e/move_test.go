@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -255,17 +256,22 @@ patch-health-timeout: 60s
 	}()
 	testenv.Eventually(t, 15*time.Second, func() bool { _, err := os.Stat(started); return err == nil }, "the patch's health check runs")
 
+	ready, err := http.Get(holder.proc.APIURL + "/readyz")
+	require.NoError(t, err)
+	ready.Body.Close()
+	require.Equal(t, http.StatusOK, ready.StatusCode)
 	mark := proc.LineCount()
 	require.NoError(t, holder.proc.Cmd.Process.Signal(syscall.SIGTERM))
-	// Only its log tells that the node has begun to drain; without one the
-	// test goes on, and the agent's own account below decides.
-	draining := func() bool {
-		return strings.Contains(holder.proc.Logs(), "draining: new agent connections go to the other nodes")
-	}
-	for deadline := time.Now().Add(10 * time.Second); !draining() && time.Now().Before(deadline); {
-		time.Sleep(50 * time.Millisecond)
-	}
-	assert.True(t, draining(), "the node says it drains")
+	// A draining node is not ready: the load balancer sends calls to the
+	// others.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		resp, err := http.Get(holder.proc.APIURL + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	}, "the draining node fails /readyz")
 	// The patch is in flight: the draining node keeps the agent.
 	select {
 	case o := <-done:

@@ -30,6 +30,7 @@ func (s *Server) drain(ctx context.Context) {
 		return
 	}
 	started := time.Now()
+	s.draining.Store(true) // /readyz fails: the load balancer sends calls elsewhere
 	s.broker.Redirect(true)
 	s.log.Info("draining: new agent connections go to the other nodes", "in_flight", s.sessions.InFlight())
 	wctx, cancel := context.WithTimeout(ctx, DrainTimeout)

@@ -11,6 +11,7 @@ import (
 	"net/http/pprof"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -71,6 +72,8 @@ type Server struct {
 	membersDone chan struct{}
 	stopStream  context.CancelFunc
 	streamDone  chan struct{}
+	// draining is set while the node hands its agents over (drain.go).
+	draining atomic.Bool
 }
 
 // Start opens the database, starts the broker and serves the API. It
@@ -249,6 +252,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		Agents:       agentStore,
 		AgentControl: s.control,
 		Fenced:       s.Fenced,
+		Draining:     s.draining.Load,
 		AgentStale:   func(id string) bool { stale, _ := s.fleet.Stale(id); return stale },
 		Sessions:     s.sessions,
 		Gate: api.Gate{
