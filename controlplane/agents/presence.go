@@ -23,28 +23,30 @@ func (s *Store) Connected(ctx context.Context, id, node, remote string, at time.
 // there (a node that died, or one that handed its agents over, leaves it
 // for the next node to replace).
 func (s *Store) ConnectedFrom(ctx context.Context, id, node, remote string, at time.Time) (epoch int64, prev Presence, hadPrev bool, err error) {
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		// The agent's row lock orders concurrent connections of one
-		// agent, so each reads the presence the one before it wrote.
-		if err := tx.QueryRow(ctx, `UPDATE agents SET presence_epoch = presence_epoch + 1, last_seen_at = $2 WHERE id = $1
-			RETURNING presence_epoch`, id, at).Scan(&epoch); err != nil {
-			return err
-		}
-		err := tx.QueryRow(ctx, `SELECT node_id, epoch FROM agent_presence WHERE agent_id = $1`, id).Scan(&prev.NodeID, &prev.Epoch)
-		switch {
-		case err == nil:
-			hadPrev = true
-		case !errors.Is(err, pgx.ErrNoRows):
-			return err
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch)
-			VALUES ($1, $2, $3, $4, $5)
+	// One statement, one round trip, as every connection of the fleet
+	// takes it. Its parts share one snapshot, so old is the row before
+	// the upsert; FOR UPDATE makes it the latest committed version of
+	// that row should another connection of the agent write it meanwhile.
+	var node0 *string
+	var epoch0 *int64
+	err = s.pool.QueryRow(ctx, `
+		WITH e AS (
+			UPDATE agents SET presence_epoch = presence_epoch + 1, last_seen_at = $3 WHERE id = $1
+			RETURNING presence_epoch
+		), old AS (
+			SELECT node_id, epoch FROM agent_presence WHERE agent_id = $1 FOR UPDATE
+		), p AS (
+			INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch)
+			SELECT $1, $2, $3, $4, presence_epoch FROM e
 			ON CONFLICT (agent_id) DO UPDATE SET node_id = EXCLUDED.node_id, connected_at = EXCLUDED.connected_at,
-				remote_addr = EXCLUDED.remote_addr, epoch = EXCLUDED.epoch`, id, node, at, remote, epoch)
-		return err
-	})
+				remote_addr = EXCLUDED.remote_addr, epoch = EXCLUDED.epoch
+		)
+		SELECT e.presence_epoch, old.node_id, old.epoch FROM e LEFT JOIN old ON true`, id, node, at, remote).Scan(&epoch, &node0, &epoch0)
 	if err != nil {
 		return 0, Presence{}, false, fmt.Errorf("presence: %w", err)
+	}
+	if node0 != nil && epoch0 != nil {
+		prev, hadPrev = Presence{NodeID: *node0, Epoch: *epoch0}, true
 	}
 	return epoch, prev, hadPrev, nil
 }

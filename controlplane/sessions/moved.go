@@ -2,6 +2,7 @@ package sessions
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/argus-remote/argus/controlplane/audit"
@@ -13,9 +14,22 @@ import (
 // with the session still live.
 const ActionAgentMoved = "agent.moved"
 
-// takeOverFor bounds the attempts to take up an arriving agent's session;
-// a failed one (the database briefly away) is tried again until then.
-const takeOverFor = 10 * time.Second
+// arrivalBatch bounds the agents whose sessions one query reads: a
+// reconnecting fleet (a node died) is read in a few queries, not one per
+// agent.
+const arrivalBatch = 1000
+
+// arrivalRetry is the pause after a failed read of arriving agents'
+// sessions (the database briefly away) before they are read again.
+const arrivalRetry = 500 * time.Millisecond
+
+// arrivals are the agents recorded here whose sessions are still to be
+// read, with the node each came from.
+type arrivals struct {
+	mu      sync.Mutex
+	pending map[string]string
+	wake    chan struct{}
+}
 
 // OnAgentPresent runs once this node has recorded an agent's connection,
 // with the node that held the agent until then ("" when unknown). A live,
@@ -23,46 +37,113 @@ const takeOverFor = 10 * time.Second
 // topic opens and its signed activation is re-published (rearm, as at
 // start), and a move from another node is audited first. The session is
 // never ended by a move. An agent with no live session is told to be
-// dormant. It must not block: the fleet's database worker calls it.
+// dormant. It only queues the agent (the fleet's database worker calls
+// it); arrive reads the queue in batches.
 func (m *Manager) OnAgentPresent(agentID, prevNode string) {
+	a := &m.arrived
+	a.mu.Lock()
+	if a.pending == nil {
+		a.pending = map[string]string{}
+	}
+	// A quick second connection must not lose where the first came from.
+	if old, ok := a.pending[agentID]; !ok || old == "" {
+		a.pending[agentID] = prevNode
+	}
+	a.mu.Unlock()
 	select {
-	case <-m.stop:
-		return
+	case a.wake <- struct{}{}:
 	default:
 	}
-	m.workers.Add(1)
-	go func() {
-		defer m.workers.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), takeOverFor)
-		defer cancel()
-		retry := time.NewTicker(500 * time.Millisecond)
-		defer retry.Stop()
-		for {
-			err := m.takeOver(ctx, agentID, prevNode)
-			if err == nil {
-				return
-			}
-			m.Log.Warn("agent connected: its session could not be taken up here yet", "agent", agentID, "from_node", prevNode, "err", err)
-			select {
-			case <-retry.C:
-			case <-ctx.Done():
-				m.Log.Error("agent connected: its session was not taken up here", "agent", agentID, "from_node", prevNode, "err", err)
-				return
-			case <-m.stop:
-				return
-			}
-		}
-	}()
 }
 
-func (m *Manager) takeOver(ctx context.Context, agentID, prevNode string) error {
-	if _, err := topics.ParseAgentID(agentID); err != nil {
-		return nil
+// arrive takes up the sessions of the agents OnAgentPresent queued, until
+// Stop.
+func (m *Manager) arrive() {
+	defer close(m.arriveDone)
+	a := &m.arrived
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-a.wake:
+		}
+		for {
+			a.mu.Lock()
+			batch := make(map[string]string, min(len(a.pending), arrivalBatch))
+			for id, prev := range a.pending {
+				if len(batch) == arrivalBatch {
+					break
+				}
+				batch[id] = prev
+				delete(a.pending, id)
+			}
+			a.mu.Unlock()
+			if len(batch) == 0 {
+				break
+			}
+			if err := m.arriveBatch(batch); err != nil {
+				m.Log.Warn("arriving agents' sessions not read yet", "agents", len(batch), "err", err)
+				a.mu.Lock()
+				for id, prev := range batch {
+					if _, again := a.pending[id]; !again {
+						a.pending[id] = prev
+					}
+				}
+				a.mu.Unlock()
+				select {
+				case <-m.stop:
+					return
+				case <-time.After(arrivalRetry):
+				}
+			}
+		}
 	}
-	list, err := m.liveSessions(ctx, "s.agent_id = $1", agentID)
+}
+
+// arriveBatch reads the live sessions of a batch of arriving agents and
+// takes each up; it fails whole when the read fails, and is tried again.
+func (m *Manager) arriveBatch(batch map[string]string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ids := make([]string, 0, len(batch))
+	for id := range batch {
+		if _, err := topics.ParseAgentID(id); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	list, err := m.liveSessions(ctx, "s.agent_id = ANY($1::uuid[])", ids)
 	if err != nil {
 		return err
 	}
+	byAgent := make(map[string][]liveRow, len(list))
+	for _, x := range list {
+		byAgent[x.l.agentID] = append(byAgent[x.l.agentID], x)
+	}
+	var failed error
+	for _, id := range ids {
+		if err := m.takeOver(ctx, id, batch[id], byAgent[id]); err != nil {
+			// Its move could not be audited: the agent is read again.
+			m.Log.Warn("agent connected: its session could not be taken up here yet", "agent", id, "from_node", batch[id], "err", err)
+			m.arrived.mu.Lock()
+			if _, again := m.arrived.pending[id]; !again {
+				m.arrived.pending[id] = batch[id]
+			}
+			m.arrived.mu.Unlock()
+			failed = err
+		}
+	}
+	if failed != nil {
+		select {
+		case <-m.stop:
+		case <-time.After(arrivalRetry):
+		}
+	}
+	return nil
+}
+
+// takeOver decides what an agent that has just connected here gets, from
+// its live sessions (list).
+func (m *Manager) takeOver(ctx context.Context, agentID, prevNode string, list []liveRow) error {
 	if !m.Fleet.Online(agentID) {
 		return nil // gone again: the next connection decides
 	}

@@ -255,6 +255,10 @@ type Manager struct {
 	feed   map[string][]topics.FeedEntry
 	// ran is signalled as a command in flight here finishes (drain.go).
 	ran chan struct{}
+	// arrived queues the agents connected here whose sessions are still
+	// to be read (moved.go); arriveDone closes when its worker stops.
+	arrived    arrivals
+	arriveDone chan struct{}
 }
 
 // live is a session in force, as the broker side needs it.
@@ -300,6 +304,7 @@ func New(o Options) *Manager {
 	m := &Manager{
 		Options: o,
 		started: time.Now(), runs: map[string]bool{}, ran: make(chan struct{}, 1),
+		arrived: arrivals{pending: map[string]string{}, wake: make(chan struct{}, 1)}, arriveDone: make(chan struct{}),
 		live: map[string]*live{}, acks: map[string]waiter{}, results: map[string]waiter{}, feed: map[string][]topics.FeedEntry{},
 		stop: make(chan struct{}), stopped: make(chan struct{}), checked: make(chan struct{}),
 	}
@@ -332,6 +337,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	}
 	go m.sweep()
 	go m.checkLoop()
+	go m.arrive()
 	return nil
 }
 
@@ -342,6 +348,7 @@ func (m *Manager) Stop() {
 	close(m.stop)
 	<-m.stopped
 	<-m.checked
+	<-m.arriveDone
 	m.workers.Wait()
 }
 
