@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -21,8 +23,10 @@ import (
 
 	"github.com/argus-remote/argus/agent"
 	"github.com/argus-remote/argus/argusctl/apiclient"
+	"github.com/argus-remote/argus/internal/mqtttest"
 	"github.com/argus-remote/argus/internal/testenv"
 	"github.com/argus-remote/argus/patch"
+	"github.com/argus-remote/argus/topics"
 )
 
 // clusterNode is one argus-server process of a two-node cluster.
@@ -206,6 +210,37 @@ func TestCluster_SessionSurvivesItsNodesDeath(t *testing.T) {
 	assert.Nil(t, got.EndedAt, "the session was never ended")
 	assert.True(t, got.Active)
 	assert.Equal(t, [][2]string{{holder.id, survivor.id}}, c.moves(t, sess.ID), "agent.moved audited, from the dead node to the survivor")
+	c.assertTenantActive(t, survivor, sess)
+}
+
+// assertTenantActive reads the tenant's retained live indicator from n's
+// broker, as a monitor: it names the session as live.
+func (c *twoNodes) assertTenantActive(t *testing.T, n *clusterNode, sess apiclient.Session) {
+	t.Helper()
+	tid, err := topics.ParseTenantID(sess.TenantID)
+	require.NoError(t, err)
+	mon, _, err := mqtttest.Dial(t, n.proc.MQTTURL, mqtttest.Options{ClientID: "monitor-move", Username: "monitor", Password: c.token})
+	require.NoError(t, err)
+	_, err = mon.Subscribe(context.Background(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: tid.RemoteSupport(), QoS: 1}}})
+	require.NoError(t, err)
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case pk := <-mon.Received:
+			var st struct {
+				Active   bool `json:"active"`
+				Sessions []struct {
+					SessionID string `json:"session_id"`
+				} `json:"sessions"`
+			}
+			if pk.Topic == tid.RemoteSupport() && json.Unmarshal(pk.Payload, &st) == nil && st.Active &&
+				len(st.Sessions) == 1 && st.Sessions[0].SessionID == sess.ID {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("the tenant's indicator on %s does not show session %s live", n.id, sess.ID)
+		}
+	}
 }
 
 // SIGTERM on the node holding an agent with a patch in flight: the node
