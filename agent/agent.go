@@ -65,6 +65,8 @@ type Agent struct {
 	patchMu sync.Mutex
 	// Events, when set, is told what the agent does (tests await on it).
 	events chan<- Event
+	// brokers are the URLs the agent connects to (brokers.go).
+	brokers *brokers
 }
 
 // Event is something the agent did, for tests and local status.
@@ -108,10 +110,19 @@ func (a *Agent) emit(kind, detail string) {
 // Run connects out to the broker and serves until ctx is done. It never
 // listens on any port: the only connection is the one it dials.
 func (a *Agent) Run(ctx context.Context) error {
-	u, err := url.Parse(a.st.BrokerURL)
-	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") {
-		return fmt.Errorf("broker url %q: need ws:// or wss://", a.st.BrokerURL)
+	list := a.cfg.BrokerURLs
+	if len(list) == 0 {
+		list = []string{a.st.BrokerURL}
 	}
+	urls := make([]*url.URL, 0, len(list))
+	for _, s := range list {
+		u, err := url.Parse(s)
+		if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") {
+			return fmt.Errorf("broker url %q: need ws:// or wss://", s)
+		}
+		urls = append(urls, u)
+	}
+	a.brokers = newBrokers(urls)
 	tlsCfg, err := a.tlsConfig()
 	if err != nil {
 		return err
@@ -125,7 +136,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Warn("TEST FAULT POINT ARMED: this agent kills itself in the middle of the next patch; it is for tests only", "env", TestCrashAfterSwapEnv, "after_swap", n)
 	}
 	cfg := autopaho.ClientConfig{
-		ServerUrls: []*url.URL{u},
+		// autopaho tries these in order at every (re)connect; dial maps
+		// each to a URL of a round shuffled afresh (brokers.pick).
+		ServerUrls: urls,
 		TlsCfg:     tlsCfg,
 		// As long as a heartbeat period, so the broker drops a dead link
 		// within about one and a half of them (it waits 1.5 keep-alives).
@@ -157,15 +170,37 @@ func (a *Agent) Run(ctx context.Context) error {
 			return true
 		},
 		OnConnectError: func(err error) {
+			u := a.brokers.dialled()
 			var ce *autopaho.ConnackError
 			if errors.As(err, &ce) && credentialsRefused(ce.ReasonCode) {
 				a.onRefused(u, ce)
 				return
 			}
+			if errors.As(err, &ce) && useAnotherServer(ce.ReasonCode) {
+				// A node that drains or has lost its place in the cluster:
+				// autopaho goes on to the next URL at once.
+				a.brokers.avoid(u)
+				a.log.Info("broker sent this agent to another server; trying the next", "url", u.Redacted(), "reason", fmt.Sprintf("0x%02X", ce.ReasonCode))
+				a.emit("moved_on", u.Redacted())
+				return
+			}
+			// autopaho's message names its slot, not the URL dialled.
+			if inner := errors.Unwrap(err); inner != nil {
+				err = inner
+			}
 			a.log.Warn("cannot connect to broker", "url", u.Redacted(), "err", err)
 		},
 		ClientConfig: paho.ClientConfig{
 			ClientID: a.st.AgentID,
+			// The reconnect that follows takes the shortest back-off and
+			// tries the other URLs first.
+			OnServerDisconnect: func(d *paho.Disconnect) {
+				if useAnotherServer(d.ReasonCode) {
+					u := a.brokers.dialled()
+					a.brokers.avoid(u)
+					a.log.Info("broker asked this agent to use another server", "url", u.Redacted(), "reason", fmt.Sprintf("0x%02X", d.ReasonCode))
+				}
+			},
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 				func(pr paho.PublishReceived) (bool, error) {
 					// Activation states are never dropped (they may end a
@@ -207,7 +242,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.cm = cm
 	a.writeStatusLocked()
 	a.mu.Unlock()
-	a.log.Info("agent started; dormant until a signed activation", "broker", u.Redacted(), "version", Version, "kill_switch", a.killSwitch)
+	a.log.Info("agent started; dormant until a signed activation", "brokers", len(urls), "version", Version, "kill_switch", a.killSwitch)
 	if !a.noKillSwitchWatch {
 		go a.watchKillSwitch(ctx)
 	}
@@ -253,6 +288,10 @@ type Refusal struct {
 	Reason      string    `json:"reason"`
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 }
+
+// useAnotherServer is whether a reason code sends the agent elsewhere
+// (MQTT v5: 0x9C use another server, 0x9D server moved).
+func useAnotherServer(code byte) bool { return code == 0x9C || code == 0x9D }
 
 // credentialsRefused is whether a CONNACK reason code refuses the agent's
 // identity (MQTT v5: 0x86 bad user name or password, 0x87 not authorized,
@@ -329,6 +368,7 @@ func (a *Agent) dial(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL)
 		Subprotocols: []string{"mqtt"}, HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize: 1024, WriteBufferPool: &writeBuffers,
 	}
+	u = a.brokers.pick(u)
 	ws, _, err := d.DialContext(ctx, u.String(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("websocket connection failed: %w", err)
@@ -377,10 +417,11 @@ func (a *Agent) onUp(ctx context.Context, cm *autopaho.ConnectionManager) {
 	a.refusal = nil
 	a.mu.Unlock()
 	a.setConnected(true)
+	u := a.brokers.dialled()
 	if wasRefused {
-		a.log.Info("connected to broker; it accepts this agent's credentials again")
+		a.log.Info("connected to broker; it accepts this agent's credentials again", "url", u.Redacted())
 	} else {
-		a.log.Info("connected to broker")
+		a.log.Info("connected to broker", "url", u.Redacted())
 	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

@@ -69,6 +69,11 @@ type Config struct {
 	// LocalAddr, when set, is the source address the agent dials from
 	// (the load harness spreads agents over 127.0.0.x).
 	LocalAddr string
+
+	// BrokerURLs, when set, are the brokers (the nodes of a cluster) the
+	// agent connects to, tried in random order at every (re)connect;
+	// empty means the one URL its enrollment gave.
+	BrokerURLs []string
 }
 
 // Keys are the agent's settings (env ARGUS_AGENT_*).
@@ -90,6 +95,7 @@ var Keys = []settings.Key{
 	{Name: "patch-health-check"},
 	{Name: "patch-health-timeout", Default: "60s"},
 	{Name: "otlp-endpoint", Env: []string{"ARGUS_AGENT_OTLP_ENDPOINT"}},
+	{Name: "broker-urls", Env: []string{"ARGUS_AGENT_BROKER_URLS"}},
 }
 
 // DefaultStateDir is /var/lib/argus-agent for root and
@@ -210,6 +216,13 @@ func ConfigFromViper(v *viper.Viper) (Config, error) {
 		c.PatchKeys = append(c.PatchKeys, k)
 		c.PatchKeyFiles = append(c.PatchKeyFiles, p)
 	}
+	for _, u := range list("broker-urls") {
+		if err := checkBrokerURL(u); err != nil {
+			bad("broker-urls", "%v", err)
+			continue
+		}
+		c.BrokerURLs = append(c.BrokerURLs, u)
+	}
 	c.PatchRoots = stringMap("patch-roots")
 	for _, name := range sortedNames(c.PatchRoots) {
 		if p := c.PatchRoots[name]; !filepath.IsAbs(p) {
@@ -259,6 +272,16 @@ func ConfigFromViper(v *viper.Viper) (Config, error) {
 		bad("log-level", "%q is not debug, info, warn or error", v.GetString("log-level"))
 	}
 	return c, errors.Join(errs...)
+}
+
+// checkBrokerURL admits a broker URL the agent can dial: ws:// or wss://
+// with a host.
+func checkBrokerURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+		return fmt.Errorf("%q: need ws:// or wss:// with a host", s)
+	}
+	return nil
 }
 
 // videoDevice is a V4L2 capture device.

@@ -177,3 +177,28 @@ func TestConfig_RelativePathsAreRefusedNamingTheKey(t *testing.T) {
 		})
 	}
 }
+
+func TestConfig_BrokerURLsFromEnvAndRefusedWhenNotWebSocket(t *testing.T) {
+	t.Setenv("ARGUS_AGENT_BROKER_URLS", "ws://10.0.0.1:8083/mqtt, wss://node-b.example:443/mqtt")
+	v := viper.New()
+	require.NoError(t, settings.Load(v, nil, "", agent.Keys))
+	cfg, err := agent.ConfigFromViper(v)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"ws://10.0.0.1:8083/mqtt", "wss://node-b.example:443/mqtt"}, cfg.BrokerURLs)
+
+	t.Setenv("ARGUS_AGENT_BROKER_URLS", "ws://10.0.0.1:8083/mqtt,tcp://10.0.0.2:1883")
+	v = viper.New()
+	require.NoError(t, settings.Load(v, nil, "", agent.Keys))
+	_, err = agent.ConfigFromViper(v)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "ARGUS_AGENT_BROKER_URLS")
+	assert.Contains(t, err.Error(), "tcp://10.0.0.2:1883")
+}
+
+func TestConfig_NoBrokerURLsMeansTheEnrollments(t *testing.T) {
+	v := viper.New()
+	require.NoError(t, settings.Load(v, nil, "", agent.Keys))
+	cfg, err := agent.ConfigFromViper(v)
+	require.NoError(t, err)
+	assert.Empty(t, cfg.BrokerURLs)
+}

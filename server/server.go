@@ -11,6 +11,7 @@ import (
 	"net/http/pprof"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -72,6 +73,8 @@ type Server struct {
 	membersDone chan struct{}
 	stopStream  context.CancelFunc
 	streamDone  chan struct{}
+	// draining is set while the node hands its agents over (drain.go).
+	draining atomic.Bool
 }
 
 // Start opens the database, starts the broker and serves the API. It
@@ -183,11 +186,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		Fenced:         s.Fenced,
 		Ended:          s.broadcastEnded,
 		AgentStale:     s.agentStale,
+		Node:           cfg.NodeID,
+		Cluster:        cfg.Cluster.Multi(),
 	})
 	s.control = agentControl{policy: s.policy, broker: s.broker, wire: func() *cluster.Wire { return s.wire }}
 	s.fleet.OnConnect = s.sessions.OnAgentConnected
 	s.fleet.OnDisconnect = s.sessions.OnAgentDisconnected
 	s.fleet.OnStale = s.sessions.OnAgentStale
+	s.fleet.OnPresent = s.sessions.OnAgentPresent
 	// The watcher and the sessions rebuild their state and subscribe before
 	// the first agent can connect.
 	if err := s.fleet.Start(ctx, s.broker.Server()); err != nil {
@@ -253,6 +259,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		Agents:       agentStore,
 		AgentControl: s.control,
 		Fenced:       s.Fenced,
+		Draining:     s.draining.Load,
 		AgentStale:   s.agentStale,
 		Sessions:     s.sessions,
 		Gate: api.Gate{
@@ -545,8 +552,15 @@ func (s *Server) Wait(ctx context.Context) error {
 
 // Close stops the API, the broker and the database, in that order, so no
 // request or client outlives the store behind it.
+//
+// A node of a cluster drains first (drain.go): its agents move to the
+// other nodes with their sessions, once the commands in flight here are
+// done.
 func (s *Server) Close(ctx context.Context) error {
-	s.closeOnce.Do(func() { s.closeErr = s.close(ctx) })
+	s.closeOnce.Do(func() {
+		s.drain(ctx)
+		s.closeErr = s.close(ctx)
+	})
 	return s.closeErr
 }
 

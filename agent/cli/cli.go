@@ -152,6 +152,11 @@ func printConfig(w io.Writer, cfg agent.Config) {
 	fmt.Fprintln(w, "# The agent itself:")
 	fmt.Fprintf(w, "state-dir: %s\nheartbeat-interval: %s\nreconnect-max-backoff: %s\nca-file: %s\nlog-level: %s\n",
 		cfg.StateDir, cfg.HeartbeatInterval, cfg.ReconnectMax, cfg.CAFile, cfg.LogLevel)
+	if len(cfg.BrokerURLs) == 0 {
+		fmt.Fprintln(w, "broker-urls: the enrollment's broker URL")
+	} else {
+		fmt.Fprintf(w, "broker-urls: %s (tried in random order)\n", strings.Join(cfg.BrokerURLs, ", "))
+	}
 	fmt.Fprintf(w, "ffmpeg-path: %s\ncamera-timeout: %s\nstreaming-agent-version-file: %s\notlp-endpoint: %s\n",
 		cfg.FFmpegPath, cfg.CameraTimeout, cfg.StreamingAgentVersionFile, cfg.OTLPEndpoint)
 }

@@ -14,22 +14,41 @@ import (
 // returns the connection's epoch: one more than any connection of the
 // agent before it, on any node.
 func (s *Store) Connected(ctx context.Context, id, node, remote string, at time.Time) (int64, error) {
-	var epoch int64
-	err := s.pool.QueryRow(ctx, `
+	epoch, _, _, err := s.ConnectedFrom(ctx, id, node, remote, at)
+	return epoch, err
+}
+
+// ConnectedFrom is Connected that also returns the presence the new one
+// replaced: where the agent was connected until now, if its row was still
+// there (a node that died, or one that handed its agents over, leaves it
+// for the next node to replace).
+func (s *Store) ConnectedFrom(ctx context.Context, id, node, remote string, at time.Time) (epoch int64, prev Presence, hadPrev bool, err error) {
+	// One statement, one round trip, as every connection of the fleet
+	// takes it. Its parts share one snapshot, so old is the row before
+	// the upsert; FOR UPDATE makes it the latest committed version of
+	// that row should another connection of the agent write it meanwhile.
+	var node0 *string
+	var epoch0 *int64
+	err = s.pool.QueryRow(ctx, `
 		WITH e AS (
 			UPDATE agents SET presence_epoch = presence_epoch + 1, last_seen_at = $3 WHERE id = $1
 			RETURNING presence_epoch
+		), old AS (
+			SELECT node_id, epoch FROM agent_presence WHERE agent_id = $1 FOR UPDATE
 		), p AS (
 			INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch)
 			SELECT $1, $2, $3, $4, presence_epoch FROM e
 			ON CONFLICT (agent_id) DO UPDATE SET node_id = EXCLUDED.node_id, connected_at = EXCLUDED.connected_at,
 				remote_addr = EXCLUDED.remote_addr, epoch = EXCLUDED.epoch
 		)
-		SELECT presence_epoch FROM e`, id, node, at, remote).Scan(&epoch)
+		SELECT e.presence_epoch, old.node_id, old.epoch FROM e LEFT JOIN old ON true`, id, node, at, remote).Scan(&epoch, &node0, &epoch0)
 	if err != nil {
-		return 0, fmt.Errorf("presence: %w", err)
+		return 0, Presence{}, false, fmt.Errorf("presence: %w", err)
 	}
-	return epoch, nil
+	if node0 != nil && epoch0 != nil {
+		prev, hadPrev = Presence{NodeID: *node0, Epoch: *epoch0}, true
+	}
+	return epoch, prev, hadPrev, nil
 }
 
 // Disconnected records that the agent's connection of that epoch ended.
@@ -114,4 +133,13 @@ func (s *Store) SetManifest(ctx context.Context, id string, manifest json.RawMes
 		return fmt.Errorf("manifest: %w", err)
 	}
 	return nil
+}
+
+// HeldBy is how many agents' presence names node.
+func (s *Store) HeldBy(ctx context.Context, node string) (int, error) {
+	var n int
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM agent_presence WHERE node_id = $1", node).Scan(&n); err != nil {
+		return 0, fmt.Errorf("presence: %w", err)
+	}
+	return n, nil
 }

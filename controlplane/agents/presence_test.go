@@ -46,3 +46,30 @@ func TestPresence_LateDisconnectLeavesTheNewerConnection(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, ok, "its own disconnect clears node-b's connection")
 }
+
+// A node that connects an agent learns where it was until then: the
+// presence row its connection replaces.
+func TestPresence_ConnectedFromNamesTheReplacedNode(t *testing.T) {
+	pool := testenv.Pool(t)
+	ctx := context.Background()
+	var agentID string
+	require.NoError(t, pool.QueryRow(ctx, `
+		WITH t AS (INSERT INTO tenants (name) VALUES ('acme') RETURNING id)
+		INSERT INTO agents (tenant_id, name, secret_hash) SELECT id, 'cam-1', sha256('x') FROM t RETURNING id::text`).Scan(&agentID))
+	s := agents.NewStore(pool)
+	now := time.Now().UTC()
+
+	epochA, _, had, err := s.ConnectedFrom(ctx, agentID, "node-a", "10.0.0.1:1", now)
+	require.NoError(t, err)
+	assert.False(t, had, "a first connection replaces nothing")
+
+	epochB, prev, had, err := s.ConnectedFrom(ctx, agentID, "node-b", "10.0.0.1:2", now)
+	require.NoError(t, err)
+	require.True(t, had)
+	assert.Equal(t, agents.Presence{NodeID: "node-a", Epoch: epochA}, prev)
+
+	require.NoError(t, s.Disconnected(ctx, agentID, epochB, now))
+	_, _, had, err = s.ConnectedFrom(ctx, agentID, "node-a", "10.0.0.1:3", now)
+	require.NoError(t, err)
+	assert.False(t, had, "a recorded disconnect leaves nothing to replace")
+}

@@ -47,7 +47,10 @@ type Server struct {
 	// its cluster: it is not ready (a load balancer sends calls to the
 	// others).
 	Fenced func() bool
-	Gate   Gate
+	// Draining, when set, reports that this node is handing its agents
+	// to the others before it stops: it is not ready either.
+	Draining func() bool
+	Gate     Gate
 	// BrokerURL and SigningPublicKey are handed to agents at enrollment.
 	BrokerURL        string
 	SigningPublicKey string
@@ -195,6 +198,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.Fenced != nil && s.Fenced() {
 		apierror.Write(w, apierror.New(http.StatusServiceUnavailable, apierror.CodeUnavailable, "this node is fenced: it cannot renew its lease in the cluster"))
+		return
+	}
+	if s.Draining != nil && s.Draining() {
+		apierror.Write(w, apierror.New(http.StatusServiceUnavailable, apierror.CodeUnavailable, "this node is draining: its agents are moving to the other nodes"))
 		return
 	}
 	if latest := migrations.Latest(); v != latest {

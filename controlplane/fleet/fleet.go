@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -78,6 +79,14 @@ type Watcher struct {
 	// OnStale, likewise, runs when an agent becomes stale or is heard
 	// from again.
 	OnStale func(agentID string, stale bool)
+	// OnPresent, when set before Start, runs once an agent's connection
+	// is recorded in the database (in the database worker; it must not
+	// block), with the node that held the agent until then ("" when
+	// unknown: no row was left, or the write failed).
+	OnPresent func(agentID, prevNode string)
+
+	// handover: see Handover.
+	handover atomic.Bool
 }
 
 type conn struct {
@@ -135,6 +144,44 @@ func (w *Watcher) Start(ctx context.Context, srv *mqtt.Server) error {
 func (w *Watcher) Stop() {
 	close(w.stop)
 	<-w.stopped
+	if w.handover.Load() {
+		// What no other node has taken over by now is gone.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := w.store.ClearNode(ctx, w.node); err != nil {
+			w.log.Warn("clear this node's presence", "err", err)
+		}
+	}
+}
+
+// Handover makes the disconnects from now on leave the agents' presence
+// rows in place, for the node each agent reconnects to to replace: that
+// node then knows where the agent came from (agent.moved). A draining
+// node calls it before it sends its agents away; Stop clears what is
+// left.
+func (w *Watcher) Handover() { w.handover.Store(true) }
+
+// handoverPoll is how often AwaitHandedOver reads the presence rows.
+const handoverPoll = 100 * time.Millisecond
+
+// AwaitHandedOver waits, after Handover and the agents' disconnects,
+// until no presence row names this node any more (every agent it held
+// has been recorded on another node) or ctx is done, and returns how
+// many were left. Another node's write is only seen by asking.
+func (w *Watcher) AwaitHandedOver(ctx context.Context) int {
+	t := time.NewTicker(handoverPoll)
+	defer t.Stop()
+	for {
+		n, err := w.store.HeldBy(ctx, w.node)
+		if err == nil && n == 0 {
+			return 0
+		}
+		select {
+		case <-ctx.Done():
+			return n
+		case <-t.C:
+		}
+	}
 }
 
 // Online reports whether the agent is connected to this node now.
@@ -290,12 +337,15 @@ func (w *Watcher) connected(cl *mqtt.Client) {
 	w.mu.Unlock()
 	remote := cl.Net.Remote
 	w.enqueue(func(ctx context.Context) {
-		epoch, err := w.store.Connected(ctx, cl.ID, w.node, remote, c.connectedAt)
+		epoch, prev, _, err := w.store.ConnectedFrom(ctx, cl.ID, w.node, remote, c.connectedAt)
 		if err != nil {
 			w.log.Error("record agent connect", "agent", cl.ID, "err", err)
-			return
+		} else {
+			*c.epoch = epoch
 		}
-		*c.epoch = epoch
+		if w.OnPresent != nil {
+			w.OnPresent(cl.ID, prev.NodeID)
+		}
 	})
 	w.publishStatus(id, &snap, true)
 	w.log.Info("agent connected", "agent", cl.ID, "remote", remote)
@@ -331,9 +381,13 @@ func (w *Watcher) disconnected(cl *mqtt.Client) {
 	if w.OnDisconnect != nil {
 		w.OnDisconnect(cl.ID)
 	}
+	handover := w.handover.Load()
 	w.enqueue(func(ctx context.Context) {
 		if *c.epoch == 0 {
 			return // its connect was never recorded
+		}
+		if handover {
+			return // the next node replaces the row (see Handover)
 		}
 		if err := w.store.Disconnected(ctx, cl.ID, *c.epoch, at); err != nil {
 			w.log.Error("record agent disconnect", "agent", cl.ID, "err", err)

@@ -141,6 +141,7 @@ func (m *Manager) running(cmdID string) func() {
 		m.mu.Lock()
 		delete(m.runs, cmdID)
 		m.mu.Unlock()
+		m.ranOne()
 	}
 }
 

@@ -224,6 +224,14 @@ type Options struct {
 	// wherever in the cluster it is connected, for the tenant's
 	// indicator; nil means this node's fleet.
 	AgentStale func(agentID string) bool
+	// Node is this node's id, as agents' presence names it: an agent
+	// that arrives from another node with its session is audited as
+	// moved (moved.go).
+	Node string
+	// Cluster is that other nodes may exist: an unacknowledged session
+	// may be another node's activation in progress, not this node's to
+	// end at start (the sweep ends it once past unackedGrace).
+	Cluster bool
 }
 
 // Manager runs sessions on this node.
@@ -249,6 +257,12 @@ type Manager struct {
 	// feed holds each tenant's recent commands, newest first (feed.go).
 	feedMu sync.Mutex
 	feed   map[string][]topics.FeedEntry
+	// ran is signalled as a command in flight here finishes (drain.go).
+	ran chan struct{}
+	// arrived queues the agents connected here whose sessions are still
+	// to be read (moved.go); arriveDone closes when its worker stops.
+	arrived    arrivals
+	arriveDone chan struct{}
 }
 
 // live is a session in force, as the broker side needs it.
@@ -293,7 +307,8 @@ func New(o Options) *Manager {
 	}
 	m := &Manager{
 		Options: o,
-		started: time.Now(), runs: map[string]bool{},
+		started: time.Now(), runs: map[string]bool{}, ran: make(chan struct{}, 1),
+		arrived: arrivals{pending: map[string]string{}, wake: make(chan struct{}, 1)}, arriveDone: make(chan struct{}),
 		live: map[string]*live{}, acks: map[string]waiter{}, results: map[string]waiter{}, feed: map[string][]topics.FeedEntry{},
 		stop: make(chan struct{}), stopped: make(chan struct{}), checked: make(chan struct{}),
 	}
@@ -326,6 +341,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	}
 	go m.sweep()
 	go m.checkLoop()
+	go m.arrive()
 	return nil
 }
 
@@ -336,6 +352,7 @@ func (m *Manager) Stop() {
 	close(m.stop)
 	<-m.stopped
 	<-m.checked
+	<-m.arriveDone
 	m.workers.Wait()
 }
 
@@ -344,21 +361,7 @@ func (m *Manager) Stop() {
 // on the broker and their activations re-published (retained messages do
 // not outlive a broker).
 func (m *Manager) restore(ctx context.Context) error {
-	rows, err := m.Pool.Query(ctx, `
-		SELECT s.id, s.tenant_id, s.agent_id, o.name, s.created_at, s.expires_at, s.acked_at IS NOT NULL
-		FROM support_sessions s JOIN operators o ON o.id = s.operator_id WHERE s.ended_at IS NULL`)
-	if err != nil {
-		return fmt.Errorf("sessions: restore: %w", err)
-	}
-	type row struct {
-		l     live
-		acked bool
-	}
-	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
-		var x row
-		err := r.Scan(&x.l.id, &x.l.tenantID, &x.l.agentID, &x.l.operator, &x.l.createdAt, &x.l.expiresAt, &x.acked)
-		return x, err
-	})
+	list, err := m.liveSessions(ctx, "TRUE")
 	if err != nil {
 		return fmt.Errorf("sessions: restore: %w", err)
 	}
@@ -367,6 +370,8 @@ func (m *Manager) restore(ctx context.Context) error {
 		switch {
 		case m.Disabled:
 			_, err = m.End(ctx, x.l.id, EndDeactivated, audit.Entry{Actor: "system", Reason: "remote support disabled"})
+		case !x.acked && m.Cluster && time.Since(x.l.createdAt) < m.unackedGrace():
+			// Another node may be waiting for its ack right now.
 		case !x.acked:
 			_, err = m.End(ctx, x.l.id, EndNoAck, system)
 		case !x.l.expiresAt.After(time.Now()):
@@ -376,8 +381,7 @@ func (m *Manager) restore(ctx context.Context) error {
 			m.mu.Lock()
 			m.live[l.agentID] = &l
 			m.mu.Unlock()
-			m.ACL.SetActive(l.agentID, true)
-			m.publishActivation(&l, topics.StateActive, "")
+			m.rearm(&l)
 		}
 		if err != nil && !errors.Is(err, ErrEnded) {
 			return err
@@ -398,8 +402,43 @@ func (m *Manager) restore(ctx context.Context) error {
 	return nil
 }
 
-// OnAgentConnected re-sends an agent its activation state as it connects:
-// active for its live session, dormant otherwise.
+// liveRow is a live session as restore and takeOver read it.
+type liveRow struct {
+	l     live
+	acked bool
+}
+
+// liveSessions reads the live sessions matching where (a condition on
+// support_sessions s, with args).
+func (m *Manager) liveSessions(ctx context.Context, where string, args ...any) ([]liveRow, error) {
+	rows, err := m.Pool.Query(ctx, `
+		SELECT s.id, s.tenant_id, s.agent_id, o.name, s.created_at, s.expires_at, s.acked_at IS NOT NULL
+		FROM support_sessions s JOIN operators o ON o.id = s.operator_id WHERE s.ended_at IS NULL AND `+where, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (liveRow, error) {
+		var x liveRow
+		err := r.Scan(&x.l.id, &x.l.tenantID, &x.l.agentID, &x.l.operator, &x.l.createdAt, &x.l.expiresAt, &x.acked)
+		return x, err
+	})
+}
+
+// rearm opens a live, acknowledged session's commands topic on this
+// node's broker and re-publishes its signed activation, retained (a
+// retained message does not outlive a broker, nor cross to another
+// node's): at start for every live session (restore), and when an
+// agent's session comes to this node with the agent (takeOver).
+func (m *Manager) rearm(l *live) {
+	m.ACL.SetActive(l.agentID, true)
+	m.publishActivation(l, topics.StateActive, "")
+}
+
+// OnAgentConnected re-sends an agent its activation as it connects, when
+// this node has its live session already (a reconnect, or a session
+// restored at start). Anything else is decided once the connection is
+// recorded (OnAgentPresent): the database may hold a session this node
+// has not seen, and a dormant state sent now would end it on the agent.
 func (m *Manager) OnAgentConnected(agentID string) {
 	m.mu.Lock()
 	var l live
@@ -409,9 +448,7 @@ func (m *Manager) OnAgentConnected(agentID string) {
 	m.mu.Unlock()
 	if l.id != "" && l.expiresAt.After(time.Now()) {
 		m.publishActivation(&l, topics.StateActive, "")
-		return
 	}
-	m.publishActivation(&live{agentID: agentID}, topics.StateDormant, "")
 }
 
 // fenced reports whether this node must deliver nothing to agents.
@@ -578,6 +615,11 @@ func (m *Manager) record(ctx context.Context, stmts []audit.Stmt, entries ...aud
 	})
 }
 
+// unackedGrace is how long after its creation an unacknowledged session
+// may still be an activation in progress on some node: the ack wait and
+// a margin for the write that records the ack.
+func (m *Manager) unackedGrace() time.Duration { return m.AckTimeout + 10*time.Second }
+
 // LiveCount is how many sessions are live on this node.
 func (m *Manager) LiveCount() int {
 	m.mu.Lock()
@@ -596,17 +638,34 @@ func (m *Manager) sweep() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		rows, err := m.Pool.Query(ctx, "SELECT id FROM support_sessions WHERE ended_at IS NULL AND expires_at <= now()")
-		var ids []string
+		// Expired sessions, and sessions whose activation was never
+		// acknowledged long after any node could still be waiting for it
+		// (its node died mid-activation).
+		rows, err := m.Pool.Query(ctx, `SELECT id, expires_at <= now() FROM support_sessions
+			WHERE ended_at IS NULL AND (expires_at <= now() OR (acked_at IS NULL AND created_at < now() - $1::interval))`,
+			m.unackedGrace().String())
+		type due struct {
+			id      string
+			expired bool
+		}
+		var list []due
 		if err == nil {
-			ids, err = pgx.CollectRows(rows, pgx.RowTo[string])
+			list, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (due, error) {
+				var d due
+				err := r.Scan(&d.id, &d.expired)
+				return d, err
+			})
 		}
 		if err != nil {
 			m.Log.Warn("session sweep", "err", err)
 		}
-		for _, id := range ids {
-			if _, err := m.End(ctx, id, EndExpired, audit.Entry{Actor: "system"}); err != nil && !errors.Is(err, ErrEnded) {
-				m.Log.Error("end expired session", "session", id, "err", err)
+		for _, d := range list {
+			reason := EndExpired
+			if !d.expired {
+				reason = EndNoAck
+			}
+			if _, err := m.End(ctx, d.id, reason, audit.Entry{Actor: "system"}); err != nil && !errors.Is(err, ErrEnded) {
+				m.Log.Error("end swept session", "session", d.id, "reason", reason, "err", err)
 			}
 		}
 		cancel()

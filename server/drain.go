@@ -1,0 +1,53 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// DrainTimeout bounds how long a draining node waits for the commands in
+// flight on it to finish before it sends their agents away anyway (they
+// are then recorded as interrupted, as on any disconnect).
+const DrainTimeout = 30 * time.Second
+
+// HandoverTimeout bounds the wait, once a draining node has sent its
+// agents away, for the other nodes to record them (an agent that does not
+// reconnect at all must not hold the node up).
+const HandoverTimeout = 10 * time.Second
+
+// drain hands a cluster node's agents to the other nodes before it stops:
+// it refuses new agent connections (MQTT v5 0x9C, use another server),
+// lets the commands in flight finish (bounded by DrainTimeout), then
+// disconnects every client with 0x9C, so each reconnects elsewhere and
+// its session goes on there (sessions.OnAgentPresent). The presence rows
+// are left for the next node to replace, so it can tell where each
+// agent came from. A node alone keeps its agents until it stops: there
+// is nowhere to send them.
+func (s *Server) drain(ctx context.Context) {
+	if !s.cfg.Cluster.Multi() || s.broker == nil || s.sessions == nil || s.fleet == nil {
+		return
+	}
+	started := time.Now()
+	s.draining.Store(true) // /readyz fails: the load balancer sends calls elsewhere
+	s.broker.Redirect(true)
+	s.log.Info("draining: new agent connections go to the other nodes", "in_flight", s.sessions.InFlight())
+	wctx, cancel := context.WithTimeout(ctx, DrainTimeout)
+	left := s.sessions.WaitIdle(wctx)
+	cancel()
+	if left > 0 {
+		s.log.Warn("draining: commands still in flight after the bound; their agents are sent away anyway", "in_flight", left, "bound", DrainTimeout)
+	}
+	s.fleet.Handover()
+	n := s.broker.DisconnectAll(packets.ErrUseAnotherServer)
+	// Handed over once the others have recorded the agents: until then
+	// their presence rows still say where each came from.
+	hctx, cancel := context.WithTimeout(ctx, HandoverTimeout)
+	left = s.fleet.AwaitHandedOver(hctx)
+	cancel()
+	if left > 0 {
+		s.log.Warn("draining: agents not picked up by another node within the bound", "agents", left, "bound", HandoverTimeout)
+	}
+	s.log.Info("drained: agents sent to the other nodes", "clients", n, "not_picked_up", left, "took", time.Since(started).Round(time.Millisecond))
+}
