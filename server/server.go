@@ -177,6 +177,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		CommandTimeout: cfg.CommandTimeout,
 		Fenced:         s.Fenced,
 		Ended:          s.broadcastEnded,
+		Route:          router{store: agentStore, wire: func() *cluster.Wire { return s.wire }, multi: cfg.Cluster.Multi(), node: cfg.NodeID},
 	})
 	s.control = agentControl{policy: s.policy, broker: s.broker, wire: func() *cluster.Wire { return s.wire }}
 	s.fleet.OnConnect = s.sessions.OnAgentConnected

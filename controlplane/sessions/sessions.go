@@ -220,6 +220,8 @@ type Options struct {
 	// Ended, when set, is told of every end this node commits, after its
 	// broker steps here, so the other nodes apply it too (a broadcast).
 	Ended func(ended []Ended)
+	// Route reaches agents held by other nodes; nil is a node alone.
+	Route Router
 }
 
 // Manager runs sessions on this node.
