@@ -221,7 +221,8 @@ func TestRoute_EveryCommandThroughAnotherNode(t *testing.T) {
 // agent no longer answers (its NATS is gone; its presence row is left).
 // A command through the other node is retried once and refused
 // agent_unreachable, with both actions on both trails and nothing left
-// requested.
+// requested; an activation is refused agent_unreachable too, and its
+// committed session is ended, not left live.
 func TestRoute_HolderGoneIsUnreachable(t *testing.T) {
 	n := newTwoNodes(t)
 	n.a.consentAndArm(t)
@@ -257,4 +258,16 @@ func TestRoute_HolderGoneIsUnreachable(t *testing.T) {
 	require.GreaterOrEqual(t, len(trail), 2)
 	assert.Equal(t, []string{"support.command.requested success ping  ", "support.command.completed failure ping failed agent_unreachable"},
 		trail[len(trail)-2:])
+
+	// An activation: committed, not opened anywhere, ended.
+	require.NoError(t, n.a.do(t, "POST", "/v1/support/sessions/"+sess.ID+"/deactivate", nil, nil))
+	err = n.a.do(t, "POST", "/v1/support/sessions", map[string]string{"tenant": n.a.tenant, "agent": remote, "reason": "INC-2"}, nil)
+	require.Error(t, err)
+	assert.Equal(t, "agent_unreachable", apiCode(err))
+	var live int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM support_sessions WHERE agent_id = $1 AND ended_at IS NULL`, remote).Scan(&live))
+	assert.Zero(t, live, "the unreachable activation's session is ended")
+	var reason string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT end_reason FROM support_sessions WHERE agent_id = $1 AND reason = 'INC-2'`, remote).Scan(&reason))
+	assert.Equal(t, "agent_did_not_acknowledge", reason)
 }
