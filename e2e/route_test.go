@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -270,4 +271,32 @@ func TestRoute_HolderGoneIsUnreachable(t *testing.T) {
 	var reason string
 	require.NoError(t, pool.QueryRow(ctx, `SELECT end_reason FROM support_sessions WHERE agent_id = $1 AND reason = 'INC-2'`, remote).Scan(&reason))
 	assert.Equal(t, "agent_did_not_acknowledge", reason)
+}
+
+// TestRoute_MeasurePingLatency reports the audited ping's round trip
+// through the API when the agent is held by the node called and when it
+// is held by the other one. A measurement, not a check: it runs with
+// ARGUS_MEASURE=1 only.
+func TestRoute_MeasurePingLatency(t *testing.T) {
+	if os.Getenv("ARGUS_MEASURE") != "1" {
+		t.Skip("a measurement: set ARGUS_MEASURE=1")
+	}
+	n := newTwoNodes(t)
+	n.a.consentAndArm(t)
+	remote, _, _ := n.b.runAgent(t, "cam-gw-b")
+	local, _, _ := n.a.runAgent(t, "cam-gw-a")
+	n.heldBy(t, remote, "node-b")
+	n.heldBy(t, local, "node-a")
+	for _, c := range []struct{ name, agent string }{{"same node", local}, {"other node", remote}} {
+		sess, tok := n.a.activate(t, c.agent, "")
+		const runs = 300
+		d := make([]time.Duration, 0, runs)
+		for range runs {
+			start := time.Now()
+			require.Equal(t, "ok", n.a.run(t, sess.ID, tok, "ping", nil).Status)
+			d = append(d, time.Since(start))
+		}
+		slices.Sort(d)
+		t.Logf("%s: audited ping p50 %v p99 %v (%d runs)", c.name, d[runs/2].Round(10*time.Microsecond), d[runs*99/100].Round(10*time.Microsecond), runs)
+	}
 }
