@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -130,4 +131,27 @@ func BenchmarkRoute_8MiB(b *testing.B) {
 			_ = sub.Unsubscribe()
 		}
 	})
+}
+
+// An external NATS whose max_payload cannot carry a whole result is
+// refused at connect, saying what to set; one configured for it is taken.
+func TestConnect_ExternalNATSNeedsMaxPayloadForAResult(t *testing.T) {
+	for _, tc := range []struct {
+		maxPayload int32
+		ok         bool
+	}{{0, false}, {cluster.MaxPayload, true}} {
+		ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: natsserver.RANDOM_PORT, NoSigs: true, NoLog: true, MaxPayload: tc.maxPayload})
+		require.NoError(t, err)
+		ns.Start()
+		t.Cleanup(ns.Shutdown)
+		require.True(t, ns.ReadyForConnections(10*time.Second))
+		w, err := cluster.Connect(context.Background(), cluster.WireConfig{Name: "test", NodeID: "n1", URLs: []string{ns.ClientURL()}})
+		if !tc.ok {
+			require.Error(t, err, "the default 1 MB is refused")
+			assert.Contains(t, err.Error(), fmt.Sprintf("max_payload: %d", cluster.MaxPayload))
+			continue
+		}
+		require.NoError(t, err)
+		w.Close()
+	}
 }

@@ -151,7 +151,6 @@ func (w *Wire) startEmbedded() (*natsserver.Server, error) {
 		DontListen: cfg.Listen == "",
 		// One delivery carries a whole result (route.go says why).
 		MaxPayload: MaxPayload,
-		MaxPending: 4 * MaxPayload,
 	}
 	if cfg.Listen != "" {
 		host, port, err := splitHostPort(cfg.Listen)
