@@ -39,10 +39,17 @@ func clusterKeys(id, listen, peer string) map[string]any {
 		"cluster-listen": listen, "cluster-peers": peer}
 }
 
-func newTwoNodes(t *testing.T) *twoNodes {
+// newTwoNodes starts the two nodes; extraA is more of node a's settings.
+func newTwoNodes(t *testing.T, extraA ...map[string]any) *twoNodes {
 	t.Helper()
 	la, lb := freePort(t), freePort(t)
-	a := newSupportEnv(t, clusterKeys("node-a", la, lb))
+	oa := clusterKeys("node-a", la, lb)
+	for _, m := range extraA {
+		for k, v := range m {
+			oa[k] = v
+		}
+	}
+	a := newSupportEnv(t, oa)
 	envB := &testenv.Env{DataDir: testenv.TempDir(t), DatabaseURL: a.env.DatabaseURL}
 	o := clusterKeys("node-b", lb, la)
 	o["remote-support-enabled"], o["remote-support-operator-cidrs"], o["ops-token"] = true, "127.0.0.1/32", opsToken
@@ -271,6 +278,48 @@ func TestRoute_HolderGoneIsUnreachable(t *testing.T) {
 	var reason string
 	require.NoError(t, pool.QueryRow(ctx, `SELECT end_reason FROM support_sessions WHERE agent_id = $1 AND reason = 'INC-2'`, remote).Scan(&reason))
 	assert.Equal(t, "agent_did_not_acknowledge", reason)
+}
+
+// TestRoute_CommandWaitsForAnAgentBetweenNodes: the agent of a live
+// session is connected nowhere for a moment (restarting, or moving): a
+// command through another node waits for it to be back, then goes to the
+// node that holds it, rather than failing.
+func TestRoute_CommandWaitsForAnAgentBetweenNodes(t *testing.T) {
+	n := newTwoNodes(t, map[string]any{"command-reconnect-wait": "10s"})
+	n.a.consentAndArm(t)
+	remote, dir, proc := n.b.runAgent(t, "cam-gw-b")
+	n.heldBy(t, remote, "node-b")
+	sess, tok := n.a.activate(t, remote, "")
+
+	proc.Stop()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		var held int
+		err := n.a.srv.Database().Pool.QueryRow(context.Background(), "SELECT count(*) FROM agent_presence WHERE agent_id = $1", remote).Scan(&held)
+		return err == nil && held == 0
+	}, "the agent is connected nowhere")
+	type answer struct {
+		res apiclient.CommandResult
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		c := *n.a.api
+		c.SessionToken = tok
+		var res apiclient.CommandResult
+		err := c.Do(context.Background(), "POST", "/v1/support/sessions/"+sess.ID+"/commands", map[string]any{"name": "ping"}, &res)
+		done <- answer{res, err}
+	}()
+	testenv.Eventually(t, 5*time.Second, func() bool { return n.a.srv.Sessions().AwaitingAgents() == 1 }, "the command waits for the agent")
+	testenv.StartAgent(t, dir)
+	select {
+	case a := <-done:
+		require.NoError(t, a.err)
+		assert.Equal(t, "ok", a.res.Status)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the command did not finish")
+	}
+	n.heldBy(t, remote, "node-b")
+	assert.Zero(t, n.a.srv.Sessions().AwaitingAgents())
 }
 
 // TestRoute_MeasurePingLatency reports the audited ping's round trip
