@@ -280,6 +280,40 @@ func TestRoute_HolderGoneIsUnreachable(t *testing.T) {
 	assert.Equal(t, "agent_did_not_acknowledge", reason)
 }
 
+// TestRoute_HolderThatNoLongerHoldsIsRetriedThenUnreachable: the record
+// says node b holds the agent, and b answers that it does not (its
+// disconnect's write was lost, say). The command is tried again after a
+// fresh read, then refused agent_unreachable, completed on both trails.
+func TestRoute_HolderThatNoLongerHoldsIsRetriedThenUnreachable(t *testing.T) {
+	n := newTwoNodes(t)
+	n.a.consentAndArm(t)
+	remote, _, proc := n.b.runAgent(t, "cam-gw-b")
+	n.heldBy(t, remote, "node-b")
+	sess, tok := n.a.activate(t, remote, "")
+	proc.Stop()
+	ctx := context.Background()
+	pool := n.a.srv.Database().Pool
+	testenv.Eventually(t, 10*time.Second, func() bool { return !n.b.online(remote) }, "the agent has left node b")
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		var held int
+		err := pool.QueryRow(ctx, "SELECT count(*) FROM agent_presence WHERE agent_id = $1", remote).Scan(&held)
+		return err == nil && held == 0
+	}, "its disconnect is recorded")
+	_, err := pool.Exec(ctx, `INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch)
+		SELECT id, 'node-b', now(), '127.0.0.1:1', presence_epoch FROM agents WHERE id = $1`, remote)
+	require.NoError(t, err, "a stale record of node b holding it")
+
+	_, err = n.a.command(t, sess.ID, tok, "ping")
+	require.Error(t, err)
+	assert.Equal(t, "agent_unreachable", apiCode(err))
+	trail := auditTrail(t, n.a, sess.ID)
+	assert.Equal(t, []string{"support.command.requested success ping  ", "support.command.completed failure ping failed agent_unreachable"},
+		trail[len(trail)-2:])
+	var requested int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM commands WHERE session_id = $1 AND status = 'requested'`, sess.ID).Scan(&requested))
+	assert.Zero(t, requested, "nothing is left requested")
+}
+
 // TestRoute_CommandWaitsForAnAgentBetweenNodes: the agent of a live
 // session is connected nowhere for a moment (restarting, or moving): a
 // command through another node waits for it to be back, then goes to the
