@@ -314,6 +314,48 @@ func TestRoute_HolderThatNoLongerHoldsIsRetriedThenUnreachable(t *testing.T) {
 	assert.Zero(t, requested, "nothing is left requested")
 }
 
+// TestRoute_SlowCommandHoldsUpNoOtherThroughTheHolder: the holder serves
+// each delivery on its own, so a command sent while another to the same
+// holder waits for its agent's answer is delivered and answered first.
+func TestRoute_SlowCommandHoldsUpNoOtherThroughTheHolder(t *testing.T) {
+	n := newTwoNodes(t)
+	n.a.consentAndArm(t)
+	f := n.b.fakeAgent(t, "fake-b")
+	n.heldBy(t, f.e.AgentID, "node-b")
+	f.subscribe(t, topics.Activation)
+	done := n.a.activateAsync(t, f.e.AgentID)
+	var act topics.ActivationMsg
+	f.next(t, n.b, topics.Activation, topics.PurposeActivation, &act, func() bool { return act.State == topics.StateActive })
+	f.subscribe(t, topics.Commands)
+	f.publish(t, topics.ActivationAck, topics.ActivationAckMsg{V: topics.Version, AgentID: f.e.AgentID, SessionID: act.SessionID, State: topics.StateActive})
+	a := <-done
+	require.Empty(t, a.code, "activated through node a")
+
+	slow := n.a.commandAsync(t, a, "ping")
+	var first topics.CommandMsg
+	f.next(t, n.b, topics.Commands, topics.PurposeCommand, &first, func() bool { return first.Name == "ping" })
+	// The first is left unanswered; the second arrives and is answered.
+	fast := n.a.commandAsync(t, a, "agent_info")
+	var second topics.CommandMsg
+	f.next(t, n.b, topics.Commands, topics.PurposeCommand, &second, func() bool { return second.Name == "agent_info" })
+	f.publish(t, topics.Results, topics.ResultMsg{V: topics.Version, CommandID: second.ID, SessionID: second.SessionID, AgentID: f.e.AgentID,
+		Status: topics.ResultOK, Data: json.RawMessage(`{"version":"fake"}`)})
+	select {
+	case ans := <-fast:
+		require.Empty(t, ans.code)
+		assert.Equal(t, "ok", ans.res.Status)
+	case ans := <-slow:
+		t.Fatalf("the first command ended (%s) before the second's answer came back", ans.code)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second command waited behind the first")
+	}
+	f.publish(t, topics.Results, topics.ResultMsg{V: topics.Version, CommandID: first.ID, SessionID: first.SessionID, AgentID: f.e.AgentID,
+		Status: topics.ResultOK, Data: json.RawMessage(`{"pong":true}`)})
+	ans := <-slow
+	require.Empty(t, ans.code)
+	assert.Equal(t, "ok", ans.res.Status)
+}
+
 // TestRoute_CommandWaitsForAnAgentBetweenNodes: the agent of a live
 // session is connected nowhere for a moment (restarting, or moving): a
 // command through another node waits for it to be back, then goes to the
