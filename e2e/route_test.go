@@ -356,6 +356,32 @@ func TestRoute_SlowCommandHoldsUpNoOtherThroughTheHolder(t *testing.T) {
 	assert.Equal(t, "ok", ans.res.Status)
 }
 
+// TestRoute_KillSwitchOnTheHolderRefusesActivationElsewhere: an agent's
+// kill switch is known to the node holding it; an activation through
+// another node is refused agent_kill_switch_engaged before anything
+// commits, as on one node.
+func TestRoute_KillSwitchOnTheHolderRefusesActivationElsewhere(t *testing.T) {
+	n := newTwoNodes(t)
+	n.a.consentAndArm(t)
+	remote, dir, proc := n.b.runAgent(t, "cam-gw-b")
+	n.heldBy(t, remote, "node-b")
+	_, stderr, err := testenv.Run(t, nil, "argus-agent", "kill-switch", "engage", "--state-dir", dir)
+	require.NoError(t, err, stderr)
+	proc.WaitLog(t, 0, "KILL SWITCH ENGAGED", 1, 5*time.Second)
+	testenv.Eventually(t, 5*time.Second, func() bool { return n.b.srv.Sessions().Fleet.KillSwitch(remote) }, "node b knows")
+
+	err = n.a.do(t, "POST", "/v1/support/sessions", map[string]string{"tenant": n.a.tenant, "agent": remote, "reason": "INC-3"}, nil)
+	assert.Equal(t, "agent_kill_switch_engaged", apiCode(err))
+	ctx := context.Background()
+	pool := n.a.srv.Database().Pool
+	var sessions, denied int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM support_sessions WHERE agent_id = $1", remote).Scan(&sessions))
+	assert.Zero(t, sessions, "nothing committed")
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM audit_log WHERE action = 'support.activate' AND outcome = 'denied'
+		AND agent_id = $1 AND detail->>'code' = 'agent_kill_switch_engaged'`, remote).Scan(&denied))
+	assert.Equal(t, 1, denied, "the refusal is audited")
+}
+
 // TestRoute_CommandWaitsForAnAgentBetweenNodes: the agent of a live
 // session is connected nowhere for a moment (restarting, or moving): a
 // command through another node waits for it to be back, then goes to the

@@ -19,7 +19,16 @@ import (
 const (
 	DeliverCommand    = "command"
 	DeliverActivation = "activation"
+	// DeliverProbe asks what the holder knows of the agent now (a Probe);
+	// nothing reaches the agent.
+	DeliverProbe = "probe"
 )
+
+// Probe is the holder's answer to DeliverProbe: what an activation
+// checks before its commit that only the holding node knows.
+type Probe struct {
+	KillSwitch bool `json:"kill_switch"`
+}
 
 // Answer codes a holding node gives instead of the agent's answer.
 const (

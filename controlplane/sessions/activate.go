@@ -126,7 +126,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 		return deny(refuse(http.StatusServiceUnavailable, CodeNodeFenced, "this server has lost its place in the cluster and delivers nothing; try again through another"))
 	case !m.connected(ctx, req.Agent):
 		return deny(refuse(http.StatusConflict, "agent_offline", "the agent is not connected; there is no way to wake it"))
-	case m.Fleet.KillSwitch(req.Agent):
+	case m.killSwitch(ctx, req.Agent):
 		return deny(refuse(http.StatusConflict, "agent_kill_switch_engaged", "the tenant has engaged the agent's kill switch"))
 	}
 	if req.TTL > MaxTTL {

@@ -64,6 +64,31 @@ func (m *Manager) connected(ctx context.Context, agentID string) bool {
 	return m.Fleet.Online(agentID) || m.heldElsewhere(ctx, agentID) != ""
 }
 
+// probeTimeout bounds an activation's question to the holding node.
+const probeTimeout = 2 * time.Second
+
+// killSwitch reports whether the agent's kill switch is engaged, as the
+// node holding it knows. A holder that cannot be asked counts as not
+// engaged: the activation then finds out, and the agent refuses it under
+// its kill switch anyway.
+func (m *Manager) killSwitch(ctx context.Context, agentID string) bool {
+	if m.Route == nil || m.Fleet.Online(agentID) {
+		return m.Fleet.KillSwitch(agentID)
+	}
+	node := m.heldElsewhere(ctx, agentID)
+	if node == "" {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	ans, err := m.Route.Deliver(ctx, node, cluster.Delivery{Kind: cluster.DeliverProbe, AgentID: agentID, Deadline: time.Now().Add(probeTimeout)})
+	var p cluster.Probe
+	if err != nil || ans.Code != "" || json.Unmarshal(ans.Body, &p) != nil {
+		return false
+	}
+	return p.KillSwitch
+}
+
 // findHolder waits up to wait for the agent to be connected here (node
 // "") or recorded on another node; found is false when it is neither.
 func (m *Manager) findHolder(ctx context.Context, agentID string, wait time.Duration) (node string, found bool) {
@@ -177,6 +202,12 @@ func (m *Manager) ServeDelivery(ctx context.Context, d cluster.Delivery) cluster
 		return cluster.Answer{Body: b}
 	case cluster.DeliverActivation:
 		return m.openHere(ctx, d)
+	case cluster.DeliverProbe:
+		b, err := json.Marshal(cluster.Probe{KillSwitch: m.Fleet.KillSwitch(d.AgentID)})
+		if err != nil {
+			return cluster.Answer{Code: "internal"}
+		}
+		return cluster.Answer{Body: b}
 	}
 	return cluster.Answer{Code: "unknown_kind"}
 }
