@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,15 +40,14 @@ func clusterKeys(id, listen, peer string) map[string]any {
 		"cluster-listen": listen, "cluster-peers": peer}
 }
 
-// newTwoNodes starts the two nodes; extraA is more of node a's settings.
-func newTwoNodes(t *testing.T, extraA ...map[string]any) *twoNodes {
+// newTwoNodes starts the two nodes; extraA and extraB are more of their
+// settings.
+func newTwoNodes(t *testing.T, extraA, extraB map[string]any) *twoNodes {
 	t.Helper()
 	la, lb := freePort(t), freePort(t)
 	oa := clusterKeys("node-a", la, lb)
-	for _, m := range extraA {
-		for k, v := range m {
-			oa[k] = v
-		}
+	for k, v := range extraA {
+		oa[k] = v
 	}
 	a := newSupportEnv(t, oa)
 	envB := &testenv.Env{DataDir: testenv.TempDir(t), DatabaseURL: a.env.DatabaseURL}
@@ -55,6 +55,9 @@ func newTwoNodes(t *testing.T, extraA ...map[string]any) *twoNodes {
 	o["remote-support-enabled"], o["remote-support-operator-cidrs"], o["ops-token"] = true, "127.0.0.1/32", opsToken
 	// Every node signs with the one key the agents pin.
 	o["command-signing-key"] = filepath.Join(a.env.DataDir, "command-signing.key")
+	for k, v := range extraB {
+		o[k] = v
+	}
 	srvB := testenv.StartInProcessWith(t, envB, o, nil)
 	api := *a.api
 	api.BaseURL = srvB.APIURL()
@@ -141,7 +144,7 @@ func TestRoute_EveryCommandThroughAnotherNode(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(h.root, "large.bin"), large, 0o644))
 	largeSum := sha256.Sum256(large)
 
-	n := newTwoNodes(t)
+	n := newTwoNodes(t, nil, nil)
 	n.a.consentAndArm(t)
 	pub, patchKey, _ := ed25519.GenerateKey(nil)
 	config := func(name string) string {
@@ -232,7 +235,7 @@ func TestRoute_EveryCommandThroughAnotherNode(t *testing.T) {
 // requested; an activation is refused agent_unreachable too, and its
 // committed session is ended, not left live.
 func TestRoute_HolderGoneIsUnreachable(t *testing.T) {
-	n := newTwoNodes(t)
+	n := newTwoNodes(t, nil, nil)
 	n.a.consentAndArm(t)
 	remote, _, _ := n.b.runAgent(t, "cam-gw-b")
 	n.heldBy(t, remote, "node-b")
@@ -285,7 +288,7 @@ func TestRoute_HolderGoneIsUnreachable(t *testing.T) {
 // disconnect's write was lost, say). The command is tried again after a
 // fresh read, then refused agent_unreachable, completed on both trails.
 func TestRoute_HolderThatNoLongerHoldsIsRetriedThenUnreachable(t *testing.T) {
-	n := newTwoNodes(t)
+	n := newTwoNodes(t, nil, nil)
 	n.a.consentAndArm(t)
 	remote, _, proc := n.b.runAgent(t, "cam-gw-b")
 	n.heldBy(t, remote, "node-b")
@@ -318,7 +321,7 @@ func TestRoute_HolderThatNoLongerHoldsIsRetriedThenUnreachable(t *testing.T) {
 // each delivery on its own, so a command sent while another to the same
 // holder waits for its agent's answer is delivered and answered first.
 func TestRoute_SlowCommandHoldsUpNoOtherThroughTheHolder(t *testing.T) {
-	n := newTwoNodes(t)
+	n := newTwoNodes(t, nil, nil)
 	n.a.consentAndArm(t)
 	f := n.b.fakeAgent(t, "fake-b")
 	n.heldBy(t, f.e.AgentID, "node-b")
@@ -361,7 +364,7 @@ func TestRoute_SlowCommandHoldsUpNoOtherThroughTheHolder(t *testing.T) {
 // another node is refused agent_kill_switch_engaged before anything
 // commits, as on one node.
 func TestRoute_KillSwitchOnTheHolderRefusesActivationElsewhere(t *testing.T) {
-	n := newTwoNodes(t)
+	n := newTwoNodes(t, nil, nil)
 	n.a.consentAndArm(t)
 	remote, dir, proc := n.b.runAgent(t, "cam-gw-b")
 	n.heldBy(t, remote, "node-b")
@@ -382,12 +385,47 @@ func TestRoute_KillSwitchOnTheHolderRefusesActivationElsewhere(t *testing.T) {
 	assert.Equal(t, 1, denied, "the refusal is audited")
 }
 
+// TestRoute_ResultOverTheClustersPayloadIsAFailureNotASilence: a broker
+// configured for packets larger than the cluster carries lets an agent
+// answer with more than can cross; the command fails at once with
+// result_too_large, rather than timing out on an answer that never comes.
+func TestRoute_ResultOverTheClustersPayloadIsAFailureNotASilence(t *testing.T) {
+	n := newTwoNodes(t, nil, map[string]any{"mqtt-max-packet-size": 15 << 20})
+	n.a.consentAndArm(t)
+	f := n.b.fakeAgent(t, "fake-b")
+	n.heldBy(t, f.e.AgentID, "node-b")
+	f.subscribe(t, topics.Activation)
+	done := n.a.activateAsync(t, f.e.AgentID)
+	var act topics.ActivationMsg
+	f.next(t, n.b, topics.Activation, topics.PurposeActivation, &act, func() bool { return act.State == topics.StateActive })
+	f.subscribe(t, topics.Commands)
+	f.publish(t, topics.ActivationAck, topics.ActivationAckMsg{V: topics.Version, AgentID: f.e.AgentID, SessionID: act.SessionID, State: topics.StateActive})
+	a := <-done
+	require.Empty(t, a.code)
+
+	started := time.Now()
+	answer := n.a.commandAsync(t, a, "agent_info")
+	var cmd topics.CommandMsg
+	f.next(t, n.b, topics.Commands, topics.PurposeCommand, &cmd, func() bool { return cmd.Name == "agent_info" })
+	big, _ := json.Marshal(map[string]string{"blob": strings.Repeat("x", 13<<20)})
+	f.publish(t, topics.Results, topics.ResultMsg{V: topics.Version, CommandID: cmd.ID, SessionID: cmd.SessionID, AgentID: f.e.AgentID,
+		Status: topics.ResultOK, Data: big})
+	ans := <-answer
+	assert.Less(t, time.Since(started), 10*time.Second, "not at the command timeout")
+	require.Empty(t, ans.code, "%+v", ans.err)
+	require.NotNil(t, ans.res.Error)
+	assert.Equal(t, "result_too_large", ans.res.Error.Code)
+	var status, code string
+	require.NoError(t, n.a.srv.Database().Pool.QueryRow(context.Background(), "SELECT status, error_code FROM commands WHERE id = $1", cmd.ID).Scan(&status, &code))
+	assert.Equal(t, []string{"failed", "result_too_large"}, []string{status, code})
+}
+
 // TestRoute_CommandWaitsForAnAgentBetweenNodes: the agent of a live
 // session is connected nowhere for a moment (restarting, or moving): a
 // command through another node waits for it to be back, then goes to the
 // node that holds it, rather than failing.
 func TestRoute_CommandWaitsForAnAgentBetweenNodes(t *testing.T) {
-	n := newTwoNodes(t, map[string]any{"command-reconnect-wait": "10s"})
+	n := newTwoNodes(t, map[string]any{"command-reconnect-wait": "10s"}, nil)
 	n.a.consentAndArm(t)
 	remote, dir, proc := n.b.runAgent(t, "cam-gw-b")
 	n.heldBy(t, remote, "node-b")
@@ -432,7 +470,7 @@ func TestRoute_MeasurePingLatency(t *testing.T) {
 	if os.Getenv("ARGUS_MEASURE") != "1" {
 		t.Skip("a measurement: set ARGUS_MEASURE=1")
 	}
-	n := newTwoNodes(t)
+	n := newTwoNodes(t, nil, nil)
 	n.a.consentAndArm(t)
 	remote, _, _ := n.b.runAgent(t, "cam-gw-b")
 	local, _, _ := n.a.runAgent(t, "cam-gw-a")

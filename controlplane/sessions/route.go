@@ -64,6 +64,9 @@ func (m *Manager) connected(ctx context.Context, agentID string) bool {
 	return m.Fleet.Online(agentID) || m.heldElsewhere(ctx, agentID) != ""
 }
 
+// maxDeliveryHeader is room left in a NATS message for its headers.
+const maxDeliveryHeader = 64 << 10
+
 // probeTimeout bounds an activation's question to the holding node.
 const probeTimeout = 2 * time.Second
 
@@ -198,6 +201,13 @@ func (m *Manager) ServeDelivery(ctx context.Context, d cluster.Delivery) cluster
 		b, err := json.Marshal(res)
 		if err != nil {
 			return cluster.Answer{Code: "internal"}
+		}
+		if len(b) > cluster.MaxPayload-maxDeliveryHeader {
+			// Only a broker packet limit raised past the cluster's payload
+			// makes one; the answer says so rather than never arriving.
+			m.Log.Error("routed result over the cluster's max payload", "command", d.CommandID, "bytes", len(b))
+			b, _ = json.Marshal(topics.ResultMsg{V: res.V, CommandID: res.CommandID, SessionID: res.SessionID, AgentID: res.AgentID,
+				Status: topics.ResultError, Error: &topics.ErrorBody{Code: "result_too_large", Message: "the result is larger than the cluster carries between nodes"}})
 		}
 		return cluster.Answer{Body: b}
 	case cluster.DeliverActivation:
