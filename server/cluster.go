@@ -17,6 +17,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/spf13/viper"
 
+	"github.com/argus-remote/argus/controlplane/agents"
 	"github.com/argus-remote/argus/controlplane/api"
 	"github.com/argus-remote/argus/controlplane/cluster"
 	"github.com/argus-remote/argus/controlplane/sessions"
@@ -195,6 +196,11 @@ func (s *Server) joinCluster(ctx context.Context) error {
 	if err := s.status.Attach(wire); err != nil {
 		return fmt.Errorf("cluster: status: %w", err)
 	}
+	// Commands and activations for agents held here, decided and audited
+	// by whichever node the operator called.
+	if err := wire.ServeDeliveries(s.sessions.ServeDelivery); err != nil {
+		return err
+	}
 	s.members = cluster.NewMembership(s.db.Pool, cluster.Self{
 		ID: s.cfg.NodeID, APIURL: s.APIURL(), MQTTURL: s.broker.URL(), Version: api.Version,
 	}, cc.Lease, cc.Lease/5, s.log.With("component", "cluster"))
@@ -230,6 +236,9 @@ func (s *Server) fence() {
 func (s *Server) unfence() {
 	s.broker.Redirect(false)
 }
+
+// Wire is this node's connection to the others.
+func (s *Server) Wire() *cluster.Wire { return s.wire }
 
 // Fenced reports whether this node holds no valid lease.
 func (s *Server) Fenced() bool { return s.members != nil && s.members.Fenced() }
@@ -294,4 +303,31 @@ func (s *Server) agentStale(agentID string) bool {
 	}
 	var st topics.AgentStatusMsg
 	return json.Unmarshal(b, &st) == nil && st.Online && st.Stale
+}
+
+// router takes the sessions to the node holding an agent: where the
+// record says it is connected, and the wire to that node.
+type router struct {
+	store *agents.Store
+	wire  func() *cluster.Wire
+	multi bool
+	node  string
+}
+
+func (r router) NodeID() string { return r.node }
+
+func (r router) Multi() bool { return r.multi }
+
+func (r router) Holder(ctx context.Context, agentID string) (string, bool, error) {
+	p, ok, err := r.store.PresenceOf(ctx, agentID)
+	return p.NodeID, ok, err
+}
+
+func (r router) Deliver(ctx context.Context, node string, d cluster.Delivery) (cluster.Answer, error) {
+	w := r.wire()
+	if w == nil {
+		// Not joined yet (or left): no one can be reached.
+		return cluster.Answer{}, cluster.ErrNoResponder
+	}
+	return w.Deliver(ctx, node, d)
 }

@@ -188,6 +188,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		AgentStale:     s.agentStale,
 		Node:           cfg.NodeID,
 		Cluster:        cfg.Cluster.Multi(),
+		Route:          router{store: agentStore, wire: func() *cluster.Wire { return s.wire }, multi: cfg.Cluster.Multi(), node: cfg.NodeID},
 	})
 	s.control = agentControl{policy: s.policy, broker: s.broker, wire: func() *cluster.Wire { return s.wire }}
 	s.fleet.OnConnect = s.sessions.OnAgentConnected

@@ -116,6 +116,10 @@ func Connect(ctx context.Context, cfg WireConfig) (*Wire, error) {
 		return nil, fmt.Errorf("cluster: connect to NATS: %w", err)
 	}
 	w.nc = nc
+	if nc.MaxPayload() < MaxPayload {
+		w.Close()
+		return nil, fmt.Errorf("cluster: NATS max_payload is %d bytes; a command's result needs %d: set max_payload: %d in its configuration", nc.MaxPayload(), MaxPayload, MaxPayload)
+	}
 	return w, nil
 }
 
@@ -145,6 +149,8 @@ func (w *Wire) startEmbedded() (*natsserver.Server, error) {
 		// A cluster of one listens to no one; the node's own connection
 		// is in-process.
 		DontListen: cfg.Listen == "",
+		// One delivery carries a whole result (route.go says why).
+		MaxPayload: MaxPayload,
 	}
 	if cfg.Listen != "" {
 		host, port, err := splitHostPort(cfg.Listen)

@@ -16,7 +16,7 @@ import (
 
 const secret = "0123456789abcdef0123456789abcdef-one"
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -25,7 +25,7 @@ func freeAddr(t *testing.T) string {
 	return addr
 }
 
-func node(t *testing.T, id, secret, listen string, peers ...string) *cluster.Wire {
+func node(t testing.TB, id, secret, listen string, peers ...string) *cluster.Wire {
 	t.Helper()
 	w, err := cluster.Connect(context.Background(), cluster.WireConfig{
 		Name: "test", NodeID: id, Secret: secret, Listen: listen, Peers: peers, Log: slog.New(slog.DiscardHandler),

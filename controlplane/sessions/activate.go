@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/cluster"
 	"github.com/argus-remote/argus/controlplane/input"
 	"github.com/argus-remote/argus/internal/credential"
 	"github.com/argus-remote/argus/topics"
@@ -126,9 +127,9 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 		return deny(refuse(http.StatusConflict, "tenant_not_armed", "the tenant is not armed; 'argusctl tenant arm "+tenantName+" --reason ...' first"))
 	case m.fenced():
 		return deny(refuse(http.StatusServiceUnavailable, CodeNodeFenced, "this server has lost its place in the cluster and delivers nothing; try again through another"))
-	case !m.Fleet.Online(req.Agent):
+	case !m.connected(ctx, req.Agent):
 		return deny(refuse(http.StatusConflict, "agent_offline", "the agent is not connected; there is no way to wake it"))
-	case m.Fleet.KillSwitch(req.Agent):
+	case m.killSwitch(ctx, req.Agent):
 		return deny(refuse(http.StatusConflict, "agent_kill_switch_engaged", "the tenant has engaged the agent's kill switch"))
 	}
 	if req.TTL > MaxTTL {
@@ -225,7 +226,8 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 		m.AfterCommit(s.ID)
 	}
 	ended := Ended{ID: s.ID, TenantID: agentTenant, AgentID: req.Agent}
-	if !m.openOnBroker(l, req.Reason) {
+	failed := make(chan string, 1)
+	if !m.open(ctx, l, req.Reason, ackCh, failed) {
 		m.AfterEnd(ended)
 		return Session{}, "", refuse(http.StatusConflict, "session_ended", "the session ended while it was being activated")
 	}
@@ -252,6 +254,15 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 			now := time.Now().UTC()
 			s.AckedAt = &now
 			return s, tok.Plain, nil
+		case code := <-failed:
+			if code == cluster.Ended {
+				m.AfterEnd(ended)
+				return Session{}, "", refuse(http.StatusConflict, "session_ended", "the session ended while it was being activated")
+			}
+			if _, err := m.End(context.WithoutCancel(ctx), s.ID, EndNoAck, audit.Entry{Actor: "system"}); err != nil && !errors.Is(err, ErrEnded) {
+				return Session{}, "", err
+			}
+			return Session{}, "", refuse(http.StatusBadGateway, CodeAgentUnreachable, "the node holding the agent did not answer, or no longer holds it; the session was ended")
 		case <-timer.C:
 			return m.failActivation(ctx, s, "the agent did not acknowledge the activation in time")
 		case <-ctx.Done():

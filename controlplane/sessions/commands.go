@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/argus-remote/argus/controlplane/audit"
+	"github.com/argus-remote/argus/controlplane/cluster"
 	"github.com/argus-remote/argus/controlplane/input"
 	"github.com/argus-remote/argus/internal/credential"
 	"github.com/argus-remote/argus/internal/telemetry"
@@ -154,47 +155,63 @@ func (m *Manager) exchange(ctx context.Context, s session, cmdID, name string, a
 	if err != nil {
 		return topics.ResultMsg{}, err
 	}
+	up := telemetry.Inject(ctx)
+	tc := make(map[string]string, len(up.Keys))
+	for i, k := range up.Keys {
+		tc[k] = up.Values[i]
+	}
+	return m.deliver(ctx, cluster.Delivery{Kind: cluster.DeliverCommand, AgentID: s.agentID, SessionID: s.id, CommandID: cmdID,
+		Name: name, Deadline: deadline, Trace: tc, Payload: payload})
+}
+
+// exchangeHere hands a signed command to an agent connected to this node
+// and waits for its result. here is false when the agent is not
+// connected here (the result says it disconnected).
+func (m *Manager) exchangeHere(ctx context.Context, d cluster.Delivery) (res topics.ResultMsg, here bool, err error) {
 	ch, gone := make(chan topics.ResultMsg, 1), make(chan struct{}, 1)
 	m.mu.Lock()
-	m.results[cmdID] = waiter{agentID: s.agentID, sessionID: s.id, results: ch, gone: gone}
+	m.results[d.CommandID] = waiter{agentID: d.AgentID, sessionID: d.SessionID, results: ch, gone: gone}
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
-		delete(m.results, cmdID)
+		delete(m.results, d.CommandID)
 		m.mu.Unlock()
 	}()
 	// Registered first, so a disconnect from here on is heard; one before
 	// would drop the command unseen.
-	if !m.Fleet.Online(s.agentID) {
-		return disconnectedResult(), nil
+	if !m.Fleet.Online(d.AgentID) {
+		return disconnectedResult(), false, nil
 	}
 	if m.fenced() {
 		// Fenced since the command was checked: it is recorded as failed,
 		// never sent.
-		return topics.ResultMsg{Status: "failed", Error: &topics.ErrorBody{Code: CodeNodeFenced, Message: "this server lost its place in the cluster before sending the command"}}, nil
+		return topics.ResultMsg{Status: topics.ResultError, Error: &topics.ErrorBody{Code: CodeNodeFenced, Message: "this server lost its place in the cluster before sending the command"}}, true, nil
 	}
-	aid, _ := topics.ParseAgentID(s.agentID)
-	props := &packets.Properties{CorrelationData: []byte(cmdID), ResponseTopic: aid.Topic(topics.Results)}
+	aid, _ := topics.ParseAgentID(d.AgentID)
+	props := &packets.Properties{CorrelationData: []byte(d.CommandID), ResponseTopic: aid.Topic(topics.Results)}
 	// The trace continues on the agent: its context rides in user properties.
-	up := telemetry.Inject(ctx)
-	for i, k := range up.Keys {
-		props.User = append(props.User, packets.UserProperty{Key: k, Val: up.Values[i]})
+	for k, v := range d.Trace {
+		props.User = append(props.User, packets.UserProperty{Key: k, Val: v})
 	}
-	if err := m.Broker.Publish(aid.Topic(topics.Commands), payload, false, 1, props); err != nil {
-		return topics.ResultMsg{}, fmt.Errorf("command: publish: %w", err)
+	if err := m.Broker.Publish(aid.Topic(topics.Commands), d.Payload, false, 1, props); err != nil {
+		return topics.ResultMsg{}, true, fmt.Errorf("command: publish: %w", err)
 	}
-	timer := time.NewTimer(time.Until(deadline))
+	timer := time.NewTimer(time.Until(d.Deadline))
 	defer timer.Stop()
 	select {
 	case res := <-ch:
-		return checkResult(name, res), nil
+		return checkResult(d.Name, res), true, nil
 	case <-gone:
-		return disconnectedResult(), nil
+		return disconnectedResult(), true, nil
 	case <-timer.C:
-		return topics.ResultMsg{Status: "timeout", Error: &topics.ErrorBody{Code: "agent_timeout", Message: "the agent did not answer in time"}}, nil
+		return timeoutResult("the agent did not answer in time"), true, nil
 	case <-ctx.Done():
-		return topics.ResultMsg{Status: "timeout", Error: &topics.ErrorBody{Code: "agent_timeout", Message: "the request was cancelled"}}, nil
+		return timeoutResult("the request was cancelled"), true, nil
 	}
+}
+
+func timeoutResult(why string) topics.ResultMsg {
+	return topics.ResultMsg{Status: "timeout", Error: &topics.ErrorBody{Code: "agent_timeout", Message: why}}
 }
 
 // CodeBadResult marks an agent's answer the server could not take as
@@ -316,6 +333,8 @@ func commandStatus(res topics.ResultMsg) (status, outcome, code string) {
 		status, outcome = "timeout", audit.Failure
 	case statusDisconnected:
 		status, outcome = "interrupted", audit.Unknown
+	case statusUnreachable:
+		status, outcome = "failed", audit.Failure
 	}
 	if res.Error != nil {
 		code = res.Error.Code
@@ -447,6 +466,9 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 	}
 	if res.Status == statusDisconnected {
 		return out, &Refusal{Status: http.StatusBadGateway, Code: CodeAgentDisconnected, Message: res.Error.Message, CommandID: cmdID}
+	}
+	if res.Status == statusUnreachable {
+		return out, &Refusal{Status: http.StatusBadGateway, Code: CodeAgentUnreachable, Message: res.Error.Message, CommandID: cmdID}
 	}
 	if req.Name == "get_capabilities" && status == "succeeded" {
 		m.settlePatches(context.WithoutCancel(ctx), agentID, res.Data)

@@ -44,11 +44,15 @@ func (m *Manager) awaitAgent(ctx context.Context, agentID string) *Refusal {
 	if m.fenced() {
 		return refuse(http.StatusServiceUnavailable, CodeNodeFenced, "this server has lost its place in the cluster and delivers nothing; try again through another")
 	}
-	if m.subscribed(agentID) {
+	if m.subscribed(agentID) || m.heldElsewhere(ctx, agentID) != "" {
+		// Held elsewhere: its node waits for the subscription.
 		return nil
 	}
 	gone, wasHere := m.Fleet.GoneSince(agentID)
 	reconnecting := m.Fleet.Online(agentID) || time.Since(m.started) < reconnectWindow || (wasHere && time.Since(gone) < reconnectWindow)
+	// In a cluster an agent connected nowhere with a live session may be
+	// moving between nodes: it gets the same wait.
+	reconnecting = reconnecting || m.Route != nil && m.Route.Multi()
 	if !reconnecting {
 		return m.notThere(agentID)
 	}
@@ -58,9 +62,13 @@ func (m *Manager) awaitAgent(ctx context.Context, agentID string) *Refusal {
 	defer wait.Stop()
 	tick := time.NewTicker(25 * time.Millisecond)
 	defer tick.Stop()
-	for !m.subscribed(agentID) {
+	for n := 0; !m.subscribed(agentID); n++ {
 		select {
 		case <-tick.C:
+			// Where it is recorded is read less often than the broker.
+			if n%8 == 7 && m.heldElsewhere(ctx, agentID) != "" {
+				return nil
+			}
 		case <-wait.C:
 			return m.notThere(agentID)
 		case <-ctx.Done():

@@ -157,5 +157,8 @@ func (m *Manager) ApplyPatch(ctx context.Context, req PatchRequest) (PatchResult
 	if res.Status == statusDisconnected {
 		return out, &Refusal{Status: http.StatusBadGateway, Code: CodeAgentDisconnected, Message: res.Error.Message, CommandID: cmdID}
 	}
+	if res.Status == statusUnreachable {
+		return out, &Refusal{Status: http.StatusBadGateway, Code: CodeAgentUnreachable, Message: res.Error.Message, CommandID: cmdID}
+	}
 	return out, nil
 }

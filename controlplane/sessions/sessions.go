@@ -232,6 +232,8 @@ type Options struct {
 	// may be another node's activation in progress, not this node's to
 	// end at start (the sweep ends it once past unackedGrace).
 	Cluster bool
+	// Route reaches agents held by other nodes; nil is a node alone.
+	Route Router
 }
 
 // Manager runs sessions on this node.

@@ -1,0 +1,491 @@
+package e2e
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/argus-remote/argus/agent"
+	"github.com/argus-remote/argus/argusctl/apiclient"
+	"github.com/argus-remote/argus/internal/testenv"
+	"github.com/argus-remote/argus/patch"
+	"github.com/argus-remote/argus/topics"
+)
+
+const routeSecret = "route-test-cluster-secret-0123456789abcdef"
+
+// twoNodes is a cluster of two in-process servers on one database, routed
+// to each other over their embedded NATS: a is the node the operator
+// calls, b holds the agents under test.
+type twoNodes struct{ a, b *supportEnv }
+
+func clusterKeys(id, listen, peer string) map[string]any {
+	return map[string]any{"node-id": id, "cluster-name": "route", "cluster-secret": routeSecret,
+		"cluster-listen": listen, "cluster-peers": peer}
+}
+
+// newTwoNodes starts the two nodes; extraA and extraB are more of their
+// settings.
+func newTwoNodes(t *testing.T, extraA, extraB map[string]any) *twoNodes {
+	t.Helper()
+	la, lb := freePort(t), freePort(t)
+	oa := clusterKeys("node-a", la, lb)
+	for k, v := range extraA {
+		oa[k] = v
+	}
+	a := newSupportEnv(t, oa)
+	envB := &testenv.Env{DataDir: testenv.TempDir(t), DatabaseURL: a.env.DatabaseURL}
+	o := clusterKeys("node-b", lb, la)
+	o["remote-support-enabled"], o["remote-support-operator-cidrs"], o["ops-token"] = true, "127.0.0.1/32", opsToken
+	// Every node signs with the one key the agents pin.
+	o["command-signing-key"] = filepath.Join(a.env.DataDir, "command-signing.key")
+	for k, v := range extraB {
+		o[k] = v
+	}
+	srvB := testenv.StartInProcessWith(t, envB, o, nil)
+	api := *a.api
+	api.BaseURL = srvB.APIURL()
+	b := &supportEnv{inProcess: &inProcess{env: envB, srv: srvB}, api: &api, tenant: a.tenant, key: a.key,
+		acks: make(chan topics.ActivationAckMsg, 64)}
+	require.NoError(t, srvB.Broker().Server().Subscribe(topics.AgentFilter(topics.ActivationAck), 90, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		var ack topics.ActivationAckMsg
+		if json.Unmarshal(pk.Payload, &ack) == nil {
+			b.acks <- ack
+		}
+	}))
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return a.srv.Wire().Reachable(context.Background(), "node-b", 200*time.Millisecond) &&
+			srvB.Wire().Reachable(context.Background(), "node-a", 200*time.Millisecond)
+	}, "the nodes are routed to each other")
+	return &twoNodes{a: a, b: b}
+}
+
+// heldBy waits until the record says node holds the agent.
+func (n *twoNodes) heldBy(t *testing.T, agentID, node string) {
+	t.Helper()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		var got string
+		err := n.a.srv.Database().Pool.QueryRow(context.Background(), "SELECT node_id FROM agent_presence WHERE agent_id = $1", agentID).Scan(&got)
+		return err == nil && got == node
+	}, "presence of "+agentID+" on "+node)
+}
+
+// auditTrail is a session's audit in chain order, rows of audit_log
+// joined with their events, with what varies
+// between two runs (ids, times, durations, digests of what differs) left
+// out: the action, its outcome, and the command, status and code.
+func auditTrail(t *testing.T, s *supportEnv, sessionID string) []string {
+	t.Helper()
+	ctx := context.Background()
+	pool := s.srv.Database().Pool
+	rows, err := pool.Query(ctx, `SELECT a.action || ' ' || a.outcome || ' ' || COALESCE(detail->>'command', detail->>'patch_id', '') || ' ' ||
+			COALESCE(detail->>'status', '') || ' ' || COALESCE(detail->>'code', '')
+		FROM audit_log a JOIN events e USING (id) WHERE a.session_id = $1 ORDER BY e.seq`, sessionID)
+	require.NoError(t, err)
+	var trail []string
+	for rows.Next() {
+		var line string
+		require.NoError(t, rows.Scan(&line))
+		trail = append(trail, line)
+	}
+	require.NoError(t, rows.Err())
+	var events int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM events WHERE payload->>'session_id' = $1", sessionID).Scan(&events))
+	assert.Equal(t, len(trail), events, "both trails hold every action of session %s", sessionID)
+	return trail
+}
+
+func (s *supportEnv) sendPatch(t *testing.T, sessionID, token string, bundle []byte) (string, json.RawMessage) {
+	t.Helper()
+	c := *s.api
+	c.SessionToken = token
+	var res struct {
+		Status string `json:"status"`
+		Error  *struct {
+			Code string `json:"code"`
+		} `json:"error"`
+		Data json.RawMessage `json:"data"`
+	}
+	if err := c.DoRaw(context.Background(), "POST", "/v1/support/sessions/"+sessionID+"/patch", "application/octet-stream", bundle, &res); err != nil {
+		return apiCode(err), nil
+	}
+	if res.Error != nil {
+		return res.Error.Code, nil
+	}
+	return res.Status, res.Data
+}
+
+// TestRoute_EveryCommandThroughAnotherNode: an operator on node a
+// activates and runs every command and a patch against an agent held by
+// node b. Each succeeds with the same answer, and leaves the same audit,
+// as against an agent held by node a itself; the chain is one.
+func TestRoute_EveryCommandThroughAnotherNode(t *testing.T) {
+	h := newHostFixture(t)
+	// A file at the agent's read limit: its result is well over NATS's
+	// default 1 MiB.
+	large := make([]byte, agent.MaxFileBytes)
+	_, _ = rand.Read(large)
+	require.NoError(t, os.WriteFile(filepath.Join(h.root, "large.bin"), large, 0o644))
+	largeSum := sha256.Sum256(large)
+
+	n := newTwoNodes(t, nil, nil)
+	n.a.consentAndArm(t)
+	pub, patchKey, _ := ed25519.GenerateKey(nil)
+	config := func(name string) string {
+		dir := t.TempDir()
+		root := filepath.Join(dir, "streamer")
+		require.NoError(t, os.MkdirAll(filepath.Join(root, "bin"), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(root, "bin", "run.sh"), []byte("#!/bin/sh\necho v1\n"), 0o644))
+		pubFile := filepath.Join(dir, "patch-signing.pub")
+		require.NoError(t, os.WriteFile(pubFile, []byte(patch.EncodePublic(pub)+"\n"), 0o644))
+		body, err := os.ReadFile(h.config)
+		require.NoError(t, err)
+		body = append(body, fmt.Sprintf("patch-keys: [%s]\npatch-roots:\n  streamer: %s\n", pubFile, root)...)
+		path := filepath.Join(dir, name+".yaml")
+		require.NoError(t, os.WriteFile(path, body, 0o600))
+		return path
+	}
+	remote, remoteDir, _ := n.b.runConfiguredAgent(t, "cam-gw-b", config("b"))
+	local, _, _ := n.a.runConfiguredAgent(t, "cam-gw-a", config("a"))
+	n.heldBy(t, remote, "node-b")
+	n.heldBy(t, local, "node-a")
+
+	// Activation through a of the agent on b: opened there, acknowledged
+	// by the agent, and the session acked on record.
+	remoteSess, remoteTok := n.a.activate(t, remote, "")
+	require.NotNil(t, remoteSess.AckedAt, "the agent on node b acknowledged")
+	assert.Equal(t, topics.StateActive, n.b.awaitAck(t, remoteSess.ID).State)
+	assert.True(t, n.b.srv.Policy().Active(remote), "the commands topic is open on the holder")
+	assert.False(t, n.a.srv.Policy().Active(remote), "and not on the node that was called")
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		st, err := agent.ReadStatus(remoteDir)
+		return err == nil && st.State == topics.StateActive && st.SessionID == remoteSess.ID
+	}, "the agent says it is active")
+	localSess, localTok := n.a.activate(t, local, "")
+
+	bundle, err := patch.Build(patch.Manifest{ID: "HF-ROUTE", Version: "1.1.0", Root: "streamer", Files: []patch.File{{Target: "bin/run.sh"}}},
+		map[string][]byte{"bin/run.sh": []byte("#!/bin/sh\necho v2\n")}, patchKey)
+	require.NoError(t, err)
+	commands := []struct {
+		name string
+		args any
+	}{
+		{"ping", nil},
+		{"tail_log", map[string]any{"log": "streamer", "lines": 5}},
+		{"read_file", map[string]string{"path": filepath.Join(h.root, "config.yaml")}},
+		{"get_capabilities", nil},
+		{"camera_view", map[string]string{"camera": "test"}},
+	}
+	results := map[string][]apiclient.CommandResult{}
+	for _, c := range []struct{ sess, tok string }{{remoteSess.ID, remoteTok}, {localSess.ID, localTok}} {
+		for _, cmd := range commands {
+			r := n.a.run(t, c.sess, c.tok, cmd.name, cmd.args)
+			require.Equal(t, "ok", r.Status, "%s: %+v", cmd.name, r.Error)
+			results[cmd.name] = append(results[cmd.name], r)
+		}
+		code, _ := n.a.sendPatch(t, c.sess, c.tok, bundle)
+		require.Equal(t, "ok", code, "the patch")
+	}
+	for _, name := range []string{"tail_log", "read_file"} {
+		assert.JSONEq(t, string(results[name][1].Data), string(results[name][0].Data), "%s answers the same through node b", name)
+	}
+
+	// The largest file the agent reads crosses the nodes whole.
+	r := n.a.run(t, remoteSess.ID, remoteTok, "read_file", map[string]string{"path": filepath.Join(h.root, "large.bin")})
+	require.Equal(t, "ok", r.Status, "%+v", r.Error)
+	assert.Greater(t, len(r.Data), 4<<20, "the result is over NATS's default max_payload")
+	var file agent.FileResult
+	require.NoError(t, json.Unmarshal(r.Data, &file))
+	assert.Equal(t, hex.EncodeToString(largeSum[:]), file.SHA256)
+	got, err := base64.StdEncoding.DecodeString(file.ContentBase64)
+	require.NoError(t, err)
+	assert.Equal(t, largeSum, sha256.Sum256(got), "the content arrived whole")
+
+	remoteTrail, localTrail := auditTrail(t, n.a, remoteSess.ID), auditTrail(t, n.a, localSess.ID)
+	assert.Equal(t, localTrail, remoteTrail[:len(remoteTrail)-2], "the audit through node b is the audit on one node")
+	assert.Equal(t, []string{"support.command.requested success read_file  ", "support.command.completed success read_file succeeded "},
+		remoteTrail[len(remoteTrail)-2:])
+	var rep struct {
+		Clean bool `json:"clean"`
+	}
+	require.NoError(t, n.b.do(t, "POST", "/v1/audit/verify", map[string]string{"since": "1h"}, &rep))
+	assert.True(t, rep.Clean, "one unbroken chain")
+}
+
+// TestRoute_HolderGoneIsUnreachable: the node the record says holds the
+// agent no longer answers (its NATS is gone; its presence row is left).
+// A command through the other node is retried once and refused
+// agent_unreachable, with both actions on both trails and nothing left
+// requested; an activation is refused agent_unreachable too, and its
+// committed session is ended, not left live.
+func TestRoute_HolderGoneIsUnreachable(t *testing.T) {
+	n := newTwoNodes(t, nil, nil)
+	n.a.consentAndArm(t)
+	remote, _, _ := n.b.runAgent(t, "cam-gw-b")
+	n.heldBy(t, remote, "node-b")
+	sess, tok := n.a.activate(t, remote, "")
+	require.Equal(t, "ok", n.a.run(t, sess.ID, tok, "ping", nil).Status)
+
+	n.b.srv.Wire().Close()
+	testenv.Eventually(t, 10*time.Second, func() bool { return len(n.a.srv.Wire().Peers()) == 0 }, "node a has lost its route to b")
+	n.heldBy(t, remote, "node-b")
+
+	c := *n.a.api
+	c.SessionToken = tok
+	var res apiclient.CommandResult
+	started := time.Now()
+	err := c.Do(context.Background(), "POST", "/v1/support/sessions/"+sess.ID+"/commands", map[string]any{"name": "ping"}, &res)
+	require.Error(t, err)
+	assert.Equal(t, "agent_unreachable", apiCode(err))
+	assert.Less(t, time.Since(started), 10*time.Second, "refused after one retry, not at the command timeout")
+
+	ctx := context.Background()
+	pool := n.a.srv.Database().Pool
+	var status, code string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT status, COALESCE(error_code, '') FROM commands WHERE session_id = $1 ORDER BY requested_at DESC LIMIT 1`, sess.ID).
+		Scan(&status, &code))
+	assert.Equal(t, "failed", status)
+	assert.Equal(t, "agent_unreachable", code)
+	var requested int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM commands WHERE session_id = $1 AND status = 'requested'`, sess.ID).Scan(&requested))
+	assert.Zero(t, requested, "nothing is left requested")
+	trail := auditTrail(t, n.a, sess.ID)
+	require.GreaterOrEqual(t, len(trail), 2)
+	assert.Equal(t, []string{"support.command.requested success ping  ", "support.command.completed failure ping failed agent_unreachable"},
+		trail[len(trail)-2:])
+
+	// An activation: committed, not opened anywhere, ended.
+	require.NoError(t, n.a.do(t, "POST", "/v1/support/sessions/"+sess.ID+"/deactivate", nil, nil))
+	err = n.a.do(t, "POST", "/v1/support/sessions", map[string]string{"tenant": n.a.tenant, "agent": remote, "reason": "INC-2"}, nil)
+	require.Error(t, err)
+	assert.Equal(t, "agent_unreachable", apiCode(err))
+	var live int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM support_sessions WHERE agent_id = $1 AND ended_at IS NULL`, remote).Scan(&live))
+	assert.Zero(t, live, "the unreachable activation's session is ended")
+	var reason string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT end_reason FROM support_sessions WHERE agent_id = $1 AND reason = 'INC-2'`, remote).Scan(&reason))
+	assert.Equal(t, "agent_did_not_acknowledge", reason)
+}
+
+// TestRoute_HolderThatNoLongerHoldsIsRetriedThenUnreachable: the record
+// says node b holds the agent, and b answers that it does not (its
+// disconnect's write was lost, say). The command is tried again after a
+// fresh read, then refused agent_unreachable, completed on both trails.
+func TestRoute_HolderThatNoLongerHoldsIsRetriedThenUnreachable(t *testing.T) {
+	n := newTwoNodes(t, nil, nil)
+	n.a.consentAndArm(t)
+	remote, _, proc := n.b.runAgent(t, "cam-gw-b")
+	n.heldBy(t, remote, "node-b")
+	sess, tok := n.a.activate(t, remote, "")
+	proc.Stop()
+	ctx := context.Background()
+	pool := n.a.srv.Database().Pool
+	testenv.Eventually(t, 10*time.Second, func() bool { return !n.b.online(remote) }, "the agent has left node b")
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		var held int
+		err := pool.QueryRow(ctx, "SELECT count(*) FROM agent_presence WHERE agent_id = $1", remote).Scan(&held)
+		return err == nil && held == 0
+	}, "its disconnect is recorded")
+	_, err := pool.Exec(ctx, `INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch)
+		SELECT id, 'node-b', now(), '127.0.0.1:1', presence_epoch FROM agents WHERE id = $1`, remote)
+	require.NoError(t, err, "a stale record of node b holding it")
+
+	_, err = n.a.command(t, sess.ID, tok, "ping")
+	require.Error(t, err)
+	assert.Equal(t, "agent_unreachable", apiCode(err))
+	trail := auditTrail(t, n.a, sess.ID)
+	assert.Equal(t, []string{"support.command.requested success ping  ", "support.command.completed failure ping failed agent_unreachable"},
+		trail[len(trail)-2:])
+	var requested int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM commands WHERE session_id = $1 AND status = 'requested'`, sess.ID).Scan(&requested))
+	assert.Zero(t, requested, "nothing is left requested")
+}
+
+// TestRoute_SlowCommandHoldsUpNoOtherThroughTheHolder: the holder serves
+// each delivery on its own, so a command sent while another to the same
+// holder waits for its agent's answer is delivered and answered first.
+func TestRoute_SlowCommandHoldsUpNoOtherThroughTheHolder(t *testing.T) {
+	n := newTwoNodes(t, nil, nil)
+	n.a.consentAndArm(t)
+	f := n.b.fakeAgent(t, "fake-b")
+	n.heldBy(t, f.e.AgentID, "node-b")
+	f.subscribe(t, topics.Activation)
+	done := n.a.activateAsync(t, f.e.AgentID)
+	var act topics.ActivationMsg
+	f.next(t, n.b, topics.Activation, topics.PurposeActivation, &act, func() bool { return act.State == topics.StateActive })
+	f.subscribe(t, topics.Commands)
+	f.publish(t, topics.ActivationAck, topics.ActivationAckMsg{V: topics.Version, AgentID: f.e.AgentID, SessionID: act.SessionID, State: topics.StateActive})
+	a := <-done
+	require.Empty(t, a.code, "activated through node a")
+
+	slow := n.a.commandAsync(t, a, "ping")
+	var first topics.CommandMsg
+	f.next(t, n.b, topics.Commands, topics.PurposeCommand, &first, func() bool { return first.Name == "ping" })
+	// The first is left unanswered; the second arrives and is answered.
+	fast := n.a.commandAsync(t, a, "agent_info")
+	var second topics.CommandMsg
+	f.next(t, n.b, topics.Commands, topics.PurposeCommand, &second, func() bool { return second.Name == "agent_info" })
+	f.publish(t, topics.Results, topics.ResultMsg{V: topics.Version, CommandID: second.ID, SessionID: second.SessionID, AgentID: f.e.AgentID,
+		Status: topics.ResultOK, Data: json.RawMessage(`{"version":"fake"}`)})
+	select {
+	case ans := <-fast:
+		require.Empty(t, ans.code)
+		assert.Equal(t, "ok", ans.res.Status)
+	case ans := <-slow:
+		t.Fatalf("the first command ended (%s) before the second's answer came back", ans.code)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second command waited behind the first")
+	}
+	f.publish(t, topics.Results, topics.ResultMsg{V: topics.Version, CommandID: first.ID, SessionID: first.SessionID, AgentID: f.e.AgentID,
+		Status: topics.ResultOK, Data: json.RawMessage(`{"pong":true}`)})
+	ans := <-slow
+	require.Empty(t, ans.code)
+	assert.Equal(t, "ok", ans.res.Status)
+}
+
+// TestRoute_KillSwitchOnTheHolderRefusesActivationElsewhere: an agent's
+// kill switch is known to the node holding it; an activation through
+// another node is refused agent_kill_switch_engaged before anything
+// commits, as on one node.
+func TestRoute_KillSwitchOnTheHolderRefusesActivationElsewhere(t *testing.T) {
+	n := newTwoNodes(t, nil, nil)
+	n.a.consentAndArm(t)
+	remote, dir, proc := n.b.runAgent(t, "cam-gw-b")
+	n.heldBy(t, remote, "node-b")
+	_, stderr, err := testenv.Run(t, nil, "argus-agent", "kill-switch", "engage", "--state-dir", dir)
+	require.NoError(t, err, stderr)
+	proc.WaitLog(t, 0, "KILL SWITCH ENGAGED", 1, 5*time.Second)
+	testenv.Eventually(t, 5*time.Second, func() bool { return n.b.srv.Sessions().Fleet.KillSwitch(remote) }, "node b knows")
+
+	err = n.a.do(t, "POST", "/v1/support/sessions", map[string]string{"tenant": n.a.tenant, "agent": remote, "reason": "INC-3"}, nil)
+	assert.Equal(t, "agent_kill_switch_engaged", apiCode(err))
+	ctx := context.Background()
+	pool := n.a.srv.Database().Pool
+	var sessions, denied int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM support_sessions WHERE agent_id = $1", remote).Scan(&sessions))
+	assert.Zero(t, sessions, "nothing committed")
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM audit_log WHERE action = 'support.activate' AND outcome = 'denied'
+		AND agent_id = $1 AND detail->>'code' = 'agent_kill_switch_engaged'`, remote).Scan(&denied))
+	assert.Equal(t, 1, denied, "the refusal is audited")
+}
+
+// TestRoute_ResultOverTheClustersPayloadIsAFailureNotASilence: a broker
+// configured for packets larger than the cluster carries lets an agent
+// answer with more than can cross; the command fails at once with
+// result_too_large, rather than timing out on an answer that never comes.
+func TestRoute_ResultOverTheClustersPayloadIsAFailureNotASilence(t *testing.T) {
+	n := newTwoNodes(t, nil, map[string]any{"mqtt-max-packet-size": 15 << 20})
+	n.a.consentAndArm(t)
+	f := n.b.fakeAgent(t, "fake-b")
+	n.heldBy(t, f.e.AgentID, "node-b")
+	f.subscribe(t, topics.Activation)
+	done := n.a.activateAsync(t, f.e.AgentID)
+	var act topics.ActivationMsg
+	f.next(t, n.b, topics.Activation, topics.PurposeActivation, &act, func() bool { return act.State == topics.StateActive })
+	f.subscribe(t, topics.Commands)
+	f.publish(t, topics.ActivationAck, topics.ActivationAckMsg{V: topics.Version, AgentID: f.e.AgentID, SessionID: act.SessionID, State: topics.StateActive})
+	a := <-done
+	require.Empty(t, a.code)
+
+	started := time.Now()
+	answer := n.a.commandAsync(t, a, "agent_info")
+	var cmd topics.CommandMsg
+	f.next(t, n.b, topics.Commands, topics.PurposeCommand, &cmd, func() bool { return cmd.Name == "agent_info" })
+	big, _ := json.Marshal(map[string]string{"blob": strings.Repeat("x", 13<<20)})
+	f.publish(t, topics.Results, topics.ResultMsg{V: topics.Version, CommandID: cmd.ID, SessionID: cmd.SessionID, AgentID: f.e.AgentID,
+		Status: topics.ResultOK, Data: big})
+	ans := <-answer
+	assert.Less(t, time.Since(started), 10*time.Second, "not at the command timeout")
+	require.Empty(t, ans.code, "%+v", ans.err)
+	require.NotNil(t, ans.res.Error)
+	assert.Equal(t, "result_too_large", ans.res.Error.Code)
+	var status, code string
+	require.NoError(t, n.a.srv.Database().Pool.QueryRow(context.Background(), "SELECT status, error_code FROM commands WHERE id = $1", cmd.ID).Scan(&status, &code))
+	assert.Equal(t, []string{"failed", "result_too_large"}, []string{status, code})
+}
+
+// TestRoute_CommandWaitsForAnAgentBetweenNodes: the agent of a live
+// session is connected nowhere for a moment (restarting, or moving): a
+// command through another node waits for it to be back, then goes to the
+// node that holds it, rather than failing.
+func TestRoute_CommandWaitsForAnAgentBetweenNodes(t *testing.T) {
+	n := newTwoNodes(t, map[string]any{"command-reconnect-wait": "10s"}, nil)
+	n.a.consentAndArm(t)
+	remote, dir, proc := n.b.runAgent(t, "cam-gw-b")
+	n.heldBy(t, remote, "node-b")
+	sess, tok := n.a.activate(t, remote, "")
+
+	proc.Stop()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		var held int
+		err := n.a.srv.Database().Pool.QueryRow(context.Background(), "SELECT count(*) FROM agent_presence WHERE agent_id = $1", remote).Scan(&held)
+		return err == nil && held == 0
+	}, "the agent is connected nowhere")
+	type answer struct {
+		res apiclient.CommandResult
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		c := *n.a.api
+		c.SessionToken = tok
+		var res apiclient.CommandResult
+		err := c.Do(context.Background(), "POST", "/v1/support/sessions/"+sess.ID+"/commands", map[string]any{"name": "ping"}, &res)
+		done <- answer{res, err}
+	}()
+	testenv.Eventually(t, 5*time.Second, func() bool { return n.a.srv.Sessions().AwaitingAgents() == 1 }, "the command waits for the agent")
+	testenv.StartAgent(t, dir)
+	select {
+	case a := <-done:
+		require.NoError(t, a.err)
+		assert.Equal(t, "ok", a.res.Status)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the command did not finish")
+	}
+	n.heldBy(t, remote, "node-b")
+	assert.Zero(t, n.a.srv.Sessions().AwaitingAgents())
+}
+
+// TestRoute_MeasurePingLatency reports the audited ping's round trip
+// through the API when the agent is held by the node called and when it
+// is held by the other one. A measurement, not a check: it runs with
+// ARGUS_MEASURE=1 only.
+func TestRoute_MeasurePingLatency(t *testing.T) {
+	if os.Getenv("ARGUS_MEASURE") != "1" {
+		t.Skip("a measurement: set ARGUS_MEASURE=1")
+	}
+	n := newTwoNodes(t, nil, nil)
+	n.a.consentAndArm(t)
+	remote, _, _ := n.b.runAgent(t, "cam-gw-b")
+	local, _, _ := n.a.runAgent(t, "cam-gw-a")
+	n.heldBy(t, remote, "node-b")
+	n.heldBy(t, local, "node-a")
+	for _, c := range []struct{ name, agent string }{{"same node", local}, {"other node", remote}} {
+		sess, tok := n.a.activate(t, c.agent, "")
+		const runs = 300
+		d := make([]time.Duration, 0, runs)
+		for range runs {
+			start := time.Now()
+			require.Equal(t, "ok", n.a.run(t, sess.ID, tok, "ping", nil).Status)
+			d = append(d, time.Since(start))
+		}
+		slices.Sort(d)
+		t.Logf("%s: audited ping p50 %v p99 %v (%d runs)", c.name, d[runs/2].Round(10*time.Microsecond), d[runs*99/100].Round(10*time.Microsecond), runs)
+	}
+}
