@@ -69,7 +69,8 @@ type Config struct {
 	// CommandTimeout bounds the wait for one command's answer.
 	CommandTimeout time.Duration
 	// CommandReconnectWait bounds how long a command waits for an agent
-	// that is reconnecting before it is refused (agent_offline).
+	// that is reconnecting, or between nodes, before it is refused
+	// (agent_offline).
 	CommandReconnectWait time.Duration
 	// PprofAddr, when set, serves Go's profiles there (loopback only).
 	PprofAddr string
@@ -143,7 +144,9 @@ var Keys = []settings.Key{
 	{Name: "pprof-addr", Env: []string{"ARGUS_PPROF_ADDR"}},
 	{Name: "gc-heap-floor", Env: []string{"ARGUS_GC_HEAP_FLOOR"}, Default: 64 << 20},
 	{Name: "enroll-rate-limit", Env: []string{"ARGUS_ENROLL_RATE_LIMIT"}, Default: 10},
-	{Name: "command-reconnect-wait", Env: []string{"ARGUS_COMMAND_RECONNECT_WAIT"}, Default: "3s"},
+	// Unset: 3s alone, 10s in a cluster, where an agent between nodes
+	// takes longer to be back than one reconnecting to the same server.
+	{Name: "command-reconnect-wait", Env: []string{"ARGUS_COMMAND_RECONNECT_WAIT"}},
 	{Name: "command-timeout", Env: []string{"ARGUS_COMMAND_TIMEOUT"}, Default: "30s"},
 	{Name: "log-level", Env: []string{"ARGUS_LOG_LEVEL"}, Default: "info"},
 	{Name: "log-format", Env: []string{"ARGUS_LOG_FORMAT"}, Default: "text"},
@@ -284,7 +287,12 @@ func FromViper(v *viper.Viper) (Config, error) {
 	} else {
 		c.CommandTimeout = d
 	}
-	if d, err := time.ParseDuration(v.GetString("command-reconnect-wait")); err != nil || d <= 0 || d > time.Minute {
+	if v.GetString("command-reconnect-wait") == "" {
+		c.CommandReconnectWait = 3 * time.Second
+		if c.Cluster.Multi() {
+			c.CommandReconnectWait = 10 * time.Second
+		}
+	} else if d, err := time.ParseDuration(v.GetString("command-reconnect-wait")); err != nil || d <= 0 || d > time.Minute {
 		bad("command-reconnect-wait", "%q is not a duration within 0..1m", v.GetString("command-reconnect-wait"))
 	} else {
 		c.CommandReconnectWait = d

@@ -128,3 +128,26 @@ func TestAuditStreamSettings(t *testing.T) {
 		}
 	}
 }
+
+func TestCommandReconnectWait_LongerInACluster(t *testing.T) {
+	load := func(env map[string]string) time.Duration {
+		t.Helper()
+		for k, val := range env {
+			t.Setenv(k, val)
+		}
+		v := viper.New()
+		require.NoError(t, settings.Load(v, nil, "", server.Keys))
+		cfg, err := server.FromViper(v)
+		require.NoError(t, err)
+		return cfg.CommandReconnectWait
+	}
+	assert.Equal(t, 3*time.Second, load(nil), "alone")
+	cluster := map[string]string{
+		"ARGUS_DATABASE_URL":   "postgres://argus@127.0.0.1/argus",
+		"ARGUS_CLUSTER_LISTEN": "127.0.0.1:7422",
+		"ARGUS_CLUSTER_SECRET": "0123456789abcdef0123456789abcdef",
+	}
+	assert.Equal(t, 10*time.Second, load(cluster), "in a cluster an agent may be between nodes")
+	cluster["ARGUS_COMMAND_RECONNECT_WAIT"] = "2s"
+	assert.Equal(t, 2*time.Second, load(cluster), "set, it is kept")
+}
