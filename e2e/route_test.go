@@ -30,19 +30,19 @@ import (
 
 const routeSecret = "route-test-cluster-secret-0123456789abcdef"
 
-// twoNodes is a cluster of two in-process servers on one database, routed
+// routedPair is a cluster of two in-process servers on one database, routed
 // to each other over their embedded NATS: a is the node the operator
 // calls, b holds the agents under test.
-type twoNodes struct{ a, b *supportEnv }
+type routedPair struct{ a, b *supportEnv }
 
 func clusterKeys(id, listen, peer string) map[string]any {
 	return map[string]any{"node-id": id, "cluster-name": "route", "cluster-secret": routeSecret,
 		"cluster-listen": listen, "cluster-peers": peer}
 }
 
-// newTwoNodes starts the two nodes; extraA and extraB are more of their
+// newRoutedPair starts the two nodes; extraA and extraB are more of their
 // settings.
-func newTwoNodes(t *testing.T, extraA, extraB map[string]any) *twoNodes {
+func newRoutedPair(t *testing.T, extraA, extraB map[string]any) *routedPair {
 	t.Helper()
 	la, lb := freePort(t), freePort(t)
 	oa := clusterKeys("node-a", la, lb)
@@ -73,11 +73,11 @@ func newTwoNodes(t *testing.T, extraA, extraB map[string]any) *twoNodes {
 		return a.srv.Wire().Reachable(context.Background(), "node-b", 200*time.Millisecond) &&
 			srvB.Wire().Reachable(context.Background(), "node-a", 200*time.Millisecond)
 	}, "the nodes are routed to each other")
-	return &twoNodes{a: a, b: b}
+	return &routedPair{a: a, b: b}
 }
 
 // heldBy waits until the record says node holds the agent.
-func (n *twoNodes) heldBy(t *testing.T, agentID, node string) {
+func (n *routedPair) heldBy(t *testing.T, agentID, node string) {
 	t.Helper()
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		var got string
@@ -144,7 +144,7 @@ func TestRoute_EveryCommandThroughAnotherNode(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(h.root, "large.bin"), large, 0o644))
 	largeSum := sha256.Sum256(large)
 
-	n := newTwoNodes(t, nil, nil)
+	n := newRoutedPair(t, nil, nil)
 	n.a.consentAndArm(t)
 	pub, patchKey, _ := ed25519.GenerateKey(nil)
 	config := func(name string) string {
@@ -235,7 +235,7 @@ func TestRoute_EveryCommandThroughAnotherNode(t *testing.T) {
 // requested; an activation is refused agent_unreachable too, and its
 // committed session is ended, not left live.
 func TestRoute_HolderGoneIsUnreachable(t *testing.T) {
-	n := newTwoNodes(t, nil, nil)
+	n := newRoutedPair(t, nil, nil)
 	n.a.consentAndArm(t)
 	remote, _, _ := n.b.runAgent(t, "cam-gw-b")
 	n.heldBy(t, remote, "node-b")
@@ -288,7 +288,7 @@ func TestRoute_HolderGoneIsUnreachable(t *testing.T) {
 // disconnect's write was lost, say). The command is tried again after a
 // fresh read, then refused agent_unreachable, completed on both trails.
 func TestRoute_HolderThatNoLongerHoldsIsRetriedThenUnreachable(t *testing.T) {
-	n := newTwoNodes(t, nil, nil)
+	n := newRoutedPair(t, nil, nil)
 	n.a.consentAndArm(t)
 	remote, _, proc := n.b.runAgent(t, "cam-gw-b")
 	n.heldBy(t, remote, "node-b")
@@ -321,7 +321,7 @@ func TestRoute_HolderThatNoLongerHoldsIsRetriedThenUnreachable(t *testing.T) {
 // each delivery on its own, so a command sent while another to the same
 // holder waits for its agent's answer is delivered and answered first.
 func TestRoute_SlowCommandHoldsUpNoOtherThroughTheHolder(t *testing.T) {
-	n := newTwoNodes(t, nil, nil)
+	n := newRoutedPair(t, nil, nil)
 	n.a.consentAndArm(t)
 	f := n.b.fakeAgent(t, "fake-b")
 	n.heldBy(t, f.e.AgentID, "node-b")
@@ -364,7 +364,7 @@ func TestRoute_SlowCommandHoldsUpNoOtherThroughTheHolder(t *testing.T) {
 // another node is refused agent_kill_switch_engaged before anything
 // commits, as on one node.
 func TestRoute_KillSwitchOnTheHolderRefusesActivationElsewhere(t *testing.T) {
-	n := newTwoNodes(t, nil, nil)
+	n := newRoutedPair(t, nil, nil)
 	n.a.consentAndArm(t)
 	remote, dir, proc := n.b.runAgent(t, "cam-gw-b")
 	n.heldBy(t, remote, "node-b")
@@ -390,7 +390,7 @@ func TestRoute_KillSwitchOnTheHolderRefusesActivationElsewhere(t *testing.T) {
 // answer with more than can cross; the command fails at once with
 // result_too_large, rather than timing out on an answer that never comes.
 func TestRoute_ResultOverTheClustersPayloadIsAFailureNotASilence(t *testing.T) {
-	n := newTwoNodes(t, nil, map[string]any{"mqtt-max-packet-size": 15 << 20})
+	n := newRoutedPair(t, nil, map[string]any{"mqtt-max-packet-size": 15 << 20})
 	n.a.consentAndArm(t)
 	f := n.b.fakeAgent(t, "fake-b")
 	n.heldBy(t, f.e.AgentID, "node-b")
@@ -425,7 +425,7 @@ func TestRoute_ResultOverTheClustersPayloadIsAFailureNotASilence(t *testing.T) {
 // command through another node waits for it to be back, then goes to the
 // node that holds it, rather than failing.
 func TestRoute_CommandWaitsForAnAgentBetweenNodes(t *testing.T) {
-	n := newTwoNodes(t, map[string]any{"command-reconnect-wait": "10s"}, nil)
+	n := newRoutedPair(t, map[string]any{"command-reconnect-wait": "10s"}, nil)
 	n.a.consentAndArm(t)
 	remote, dir, proc := n.b.runAgent(t, "cam-gw-b")
 	n.heldBy(t, remote, "node-b")
@@ -470,7 +470,7 @@ func TestRoute_MeasurePingLatency(t *testing.T) {
 	if os.Getenv("ARGUS_MEASURE") != "1" {
 		t.Skip("a measurement: set ARGUS_MEASURE=1")
 	}
-	n := newTwoNodes(t, nil, nil)
+	n := newRoutedPair(t, nil, nil)
 	n.a.consentAndArm(t)
 	remote, _, _ := n.b.runAgent(t, "cam-gw-b")
 	local, _, _ := n.a.runAgent(t, "cam-gw-a")
