@@ -43,6 +43,10 @@ type ClusterConfig struct {
 	// Lease is how long a renewed lease lasts; a node that cannot renew
 	// it for that long fences itself.
 	Lease time.Duration
+	// DrainDelay is how long a draining node keeps answering its API
+	// after /readyz starts failing, so the load balancer has seen it
+	// (HAProxy's checks: inter × fall) before its listener closes.
+	DrainDelay time.Duration
 	// DropBroadcasts loses every broadcast (tests of the sweep), from
 	// ARGUS_TEST_DROP_BROADCASTS=1.
 	DropBroadcasts bool
@@ -81,6 +85,11 @@ func clusterFromViper(v *viper.Viper, c Config, bad func(key, format string, arg
 		bad("cluster-lease", "%q is not a duration within 2s..5m", v.GetString("cluster-lease"))
 	} else {
 		cc.Lease = d
+	}
+	if d, err := time.ParseDuration(v.GetString("cluster-drain-delay")); err != nil || d < 0 || d > time.Minute {
+		bad("cluster-drain-delay", "%q is not a duration within 0..1m", v.GetString("cluster-drain-delay"))
+	} else {
+		cc.DrainDelay = d
 	}
 	if cc.Listen != "" && len(cc.NATSURLs) > 0 {
 		bad("cluster-listen", "an embedded NATS (cluster-listen) and an external one (cluster-nats-url) exclude each other")

@@ -24,7 +24,9 @@ const HandoverTimeout = 10 * time.Second
 // its session goes on there (sessions.OnAgentPresent). The presence rows
 // are left for the next node to replace, so it can tell where each
 // agent came from. A node alone keeps its agents until it stops: there
-// is nowhere to send them.
+// is nowhere to send them. The API keeps answering for DrainDelay from
+// the start, so the load balancer has stopped sending calls before the
+// listener closes.
 func (s *Server) drain(ctx context.Context) {
 	if !s.cfg.Cluster.Multi() || s.broker == nil || s.sessions == nil || s.fleet == nil {
 		return
@@ -32,6 +34,7 @@ func (s *Server) drain(ctx context.Context) {
 	started := time.Now()
 	s.draining.Store(true) // /readyz fails: the load balancer sends calls elsewhere
 	s.broker.Redirect(true)
+	s.sessions.Drain() // no new command is handed to an agent here
 	s.log.Info("draining: new agent connections go to the other nodes", "in_flight", s.sessions.InFlight())
 	wctx, cancel := context.WithTimeout(ctx, DrainTimeout)
 	left := s.sessions.WaitIdle(wctx)
@@ -48,6 +51,14 @@ func (s *Server) drain(ctx context.Context) {
 	cancel()
 	if left > 0 {
 		s.log.Warn("draining: agents not picked up by another node within the bound", "agents", left, "bound", HandoverTimeout)
+	}
+	// Calls the load balancer sent before it saw /readyz fail are still
+	// answered: the API closes only once it has had the time to see it.
+	if wait := time.Until(started.Add(s.cfg.Cluster.DrainDelay)); wait > 0 {
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
 	}
 	s.log.Info("drained: agents sent to the other nodes", "clients", n, "not_picked_up", left, "took", time.Since(started).Round(time.Millisecond))
 }
