@@ -168,6 +168,17 @@ func (m *Manager) exchange(ctx context.Context, s session, cmdID, name string, a
 // and waits for its result. here is false when the agent is not
 // connected here (the result says it disconnected).
 func (m *Manager) exchangeHere(ctx context.Context, d cluster.Delivery) (res topics.ResultMsg, here bool, err error) {
+	// Counted before draining is read, so a drain that has begun either
+	// sees this exchange and waits for it, or this exchange sees the
+	// drain and sends nothing to an agent about to be sent away.
+	m.exchanging.Add(1)
+	defer func() {
+		m.exchanging.Add(-1)
+		m.ranOne()
+	}()
+	if m.draining.Load() {
+		return disconnectedResult(), false, nil
+	}
 	ch, gone := make(chan topics.ResultMsg, 1), make(chan struct{}, 1)
 	m.mu.Lock()
 	m.results[d.CommandID] = waiter{agentID: d.AgentID, sessionID: d.SessionID, results: ch, gone: gone}

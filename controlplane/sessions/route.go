@@ -93,20 +93,25 @@ func (m *Manager) killSwitch(ctx context.Context, agentID string) bool {
 }
 
 // findHolder waits up to wait for the agent to be connected here (node
-// "") or recorded on another node; found is false when it is neither.
-func (m *Manager) findHolder(ctx context.Context, agentID string, wait time.Duration) (node string, found bool) {
+// "") or recorded on another node than failed (the one that just did not
+// take it: a draining node leaves its agents' rows for the next); found
+// is false when it is none of these. Past wait, a record still naming
+// failed is taken as the fresh read it is.
+func (m *Manager) findHolder(ctx context.Context, agentID string, wait time.Duration, failed string) (node string, found bool) {
 	deadline := time.Now().Add(wait)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if m.Fleet.Online(agentID) {
+		// A draining node's agents are about to be elsewhere: wait for it.
+		if m.Fleet.Online(agentID) && !m.draining.Load() {
 			return "", true
 		}
-		if n := m.heldElsewhere(ctx, agentID); n != "" {
+		n := m.heldElsewhere(ctx, agentID)
+		if n != "" && n != failed {
 			return n, true
 		}
 		if !time.Now().Before(deadline) {
-			return "", false
+			return n, n != ""
 		}
 		select {
 		case <-ctx.Done():
@@ -119,31 +124,37 @@ func (m *Manager) findHolder(ctx context.Context, agentID string, wait time.Dura
 // deliver hands a signed, recorded command to its agent wherever it is
 // connected: through this node's broker, or through the node holding it.
 // A holder that does not answer or no longer holds the agent is retried
-// once after a fresh read of where the agent is (waiting a moment for an
-// agent between nodes); then the command is unreachable, never sent.
+// once after a fresh read of where the agent is (waiting, up to
+// ReconnectWait, for an agent between nodes to be recorded elsewhere);
+// then the command is unreachable, never sent.
 func (m *Manager) deliver(ctx context.Context, d cluster.Delivery) (topics.ResultMsg, error) {
 	if m.Route == nil {
 		res, _, err := m.exchangeHere(ctx, d)
 		return res, err
 	}
 	var wait time.Duration
-	routed := false
+	routed, failed := false, ""
 	for attempt := 0; attempt < 2; attempt++ {
-		node, found := m.findHolder(ctx, d.AgentID, min(wait, time.Until(d.Deadline)))
+		node, found := m.findHolder(ctx, d.AgentID, min(wait, time.Until(d.Deadline)), failed)
 		if node == "" {
 			if !found && routed {
 				break
 			}
 			// Here, or nowhere on a first look: as on one node.
-			res, _, err := m.exchangeHere(ctx, d)
-			return res, err
+			res, here, err := m.exchangeHere(ctx, d)
+			if here || !m.draining.Load() {
+				return res, err
+			}
+			// This node drains: the command waits for its agent on the next.
+			routed, failed, wait = true, m.Route.NodeID(), m.ReconnectWait
+			continue
 		}
 		routed = true
 		res, ok := m.deliverTo(ctx, node, d)
 		if ok {
 			return res, nil
 		}
-		wait = m.ReconnectWait
+		wait, failed = m.ReconnectWait, node
 	}
 	return unreachableResult(), nil
 }
@@ -301,7 +312,7 @@ func (m *Manager) open(ctx context.Context, l *live, reason string, acks chan<- 
 		for attempt := 0; attempt < 2; attempt++ {
 			if attempt > 0 {
 				var found bool
-				node, found = m.findHolder(ctx, l.agentID, min(m.ReconnectWait, time.Until(d.Deadline)))
+				node, found = m.findHolder(ctx, l.agentID, min(m.ReconnectWait, time.Until(d.Deadline)), node)
 				if !found {
 					break
 				}

@@ -261,6 +261,10 @@ type Manager struct {
 	feed   map[string][]topics.FeedEntry
 	// ran is signalled as a command in flight here finishes (drain.go).
 	ran chan struct{}
+	// draining is set when this node starts sending its agents away;
+	// exchanging counts commands being exchanged with agents here.
+	draining   atomic.Bool
+	exchanging atomic.Int64
 	// arrived queues the agents connected here whose sessions are still
 	// to be read (moved.go); arriveDone closes when its worker stops.
 	arrived    arrivals
