@@ -224,7 +224,9 @@ func (a *Agent) expire(ctx context.Context, sessionID string) {
 	a.publish(ctx, topics.ActivationAck, topics.ActivationAckMsg{V: topics.Version, AgentID: a.st.AgentID, SessionID: sessionID, State: topics.StateDormant, Error: "expired"}, 1)
 }
 
-func (a *Agent) subscribeCommands(ctx context.Context) {
+func (a *Agent) subscribeCommands(ctx context.Context) { a.subscribeCommandsTry(ctx, 0) }
+
+func (a *Agent) subscribeCommandsTry(ctx context.Context, try int) {
 	cm := a.conn()
 	if cm == nil {
 		return
@@ -233,8 +235,29 @@ func (a *Agent) subscribeCommands(ctx context.Context) {
 	defer cancel()
 	if _, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: a.id.Topic(topics.Commands), QoS: 1}}}); err != nil {
 		a.log.Error("subscribe to commands", "err", err)
+		// A session that moved here from another node is opened on this
+		// broker a moment after its activation arrives: try again, while
+		// the session is on and the connection the same.
+		a.mu.Lock()
+		sess := a.sess
+		a.mu.Unlock()
+		if sess != nil {
+			time.AfterFunc(min(commandsRetry<<min(try, 5), 10*time.Second), func() {
+				a.mu.Lock()
+				same := a.sess == sess && a.connected
+				a.mu.Unlock()
+				if same && ctx.Err() == nil {
+					a.subscribeCommandsTry(ctx, try+1)
+				}
+			})
+		}
 	}
 }
+
+// commandsRetry is how soon a refused subscription to the commands topic
+// of a session in force is first tried again (then twice as late each
+// time, up to 10 s).
+const commandsRetry = 500 * time.Millisecond
 
 func (a *Agent) unsubscribeCommands(ctx context.Context) {
 	cm := a.conn()
