@@ -228,42 +228,12 @@ func (s *Server) viewerDecide(w http.ResponseWriter, r *http.Request, approve bo
 	if approve {
 		action = "support.approval.approve"
 	}
-	g, e, err := s.tenantAuth(r, action)
-	if err != nil {
-		apierror.Write(w, err)
-		return
-	}
-	refuse := func(status int, code, msg string) {
-		apierror.Write(w, s.refuseTenant(r, e, true, apierror.New(status, code, msg)))
-	}
-	raw := r.PathValue("session")
-	id, ok := input.ID(raw)
-	if !ok {
-		if len(raw) > 64 {
-			raw = raw[:64]
-		}
-		e.Detail = map[string]any{"session": raw}
-		refuse(http.StatusNotFound, "session_not_found", "no such session")
-		return
-	}
-	e.Detail = map[string]any{"session": id}
 	var req struct {
 		Note string `json:"note,omitempty"`
 	}
-	if r.ContentLength != 0 {
-		r.Body = http.MaxBytesReader(w, r.Body, maxApprovalBody)
-		if err := decodeJSON(w, r, &req); err != nil {
-			var ae *apierror.Error
-			switch {
-			case errors.As(err, &ae) && ae.Code == apierror.CodePayloadTooLarge:
-				refuse(http.StatusRequestEntityTooLarge, apierror.CodePayloadTooLarge, "request body over 4 KiB")
-			case errors.As(err, &ae):
-				refuse(ae.Status, ae.Code, ae.Message)
-			default:
-				refuse(http.StatusBadRequest, apierror.CodeBadRequest, "unreadable body")
-			}
-			return
-		}
+	g, e, id, refuse, ok := s.viewerSessionCall(w, r, action, maxApprovalBody, &req)
+	if !ok {
+		return
 	}
 	req.Note = strings.TrimSpace(req.Note)
 	if ierr := input.Text("note", req.Note, sessions.MaxReason); ierr != nil {

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -189,6 +190,52 @@ func (s *Server) viewer(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// viewerSessionCall starts a tenant token's call on one of its sessions:
+// it authenticates the token, takes the session id from the path and
+// reads the body, at most limit bytes, into body. Every refusal is
+// audited under action, and ok is false then; refuse audits and answers
+// the caller's own refusals the same way.
+func (s *Server) viewerSessionCall(w http.ResponseWriter, r *http.Request, action string, limit int64, body any) (
+	g tenants.TokenGrant, e audit.Entry, id string, refuse func(status int, code, msg string), ok bool) {
+	g, e, err := s.tenantAuth(r, action)
+	if err != nil {
+		apierror.Write(w, err)
+		return g, e, "", nil, false
+	}
+	refuse = func(status int, code, msg string) {
+		apierror.Write(w, s.refuseTenant(r, e, true, apierror.New(status, code, msg)))
+	}
+	raw := r.PathValue("session")
+	id, valid := input.ID(raw)
+	if !valid {
+		if len(raw) > 64 {
+			raw = raw[:64]
+		}
+		e.Detail = map[string]any{"session": raw}
+		refuse(http.StatusNotFound, "session_not_found", "no such session")
+		return g, e, "", nil, false
+	}
+	// The session is named in the detail until it is known to be this
+	// tenant's: another tenant's session is never told apart from none.
+	e.Detail = map[string]any{"session": id}
+	if r.ContentLength != 0 {
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		if err := decodeJSON(w, r, body); err != nil {
+			var ae *apierror.Error
+			switch {
+			case errors.As(err, &ae) && ae.Code == apierror.CodePayloadTooLarge:
+				refuse(http.StatusRequestEntityTooLarge, apierror.CodePayloadTooLarge, fmt.Sprintf("request body over %d KiB", limit>>10))
+			case errors.As(err, &ae):
+				refuse(ae.Status, ae.Code, ae.Message)
+			default:
+				refuse(http.StatusBadRequest, apierror.CodeBadRequest, "unreadable body")
+			}
+			return g, e, "", nil, false
+		}
+	}
+	return g, e, id, refuse, true
+}
+
 // maxEndBody bounds what ending a session from the tenant's page may
 // send: a short reason.
 const maxEndBody = 4 << 10
@@ -197,45 +244,12 @@ const maxEndBody = 4 << 10
 // token with the end right, exactly as a deactivation does, with end
 // reason tenant_ended and the token as the actor.
 func (s *Server) viewerEndSession(w http.ResponseWriter, r *http.Request) {
-	const action = "support.session.end"
-	g, e, err := s.tenantAuth(r, action)
-	if err != nil {
-		apierror.Write(w, err)
-		return
-	}
-	refuse := func(status int, code, msg string) {
-		apierror.Write(w, s.refuseTenant(r, e, true, apierror.New(status, code, msg)))
-	}
-	raw := r.PathValue("session")
-	id, ok := input.ID(raw)
-	if !ok {
-		if len(raw) > 64 {
-			raw = raw[:64]
-		}
-		e.Detail = map[string]any{"session": raw}
-		refuse(http.StatusNotFound, "session_not_found", "no such session")
-		return
-	}
-	// The session is named in the detail until it is known to be this
-	// tenant's: another tenant's session is never told apart from none.
-	e.Detail = map[string]any{"session": id}
 	var req struct {
 		Reason string `json:"reason,omitempty"`
 	}
-	if r.ContentLength != 0 {
-		r.Body = http.MaxBytesReader(w, r.Body, maxEndBody)
-		if err := decodeJSON(w, r, &req); err != nil {
-			var ae *apierror.Error
-			switch {
-			case errors.As(err, &ae) && ae.Code == apierror.CodePayloadTooLarge:
-				refuse(http.StatusRequestEntityTooLarge, apierror.CodePayloadTooLarge, "request body over 4 KiB")
-			case errors.As(err, &ae):
-				refuse(ae.Status, ae.Code, ae.Message)
-			default:
-				refuse(http.StatusBadRequest, apierror.CodeBadRequest, "unreadable body")
-			}
-			return
-		}
+	g, e, id, refuse, ok := s.viewerSessionCall(w, r, "support.session.end", maxEndBody, &req)
+	if !ok {
+		return
 	}
 	if ierr := input.Text("reason", req.Reason, sessions.MaxReason); ierr != nil {
 		refuse(http.StatusBadRequest, ierr.Code, ierr.Message)
