@@ -134,27 +134,49 @@ func (m *Manager) deliver(ctx context.Context, d cluster.Delivery) (topics.Resul
 	}
 	var wait time.Duration
 	routed, failed := false, ""
-	for attempt := 0; attempt < 2; attempt++ {
-		node, found := m.findHolder(ctx, d.AgentID, min(wait, time.Until(d.Deadline)), failed)
-		if node == "" {
-			if !found && routed {
-				break
-			}
-			// Here, or nowhere on a first look: as on one node.
-			res, here, err := m.exchangeHere(ctx, d)
-			if here || !m.draining.Load() {
-				return res, err
-			}
-			// This node drains: the command waits for its agent on the next.
-			routed, failed, wait = true, m.Route.NodeID(), m.ReconnectWait
-			continue
+	// lost is a first delivery cut off by its agent's disconnect: sent
+	// once more, same id, to the agent where it is next (it runs an id
+	// once: one it ran is refused as seen, one lost on the way runs). If
+	// it cannot be, what the agent did stays unknown, never unreachable.
+	var lost *topics.ResultMsg
+	for attempt := 0; attempt < 3; attempt++ {
+		if attempt == 2 && lost == nil {
+			break
 		}
-		routed = true
-		res, ok := m.deliverTo(ctx, node, d)
-		if ok {
+		node, found := m.findHolder(ctx, d.AgentID, min(wait, time.Until(d.Deadline)), failed)
+		var res topics.ResultMsg
+		switch {
+		case node == "" && !found && routed:
+			attempt = 3 // nowhere to send it
+			continue
+		case node == "":
+			// Here, or nowhere on a first look: as on one node.
+			r, here, err := m.exchangeHere(ctx, d)
+			if !here && m.draining.Load() {
+				// This node drains: the command waits for its agent on the next.
+				routed, failed, wait = true, m.Route.NodeID(), m.ReconnectWait
+				continue
+			}
+			if err != nil {
+				return r, err
+			}
+			res = r
+		default:
+			routed = true
+			r, ok := m.deliverTo(ctx, node, d)
+			if !ok {
+				wait, failed = m.ReconnectWait, node
+				continue
+			}
+			res = r
+		}
+		if res.Error == nil || res.Error.Code != CodeAgentDisconnected || lost != nil || !m.Route.Multi() || !time.Now().Before(d.Deadline) {
 			return res, nil
 		}
-		wait, failed = m.ReconnectWait, node
+		lost, routed, failed, wait = &res, true, "", m.ReconnectWait
+	}
+	if lost != nil {
+		return *lost, nil
 	}
 	return unreachableResult(), nil
 }
