@@ -24,6 +24,7 @@ import (
 
 	"github.com/argus-remote/argus/agent"
 	"github.com/argus-remote/argus/argusctl/apiclient"
+	"github.com/argus-remote/argus/controlplane/cluster"
 	"github.com/argus-remote/argus/internal/mqtttest"
 	"github.com/argus-remote/argus/internal/testenv"
 	"github.com/argus-remote/argus/topics"
@@ -705,7 +706,9 @@ func TestCluster_ExternalNATS(t *testing.T) {
 		Subscribe: &natsserver.SubjectPermission{Allow: []string{"argus." + name + ".>"}},
 	}
 	ns, err := natsserver.NewServer(&natsserver.Options{ServerName: "external", Host: "127.0.0.1", Port: natsserver.RANDOM_PORT,
-		NoSigs: true, NoLog: true, Users: []*natsserver.User{{Username: user, Password: password, Permissions: perms}}})
+		NoSigs: true, NoLog: true, Users: []*natsserver.User{{Username: user, Password: password, Permissions: perms}},
+		// Room for a whole command result, as the README tells an external NATS to have.
+		MaxPayload: cluster.MaxPayload})
 	require.NoError(t, err)
 	ns.Start()
 	require.True(t, ns.ReadyForConnections(10*time.Second))

@@ -235,7 +235,8 @@ func TestRoute_EveryCommandThroughAnotherNode(t *testing.T) {
 // requested; an activation is refused agent_unreachable too, and its
 // committed session is ended, not left live.
 func TestRoute_HolderGoneIsUnreachable(t *testing.T) {
-	n := newRoutedPair(t, nil, nil)
+	// The retry waits this long for the agent to be recorded elsewhere.
+	n := newRoutedPair(t, map[string]any{"command-reconnect-wait": "2s"}, nil)
 	n.a.consentAndArm(t)
 	remote, _, _ := n.b.runAgent(t, "cam-gw-b")
 	n.heldBy(t, remote, "node-b")
