@@ -228,7 +228,7 @@ func TestRevoke_AgentSaysItsEnrollmentWasRefusedAndBacksOff(t *testing.T) {
 }
 
 func TestAgent_ReconnectsAfterServerRestart(t *testing.T) {
-	port := freePort(t)
+	port := testenv.FreeAddr(t)
 	f := newFleet(t, "--mqtt-ws-addr", port)
 	dir, st := f.enroll(t, "cam-gw-1")
 	a := testenv.StartAgent(t, dir)

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,20 +15,10 @@ import (
 	"github.com/argus-remote/argus/internal/testenv"
 )
 
-// freeAddr returns a loopback address no one listens on right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	return addr
-}
-
 // The decision reaches another node than the one the activation waits
 // on: the wait is read from the database, so the session opens anyway.
 func TestApproval_DecidedThroughAnotherNode(t *testing.T) {
-	routeA, routeB := freeAddr(t), freeAddr(t)
+	routeA, routeB := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	secret := strings.Repeat("s", 40)
 	cluster := func(listen, peer string) map[string]any {
 		return map[string]any{"cluster-name": "approval", "cluster-secret": secret, "cluster-listen": listen, "cluster-peers": peer}

@@ -44,7 +44,7 @@ type rsyslog struct {
 
 func startRsyslog(t *testing.T) *rsyslog {
 	t.Helper()
-	r := &rsyslog{t: t, bin: testenv.NeedTool(t, "rsyslogd", "rsyslog"), dir: testenv.TempDir(t), addr: freePort(t)}
+	r := &rsyslog{t: t, bin: testenv.NeedTool(t, "rsyslogd", "rsyslog"), dir: testenv.TempDir(t), addr: testenv.FreeAddr(t)}
 	r.out = filepath.Join(r.dir, "audit.log")
 	_, port, _ := net.SplitHostPort(r.addr)
 	// The main queue is direct: a message is in the file before the next

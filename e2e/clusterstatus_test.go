@@ -121,7 +121,7 @@ func tenantActive(active bool, session string) func([]byte) bool {
 // operator:admin only, and every refusal is audited with its code.
 func TestClusterStatus_WatchersOnAnyNodeSeeEveryAgentAndTenant(t *testing.T) {
 	env := testenv.NewEnv(t)
-	a1, a2, a3 := freePort(t), freePort(t), freePort(t)
+	a1, a2, a3 := testenv.FreeAddr(t), testenv.FreeAddr(t), testenv.FreeAddr(t)
 	nodeA := statusNode(t, env, "node-a", a1, a2)
 	nodeB := statusNode(t, env, "node-b", a2, a1)
 	ctx := context.Background()
@@ -371,7 +371,7 @@ func TestClusterStatus_SingleNodeIsOneRow(t *testing.T) {
 // node's check of its viewers' tokens finds the revocation.
 func TestClusterStatus_ViewerRevokedElsewhereIsDroppedWithoutTheBroadcast(t *testing.T) {
 	env := testenv.NewEnv(t)
-	a1, a2 := freePort(t), freePort(t)
+	a1, a2 := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	// Node A loses every broadcast it sends (the switch is read as it starts).
 	t.Setenv("ARGUS_TEST_DROP_BROADCASTS", "1")
 	nodeA := statusNode(t, env, "node-a", a1, a2)
@@ -418,7 +418,7 @@ func TestClusterStatus_ViewerRevokedElsewhereIsDroppedWithoutTheBroadcast(t *tes
 // indicator even when node B, which does not hold it, publishes the
 // indicator (ending another session of the tenant).
 func TestClusterStatus_StaleAgentElsewhereStaysStaleInTheIndicator(t *testing.T) {
-	a1, a2 := freePort(t), freePort(t)
+	a1, a2 := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	s := newSupportEnv(t, statusNodeSettings("node-a", a1, a2))
 	nodeB := statusNode(t, s.env, "node-b", a2, a1)
 	s.consentAndArm(t)
@@ -468,7 +468,7 @@ func TestClusterStatus_StaleAgentElsewhereStaysStaleInTheIndicator(t *testing.T)
 // An agent that moves from node A to node B stays online for every
 // watcher when A notices its old connection's end only afterwards.
 func TestClusterStatus_MovedAgentStaysOnlineWhenItsOldNodeSaysItLeftLate(t *testing.T) {
-	a1, a2 := freePort(t), freePort(t)
+	a1, a2 := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	s := newSupportEnv(t, statusNodeSettings("node-a", a1, a2))
 	nodeA := s.srv
 	nodeB := statusNode(t, s.env, "node-b", a2, a1)
@@ -535,7 +535,7 @@ func TestClusterStatus_MovedAgentStaysOnlineWhenItsOldNodeSaysItLeftLate(t *test
 // The tenant's status page served by node 2 turns ACTIVE for a session
 // whose agent is on node 1 and back to idle when it ends through node 3.
 func TestClusterStatus_PageOnAnotherNodeTurnsActiveAndBackInChromium(t *testing.T) {
-	a1, a2, a3 := freePort(t), freePort(t), freePort(t)
+	a1, a2, a3 := testenv.FreeAddr(t), testenv.FreeAddr(t), testenv.FreeAddr(t)
 	s := newSupportEnv(t, statusNodeSettings("node-1", a1, a2, a3))
 	node2 := statusNode(t, s.env, "node-2", a2, a1, a3)
 	node3 := statusNode(t, s.env, "node-3", a3, a1, a2)

@@ -81,7 +81,7 @@ type binaryFleet struct {
 
 func newBinaryFleet(t *testing.T, env *testenv.Env, extra ...string) *binaryFleet {
 	t.Helper()
-	args := append([]string{"--mqtt-ws-addr", freePort(t), "--remote-support-operator-cidrs", "127.0.0.0/8"}, extra...)
+	args := append([]string{"--mqtt-ws-addr", testenv.FreeAddr(t), "--remote-support-operator-cidrs", "127.0.0.0/8"}, extra...)
 	srvEnv := []string{"REMOTE_SUPPORT_ENABLED=true", "ARGUS_OPS_TOKEN=" + opsToken}
 	f := &fleet{env: env, tenant: "acme"}
 	f.srv = env.StartServer(t, srvEnv, args...)

@@ -53,7 +53,7 @@ func newTwoNodes(t *testing.T) *twoNodes {
 	c := &twoNodes{env: env}
 	shared := t.TempDir()
 	secret := strings.Repeat("s3cret-of-the-move-test-", 2)
-	routes := [2]string{freePort(t), freePort(t)}
+	routes := [2]string{testenv.FreeAddr(t), testenv.FreeAddr(t)}
 	for i, id := range []string{"node-a", "node-b"} {
 		n := &clusterNode{id: id, dataDir: filepath.Join(t.TempDir(), id), route: routes[i]}
 		n.env = append(env.Vars(),

@@ -44,7 +44,7 @@ func clusterKeys(id, listen, peer string) map[string]any {
 // settings.
 func newRoutedPair(t *testing.T, extraA, extraB map[string]any) *routedPair {
 	t.Helper()
-	la, lb := freePort(t), freePort(t)
+	la, lb := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	oa := clusterKeys("node-a", la, lb)
 	for k, v := range extraA {
 		oa[k] = v
