@@ -157,7 +157,8 @@ func (m *Manager) deliver(ctx context.Context, d cluster.Delivery) (topics.Resul
 				routed, failed, wait = true, m.Route.NodeID(), m.ReconnectWait
 				continue
 			}
-			if err != nil {
+			if err != nil || !here {
+				// Not sent (the agent is not here): as on one node.
 				return r, err
 			}
 			res = r
