@@ -11,8 +11,10 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -34,7 +36,23 @@ const (
 	// DefaultMaxPendingPerSource bounds the connections from one source
 	// address that have not yet been answered their CONNECT.
 	DefaultMaxPendingPerSource = 64
+	// DescriptorReserve is what DefaultMaxClients leaves of the process's
+	// descriptor limit for everything else the server holds open: its
+	// database pool, the cluster's connections, API clients, files.
+	DescriptorReserve = 256
 )
+
+// DefaultMaxClients bounds the connected clients by the process's soft
+// descriptor limit, less DescriptorReserve: a node that ran out of
+// descriptors could not renew its lease or reach its database, and would
+// lose every agent it holds, not just the one too many.
+func DefaultMaxClients() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > math.MaxInt32 {
+		return math.MaxInt32
+	}
+	return max(1, int(rl.Cur)-DescriptorReserve)
+}
 
 // Config configures the broker.
 type Config struct {
@@ -62,6 +80,10 @@ type Config struct {
 	// CONNECT: one more is closed as it is accepted. 0 means
 	// DefaultMaxPendingPerSource; less than 0, no bound.
 	MaxPendingPerSource int
+	// MaxClients bounds the clients connected at once: one more is
+	// answered MQTT v5 0x89 (server busy), so that an agent tries another
+	// node. 0 means DefaultMaxClients().
+	MaxClients int
 	// Policy decides who connects and what they touch; nil refuses all.
 	Policy Policy
 	// Hooks observe the broker (presence); they must not answer
@@ -102,6 +124,9 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.MaxPendingPerSource == 0 {
 		cfg.MaxPendingPerSource = DefaultMaxPendingPerSource
 	}
+	if cfg.MaxClients <= 0 {
+		cfg.MaxClients = DefaultMaxClients()
+	}
 	if cfg.WSPath == "" {
 		cfg.WSPath = "/mqtt"
 	}
@@ -121,6 +146,7 @@ func New(cfg Config) (*Broker, error) {
 	// mochi's default would drop every retained message after a day.
 	caps.MaximumMessageExpiryInterval = 0
 	caps.MaximumQos = 1
+	caps.MaximumClients = int64(cfg.MaxClients)
 
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,

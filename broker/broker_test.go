@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -420,4 +421,42 @@ func TestBroker_RedirectSendsClientsToAnotherServer(t *testing.T) {
 	_, ack, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "c1", Username: "u1", Password: "p1"})
 	require.NoError(t, err)
 	assert.Equal(t, byte(0), ack.ReasonCode)
+}
+
+// A node holds no more clients than its bound: one more is told the
+// server is busy, so an agent tries another node, and a place freed is
+// taken again.
+func TestBroker_MaxClientsRefusesOneMoreAsBusy(t *testing.T) {
+	b := start(t, broker.Config{Policy: anyPolicy{}, MaxClients: 2})
+	var held []*mqtttest.Client
+	for _, id := range []string{"c1", "c2"} {
+		c, _, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: id, Username: "u", Password: "p"})
+		require.NoError(t, err)
+		held = append(held, c)
+	}
+	_, ack, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "c3", Username: "u", Password: "p"})
+	require.Error(t, err)
+	require.NotNil(t, ack)
+	assert.Equal(t, byte(0x89), ack.ReasonCode, "server busy")
+
+	require.NoError(t, held[0].Disconnect(&paho.Disconnect{}))
+	require.Eventually(t, func() bool {
+		c, _, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "c3", Username: "u", Password: "p"})
+		if err != nil {
+			return false
+		}
+		_ = c.Disconnect(&paho.Disconnect{})
+		return true
+	}, 5*time.Second, 20*time.Millisecond, "a freed place is taken again")
+}
+
+// By default the bound leaves the server a reserve of its descriptor
+// limit for its database, its cluster and its API.
+func TestDefaultMaxClients_LeavesADescriptorReserve(t *testing.T) {
+	var rl syscall.Rlimit
+	require.NoError(t, syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl))
+	if rl.Cur > 1<<30 {
+		t.Skip("no descriptor limit to leave a reserve of")
+	}
+	assert.Equal(t, int(rl.Cur)-broker.DescriptorReserve, broker.DefaultMaxClients())
 }

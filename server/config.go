@@ -43,10 +43,13 @@ type Config struct {
 	// ConnectTimeout and MaxPendingPerSource (here 0 is no bound).
 	MQTTConnectTimeout      time.Duration
 	MQTTMaxPendingPerSource int
-	RemoteSupport           bool
-	OperatorCIDRs           []netip.Prefix
-	TrustedProxies          []netip.Prefix
-	OpsToken                string
+	// MQTTMaxClients: see broker.Config's MaxClients (0: from the
+	// descriptor limit).
+	MQTTMaxClients int
+	RemoteSupport  bool
+	OperatorCIDRs  []netip.Prefix
+	TrustedProxies []netip.Prefix
+	OpsToken       string
 
 	// NodeID names this node in the cluster; empty means the one kept in
 	// the data dir (made on first start).
@@ -107,6 +110,7 @@ var Keys = []settings.Key{
 	{Name: "mqtt-max-packet-size", Env: []string{"ARGUS_MQTT_MAX_PACKET_SIZE"}, Default: 8<<20 + 64<<10},
 	{Name: "mqtt-connect-timeout", Env: []string{"ARGUS_MQTT_CONNECT_TIMEOUT"}, Default: "10s"},
 	{Name: "mqtt-max-pending-per-source", Env: []string{"ARGUS_MQTT_MAX_PENDING_PER_SOURCE"}, Default: broker.DefaultMaxPendingPerSource},
+	{Name: "mqtt-max-clients", Env: []string{"ARGUS_MQTT_MAX_CLIENTS"}, Default: 0},
 	{Name: "remote-support-enabled", Env: []string{"REMOTE_SUPPORT_ENABLED"}, Default: false},
 	{Name: "remote-support-operator-cidrs", Env: []string{"REMOTE_SUPPORT_OPERATOR_CIDRS"}},
 	{Name: "ops-token", Env: []string{"ARGUS_OPS_TOKEN"}},
@@ -231,6 +235,11 @@ func FromViper(v *viper.Viper) (Config, error) {
 		bad("mqtt-max-pending-per-source", "%d is outside 0..1048576 (0: no bound)", n)
 	} else {
 		c.MQTTMaxPendingPerSource = int(n)
+	}
+	if n := v.GetInt64("mqtt-max-clients"); n < 0 || n > 1<<30 {
+		bad("mqtt-max-clients", "%d is outside 0..1073741824 (0: the descriptor limit less %d)", n, broker.DescriptorReserve)
+	} else {
+		c.MQTTMaxClients = int(n)
 	}
 	if n := v.GetInt64("gc-heap-floor"); n < 0 || n > 64<<30 {
 		bad("gc-heap-floor", "%d is outside 0..68719476736 bytes", n)

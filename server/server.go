@@ -165,6 +165,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		MaxPacketSize:       cfg.MQTTMaxPacket,
 		ConnectTimeout:      cfg.MQTTConnectTimeout,
 		MaxPendingPerSource: pending,
+		MaxClients:          cfg.MQTTMaxClients,
 		Policy:              s.policy,
 		Hooks:               []mqtt.Hook{s.fleet.Hook(), s.keys.Hook(), s.status.Hook()},
 		Logger:              log,
