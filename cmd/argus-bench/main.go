@@ -188,13 +188,15 @@ func main() {
 	var (
 		nodes, clAgents, clSources, clPings, perProcess int
 		clHold                                          time.Duration
-		clKill                                          bool
+		clKill, clRolling, clAnyNode                    bool
+		clSessions                                      int
 	)
 	cl := &cobra.Command{
 		Use:   "cluster",
 		Short: "Hold agents on a cluster of N nodes, time pings within and across nodes, and kill a node",
 		Example: `  argus-bench cluster --nodes 3 --agents 3000 --kill
-  argus-bench cluster --nodes 5 --agents 15000 --sources 250 --hold 5m`,
+  argus-bench cluster --nodes 5 --agents 15000 --sources 250 --hold 5m
+  argus-bench cluster --nodes 3 --agents 30000 --rolling`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			b, err := bin()
 			if err != nil {
@@ -206,7 +208,7 @@ func main() {
 			}
 			r, err := bench.ClusterRun(cmd.Context(), b, bench.ClusterOptions{
 				Nodes: nodes, Agents: clAgents, Sources: clSources, Hold: clHold, Pings: clPings, Kill: clKill,
-				Self: self, PerProcess: perProcess,
+				Rolling: clRolling, AnyNode: clAnyNode, Sessions: clSessions, Self: self, PerProcess: perProcess,
 			})
 			if err != nil {
 				return err
@@ -220,11 +222,15 @@ func main() {
 	cl.Flags().IntVar(&clPings, "pings", 1000, "sequential audited pings, same node and across nodes")
 	cl.Flags().DurationVar(&clHold, "hold", 0, "hold the agents this long before measuring")
 	cl.Flags().IntVar(&perProcess, "agents-per-process", bench.DefaultAgentsPerProcess, "agents per harness process (each a descriptor; mind the per-process limit)")
-	cl.Flags().BoolVar(&clKill, "kill", false, "then SIGKILL the last node and time its agents' and its session's return")
+	cl.Flags().BoolVar(&clKill, "kill", false, "then SIGKILL the last node and time its agents' and its sessions' return")
+	cl.Flags().BoolVar(&clRolling, "rolling", false, "then drain and restart each node in turn under audited pings")
+	cl.Flags().BoolVar(&clAnyNode, "any-node", false, "give every agent every node's URL (implied by --kill and --rolling)")
+	cl.Flags().IntVar(&clSessions, "sessions", 10, "live sessions kept through --kill (on the killed node's agents) or --rolling")
 
 	var (
 		holdStates              string
 		holdSources, holdOffset int
+		holdBrokers             []string
 	)
 	holdAgents := &cobra.Command{
 		Use:    "hold-agents",
@@ -233,12 +239,13 @@ func main() {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
-			return bench.HoldAgents(ctx, holdStates, holdSources, holdOffset, os.Stdout)
+			return bench.HoldAgents(ctx, holdStates, holdSources, holdOffset, holdBrokers, os.Stdout)
 		},
 	}
 	holdAgents.Flags().StringVar(&holdStates, "states", "", "JSON file of agent states")
 	holdAgents.Flags().IntVar(&holdSources, "sources", 250, "loopback source addresses")
 	holdAgents.Flags().IntVar(&holdOffset, "source-offset", 0, "the first source address's index")
+	holdAgents.Flags().StringSliceVar(&holdBrokers, "broker-urls", nil, "every agent's broker URLs (default: each state's own)")
 
 	root.AddCommand(idle, rtt, cl, holdAgents)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -253,9 +260,13 @@ func clusterRows(r bench.ClusterResult) [][2]string {
 	q := func(x bench.Quantiles) string {
 		return fmt.Sprintf("p50 %.2f  p90 %.2f  p99 %.2f  max %.2f ms (n=%d)", x.P50, x.P90, x.P99, x.Max, x.N)
 	}
+	spread := "agent i on node i mod N"
+	if r.AnyNode {
+		spread = "every agent given every node's URL"
+	}
 	rows := [][2]string{
 		{"cluster", fmt.Sprintf("%d nodes, one PostgreSQL, embedded NATS with routes", r.Nodes)},
-		{"agents", fmt.Sprintf("%d, %d source addresses per harness process (this one's fd limit %d)", r.Agents, r.Sources, r.FDLimit)},
+		{"agents", fmt.Sprintf("%d, %d source addresses per harness process (this one's fd limit %d), %s", r.Agents, r.Sources, r.FDLimit, spread)},
 		{"connect rate", fmt.Sprintf("%.0f agents/s", r.ConnectRate)},
 		{"connected after hold", fmt.Sprintf("%d of %d (held %s)", r.ConnectedAtEnd, r.Agents, r.HeldFor)},
 	}
@@ -264,7 +275,7 @@ func clusterRows(r bench.ClusterResult) [][2]string {
 	}
 	for _, n := range r.PerNode {
 		rows = append(rows, [2]string{fmt.Sprintf("node %d", n.Node),
-			fmt.Sprintf("%d agents, RSS %.1f MiB (baseline %.1f), %.1f KiB per agent", n.Agents, n.RSSMiB, n.RSSBaselineMiB, n.RSSPerAgentKiB)})
+			fmt.Sprintf("%d agents, RSS %.1f MiB (baseline %.1f), %.1f KiB per agent, %d fds open", n.Agents, n.RSSMiB, n.RSSBaselineMiB, n.RSSPerAgentKiB, n.FDs)})
 	}
 	if r.SameNodePing.N > 0 {
 		rows = append(rows, [2]string{"audited ping, same node", q(r.SameNodePing)})
@@ -276,8 +287,15 @@ func clusterRows(r bench.ClusterResult) [][2]string {
 		rows = append(rows, [2]string{"audited ping, across nodes", "failed: " + r.CrossNodeError})
 	}
 	if r.AllBackIn != "" {
-		rows = append(rows, [2]string{"node killed", fmt.Sprintf("%d agents back on the others in %s; its session answered after %s; sessions ended: %d",
-			r.KilledAgents, r.AllBackIn, r.SessionBackIn, r.SessionsEnded)})
+		rows = append(rows, [2]string{"node killed", fmt.Sprintf("%d agents back on the others in %s; its %d sessions all answered after %s; sessions ended: %d",
+			r.KilledAgents, r.AllBackIn, r.KilledSessions, r.SessionBackIn, r.SessionsEnded)})
+	}
+	if rf := r.Rolling; rf != nil {
+		for _, st := range rf.Steps {
+			rows = append(rows, [2]string{"rolling restart", st})
+		}
+		rows = append(rows, [2]string{"rolling restart total", fmt.Sprintf("%s; %d audited pings, %d failed %v; sessions ended: %d",
+			rf.Total, rf.Commands, rf.Failed, rf.Errors, r.SessionsEnded)})
 	}
 	return rows
 }

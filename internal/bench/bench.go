@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"sync"
@@ -67,6 +68,10 @@ type Fleet struct {
 	// SourceOffset shifts the loopback source addresses agents dial
 	// from, so several harness processes use different ones.
 	SourceOffset int
+	// BrokerURLs, when set, are every agent's brokers (a cluster's
+	// nodes), tried in the agent's own random order; otherwise each agent
+	// dials its state's one.
+	BrokerURLs []string
 }
 
 type runningAgent struct {
@@ -134,9 +139,16 @@ func (f *Fleet) openSession(ctx context.Context, agentID string) (*session, erro
 
 // ping sends one audited ping and times its round trip.
 func (s *session) ping(ctx context.Context) (time.Duration, error) {
+	return s.pingVia(ctx, s.api.BaseURL)
+}
+
+// pingVia is ping through the API at base (another node's).
+func (s *session) pingVia(ctx context.Context, base string) (time.Duration, error) {
 	var out apiclient.CommandResult
+	api := s.api
+	api.BaseURL = base
 	t0 := time.Now()
-	err := s.api.Do(ctx, "POST", "/v1/support/sessions/"+s.id+"/commands", map[string]string{"name": "ping"}, &out)
+	err := api.Do(ctx, "POST", "/v1/support/sessions/"+s.id+"/commands", map[string]string{"name": "ping"}, &out)
 	if err == nil && out.Status != "ok" {
 		err = fmt.Errorf("ping: %s", out.Status)
 	}
@@ -221,10 +233,17 @@ func (f *Fleet) Connect(ctx context.Context, states []agent.State, sources, conc
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, conc)
 	quiet := slog.New(slog.DiscardHandler)
+	if dir := os.Getenv("ARGUS_BENCH_LOG_DIR"); dir != "" && f.SourceOffset == 0 {
+		// This process's agents only (the sessions'): the children's are many.
+		if lf, err := os.OpenFile(filepath.Join(dir, "agents.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
+			quiet = slog.New(slog.NewJSONHandler(lf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		}
+	}
 	for i, st := range states {
 		cfg := agent.Config{
 			StateDir: os.TempDir(), HeartbeatInterval: time.Hour, ReconnectMax: 10 * time.Second,
 			LocalAddr: sourceAddr(f.SourceOffset + i%sources), CameraTimeout: time.Second,
+			BrokerURLs: f.BrokerURLs,
 		}
 		a, err := agent.New(cfg, st, quiet)
 		if err != nil {

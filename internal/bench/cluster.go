@@ -9,8 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
+	"github.com/argus-remote/argus/agent"
 	"github.com/argus-remote/argus/argusctl/apiclient"
 	"github.com/argus-remote/argus/internal/pgcluster"
 )
@@ -126,6 +131,8 @@ type NodeFigures struct {
 	RSSBaselineMiB float64 `json:"rss_baseline_mib"`
 	RSSMiB         float64 `json:"rss_mib"`
 	RSSPerAgentKiB float64 `json:"rss_per_agent_kib"`
+	// FDs is how many descriptors the node had open at the end of the hold.
+	FDs int `json:"fds"`
 }
 
 // HolderFigures is one child harness process: its agents and the
@@ -135,12 +142,27 @@ type HolderFigures struct {
 	FDLimit uint64 `json:"fd_limit"`
 }
 
+// RollingFigures is a rolling restart under steady audited pings.
+type RollingFigures struct {
+	// Steps is each node's drain, restart and its agents being back.
+	Steps []string `json:"steps"`
+	Total string   `json:"total"`
+	// Commands are the audited pings sent meanwhile, each through a node
+	// not being restarted, as a load balancer in front would send them.
+	Commands int      `json:"commands"`
+	Failed   int      `json:"failed"`
+	Errors   []string `json:"errors,omitempty"`
+}
+
 // ClusterResult is what the cluster run measures.
 type ClusterResult struct {
 	Nodes   int    `json:"nodes"`
 	Agents  int    `json:"agents"`
 	Sources int    `json:"sources"`
 	FDLimit uint64 `json:"fd_limit"`
+	// AnyNode: every agent was given every node's URL, in its own random
+	// order, rather than one node each.
+	AnyNode bool `json:"any_node"`
 	// Processes are the child harness processes holding agents, if any.
 	Processes      []HolderFigures `json:"processes,omitempty"`
 	ConnectRate    float64         `json:"connects_per_s"`
@@ -148,17 +170,19 @@ type ClusterResult struct {
 	ConnectedAtEnd int             `json:"connected_at_end"`
 	PerNode        []NodeFigures   `json:"per_node"`
 	// Audited pings from the first node's API: to an agent held there,
-	// and to one held by another node.
+	// and to one held by the last node.
 	SameNodePing  Quantiles `json:"same_node_ping"`
 	CrossNodePing Quantiles `json:"cross_node_ping"`
 	// The last node is killed with SIGKILL: when all its agents were back
-	// on the others, and when a live session whose agent it held answered
-	// again.
-	KilledAgents   int    `json:"killed_agents,omitempty"`
-	AllBackIn      string `json:"all_back_in,omitempty"`
-	SessionBackIn  string `json:"session_back_in,omitempty"`
-	SessionsEnded  int    `json:"sessions_ended,omitempty"`
-	CrossNodeError string `json:"cross_node_error,omitempty"`
+	// on the others, and when every live session whose agent it held
+	// answered again.
+	KilledAgents   int             `json:"killed_agents,omitempty"`
+	KilledSessions int             `json:"killed_sessions,omitempty"`
+	AllBackIn      string          `json:"all_back_in,omitempty"`
+	SessionBackIn  string          `json:"session_back_in,omitempty"`
+	SessionsEnded  int             `json:"sessions_ended,omitempty"`
+	Rolling        *RollingFigures `json:"rolling,omitempty"`
+	CrossNodeError string          `json:"cross_node_error,omitempty"`
 }
 
 // ClusterOptions configure a cluster run.
@@ -169,7 +193,14 @@ type ClusterOptions struct {
 	Sources int
 	Hold    time.Duration
 	Pings   int
-	Kill    bool
+	// AnyNode gives every agent every node's URL (Kill and Rolling need
+	// it: the agents must have somewhere to go).
+	AnyNode bool
+	// Sessions is how many live sessions Kill and Rolling keep (Kill's
+	// on the killed node's agents).
+	Sessions int
+	Kill     bool
+	Rolling  bool
 	// Self is this harness's binary, run again as child processes
 	// holding PerProcess agents each when Agents is more than that.
 	Self       string
@@ -178,14 +209,17 @@ type ClusterOptions struct {
 
 // ClusterRun holds the agents spread over an n-node cluster, measures
 // each node, times audited pings within and across nodes, and, with
-// Kill, kills the last node and times its agents' and its session's
-// return.
+// Kill, kills the last node and times its agents' and its sessions'
+// return; with Rolling, drains and restarts each node in turn under
+// audited pings.
 func ClusterRun(ctx context.Context, bin string, o ClusterOptions) (ClusterResult, error) {
-	n, m, sources, hold, pings, kill := o.Nodes, o.Agents, o.Sources, o.Hold, o.Pings, o.Kill
+	n, m, sources, hold := o.Nodes, o.Agents, o.Sources, o.Hold
 	if o.PerProcess <= 0 {
 		o.PerProcess = DefaultAgentsPerProcess
 	}
-	r := ClusterResult{Nodes: n, Agents: m, Sources: sources, FDLimit: RaiseFDLimit(), HeldFor: hold.String()}
+	o.AnyNode = o.AnyNode || o.Kill || o.Rolling
+	o.Sessions = max(o.Sessions, 1)
+	r := ClusterResult{Nodes: n, Agents: m, Sources: sources, FDLimit: RaiseFDLimit(), HeldFor: hold.String(), AnyNode: o.AnyNode}
 	c, err := StartCluster(ctx, bin, n)
 	if err != nil {
 		return r, err
@@ -211,24 +245,35 @@ func ClusterRun(ctx context.Context, bin string, o ClusterOptions) (ClusterResul
 		return r, fmt.Errorf("enroll: %w", err)
 	}
 	// Spread round robin: agent i dials node i mod n, as a load balancer
-	// in front would spread them.
+	// in front would spread them; or every agent knows every node.
 	for i := range states {
 		states[i].BrokerURL = c.Nodes[i%n].MQTTURL
 	}
+	if o.AnyNode {
+		for _, s := range c.Nodes {
+			f.BrokerURLs = append(f.BrokerURLs, s.MQTTURL)
+		}
+	}
+	// The first agents stay in this process, for the sessions; with
+	// every node's URL, enough that each node holds some of them.
+	local := n
+	if o.AnyNode {
+		local = 4 * n * o.Sessions
+	}
+	local = min(local, m)
 	start := time.Now()
 	if m <= o.PerProcess || o.Self == "" {
 		if _, _, err := f.Connect(ctx, states, sources, 512); err != nil {
 			return r, err
 		}
 	} else {
-		// Shares of PerProcess agents, each from its own source addresses;
-		// the first n agents stay here, for the pings.
-		if _, _, err := f.Connect(ctx, states[:n], 1, n); err != nil {
+		// Shares of PerProcess agents, each from its own source addresses.
+		if _, _, err := f.Connect(ctx, states[:local], 1, local); err != nil {
 			return r, err
 		}
-		for k, lo := 0, n; lo < m; k, lo = k+1, lo+o.PerProcess {
+		for k, lo := 0, local; lo < m; k, lo = k+1, lo+o.PerProcess {
 			hi := min(lo+o.PerProcess, m)
-			h, rep, err := spawnHolder(ctx, o.Self, states[lo:hi], sources, 1+(k+1)*sources)
+			h, rep, err := spawnHolder(ctx, o.Self, states[lo:hi], sources, 1+(k+1)*sources, f.BrokerURLs)
 			if err != nil {
 				return r, err
 			}
@@ -253,7 +298,7 @@ func ClusterRun(ctx context.Context, bin string, o ClusterOptions) (ClusterResul
 		if err != nil {
 			return r, err
 		}
-		nf := NodeFigures{Node: i + 1, Agents: per[i], RSSBaselineMiB: float64(base[i]) / (1 << 20), RSSMiB: float64(rss) / (1 << 20)}
+		nf := NodeFigures{Node: i + 1, Agents: per[i], RSSBaselineMiB: float64(base[i]) / (1 << 20), RSSMiB: float64(rss) / (1 << 20), FDs: s.FDs()}
 		if per[i] > 0 {
 			nf.RSSPerAgentKiB = float64(rss-base[i]) / float64(per[i]) / 1024
 		}
@@ -262,30 +307,106 @@ func ClusterRun(ctx context.Context, bin string, o ClusterOptions) (ClusterResul
 	if n < 2 || m < n {
 		return r, nil
 	}
-	// Agent 0 is on node 1 (the API's node), agent n-1 on the last node.
-	same, err := f.openSession(ctx, states[0].AgentID)
+	// Which node holds each of the local agents.
+	byNode := make([][]string, n)
+	if o.AnyNode {
+		held, err := c.holders(ctx, states[:local])
+		if err != nil {
+			return r, err
+		}
+		for i, st := range states[:local] {
+			if k := held[i]; k >= 0 {
+				byNode[k] = append(byNode[k], st.AgentID)
+			}
+		}
+	} else {
+		for i, st := range states[:local] {
+			byNode[i%n] = append(byNode[i%n], st.AgentID)
+		}
+	}
+	if len(byNode[0]) == 0 || len(byNode[n-1]) == 0 {
+		return r, fmt.Errorf("no local agent on node 1 or node %d: %d and %d of %d", n, len(byNode[0]), len(byNode[n-1]), local)
+	}
+	same, err := f.openSession(ctx, byNode[0][0])
 	if err != nil {
 		return r, fmt.Errorf("session on node 1: %w", err)
 	}
-	if r.SameNodePing, err = f.pings(ctx, same, pings); err != nil {
+	if r.SameNodePing, err = f.pings(ctx, same, o.Pings); err != nil {
 		return r, fmt.Errorf("same-node pings: %w", err)
 	}
-	cross, err := f.openSession(ctx, states[n-1].AgentID)
+	cross, err := f.openSession(ctx, byNode[n-1][0])
 	if err == nil {
-		r.CrossNodePing, err = f.pings(ctx, cross, pings)
+		r.CrossNodePing, err = f.pings(ctx, cross, o.Pings)
 	}
 	if err != nil {
 		// Reported, not fatal: the node figures stand on their own.
 		r.CrossNodeError = err.Error()
 		return r, nil
 	}
-	if !kill {
-		return r, nil
+	switch {
+	case o.Kill:
+		err = c.killRun(ctx, f, &r, per[n-1], append([]*session{cross}, f.moreSessions(ctx, byNode[n-1][1:], o.Sessions-1)...), m)
+		if err == nil {
+			err = f.countEnded(ctx, &r, same)
+		}
+	case o.Rolling:
+		// same and cross hold the first agent of nodes 1 and n.
+		ss := []*session{same, cross}
+		for k := 1; len(ss) < o.Sessions; k++ {
+			added := false
+			for i := range byNode {
+				if k < len(byNode[i]) && len(ss) < o.Sessions {
+					s, err := f.openSession(ctx, byNode[i][k])
+					if err != nil {
+						return r, err
+					}
+					ss, added = append(ss, s), true
+				}
+			}
+			if !added {
+				break
+			}
+		}
+		err = c.rollingRun(ctx, &r, ss, m)
+		if err == nil {
+			err = f.countEnded(ctx, &r, ss...)
+		}
 	}
-	victim := c.Nodes[n-1]
-	r.KilledAgents = per[n-1]
+	return r, err
+}
+
+// moreSessions opens sessions on up to k of ids.
+func (f *Fleet) moreSessions(ctx context.Context, ids []string, k int) []*session {
+	var ss []*session
+	for _, id := range ids[:min(k, len(ids))] {
+		if s, err := f.openSession(ctx, id); err == nil {
+			ss = append(ss, s)
+		}
+	}
+	return ss
+}
+
+// countEnded counts the sessions no longer active.
+func (f *Fleet) countEnded(ctx context.Context, r *ClusterResult, ss ...*session) error {
+	for _, s := range ss {
+		var got apiclient.Session
+		if err := f.API.Do(ctx, "GET", "/v1/support/sessions/"+s.id, nil, &got); err != nil {
+			return err
+		}
+		if !got.Active {
+			r.SessionsEnded++
+		}
+	}
+	return nil
+}
+
+// killRun kills the last node and times its agents' return to the others
+// and every session whose agent it held answering again.
+func (c *Cluster) killRun(ctx context.Context, f *Fleet, r *ClusterResult, held int, ss []*session, m int) error {
+	victim := c.Nodes[len(c.Nodes)-1]
+	r.KilledAgents, r.KilledSessions = held, len(ss)
 	victim.Kill()
-	start = time.Now()
+	start := time.Now()
 	for {
 		got, _ := c.Connected(victim)
 		if got >= m {
@@ -293,28 +414,108 @@ func ClusterRun(ctx context.Context, bin string, o ClusterOptions) (ClusterResul
 			break
 		}
 		if time.Since(start) > 5*time.Minute {
-			return r, fmt.Errorf("only %d of %d agents back after 5 minutes", got, m)
+			return fmt.Errorf("only %d of %d agents back after 5 minutes", got, m)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	for {
-		if _, err := cross.ping(ctx); err == nil {
-			r.SessionBackIn = time.Since(start).Round(time.Millisecond).String()
+	for _, s := range ss {
+		for {
+			if _, err := s.ping(ctx); err == nil {
+				break
+			}
+			if time.Since(start) > 2*time.Minute {
+				return errors.New("a moved agent's session did not answer within 2 minutes")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	r.SessionBackIn = time.Since(start).Round(time.Millisecond).String()
+	return nil
+}
+
+// rollingRun drains (SIGTERM) and restarts each node in turn, waiting
+// for every agent to be held again before the next, while audited pings
+// go round the sessions through a node that is not being restarted.
+func (c *Cluster) rollingRun(ctx context.Context, r *ClusterResult, ss []*session, m int) error {
+	rf := &RollingFigures{}
+	r.Rolling = rf
+	var via atomic.Pointer[string]
+	via.Store(&c.Nodes[0].APIURL)
+	var mu sync.Mutex
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for k := 0; loadCtx.Err() == nil; k++ {
+			_, err := ss[k%len(ss)].pingVia(loadCtx, *via.Load())
+			if loadCtx.Err() != nil {
+				return
+			}
+			mu.Lock()
+			rf.Commands++
+			if err != nil {
+				rf.Failed++
+				if len(rf.Errors) < 5 {
+					rf.Errors = append(rf.Errors, err.Error())
+				}
+			}
+			mu.Unlock()
+		}
+	}()
+	start := time.Now()
+	var err error
+	for i, s := range c.Nodes {
+		via.Store(&c.Nodes[(i+1)%len(c.Nodes)].APIURL)
+		t0 := time.Now()
+		s.Stop()
+		stopped := time.Since(t0)
+		if err = s.Restart(ctx, c.Bin, s.args...); err != nil {
+			err = fmt.Errorf("restart node %d: %w", i+1, err)
 			break
 		}
-		if time.Since(start) > 2*time.Minute {
-			return r, errors.New("the moved agent's session did not answer within 2 minutes")
+		for {
+			got, _ := c.Connected(nil)
+			if got >= m {
+				break
+			}
+			if time.Since(t0) > 5*time.Minute {
+				err = fmt.Errorf("node %d: only %d of %d agents held 5 minutes after its drain began", i+1, got, m)
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
-		time.Sleep(100 * time.Millisecond)
+		if err != nil {
+			break
+		}
+		rf.Steps = append(rf.Steps, fmt.Sprintf("node %d: drained in %s, back and every agent held after %s",
+			i+1, stopped.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond)))
 	}
-	for _, id := range []string{same.id, cross.id} {
-		var s apiclient.Session
-		if err := f.API.Do(ctx, "GET", "/v1/support/sessions/"+id, nil, &s); err != nil {
-			return r, err
+	rf.Total = time.Since(start).Round(time.Millisecond).String()
+	stopLoad()
+	<-done
+	return err
+}
+
+// holders returns, for each state, the index of the node its agent's
+// presence names, or -1.
+func (c *Cluster) holders(ctx context.Context, states []agent.State) ([]int, error) {
+	conn, err := pgx.Connect(ctx, c.pg.ConnString("argus"))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(ctx)
+	out := make([]int, len(states))
+	for i, st := range states {
+		var node string
+		err := conn.QueryRow(ctx, "SELECT node_id FROM agent_presence WHERE agent_id = $1", st.AgentID).Scan(&node)
+		out[i] = -1
+		if err != nil {
+			continue
 		}
-		if !s.Active {
-			r.SessionsEnded++
+		var k int
+		if _, err := fmt.Sscanf(node, "bench-%d", &k); err == nil && k >= 1 && k <= len(c.Nodes) {
+			out[i] = k - 1
 		}
 	}
-	return r, nil
+	return out, nil
 }

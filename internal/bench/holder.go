@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
@@ -36,7 +37,7 @@ type holderReport struct {
 
 // spawnHolder runs self's hold-agents command for states, dialling from
 // sources addresses starting at the offset-th, and waits for its report.
-func spawnHolder(ctx context.Context, self string, states []agent.State, sources, offset int) (*holder, holderReport, error) {
+func spawnHolder(ctx context.Context, self string, states []agent.State, sources, offset int, brokerURLs []string) (*holder, holderReport, error) {
 	f, err := os.CreateTemp("", "argus-bench-states-*.json")
 	if err != nil {
 		return nil, holderReport{}, err
@@ -49,7 +50,11 @@ func spawnHolder(ctx context.Context, self string, states []agent.State, sources
 	if err := f.Close(); err != nil {
 		return nil, holderReport{}, err
 	}
-	cmd := exec.Command(self, "hold-agents", "--states", f.Name(), "--sources", fmt.Sprint(sources), "--source-offset", fmt.Sprint(offset))
+	args := []string{"hold-agents", "--states", f.Name(), "--sources", fmt.Sprint(sources), "--source-offset", fmt.Sprint(offset)}
+	if len(brokerURLs) > 0 {
+		args = append(args, "--broker-urls", strings.Join(brokerURLs, ","))
+	}
+	cmd := exec.Command(self, args...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -100,7 +105,7 @@ func (h *holder) stop() {
 
 // HoldAgents is the child's side: it connects the agents in file, reports
 // on w, and holds them until ctx ends.
-func HoldAgents(ctx context.Context, file string, sources, offset int, w io.Writer) error {
+func HoldAgents(ctx context.Context, file string, sources, offset int, brokerURLs []string, w io.Writer) error {
 	rep := holderReport{FDLimit: RaiseFDLimit()}
 	report := func() error { return json.NewEncoder(w).Encode(rep) }
 	b, err := os.ReadFile(file)
@@ -113,7 +118,7 @@ func HoldAgents(ctx context.Context, file string, sources, offset int, w io.Writ
 		rep.Error = err.Error()
 		return report()
 	}
-	f := &Fleet{SourceOffset: offset}
+	f := &Fleet{SourceOffset: offset, BrokerURLs: brokerURLs}
 	defer f.StopAgents()
 	_, total, err := f.Connect(ctx, states, sources, 512)
 	if err != nil {

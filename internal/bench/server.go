@@ -31,9 +31,9 @@ type Server struct {
 	dir     string
 	APIURL  string
 	MQTTURL string
-	pprof   string   // the server's loopback debug listener
-	extra   []string // more environment, for every command run against it
-	done    chan error
+	pprof   string        // the server's loopback debug listener
+	extra   []string      // more environment, for every command run against it
+	done    chan struct{} // closed once the process has exited
 }
 
 // StartServer runs bin with a private PostgreSQL in a fresh directory and
@@ -66,7 +66,7 @@ func StartServerEnv(ctx context.Context, bin string, env []string, extraArgs ...
 			return nil, err
 		}
 	}
-	s := &Server{dir: dir, pprof: pprof, extra: env, done: make(chan error, 1), args: append([]string{"--http-addr", api, "--mqtt-ws-addr", mq}, extraArgs...)}
+	s := &Server{dir: dir, pprof: pprof, extra: env, done: make(chan struct{}), args: append([]string{"--http-addr", api, "--mqtt-ws-addr", mq}, extraArgs...)}
 	return s, s.start(ctx, bin, s.args...)
 }
 
@@ -89,11 +89,23 @@ func (s *Server) start(ctx context.Context, bin string, extraArgs ...string) err
 		return err
 	}
 	ready := make(chan error, 1)
+	done := s.done
+	// ARGUS_BENCH_LOG_DIR keeps every server's log, for a run to be read
+	// after it.
+	var logTo io.Writer = io.Discard
+	if dir := os.Getenv("ARGUS_BENCH_LOG_DIR"); dir != "" {
+		lf, err := os.OpenFile(filepath.Join(dir, "server-"+filepath.Base(s.dir)+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err == nil {
+			defer func() { go func() { <-done; lf.Close() }() }()
+			logTo = lf
+		}
+	}
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		signalled := false
 		for sc.Scan() {
+			_, _ = logTo.Write(append(sc.Bytes(), '\n'))
 			var rec struct {
 				Msg, API, MQTT string
 			}
@@ -107,7 +119,7 @@ func (s *Server) start(ctx context.Context, bin string, extraArgs ...string) err
 		if !signalled {
 			ready <- fmt.Errorf("argus-server exited before it was ready: %v", err)
 		}
-		s.done <- err
+		close(done)
 	}()
 	select {
 	case err := <-ready:
@@ -152,6 +164,12 @@ func (s *Server) FreeOSMemory() error {
 
 // PID is the server's process id.
 func (s *Server) PID() int { return s.cmd.Process.Pid }
+
+// FDs is how many descriptors the server has open.
+func (s *Server) FDs() int {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", s.PID()))
+	return len(ents)
+}
 
 // RSS is the server's resident memory in bytes.
 func (s *Server) RSS() (int64, error) {
@@ -206,7 +224,7 @@ func (s *Server) Kill() {
 
 // Restart starts the same server again on the same data directory.
 func (s *Server) Restart(ctx context.Context, bin string, extraArgs ...string) error {
-	s.done = make(chan error, 1)
+	s.done = make(chan struct{})
 	return s.start(ctx, bin, extraArgs...)
 }
 
