@@ -92,6 +92,21 @@ func newTwoNodes(t *testing.T) *twoNodes {
 // returns once the agent's connection is recorded on one of them.
 func (c *twoNodes) runAgent(t *testing.T, name, config string) (string, *testenv.AgentProcess) {
 	t.Helper()
+	dir, st := c.enroll(t, name)
+	env := []string{"ARGUS_AGENT_BROKER_URLS=" + c.nodes[0].proc.MQTTURL + "," + c.nodes[1].proc.MQTTURL}
+	if config != "" {
+		env = append(env, "ARGUS_AGENT_CONFIG="+config)
+	}
+	proc := testenv.StartAgent(t, dir, env...)
+	proc.WaitLog(t, 0, "connected to broker", 1, 10*time.Second)
+	testenv.Eventually(t, 10*time.Second, func() bool { return c.holder(t, st.AgentID) != nil }, "agent's connection recorded")
+	return st.AgentID, proc
+}
+
+// enroll enrolls an agent of acme and returns its state directory and
+// state.
+func (c *twoNodes) enroll(t *testing.T, name string) (string, agent.State) {
+	t.Helper()
 	var tok struct {
 		Token string `json:"token"`
 	}
@@ -101,14 +116,7 @@ func (c *twoNodes) runAgent(t *testing.T, name, config string) (string, *testenv
 	require.NoError(t, err, stderr)
 	st, err := agent.LoadState(dir)
 	require.NoError(t, err)
-	env := []string{"ARGUS_AGENT_BROKER_URLS=" + c.nodes[0].proc.MQTTURL + "," + c.nodes[1].proc.MQTTURL}
-	if config != "" {
-		env = append(env, "ARGUS_AGENT_CONFIG="+config)
-	}
-	proc := testenv.StartAgent(t, dir, env...)
-	proc.WaitLog(t, 0, "connected to broker", 1, 10*time.Second)
-	testenv.Eventually(t, 10*time.Second, func() bool { return c.holder(t, st.AgentID) != nil }, "agent's connection recorded")
-	return st.AgentID, proc
+	return dir, st
 }
 
 // holder is the node the database says holds the agent.

@@ -198,6 +198,9 @@ func (m *Manager) exchangeHere(ctx context.Context, d cluster.Delivery) (res top
 		// never sent.
 		return topics.ResultMsg{Status: topics.ResultError, Error: &topics.ErrorBody{Code: CodeNodeFenced, Message: "this server lost its place in the cluster before sending the command"}}, true, nil
 	}
+	if !m.subscribed(d.AgentID) {
+		return notReadyResult(), true, nil
+	}
 	aid, _ := topics.ParseAgentID(d.AgentID)
 	props := &packets.Properties{CorrelationData: []byte(d.CommandID), ResponseTopic: aid.Topic(topics.Results)}
 	// The trace continues on the agent: its context rides in user properties.
@@ -479,7 +482,7 @@ func (m *Manager) Command(ctx context.Context, req CommandRequest) (CommandResul
 		return out, &Refusal{Status: http.StatusBadGateway, Code: CodeAgentDisconnected, Message: res.Error.Message, CommandID: cmdID}
 	}
 	if res.Status == statusUnreachable {
-		return out, &Refusal{Status: http.StatusBadGateway, Code: CodeAgentUnreachable, Message: res.Error.Message, CommandID: cmdID}
+		return out, &Refusal{Status: http.StatusBadGateway, Code: res.Error.Code, Message: res.Error.Message, CommandID: cmdID}
 	}
 	if req.Name == "get_capabilities" && status == "succeeded" {
 		m.settlePatches(context.WithoutCancel(ctx), agentID, res.Data)

@@ -158,7 +158,7 @@ func (m *Manager) ApplyPatch(ctx context.Context, req PatchRequest) (PatchResult
 		return out, &Refusal{Status: http.StatusBadGateway, Code: CodeAgentDisconnected, Message: res.Error.Message, CommandID: cmdID}
 	}
 	if res.Status == statusUnreachable {
-		return out, &Refusal{Status: http.StatusBadGateway, Code: CodeAgentUnreachable, Message: res.Error.Message, CommandID: cmdID}
+		return out, &Refusal{Status: http.StatusBadGateway, Code: res.Error.Code, Message: res.Error.Message, CommandID: cmdID}
 	}
 	return out, nil
 }

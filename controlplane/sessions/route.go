@@ -42,6 +42,15 @@ func unreachableResult() topics.ResultMsg {
 		Message: "the node holding the agent did not answer, or no longer holds it; the command was not delivered"}}
 }
 
+// notReadyResult is the server's own result for a command whose agent is
+// connected here but has not taken up its commands (it subscribes once it
+// has its activation): the broker would drop the command unseen, so it is
+// not sent.
+func notReadyResult() topics.ResultMsg {
+	return topics.ResultMsg{Status: statusUnreachable, Error: &topics.ErrorBody{Code: CodeAgentNotReady,
+		Message: "the agent is connected but has not taken up its session's commands; the command was not delivered"}}
+}
+
 // heldElsewhere is the other node the record says holds the agent, or ""
 // when it is connected here or nowhere.
 func (m *Manager) heldElsewhere(ctx context.Context, agentID string) string {
@@ -150,7 +159,11 @@ func (m *Manager) deliver(ctx context.Context, d cluster.Delivery) (topics.Resul
 			attempt = 3 // nowhere to send it
 			continue
 		case node == "":
-			// Here, or nowhere on a first look: as on one node.
+			// Here, or nowhere on a first look: as on one node. One that
+			// has just arrived here takes up its commands in a moment.
+			if m.Fleet.Online(d.AgentID) {
+				m.awaitSubscribed(ctx, d.AgentID, min(m.ReconnectWait, time.Until(d.Deadline)))
+			}
 			r, here, err := m.exchangeHere(ctx, d)
 			if !here && m.draining.Load() {
 				// This node drains: the command waits for its agent on the next.
