@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/argus-remote/argus/agent"
 	"github.com/argus-remote/argus/argusctl/apiclient"
 	"github.com/argus-remote/argus/controlplane/operators"
 	"github.com/argus-remote/argus/internal/testenv"
@@ -192,6 +193,24 @@ func TestClusterInvariant(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("node b never published the activation")
 		}
+		// Invariant 10 on the way: node b's indicator and the agent's own
+		// account name the session opened through node a.
+		var ts struct {
+			Active   bool `json:"active"`
+			Sessions []struct {
+				SessionID string `json:"session_id"`
+			} `json:"sessions"`
+		}
+		p.b.readTenantStatus(t, sess.TenantID, &ts)
+		assert.True(t, ts.Active, "node b's indicator is on")
+		if assert.Len(t, ts.Sessions, 1) {
+			assert.Equal(t, sess.ID, ts.Sessions[0].SessionID)
+		}
+		status, err := agent.ReadStatus(rbDir)
+		require.NoError(t, err)
+		assert.Equal(t, topics.StateActive, status.State)
+		assert.Equal(t, sess.ID, status.SessionID)
+
 		require.NoError(t, p.a.do(t, "POST", "/v1/support/sessions/"+sess.ID+"/deactivate", nil, nil))
 		p.b.assertClosed(t, sess, rbDir, rbProc, "deactivated")
 
@@ -504,6 +523,18 @@ func TestClusterInvariant(t *testing.T) {
 		assert.Zero(t, count(t, p.a, "SELECT count(*) FROM support_sessions WHERE token_hash::text LIKE '%' || $1 || '%'", tail))
 		assert.Zero(t, count(t, p.a, "SELECT count(*) FROM audit_log WHERE detail::text LIKE '%' || $1 || '%' OR reason LIKE '%' || $1 || '%'", tail), "in no audit_log row")
 		assert.Zero(t, count(t, p.a, "SELECT count(*) FROM events WHERE payload::text LIKE '%' || $1 || '%'", tail), "in no event")
+		// The agent's secret, minted by node b at enrollment: 256 bits,
+		// stored as its hash only, in no trail.
+		st, err := agent.LoadState(rbDir)
+		require.NoError(t, err)
+		rawSecret, err := hex.DecodeString(st.Secret)
+		require.NoError(t, err)
+		assert.Len(t, rawSecret, 32, "256 random bits")
+		secretSum := sha256.Sum256([]byte(st.Secret))
+		assert.Equal(t, 1, count(t, p.a, "SELECT count(*) FROM agents WHERE id = $1 AND secret_hash = $2", rbID, secretSum[:]), "stored as its hash")
+		assert.Zero(t, count(t, p.a, "SELECT count(*) FROM agents a WHERE row_to_json(a)::text LIKE '%' || $1 || '%'", st.Secret[32:]))
+		assert.Zero(t, count(t, p.a, "SELECT count(*) FROM audit_log WHERE detail::text LIKE '%' || $1 || '%'", st.Secret[32:]))
+		assert.Zero(t, count(t, p.a, "SELECT count(*) FROM events WHERE payload::text LIKE '%' || $1 || '%'", st.Secret[32:]))
 		mu.Lock()
 		defer mu.Unlock()
 		assert.NotEmpty(t, wire, "the command crossed the nodes")
