@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -372,6 +374,39 @@ func TestClusterInvariant(t *testing.T) {
 		p.b.assertClosed(t, sess, rbDir, rbProc, "tenant_disarmed")
 		assert.Equal(t, "tenant_not_armed", activateB())
 		require.NoError(t, p.a.do(t, "POST", "/v1/tenants/acme/arm", map[string]string{"reason": "INC-4"}, nil))
+	})
+
+	// 4, with the broadcast lost: node c loses every broadcast it sends
+	// (ARGUS_TEST_DROP_BROADCASTS=1). Consent withdrawn through it still
+	// ends node b's session, within one sweep, and node b refuses the next
+	// activation. (Deactivation and revocation the same way:
+	// TestCluster/DeactivateWithBroadcastLost_DormantWithinOneSweep and
+	// TestCluster/RevokeWithBroadcastLost_DisconnectedWithinOneSweep.)
+	t.Run("4_ConsentIsAHardGate_WithdrawnWhereTheBroadcastIsLost", func(t *testing.T) {
+		lc := testenv.FreeAddr(t)
+		o := clusterKeys("node-c", lc, p.a.srv.Wire().RouteAddr())
+		o["remote-support-enabled"], o["remote-support-operator-cidrs"], o["ops-token"] = true, "127.0.0.1/32", opsToken
+		o["command-signing-key"] = filepath.Join(p.a.env.DataDir, "command-signing.key")
+		// The switch is read as the node starts.
+		t.Setenv("ARGUS_TEST_DROP_BROADCASTS", "1")
+		srvC := testenv.StartInProcessWith(t, &testenv.Env{DataDir: testenv.TempDir(t), DatabaseURL: p.a.env.DatabaseURL}, o, nil)
+		require.NoError(t, os.Unsetenv("ARGUS_TEST_DROP_BROADCASTS"))
+		testenv.Eventually(t, 10*time.Second, func() bool {
+			return srvC.Wire().Reachable(ctx, "node-b", 200*time.Millisecond) && p.b.srv.Wire().Reachable(ctx, "node-c", 200*time.Millisecond)
+		}, "node c is routed to node b")
+		onC := *p.a.api
+		onC.BaseURL = srvC.APIURL()
+
+		drainAcks(p.b)
+		sess, _ := p.b.activate(t, rbID, "")
+		require.NoError(t, onC.Do(ctx, "POST", "/v1/tenants/acme/consent/withdraw", map[string]string{"reason": "contract ended"}, nil))
+		took := within(t, 5*time.Second, func() bool { return dormant(rbDir) }, "the agent on node b dormant within one sweep")
+		t.Logf("agent on node b dormant %v after node c committed the withdrawal (broadcast lost)", took.Round(time.Millisecond))
+		p.b.assertClosed(t, sess, rbDir, rbProc, "consent_withdrawn")
+		assert.Equal(t, "tenant_consent_required", apiCode(p.b.do(t, "POST", "/v1/support/sessions",
+			map[string]string{"tenant": "acme", "agent": rbID, "reason": "INC-4"}, nil)))
+		require.NoError(t, onC.Do(ctx, "POST", "/v1/tenants/acme/consent", map[string]string{"document_id": "DOC-3", "signed_by": "Jane Roe"}, nil))
+		require.NoError(t, onC.Do(ctx, "POST", "/v1/tenants/acme/arm", map[string]string{"reason": "INC-4"}, nil))
 	})
 
 	// 5. Time boxes. A session opened through node a whose agent is on
