@@ -169,6 +169,7 @@ func (m *Manager) takeOver(ctx context.Context, agentID, prevNode string, list [
 	m.mu.Lock()
 	cur := m.live[agentID]
 	known := cur != nil && cur.id == l.id && !cur.pending
+	restored := known && cur.restored
 	other := cur != nil && !known
 	m.mu.Unlock()
 	moved := prevNode != "" && prevNode != m.Node
@@ -177,7 +178,7 @@ func (m *Manager) takeOver(ctx context.Context, agentID, prevNode string, list [
 	case other:
 		// Another session of the agent is being opened here: it decides.
 		return nil
-	case known && !moved:
+	case known && !moved && !restored:
 		// A reconnect to this node: OnAgentConnected has re-sent it.
 		return nil
 	case m.fenced():
@@ -204,6 +205,8 @@ func (m *Manager) takeOver(ctx context.Context, agentID, prevNode string, list [
 		m.mu.Unlock()
 		return nil
 	}
+	// From here the activation may be sent: the move is on record.
+	cur.restored = false
 	m.mu.Unlock()
 	if !m.takeUp(cur) {
 		return nil

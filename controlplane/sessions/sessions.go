@@ -282,6 +282,10 @@ type live struct {
 	// ended is set (under mu) when AfterEnd takes the entry away; an
 	// activation that finds it set after its broker steps undoes them.
 	ended bool
+	// restored is a session read at start whose activation has not been
+	// sent yet: its agent may arrive from another node, and the move is
+	// audited before the agent hears of its session here (takeOver).
+	restored bool
 }
 
 // waiter is an activation waiting for its ack, or a command for its
@@ -363,9 +367,11 @@ func (m *Manager) Stop() {
 }
 
 // restore is start-up: a session never acknowledged may have been cut off
-// mid-activation, so it ends; an expired one ends; the rest are re-armed
-// on the broker and their activations re-published (retained messages do
-// not outlive a broker).
+// mid-activation, so it ends; an expired one ends; the rest are kept and
+// their commands topics opened. Their activations are sent once each
+// agent's connection is recorded (takeOver): an agent arriving from
+// another node must not hear of its session here before agent.moved is
+// on record.
 func (m *Manager) restore(ctx context.Context) error {
 	list, err := m.liveSessions(ctx, "TRUE")
 	if err != nil {
@@ -384,10 +390,11 @@ func (m *Manager) restore(ctx context.Context) error {
 			_, err = m.End(ctx, x.l.id, EndExpired, system)
 		default:
 			l := x.l
+			l.restored = true
 			m.mu.Lock()
 			m.live[l.agentID] = &l
 			m.mu.Unlock()
-			m.rearm(&l)
+			m.ACL.SetActive(l.agentID, true)
 		}
 		if err != nil && !errors.Is(err, ErrEnded) {
 			return err
@@ -433,22 +440,23 @@ func (m *Manager) liveSessions(ctx context.Context, where string, args ...any) (
 // rearm opens a live, acknowledged session's commands topic on this
 // node's broker and re-publishes its signed activation, retained (a
 // retained message does not outlive a broker, nor cross to another
-// node's): at start for every live session (restore), and when an
-// agent's session comes to this node with the agent (takeOver).
+// node's): when an agent's session comes to this node with the agent,
+// or is found here at start (takeOver).
 func (m *Manager) rearm(l *live) {
 	m.ACL.SetActive(l.agentID, true)
 	m.publishActivation(l, topics.StateActive, "")
 }
 
 // OnAgentConnected re-sends an agent its activation as it connects, when
-// this node has its live session already (a reconnect, or a session
-// restored at start). Anything else is decided once the connection is
+// this node has its live session already (a reconnect). A session
+// restored at start waits for takeOver, which audits a move first.
+// Anything else is decided once the connection is
 // recorded (OnAgentPresent): the database may hold a session this node
 // has not seen, and a dormant state sent now would end it on the agent.
 func (m *Manager) OnAgentConnected(agentID string) {
 	m.mu.Lock()
 	var l live
-	if p := m.live[agentID]; p != nil && !p.pending {
+	if p := m.live[agentID]; p != nil && !p.pending && !p.restored {
 		l = *p
 	}
 	m.mu.Unlock()
