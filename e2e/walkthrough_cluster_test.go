@@ -124,7 +124,7 @@ func TestWalkthrough_ClusterEveryCallToAnotherNode(t *testing.T) {
 	assert.Contains(t, string(st), c.LB.BrokerURL, "the agent is handed HAProxy's broker")
 	testenv.StartAgent(t, state, "ARGUS_AGENT_CONFIG="+config)
 	testenv.Eventually(t, 20*time.Second, func() bool { return strings.Contains(ctl("agent", "list", "--tenant", "acme"), "yes") }, "agent online")
-	assert.Contains(t, ctl("agent", "show", agentID), "capabilities (advisory")
+	assert.Contains(t, ctl("agent", "show", agentID), "manifest (advisory")
 
 	// Opening a session.
 	ctl("tenant", "consent", "record", "acme", "--document-id", "DOC-2026-0042", "--signed-by", "Jane Roe, CISO", "--signed-at", "2026-11-20")
@@ -156,13 +156,17 @@ func TestWalkthrough_ClusterEveryCallToAnotherNode(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 320, img.Bounds().Dx())
 	assert.Contains(t, ctl("support", "capabilities", "--session", sess.ID), `"kernel"`)
+	assert.Contains(t, ctl("agent", "show", agentID), "capabilities (advisory", "recorded by one node, shown by the next")
 
 	// Watching it / what the tenant sees: a view-only token read on
 	// another node than the one that minted it.
 	viewTok, _ := tenantToken("view")
 	status, body := viewer("GET", "/v1/viewer", viewTok)
 	require.Equal(t, http.StatusOK, status, string(body))
-	assert.Contains(t, string(body), sess.ID, "the tenant sees the session")
+	// The session itself reaches the tenant on the retained status topic
+	// named here (TestClusterStatus_* follow it on every node).
+	assert.Contains(t, string(body), `"tenant":"acme"`, "a token minted on one node is taken by another")
+	assert.Contains(t, string(body), "/remote-support", "the tenant's status topic")
 
 	// Hotfix patches: built and verified offline, applied through a node
 	// that may not hold the agent.
@@ -231,7 +235,7 @@ func TestWalkthrough_ClusterEveryCallToAnotherNode(t *testing.T) {
 		status, body := viewer("GET", "/v1/viewer/approvals", approveTok)
 		var list struct {
 			Approvals []struct {
-				SessionID string `json:"session_id"`
+				SessionID string `json:"id"`
 			} `json:"approvals"`
 		}
 		if status != http.StatusOK || json.Unmarshal(body, &list) != nil || len(list.Approvals) == 0 {
@@ -262,7 +266,7 @@ func TestWalkthrough_ClusterEveryCallToAnotherNode(t *testing.T) {
 	assert.Contains(t, stderr, "not_armed")
 
 	// Proving the audit: through a node, and directly on the database.
-	assert.Contains(t, ctl("audit", "verify", "--since", "1h"), "ok")
+	assert.Contains(t, ctl("audit", "verify", "--since", "1h"), " 0 mismatches")
 	out, stderr, err = testenv.Run(t, c.Env().Vars(), "argus-server", "audit", "reconcile", "--since", "1h")
 	require.NoError(t, err, "reconcile: %s\n%s", out, stderr)
 
