@@ -157,7 +157,9 @@ func (m *Manager) awaitApproval(ctx context.Context, req ActivateRequest, entry 
 			switch {
 			case m.fenced():
 				return m.denied(ctx, *entry, refuse(http.StatusServiceUnavailable, CodeNodeFenced, "this server has lost its place in the cluster and delivers nothing; try again through another"))
-			case !m.Fleet.Online(req.Agent):
+			case !m.Fleet.Online(req.Agent) && m.heldElsewhere(ctx, req.Agent) == "":
+				// Connected to another node is connected: the activation
+				// is routed there.
 				return m.denied(ctx, *entry, refuse(http.StatusConflict, "agent_offline", "the agent disconnected while the activation waited for approval"))
 			case m.Fleet.KillSwitch(req.Agent):
 				return m.denied(ctx, *entry, refuse(http.StatusConflict, "agent_kill_switch_engaged", "the tenant has engaged the agent's kill switch"))
