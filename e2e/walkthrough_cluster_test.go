@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"image/jpeg"
 	"io"
 	"net/http"
 	"os"
@@ -138,24 +137,7 @@ func TestWalkthrough_ClusterEveryCallToAnotherNode(t *testing.T) {
 		return sess
 	}
 	sess := activate()
-	assert.Contains(t, ctl("support", "ping", "--session", sess.ID), "pong")
-	assert.Contains(t, ctl("support", "info", "--session", sess.ID), agentID)
-	assert.Contains(t, ctl("support", "list", "--active"), sess.ID)
-	assert.Equal(t, "last line", ctl("support", "tail-log", "--session", sess.ID, "--log", "streamer", "--lines", "1"))
-	copyPath := filepath.Join(t.TempDir(), "config.yaml")
-	ctl("support", "read-file", "--session", sess.ID, filepath.Join(h.root, "config.yaml"), "--out", copyPath)
-	got, err := os.ReadFile(copyPath)
-	require.NoError(t, err)
-	assert.Equal(t, h.configBody, got)
-	framePath := filepath.Join(t.TempDir(), "frame.jpg")
-	ctl("support", "camera", "--session", sess.ID, "--camera", "test", "--out", framePath)
-	frame, err := os.Open(framePath)
-	require.NoError(t, err)
-	img, err := jpeg.Decode(frame)
-	frame.Close()
-	require.NoError(t, err)
-	assert.Equal(t, 320, img.Bounds().Dx())
-	assert.Contains(t, ctl("support", "capabilities", "--session", sess.ID), `"kernel"`)
+	walkSessionCommands(t, ctl, sess.ID, agentID, h)
 	assert.Contains(t, ctl("agent", "show", agentID), "capabilities (advisory", "recorded by one node, shown by the next")
 
 	// Watching it / what the tenant sees: a view-only token read on

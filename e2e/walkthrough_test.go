@@ -56,26 +56,7 @@ func TestWalkthrough_ConsentArmActivatePingDeactivate(t *testing.T) {
 	require.NoError(t, err, "the session token is kept for the operator")
 	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
 
-	assert.Contains(t, ctl("support", "ping", "--session", sess.ID), "pong")
-	assert.Contains(t, ctl("support", "info", "--session", sess.ID), agentID)
-	assert.Contains(t, ctl("support", "list", "--active"), sess.ID)
-
-	// The commands operators come for, through argusctl.
-	assert.Equal(t, "last line", ctl("support", "tail-log", "--session", sess.ID, "--log", "streamer", "--lines", "1"))
-	copyPath := filepath.Join(t.TempDir(), "config.yaml")
-	ctl("support", "read-file", "--session", sess.ID, filepath.Join(h.root, "config.yaml"), "--out", copyPath)
-	got, err := os.ReadFile(copyPath)
-	require.NoError(t, err)
-	assert.Equal(t, h.configBody, got)
-	framePath := filepath.Join(t.TempDir(), "frame.jpg")
-	ctl("support", "camera", "--session", sess.ID, "--camera", "test", "--out", framePath)
-	frame, err := os.Open(framePath)
-	require.NoError(t, err)
-	img, err := jpeg.Decode(frame)
-	frame.Close()
-	require.NoError(t, err)
-	assert.Equal(t, 320, img.Bounds().Dx())
-	assert.Contains(t, ctl("support", "capabilities", "--session", sess.ID), `"kernel"`)
+	walkSessionCommands(t, ctl, sess.ID, agentID, h)
 	assert.Contains(t, ctl("agent", "show", agentID), "capabilities (advisory")
 
 	sessionToken, err := os.ReadFile(kept)
@@ -108,4 +89,30 @@ func TestWalkthrough_ConsentArmActivatePingDeactivate(t *testing.T) {
 		assert.NotContains(t, logs, secret, "%s must never be logged", name)
 	}
 	assert.Regexp(t, `"trace_id":"[0-9a-f]{32}"`, srv.Logs(), "request log lines carry their trace id")
+}
+
+// walkSessionCommands runs the README's commands in a live session
+// through ctl (argusctl) and checks what each gives: ping, info, the
+// session listed, tail-log, read-file, a camera frame and capabilities.
+func walkSessionCommands(t *testing.T, ctl func(args ...string) string, sessionID, agentID string, h hostFixture) {
+	t.Helper()
+	assert.Contains(t, ctl("support", "ping", "--session", sessionID), "pong")
+	assert.Contains(t, ctl("support", "info", "--session", sessionID), agentID)
+	assert.Contains(t, ctl("support", "list", "--active"), sessionID)
+	// The commands operators come for, through argusctl.
+	assert.Equal(t, "last line", ctl("support", "tail-log", "--session", sessionID, "--log", "streamer", "--lines", "1"))
+	copyPath := filepath.Join(t.TempDir(), "config.yaml")
+	ctl("support", "read-file", "--session", sessionID, filepath.Join(h.root, "config.yaml"), "--out", copyPath)
+	got, err := os.ReadFile(copyPath)
+	require.NoError(t, err)
+	assert.Equal(t, h.configBody, got)
+	framePath := filepath.Join(t.TempDir(), "frame.jpg")
+	ctl("support", "camera", "--session", sessionID, "--camera", "test", "--out", framePath)
+	frame, err := os.Open(framePath)
+	require.NoError(t, err)
+	img, err := jpeg.Decode(frame)
+	frame.Close()
+	require.NoError(t, err)
+	assert.Equal(t, 320, img.Bounds().Dx())
+	assert.Contains(t, ctl("support", "capabilities", "--session", sessionID), `"kernel"`)
 }
