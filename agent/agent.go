@@ -192,6 +192,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		},
 		ClientConfig: paho.ClientConfig{
 			ClientID: a.st.AgentID,
+			// What broke the link, for the log: autopaho's own callback
+			// that follows does not say.
+			OnClientError: func(err error) {
+				a.log.Warn("broker connection lost", "err", err)
+			},
 			// The reconnect that follows takes the shortest back-off and
 			// tries the other URLs first.
 			OnServerDisconnect: func(d *paho.Disconnect) {

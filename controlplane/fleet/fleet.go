@@ -354,7 +354,7 @@ func (w *Watcher) connected(cl *mqtt.Client) {
 	}
 }
 
-func (w *Watcher) disconnected(cl *mqtt.Client) {
+func (w *Watcher) disconnected(cl *mqtt.Client, cause error) {
 	id, err := topics.ParseAgentID(cl.ID)
 	if err != nil {
 		return
@@ -394,7 +394,7 @@ func (w *Watcher) disconnected(cl *mqtt.Client) {
 		}
 	})
 	w.publishStatus(id, &snap, false)
-	w.log.Info("agent disconnected", "agent", cl.ID)
+	w.log.Info("agent disconnected", "agent", cl.ID, "cause", disconnectCause(cause))
 }
 
 func (w *Watcher) publishStatus(id topics.AgentID, c *conn, online bool) {
@@ -528,4 +528,13 @@ func (h *hook) Provides(b byte) bool {
 
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) { h.w.connected(cl) }
 
-func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) { h.w.disconnected(cl) }
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) { h.w.disconnected(cl, err) }
+
+// disconnectCause names what ended a connection, for the log: the
+// client's DISCONNECT reason or the read or write error mochi saw.
+func disconnectCause(err error) string {
+	if err == nil {
+		return "none given"
+	}
+	return err.Error()
+}

@@ -233,10 +233,15 @@ func (f *Fleet) Connect(ctx context.Context, states []agent.State, sources, conc
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, conc)
 	quiet := slog.New(slog.DiscardHandler)
-	if dir := os.Getenv("ARGUS_BENCH_LOG_DIR"); dir != "" && f.SourceOffset == 0 {
-		// This process's agents only (the sessions'): the children's are many.
-		if lf, err := os.OpenFile(filepath.Join(dir, "agents.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
-			quiet = slog.New(slog.NewJSONHandler(lf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if dir := os.Getenv("ARGUS_BENCH_LOG_DIR"); dir != "" {
+		// This process's agents (the sessions') in full; a child's many
+		// agents only from warnings up: their disconnects and failed dials.
+		name, level := "agents.log", slog.LevelDebug
+		if f.SourceOffset != 0 {
+			name, level = fmt.Sprintf("agents-%d.log", f.SourceOffset), slog.LevelWarn
+		}
+		if lf, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
+			quiet = slog.New(slog.NewJSONHandler(lf, &slog.HandlerOptions{Level: level}))
 		}
 	}
 	for i, st := range states {
