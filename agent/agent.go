@@ -364,10 +364,7 @@ func (a *Agent) dial(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL)
 		ctx, cancel = context.WithTimeout(ctx, cfg.ConnectTimeout)
 		defer cancel()
 	}
-	nd := &net.Dialer{Timeout: 10 * time.Second}
-	if a.cfg.LocalAddr != "" {
-		nd.LocalAddr = &net.TCPAddr{IP: net.ParseIP(a.cfg.LocalAddr)}
-	}
+	nd := a.netDialer()
 	d := websocket.Dialer{
 		NetDialContext: nd.DialContext, Proxy: http.ProxyFromEnvironment, TLSClientConfig: cfg.TlsCfg,
 		Subprotocols: []string{"mqtt"}, HandshakeTimeout: 10 * time.Second,
@@ -379,6 +376,17 @@ func (a *Agent) dial(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL)
 		return nil, fmt.Errorf("websocket connection failed: %w", err)
 	}
 	return wsnet.NewConn(ws), nil
+}
+
+// netDialer dials the broker's TCP connections. They have no TCP
+// keep-alive: the MQTT keep-alive (the heartbeat interval) checks the
+// link, and the broker's sockets have none either (see broker.MaxKeepAlive).
+func (a *Agent) netDialer() *net.Dialer {
+	nd := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: -1}
+	if a.cfg.LocalAddr != "" {
+		nd.LocalAddr = &net.TCPAddr{IP: net.ParseIP(a.cfg.LocalAddr)}
+	}
+	return nd
 }
 
 func (a *Agent) tlsConfig() (*tls.Config, error) {

@@ -171,6 +171,9 @@ func New(cfg Config) (*Broker, error) {
 		}
 	}
 	b := &Broker{srv: srv, log: log}
+	if err := srv.AddHook(new(keepAliveHook), nil); err != nil {
+		return nil, fmt.Errorf("broker: add keep-alive hook: %w", err)
+	}
 	if err := srv.AddHook(&redirectHook{b: b}, nil); err != nil {
 		return nil, fmt.Errorf("broker: add redirect hook: %w", err)
 	}
@@ -277,6 +280,28 @@ func (b *Broker) DisconnectAll(code packets.Code) int {
 		}
 	}
 	return n
+}
+
+// MaxKeepAlive is the longest keep-alive the broker grants, in seconds: a
+// client asking for none or more is given this one (MQTT v5 Server Keep
+// Alive). It is the agent's longest heartbeat. The keep-alive is the only
+// check that a silent client is still there: broker sockets have no TCP
+// keep-alive.
+const MaxKeepAlive = 3600
+
+// keepAliveHook bounds every client's keep-alive by MaxKeepAlive.
+type keepAliveHook struct{ mqtt.HookBase }
+
+func (*keepAliveHook) ID() string { return "argus-keepalive" }
+
+func (*keepAliveHook) Provides(b byte) bool { return b == mqtt.OnConnect }
+
+func (*keepAliveHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	if cl.State.Keepalive == 0 || cl.State.Keepalive > MaxKeepAlive {
+		cl.State.Keepalive = MaxKeepAlive
+		cl.State.ServerKeepalive = true
+	}
+	return nil
 }
 
 // redirectHook refuses connections while the broker redirects them. It

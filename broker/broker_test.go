@@ -460,3 +460,31 @@ func TestDefaultMaxClients_LeavesADescriptorReserve(t *testing.T) {
 	}
 	assert.Equal(t, int(rl.Cur)-broker.DescriptorReserve, broker.DefaultMaxClients())
 }
+
+// With no TCP keep-alive on broker sockets, the MQTT keep-alive is the
+// only way a silent client is found: one asking for none, or for longer
+// than the broker grants, is given the broker's longest.
+func TestBroker_BoundsEveryClientsKeepAlive(t *testing.T) {
+	b := start(t, broker.Config{Policy: anyPolicy{}})
+	for _, tc := range []struct {
+		name string
+		o    mqtttest.Options
+		want uint16 // 0: the client's own, no Server Keep Alive sent
+	}{
+		{"none", mqtttest.Options{NoKeepAlive: true}, broker.MaxKeepAlive},
+		{"too long", mqtttest.Options{KeepAlive: broker.MaxKeepAlive + 1}, broker.MaxKeepAlive},
+		{"within", mqtttest.Options{KeepAlive: 30}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.o.ClientID, tc.o.Username, tc.o.Password = "ka-"+strings.ReplaceAll(tc.name, " ", "-"), "u", "p"
+			_, ack, err := mqtttest.Dial(t, b.URL(), tc.o)
+			require.NoError(t, err)
+			if tc.want == 0 {
+				assert.Nil(t, ack.Properties.ServerKeepAlive)
+				return
+			}
+			require.NotNil(t, ack.Properties.ServerKeepAlive)
+			assert.Equal(t, tc.want, *ack.Properties.ServerKeepAlive)
+		})
+	}
+}

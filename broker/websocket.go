@@ -87,7 +87,13 @@ func (l *wsListener) addr() net.Addr {
 }
 
 func (l *wsListener) Init(log *slog.Logger) error {
-	tcp, err := net.Listen("tcp", l.address)
+	// No TCP keep-alive: the MQTT keep-alive finds a dead client (mochi
+	// waits 1.5 of them). Probes on every idle socket are a second check
+	// whose timers fire in batches; on loopback, 100,000 sockets' batches
+	// overflow the receive queue, and the dropped probes end healthy
+	// connections with ETIMEDOUT.
+	lc := net.ListenConfig{KeepAlive: -1}
+	tcp, err := lc.Listen(context.Background(), "tcp", l.address)
 	if err != nil {
 		return err
 	}

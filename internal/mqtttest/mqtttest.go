@@ -29,6 +29,10 @@ type Options struct {
 	Username string
 	Password string
 	Header   http.Header // extra WebSocket handshake headers (Origin)
+	// KeepAlive is the CONNECT's keep-alive in seconds; 0 means 30, and
+	// NoKeepAlive sends 0, a client that asks for none.
+	KeepAlive   uint16
+	NoKeepAlive bool
 }
 
 // Dial opens the WebSocket and sends CONNECT. It returns the CONNACK (nil
@@ -69,6 +73,12 @@ func Dial(t testing.TB, url string, o Options) (*Client, *paho.Connack, error) {
 		ClientID:   o.ClientID,
 		CleanStart: true,
 		KeepAlive:  30,
+	}
+	if o.KeepAlive != 0 {
+		cp.KeepAlive = o.KeepAlive
+	}
+	if o.NoKeepAlive {
+		cp.KeepAlive = 0
 	}
 	if o.Username != "" {
 		cp.Username, cp.UsernameFlag = o.Username, true
