@@ -141,6 +141,9 @@ func (r *Ring) say(old, st *ringState) {
 		r.log.Error("signing with an older key: copy the newest key's file to this node", "signing_with", st.id, "newest", st.newest, "dir", r.dir)
 	case st.unusable == nil && old != nil && old.unusable != nil:
 		r.log.Info("signing key found: this node signs again", "signing_with", st.id)
+	case st.unusable == nil && old != nil && old.newest == st.newest && old.id != st.id && st.id == st.newest:
+		// Caught up: the newest key's file was copied in.
+		r.log.Info("signing with the newest key", "signing_with", st.id)
 	}
 }
 
