@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,11 +14,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/argus-remote/argus/argusctl/apiclient"
 	"github.com/argus-remote/argus/internal/testenv"
+	"github.com/argus-remote/argus/topics"
 )
 
 // rotation hands every call to the node after the last one's, so no two
@@ -41,22 +44,24 @@ func (r *rotation) next(t *testing.T) *testenv.Node {
 	return nd
 }
 
+// indicatorRe finds the tenant's status topic in what the viewer reads.
+var indicatorRe = regexp.MustCompile(`argus/v1/status/tenants/[0-9a-f-]+/remote-support`)
+
 // tenantTokenRe reads what `argusctl tenant token create` prints.
 var tenantTokenRe = regexp.MustCompile(`(argus_vwr_\S+)[\s\S]*tenant token (\S+) for`)
 
 // TestWalkthrough_ClusterEveryCallToAnotherNode follows the README's
 // walkthrough on three nodes behind HAProxy, the agent on HAProxy's
-// broker, every argusctl and HTTP call to another node than the last.
-//
-// Not walked here: the MQTT monitor of "Watching it" (a broker
-// subscription through HAProxy, not a call to a node; the retained status
-// on every node is e2e/clusterstatus_test.go's), the audit stream to a
-// SIEM (one stream per node by design) and key rotation (a server
-// subcommand on the shared database; e2e/signingkey_test.go).
+// broker, every argusctl and HTTP call (and the MQTT monitor's
+// connection) to another node than the last. Every node streams the
+// audit to one rsyslog (one at a time, by the stream's lock), and the
+// signing key rotates and retires under the running nodes.
 func TestWalkthrough_ClusterEveryCallToAnotherNode(t *testing.T) {
 	began := time.Now()
+	rs := startRsyslog(t)
 	c := testenv.StartCluster(t, 3, testenv.ClusterOptions{Name: "walk", Env: []string{
-		"REMOTE_SUPPORT_ENABLED=true", "REMOTE_SUPPORT_OPERATOR_CIDRS=127.0.0.0/8", "ARGUS_OPS_TOKEN=" + opsToken}})
+		"REMOTE_SUPPORT_ENABLED=true", "REMOTE_SUPPORT_OPERATOR_CIDRS=127.0.0.0/8", "ARGUS_OPS_TOKEN=" + opsToken,
+		"ARGUS_AUDIT_STREAM_ADDR=" + rs.addr}})
 	r := &rotation{c: c, calls: map[string]int{}}
 
 	// First operator: a server subcommand on the shared database.
@@ -125,6 +130,12 @@ func TestWalkthrough_ClusterEveryCallToAnotherNode(t *testing.T) {
 	testenv.Eventually(t, 20*time.Second, func() bool { return strings.Contains(ctl("agent", "list", "--tenant", "acme"), "yes") }, "agent online")
 	assert.Contains(t, ctl("agent", "show", agentID), "manifest (advisory")
 
+	// Watching it: an SRE's MQTT monitor on the broker of another node
+	// than the one that minted its token, whichever node holds the agent.
+	monTok := strings.TrimSpace(ctl("operator", "token", "create", "admin", "--scope", "monitor"))
+	mon := watch(t, r.next(t).BrokerURL(), "monitor-walk", "monitor", monTok, topics.StatusFilter)
+	mon.await("argus/v1/status/agents/"+agentID, agentOnline(true), "the monitor sees the agent online")
+
 	// Opening a session.
 	ctl("tenant", "consent", "record", "acme", "--document-id", "DOC-2026-0042", "--signed-by", "Jane Roe, CISO", "--signed-at", "2026-11-20")
 	ctl("tenant", "arm", "acme", "--reason", "INC-2231: stream drops at site 4")
@@ -149,6 +160,9 @@ func TestWalkthrough_ClusterEveryCallToAnotherNode(t *testing.T) {
 	// named here (TestClusterStatus_* follow it on every node).
 	assert.Contains(t, string(body), `"tenant":"acme"`, "a token minted on one node is taken by another")
 	assert.Contains(t, string(body), "/remote-support", "the tenant's status topic")
+	indicator := indicatorRe.FindString(string(body))
+	require.NotEmpty(t, indicator, "the tenant's status topic in %s", body)
+	mon.await(indicator, tenantActive(true, sess.ID), "the monitor sees the session active")
 
 	// Hotfix patches: built and verified offline, applied through a node
 	// that may not hold the agent.
@@ -168,6 +182,7 @@ func TestWalkthrough_ClusterEveryCallToAnotherNode(t *testing.T) {
 
 	assert.Contains(t, ctl("support", "deactivate", sess.ID), "deactivated")
 	assert.NotContains(t, ctl("support", "list", "--active"), sess.ID)
+	mon.await(indicator, tenantActive(false, ""), "the monitor sees the session ended")
 
 	// Checking a session transcript: the operator's and the tenant's copy,
 	// each through its own node, verified offline.
@@ -241,6 +256,23 @@ func TestWalkthrough_ClusterEveryCallToAnotherNode(t *testing.T) {
 	assert.Contains(t, ctl("support", "deactivate", pendingID), "deactivated")
 	ctl("tenant", "approval", "set", "acme", "--mode", "off")
 
+	// Rotating the signing key under the running nodes (they share its
+	// directory): the agent follows the key change and the retirement,
+	// and trusting the new key alone, still takes a session and a command.
+	newKey := clusterKeyCLI(t, c, "rotate")
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		return strings.Contains(clusterKeyCLI(t, c, "status"), "agents holding the live key set: 1 of 1")
+	}, "the agent holds the new key set")
+	oldKey := clusterKeyCLI(t, c, "retire")
+	require.NotEqual(t, newKey, oldKey)
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		live, retired := agentKeys(t, state)
+		return len(live) == 1 && live[0] == newKey && len(retired) == 1 && retired[0] == oldKey
+	}, "the agent follows the retirement")
+	sess = activate()
+	assert.Contains(t, ctl("support", "ping", "--session", sess.ID), "pong")
+	assert.Contains(t, ctl("support", "deactivate", sess.ID), "deactivated")
+
 	// Disarm: no session opens after it, whichever node is asked.
 	ctl("tenant", "disarm", "acme", "--reason", "INC-2231 closed")
 	_, stderr, err = run("support", "activate", "--tenant", "acme", "--agent", agentID, "--reason", "INC-2233", "--ttl", "15m")
@@ -251,6 +283,25 @@ func TestWalkthrough_ClusterEveryCallToAnotherNode(t *testing.T) {
 	assert.Contains(t, ctl("audit", "verify", "--since", "1h"), " 0 mismatches")
 	out, stderr, err = testenv.Run(t, c.Env().Vars(), "argus-server", "audit", "reconcile", "--since", "1h")
 	require.NoError(t, err, "reconcile: %s\n%s", out, stderr)
+
+	// The audit to the SIEM: every seq of the whole walkthrough, written
+	// through every node, in order, duplicates aside.
+	var head int64
+	db, err := pgxpool.New(context.Background(), c.DatabaseURL)
+	require.NoError(t, err)
+	defer db.Close()
+	require.NoError(t, db.QueryRow(context.Background(), "SELECT max(seq) FROM events").Scan(&head))
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		seqs := rs.seqs()
+		return len(seqs) > 0 && seqs[len(seqs)-1] >= head
+	}, "the SIEM has the walkthrough's audit")
+	var max int64
+	for i, s := range rs.seqs() {
+		require.LessOrEqual(t, s, max+1, "line %d: seq %d after %d is a gap", i, s, max)
+		if s > max {
+			max = s
+		}
+	}
 
 	for _, nd := range c.Nodes {
 		assert.Positive(t, r.calls[nd.ID], "%s answered some of the calls", nd.ID)

@@ -252,6 +252,11 @@ func (s *Server) Wire() *cluster.Wire { return s.wire }
 // Fenced reports whether this node holds no valid lease.
 func (s *Server) Fenced() bool { return s.members != nil && s.members.Fenced() }
 
+// deliversNothing is what the session manager asks before it sends an
+// agent anything: fenced, or holding no live signing key (what it signed
+// no agent would accept).
+func (s *Server) deliversNothing() bool { return s.Fenced() || s.ring.Usable() != nil }
+
 // applyChange applies on this node what another node committed.
 func (s *Server) applyChange(c cluster.Change) {
 	switch c.Kind {

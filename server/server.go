@@ -184,7 +184,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		AfterCommit:    cfg.AfterActivationCommit,
 		ReconnectWait:  cfg.CommandReconnectWait,
 		CommandTimeout: cfg.CommandTimeout,
-		Fenced:         s.Fenced,
+		Fenced:         s.deliversNothing,
 		Ended:          s.broadcastEnded,
 		AgentStale:     s.agentStale,
 		Node:           cfg.NodeID,
@@ -262,6 +262,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		AgentControl: s.control,
 		Fenced:       s.Fenced,
 		Draining:     s.draining.Load,
+		Signing:      keys.Usable,
 		AgentStale:   s.agentStale,
 		Sessions:     s.sessions,
 		Gate: api.Gate{

@@ -50,7 +50,10 @@ type Server struct {
 	// Draining, when set, reports that this node is handing its agents
 	// to the others before it stops: it is not ready either.
 	Draining func() bool
-	Gate     Gate
+	// Signing, when set, says why this node cannot sign what agents
+	// accept (nil while it can): it is not ready either.
+	Signing func() error
+	Gate    Gate
 	// BrokerURL and SigningPublicKey are handed to agents at enrollment.
 	BrokerURL        string
 	SigningPublicKey string
@@ -186,6 +189,11 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": Version})
 }
 
+// CodeSigningKeyMissing is /readyz on a node that signs nothing agents
+// accept: the key set was rotated and retired, and the new key's file is
+// not in this node's key directory.
+const CodeSigningKeyMissing = "signing_key_missing"
+
 // readyz is ready when the database answers and holds the latest schema.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -194,6 +202,11 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		s.Log.Warn("readiness: database unreachable", "err", err)
 		apierror.Write(w, apierror.New(http.StatusServiceUnavailable, apierror.CodeUnavailable, "database unreachable"))
+		return
+	}
+	if s.Signing != nil && s.Signing() != nil {
+		apierror.Write(w, apierror.New(http.StatusServiceUnavailable, CodeSigningKeyMissing,
+			"this node holds the private half of no live command-signing key: copy the current key's file into its key directory (see its log)"))
 		return
 	}
 	if s.Fenced != nil && s.Fenced() {

@@ -139,3 +139,63 @@ func TestKeyID_IsHexOfTheFirst16BytesOfSHA256(t *testing.T) {
 	// sha256 of 32 zero bytes: 66687aadf862bd776c8fc18b8e9f8e20089714856ee233b3902a591d0d5f2925
 	assert.Equal(t, "66687aadf862bd776c8fc18b8e9f8e20", signing.KeyID(pub))
 }
+
+// A node whose key directory is another machine's (the rotation ran
+// elsewhere and its file was not copied here): after the rotation it
+// signs with the old key, which agents still accept; after the
+// retirement it signs nothing agents accept and says why (Usable), yet
+// still hands agents the chain with the retirement; once the new file is
+// copied in, it signs with the new key, without being reopened.
+func TestRing_ANodeWithoutTheNewKeyFileStopsSigningAtRetirement(t *testing.T) {
+	ctx := context.Background()
+	pool := testenv.Pool(t)
+	here, there := t.TempDir(), t.TempDir()
+	path := filepath.Join(here, "command-signing.key")
+	first, err := signing.LoadOrCreate(path)
+	require.NoError(t, err)
+	pem, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(there, "command-signing.key"), pem, 0o600))
+	ring, err := signing.OpenRing(ctx, pool, path, nil)
+	require.NoError(t, err)
+	id0 := signing.KeyID(first.Public().(ed25519.PublicKey))
+
+	k1, err := signing.Rotate(ctx, pool, there, audit.Entry{Actor: "system:test"})
+	require.NoError(t, err)
+	_, err = ring.Refresh(ctx)
+	require.NoError(t, err)
+	_, id := ring.Current()
+	assert.Equal(t, id0, id, "behind, but on a key agents still accept")
+	assert.NoError(t, ring.Usable())
+
+	_, err = signing.Retire(ctx, pool, there, audit.Entry{Actor: "system:test"})
+	require.NoError(t, err)
+	_, err = ring.Refresh(ctx)
+	require.NoError(t, err, "a retirement this node cannot follow with a key is no read failure")
+	assert.ErrorIs(t, ring.Usable(), signing.ErrNoLiveKey)
+	assert.Contains(t, ring.Usable().Error(), k1.File, "it names the file to copy")
+	priv, id := ring.Current()
+	require.Len(t, priv, ed25519.PrivateKeySize, "a caller that signs anyway cannot panic")
+	assert.NotEqual(t, id0, id, "never the retired key")
+	assert.False(t, priv.Public().(ed25519.PublicKey).Equal(first.Public()), "never the retired key")
+	assert.False(t, priv.Public().(ed25519.PublicKey).Equal(k1.Public), "not a key it does not hold")
+	_, newest, oldest, ok := ring.Chain()
+	require.True(t, ok)
+	assert.Equal(t, [2]string{k1.ID, k1.ID}, [2]string{newest, oldest}, "agents here still get the retirement")
+
+	pem, err = os.ReadFile(filepath.Join(there, k1.File))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(here, k1.File), pem, 0o600))
+	changed, err := ring.Refresh(ctx)
+	require.NoError(t, err)
+	assert.True(t, changed)
+	assert.NoError(t, ring.Usable())
+	priv, id = ring.Current()
+	assert.Equal(t, k1.ID, id)
+	assert.True(t, priv.Public().(ed25519.PublicKey).Equal(k1.Public))
+
+	// Restarted without any live key's file, a node refuses to start.
+	require.NoError(t, os.Remove(filepath.Join(here, k1.File)))
+	_, err = signing.OpenRing(ctx, pool, path, nil)
+	assert.ErrorIs(t, err, signing.ErrNoLiveKey)
+}
