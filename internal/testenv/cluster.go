@@ -265,15 +265,53 @@ func (n *Node) Logs() string {
 
 // FreeAddr returns a loopback address whose port was free a moment ago,
 // for a listener that must keep its address across restarts.
+//
+// The port comes from below the kernel's ephemeral range: a port the
+// kernel hands out for ":0" goes back into the pool the kernel picks
+// outgoing connections' source ports from, and with many agents dialling
+// one of them could take it before the node binds it.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range fixedPorts.hi - fixedPorts.lo {
+		port := fixedPorts.next()
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // another process's
+		}
+		addr := ln.Addr().String()
+		_ = ln.Close()
+		return addr
 	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
+	t.Fatal("testenv: no free port in the fixed range")
+	return ""
+}
+
+// fixedPorts hands out ports of [lo, hi), below the ephemeral range
+// (32768 and up on Linux), starting at a random point so that test
+// processes running at once rarely try the same ones.
+var fixedPorts = &portRange{lo: 20000, hi: 32000}
+
+type portRange struct {
+	lo, hi int
+	once   sync.Once
+	mu     sync.Mutex
+	cur    int
+}
+
+func (r *portRange) next() int {
+	r.once.Do(func() {
+		var b [2]byte
+		_, _ = rand.Read(b[:])
+		r.cur = r.lo + (int(b[0])<<8|int(b[1]))%(r.hi-r.lo)
+	})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.cur
+	r.cur++
+	if r.cur == r.hi {
+		r.cur = r.lo
+	}
+	return p
 }
 
 func randomSecret() string {
