@@ -281,7 +281,7 @@ func TestRoute_HolderGoneIsUnreachable(t *testing.T) {
 	assert.Zero(t, live, "the unreachable activation's session is ended")
 	var reason string
 	require.NoError(t, pool.QueryRow(ctx, `SELECT end_reason FROM support_sessions WHERE agent_id = $1 AND reason = 'INC-2'`, remote).Scan(&reason))
-	assert.Equal(t, "agent_did_not_acknowledge", reason)
+	assert.Equal(t, "agent_unreachable", reason)
 }
 
 // TestRoute_HolderThatNoLongerHoldsIsRetriedThenUnreachable: the record
