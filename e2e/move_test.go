@@ -466,8 +466,8 @@ func TestCluster_ActivationWhoseNodeDiedIsEndedBySweep(t *testing.T) {
 // An activation through one node for an agent held by the other ends by
 // who stayed silent: the agent (frozen; its node handed the activation
 // over) is agent_did_not_acknowledge; the holding node itself (frozen with
-// its agent, so the request is never answered) is agent_unreachable. Each is the
-// refusal's code and the session's audited end reason.
+// its agent, so the request is never answered) is agent_unreachable. Each
+// is the refusal's code and the session's audited end reason.
 func TestCluster_ActivationSilentHolderIsUnreachableSilentAgentDidNotAcknowledge(t *testing.T) {
 	c := newTwoNodes(t)
 	agentID, proc := c.runAgent(t, "cam-gw-6", "")
@@ -487,6 +487,13 @@ func TestCluster_ActivationSilentHolderIsUnreachableSilentAgentDidNotAcknowledge
 		return reason
 	}
 
+	// A failing check must not leave a process stopped.
+	t.Cleanup(func() {
+		_ = proc.Cmd.Process.Signal(syscall.SIGCONT)
+		_ = holder.proc.Cmd.Process.Signal(syscall.SIGCONT)
+	})
+
+	mark := proc.LineCount()
 	require.NoError(t, proc.Cmd.Process.Signal(syscall.SIGSTOP))
 	id, err := activate("INC-10: agent frozen")
 	require.NoError(t, proc.Cmd.Process.Signal(syscall.SIGCONT))
@@ -494,6 +501,13 @@ func TestCluster_ActivationSilentHolderIsUnreachableSilentAgentDidNotAcknowledge
 	assert.Equal(t, "agent_did_not_acknowledge", apiCode(err))
 	assert.Equal(t, "agent_did_not_acknowledge", c.session(t, caller, id).EndReason)
 	assert.Equal(t, "agent_did_not_acknowledge", ended(id))
+
+	// Its node dropped the frozen agent (past its keepalive): it connects
+	// again, to either node.
+	proc.WaitLog(t, mark, "connected to broker", 1, 15*time.Second)
+	testenv.Eventually(t, 10*time.Second, func() bool { return c.holder(t, agentID) != nil }, "the agent's new connection recorded")
+	holder = c.holder(t, agentID)
+	caller = c.other(holder)
 
 	// The agent is frozen too, or it would notice and move to the caller.
 	require.NoError(t, proc.Cmd.Process.Signal(syscall.SIGSTOP))

@@ -23,6 +23,7 @@ import (
 
 	"github.com/argus-remote/argus/agent"
 	"github.com/argus-remote/argus/argusctl/apiclient"
+	"github.com/argus-remote/argus/controlplane/cluster"
 	"github.com/argus-remote/argus/internal/testenv"
 	"github.com/argus-remote/argus/patch"
 	"github.com/argus-remote/argus/topics"
@@ -282,6 +283,34 @@ func TestRoute_HolderGoneIsUnreachable(t *testing.T) {
 	var reason string
 	require.NoError(t, pool.QueryRow(ctx, `SELECT end_reason FROM support_sessions WHERE agent_id = $1 AND reason = 'INC-2'`, remote).Scan(&reason))
 	assert.Equal(t, "agent_unreachable", reason)
+}
+
+// An activation that reaches the holding node past its deadline (the
+// holder was frozen with it, say) finds its sender gone: that node opens
+// nothing and says so, since the sender ends the session unreachable.
+func TestCluster_ActivationPastItsDeadlineIsNotOpened(t *testing.T) {
+	n := newRoutedPair(t, nil, nil)
+	n.a.consentAndArm(t)
+	remote, _, _ := n.b.runAgent(t, "cam-gw-late")
+	n.heldBy(t, remote, "node-b")
+	ctx := context.Background()
+	var tenantID string
+	require.NoError(t, n.a.srv.Database().Pool.QueryRow(ctx, "SELECT tenant_id::text FROM agents WHERE id = $1", remote).Scan(&tenantID))
+
+	const late = "5d6f0c1e-8a53-4c1b-9d7e-2f4a8b6c0e11"
+	now := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ans, err := n.a.srv.Wire().Deliver(rctx, "node-b", cluster.Delivery{Kind: cluster.DeliverActivation, AgentID: remote,
+		SessionID: late, TenantID: tenantID, Operator: "alice", Reason: "INC-12",
+		CreatedAt: now.Add(-10 * time.Second), ExpiresAt: now.Add(30 * time.Minute), Deadline: now.Add(-time.Second)})
+	require.NoError(t, err)
+	assert.Equal(t, cluster.Expired, ans.Code)
+	assert.False(t, n.b.srv.Policy().Active(remote), "the agent's commands were not opened")
+	for len(n.b.acks) > 0 {
+		ack := <-n.b.acks
+		assert.NotEqual(t, late, ack.SessionID, "the agent was handed the late activation")
+	}
 }
 
 // TestRoute_HolderThatNoLongerHoldsIsRetriedThenUnreachable: the record

@@ -227,12 +227,13 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 	}
 	ended := Ended{ID: s.ID, TenantID: agentTenant, AgentID: req.Agent}
 	failed := make(chan string, 1)
-	if !m.open(ctx, l, req.Reason, ackCh, failed) {
+	opened, wait := m.open(ctx, l, req.Reason, ackCh, failed)
+	if !opened {
 		m.AfterEnd(ended)
 		return Session{}, "", refuse(http.StatusConflict, "session_ended", "the session ended while it was being activated")
 	}
 
-	timer := time.NewTimer(m.AckTimeout)
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
 		select {
@@ -255,11 +256,14 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 			s.AckedAt = &now
 			return s, tok.Plain, nil
 		case code := <-failed:
-			if code == cluster.Ended {
+			switch code {
+			case cluster.Ended:
 				m.AfterEnd(ended)
 				return Session{}, "", refuse(http.StatusConflict, "session_ended", "the session ended while it was being activated")
+			case EndNoAck:
+				return m.failActivation(context.WithoutCancel(ctx), s, "the agent did not acknowledge the activation in time")
 			}
-			if _, err := m.End(context.WithoutCancel(ctx), s.ID, EndNoAck, audit.Entry{Actor: "system"}); err != nil && !errors.Is(err, ErrEnded) {
+			if _, err := m.End(context.WithoutCancel(ctx), s.ID, EndUnreachable, audit.Entry{Actor: "system"}); err != nil && !errors.Is(err, ErrEnded) {
 				return Session{}, "", err
 			}
 			return Session{}, "", refuse(http.StatusBadGateway, CodeAgentUnreachable, "the node holding the agent did not answer, or no longer holds it; the session was ended")
