@@ -313,6 +313,34 @@ func TestCluster_ActivationPastItsDeadlineIsNotOpened(t *testing.T) {
 	}
 }
 
+// A session opened through node a is ended through node b, and the
+// broadcast of its end is lost: a new activation of the agent through a,
+// at once, opens. a confirms its memory of a live session against the
+// record before refusing agent_busy, and applies the end it finds there,
+// rather than refusing until its own check runs.
+func TestCluster_ActivationAfterAnEndWhoseBroadcastWasLostOpens(t *testing.T) {
+	t.Setenv("ARGUS_TEST_DROP_BROADCASTS", "1") // both nodes lose what they broadcast
+	n := newRoutedPair(t, nil, nil)
+	n.a.consentAndArm(t)
+	remote, _, _ := n.b.runAgent(t, "cam-gw-stale")
+	n.heldBy(t, remote, "node-b")
+	sess, tok := n.a.activate(t, remote, "")
+	ended := []string{}
+	// Rounds: a's check, every few seconds, is not what lets them through.
+	for round := 0; round < 3; round++ {
+		require.Equal(t, "ok", n.a.run(t, sess.ID, tok, "ping", nil).Status)
+		require.NoError(t, n.b.do(t, "POST", "/v1/support/sessions/"+sess.ID+"/deactivate", nil, nil))
+		ended = append(ended, sess.ID)
+		sess, tok = n.a.activate(t, remote, "")
+	}
+	assert.Equal(t, "ok", n.a.run(t, sess.ID, tok, "ping", nil).Status, "the session opened last is live")
+	for _, id := range ended {
+		var reason string
+		require.NoError(t, n.a.srv.Database().Pool.QueryRow(context.Background(), "SELECT end_reason FROM support_sessions WHERE id = $1", id).Scan(&reason))
+		assert.Equal(t, "deactivated", reason)
+	}
+}
+
 // TestRoute_HolderThatNoLongerHoldsIsRetriedThenUnreachable: the record
 // says node b holds the agent, and b answers that it does not (its
 // disconnect's write was lost, say). The command is tried again after a
