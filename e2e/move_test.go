@@ -462,3 +462,61 @@ func TestCluster_ActivationWhoseNodeDiedIsEndedBySweep(t *testing.T) {
 	testenv.Eventually(t, 25*time.Second, func() bool { return c.session(t, survivor, sessID).EndedAt != nil }, "the unacknowledged session ended")
 	assert.Equal(t, "agent_did_not_acknowledge", c.session(t, survivor, sessID).EndReason)
 }
+
+// An activation through one node for an agent held by the other ends by
+// who stayed silent: the agent (frozen; its node handed the activation
+// over) is agent_did_not_acknowledge; the holding node itself (frozen with
+// its agent, so the request is never answered) is agent_unreachable. Each
+// is the refusal's code and the session's audited end reason.
+func TestCluster_ActivationSilentHolderIsUnreachableSilentAgentDidNotAcknowledge(t *testing.T) {
+	c := newTwoNodes(t)
+	agentID, proc := c.runAgent(t, "cam-gw-6", "")
+	holder := c.holder(t, agentID)
+	require.NotNil(t, holder)
+	caller := c.other(holder)
+	activate := func(reason string) (string, error) {
+		err := caller.api.Do(context.Background(), "POST", "/v1/support/sessions",
+			map[string]string{"tenant": "acme", "agent": agentID, "reason": reason}, nil)
+		var id string
+		require.NoError(t, c.pool.QueryRow(context.Background(), "SELECT id FROM support_sessions WHERE agent_id = $1 AND reason = $2", agentID, reason).Scan(&id))
+		return id, err
+	}
+	ended := func(sessionID string) (reason string) {
+		require.NoError(t, c.pool.QueryRow(context.Background(), `SELECT detail->>'end_reason' FROM audit_log
+			WHERE action = 'support.session.end' AND session_id = $1`, sessionID).Scan(&reason))
+		return reason
+	}
+
+	// A failing check must not leave a process stopped.
+	t.Cleanup(func() {
+		_ = proc.Cmd.Process.Signal(syscall.SIGCONT)
+		_ = holder.proc.Cmd.Process.Signal(syscall.SIGCONT)
+	})
+
+	mark := proc.LineCount()
+	require.NoError(t, proc.Cmd.Process.Signal(syscall.SIGSTOP))
+	id, err := activate("INC-10: agent frozen")
+	require.NoError(t, proc.Cmd.Process.Signal(syscall.SIGCONT))
+	require.Error(t, err)
+	assert.Equal(t, "agent_did_not_acknowledge", apiCode(err))
+	assert.Equal(t, "agent_did_not_acknowledge", c.session(t, caller, id).EndReason)
+	assert.Equal(t, "agent_did_not_acknowledge", ended(id))
+
+	// Its node dropped the frozen agent (past its keepalive): it connects
+	// again, to either node.
+	proc.WaitLog(t, mark, "connected to broker", 1, 15*time.Second)
+	testenv.Eventually(t, 10*time.Second, func() bool { return c.holder(t, agentID) != nil }, "the agent's new connection recorded")
+	holder = c.holder(t, agentID)
+	caller = c.other(holder)
+
+	// The agent is frozen too, or it would notice and move to the caller.
+	require.NoError(t, proc.Cmd.Process.Signal(syscall.SIGSTOP))
+	require.NoError(t, holder.proc.Cmd.Process.Signal(syscall.SIGSTOP))
+	id, err = activate("INC-11: holder frozen")
+	require.NoError(t, holder.proc.Cmd.Process.Signal(syscall.SIGCONT))
+	require.NoError(t, proc.Cmd.Process.Signal(syscall.SIGCONT))
+	require.Error(t, err)
+	assert.Equal(t, "agent_unreachable", apiCode(err))
+	assert.Equal(t, "agent_unreachable", c.session(t, caller, id).EndReason)
+	assert.Equal(t, "agent_unreachable", ended(id))
+}

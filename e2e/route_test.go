@@ -23,6 +23,7 @@ import (
 
 	"github.com/argus-remote/argus/agent"
 	"github.com/argus-remote/argus/argusctl/apiclient"
+	"github.com/argus-remote/argus/controlplane/cluster"
 	"github.com/argus-remote/argus/internal/testenv"
 	"github.com/argus-remote/argus/patch"
 	"github.com/argus-remote/argus/topics"
@@ -281,7 +282,63 @@ func TestRoute_HolderGoneIsUnreachable(t *testing.T) {
 	assert.Zero(t, live, "the unreachable activation's session is ended")
 	var reason string
 	require.NoError(t, pool.QueryRow(ctx, `SELECT end_reason FROM support_sessions WHERE agent_id = $1 AND reason = 'INC-2'`, remote).Scan(&reason))
-	assert.Equal(t, "agent_did_not_acknowledge", reason)
+	assert.Equal(t, "agent_unreachable", reason)
+}
+
+// An activation that reaches the holding node past its deadline (the
+// holder was frozen with it, say) finds its sender gone: that node opens
+// nothing and says so, since the sender ends the session unreachable.
+func TestCluster_ActivationPastItsDeadlineIsNotOpened(t *testing.T) {
+	n := newRoutedPair(t, nil, nil)
+	n.a.consentAndArm(t)
+	remote, _, _ := n.b.runAgent(t, "cam-gw-late")
+	n.heldBy(t, remote, "node-b")
+	ctx := context.Background()
+	var tenantID string
+	require.NoError(t, n.a.srv.Database().Pool.QueryRow(ctx, "SELECT tenant_id::text FROM agents WHERE id = $1", remote).Scan(&tenantID))
+
+	const late = "5d6f0c1e-8a53-4c1b-9d7e-2f4a8b6c0e11"
+	now := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ans, err := n.a.srv.Wire().Deliver(rctx, "node-b", cluster.Delivery{Kind: cluster.DeliverActivation, AgentID: remote,
+		SessionID: late, TenantID: tenantID, Operator: "alice", Reason: "INC-12",
+		CreatedAt: now.Add(-10 * time.Second), ExpiresAt: now.Add(30 * time.Minute), Deadline: now.Add(-time.Second)})
+	require.NoError(t, err)
+	assert.Equal(t, cluster.Expired, ans.Code)
+	assert.False(t, n.b.srv.Policy().Active(remote), "the agent's commands were not opened")
+	for len(n.b.acks) > 0 {
+		ack := <-n.b.acks
+		assert.NotEqual(t, late, ack.SessionID, "the agent was handed the late activation")
+	}
+}
+
+// A session opened through node a is ended through node b, and the
+// broadcast of its end is lost: a new activation of the agent through a,
+// at once, opens. a confirms its memory of a live session against the
+// record before refusing agent_busy, and applies the end it finds there,
+// rather than refusing until its own check runs.
+func TestCluster_ActivationAfterAnEndWhoseBroadcastWasLostOpens(t *testing.T) {
+	t.Setenv("ARGUS_TEST_DROP_BROADCASTS", "1") // both nodes lose what they broadcast
+	n := newRoutedPair(t, nil, nil)
+	n.a.consentAndArm(t)
+	remote, _, _ := n.b.runAgent(t, "cam-gw-stale")
+	n.heldBy(t, remote, "node-b")
+	sess, tok := n.a.activate(t, remote, "")
+	ended := []string{}
+	// Rounds: a's check, every few seconds, is not what lets them through.
+	for round := 0; round < 3; round++ {
+		require.Equal(t, "ok", n.a.run(t, sess.ID, tok, "ping", nil).Status)
+		require.NoError(t, n.b.do(t, "POST", "/v1/support/sessions/"+sess.ID+"/deactivate", nil, nil))
+		ended = append(ended, sess.ID)
+		sess, tok = n.a.activate(t, remote, "")
+	}
+	assert.Equal(t, "ok", n.a.run(t, sess.ID, tok, "ping", nil).Status, "the session opened last is live")
+	for _, id := range ended {
+		var reason string
+		require.NoError(t, n.a.srv.Database().Pool.QueryRow(context.Background(), "SELECT end_reason FROM support_sessions WHERE id = $1", id).Scan(&reason))
+		assert.Equal(t, "deactivated", reason)
+	}
 }
 
 // TestRoute_HolderThatNoLongerHoldsIsRetriedThenUnreachable: the record

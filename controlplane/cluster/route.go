@@ -38,6 +38,13 @@ const (
 	Fenced = "fenced"
 	// Ended: the session ended before the activation could be opened.
 	Ended = "ended"
+	// Unacknowledged: the activation was handed to the agent, which did
+	// not acknowledge it by the deadline.
+	Unacknowledged = "timeout"
+	// Expired: the delivery reached the holder past its deadline (the
+	// holder was frozen, say), when its sender had stopped waiting;
+	// nothing was handed to the agent.
+	Expired = "expired"
 )
 
 // MaxPayload is the embedded NATS server's max_payload. A command's

@@ -149,14 +149,34 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 	s := Session{ID: uuid.NewString()}
 	l := &live{id: s.ID, tenantID: agentTenant, agentID: req.Agent, operator: req.Operator, pending: true}
 	ackCh := make(chan topics.ActivationAckMsg, 4)
-	m.mu.Lock()
-	if _, busy := m.live[req.Agent]; busy {
+	for confirmed := false; ; confirmed = true {
+		m.mu.Lock()
+		old, busy := m.live[req.Agent]
+		if !busy {
+			m.live[req.Agent] = l
+			m.acks[s.ID] = waiter{agentID: req.Agent, sessionID: s.ID, acks: ackCh}
+			m.mu.Unlock()
+			break
+		}
+		held := *old
 		m.mu.Unlock()
-		return deny(refuse(http.StatusConflict, "agent_busy", "the agent already has a live session"))
+		if confirmed || held.pending {
+			return deny(refuse(http.StatusConflict, "agent_busy", "the agent already has a live session"))
+		}
+		// Memory may be stale: the end of the session it holds may have
+		// committed elsewhere and its broadcast been lost. The record
+		// decides; an end found there is applied here first, as the check
+		// would apply it.
+		ended, err := m.endedInRecord(ctx, held.id)
+		if err != nil {
+			return Session{}, "", fmt.Errorf("activate: %w", err)
+		}
+		if !ended {
+			return deny(refuse(http.StatusConflict, "agent_busy", "the agent already has a live session"))
+		}
+		m.repaired(RepairLiveSession, held.agentID, held.id)
+		m.ApplyEnded(Ended{ID: held.id, TenantID: held.tenantID, AgentID: held.agentID})
 	}
-	m.live[req.Agent] = l
-	m.acks[s.ID] = waiter{agentID: req.Agent, sessionID: s.ID, acks: ackCh}
-	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
 		delete(m.acks, s.ID)
@@ -227,12 +247,13 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 	}
 	ended := Ended{ID: s.ID, TenantID: agentTenant, AgentID: req.Agent}
 	failed := make(chan string, 1)
-	if !m.open(ctx, l, req.Reason, ackCh, failed) {
+	opened, wait := m.open(ctx, l, req.Reason, ackCh, failed)
+	if !opened {
 		m.AfterEnd(ended)
 		return Session{}, "", refuse(http.StatusConflict, "session_ended", "the session ended while it was being activated")
 	}
 
-	timer := time.NewTimer(m.AckTimeout)
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
 		select {
@@ -255,11 +276,14 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 			s.AckedAt = &now
 			return s, tok.Plain, nil
 		case code := <-failed:
-			if code == cluster.Ended {
+			switch code {
+			case cluster.Ended:
 				m.AfterEnd(ended)
 				return Session{}, "", refuse(http.StatusConflict, "session_ended", "the session ended while it was being activated")
+			case EndNoAck:
+				return m.failActivation(context.WithoutCancel(ctx), s, "the agent did not acknowledge the activation in time")
 			}
-			if _, err := m.End(context.WithoutCancel(ctx), s.ID, EndNoAck, audit.Entry{Actor: "system"}); err != nil && !errors.Is(err, ErrEnded) {
+			if _, err := m.End(context.WithoutCancel(ctx), s.ID, EndUnreachable, audit.Entry{Actor: "system"}); err != nil && !errors.Is(err, ErrEnded) {
 				return Session{}, "", err
 			}
 			return Session{}, "", refuse(http.StatusBadGateway, CodeAgentUnreachable, "the node holding the agent did not answer, or no longer holds it; the session was ended")
@@ -269,6 +293,14 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 			return m.failActivation(context.WithoutCancel(ctx), s, "the request was cancelled")
 		}
 	}
+}
+
+// endedInRecord reports whether the database says the session has ended
+// (or never was).
+func (m *Manager) endedInRecord(ctx context.Context, sessionID string) (bool, error) {
+	var open bool
+	err := m.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM support_sessions WHERE id = $1 AND ended_at IS NULL)`, sessionID).Scan(&open)
+	return !open, err
 }
 
 func (m *Manager) failActivation(ctx context.Context, s Session, why string) (Session, string, error) {

@@ -292,6 +292,12 @@ func (m *Manager) awaitSubscribed(ctx context.Context, agentID string, wait time
 // live here too: a reconnect here re-publishes it, the drift check keeps
 // its ACL open, and its end (broadcast) closes it.
 func (m *Manager) openHere(ctx context.Context, d cluster.Delivery) cluster.Answer {
+	if !time.Now().Before(d.Deadline) {
+		// Its sender has stopped waiting and ends the session
+		// unreachable: opening it now would activate an ended session.
+		m.Log.Warn("activation reached this node past its deadline; not opened", "agent", d.AgentID, "session", d.SessionID)
+		return cluster.Answer{Code: cluster.Expired}
+	}
 	l := &live{id: d.SessionID, tenantID: d.TenantID, agentID: d.AgentID, operator: d.Operator, createdAt: d.CreatedAt, expiresAt: d.ExpiresAt}
 	ackCh := make(chan topics.ActivationAckMsg, 4)
 	m.mu.Lock()
@@ -318,26 +324,31 @@ func (m *Manager) openHere(ctx context.Context, d cluster.Delivery) cluster.Answ
 		}
 		return cluster.Answer{Body: b}
 	case <-timer.C:
-		return cluster.Answer{Code: "timeout"}
+		return cluster.Answer{Code: cluster.Unacknowledged}
 	case <-ctx.Done():
-		return cluster.Answer{Code: "timeout"}
+		return cluster.Answer{Code: cluster.Unacknowledged}
 	}
 }
 
 // open opens a committed session where its agent is: on this broker, or
 // through the node holding it, whose agent's ack comes back on acks.
-// failed is told (cluster.Ended, or CodeAgentUnreachable) when the holder
-// could not open it. It reports false when an end took the session away.
-func (m *Manager) open(ctx context.Context, l *live, reason string, acks chan<- topics.ActivationAckMsg, failed chan<- string) bool {
+// failed is told (cluster.Ended, EndNoAck when the holder handed it to an
+// agent that stayed silent, or CodeAgentUnreachable when the holder did
+// not open it or never answered) when a routed activation fails; acks is
+// told its agent's ack. It reports false when an end took the session
+// away, and how long the caller waits for acks or failed: a routed
+// activation's outcome comes from the holder, whose answer may take its
+// deadline and the grace.
+func (m *Manager) open(ctx context.Context, l *live, reason string, acks chan<- topics.ActivationAckMsg, failed chan<- string) (bool, time.Duration) {
 	node := m.heldElsewhere(ctx, l.agentID)
 	if node == "" {
-		return m.openOnBroker(l, reason)
+		return m.openOnBroker(l, reason), m.AckTimeout
 	}
 	m.mu.Lock()
 	ended := l.ended
 	m.mu.Unlock()
 	if ended {
-		return false
+		return false, 0
 	}
 	m.publishTenant(l.tenantID)
 	d := cluster.Delivery{Kind: cluster.DeliverActivation, AgentID: l.agentID, SessionID: l.id, TenantID: l.tenantID,
@@ -373,15 +384,25 @@ func (m *Manager) open(ctx context.Context, l *live, reason string, acks chan<- 
 			case err == nil && ans.Code == cluster.Ended:
 				failed <- cluster.Ended
 				return
+			case err == nil && ans.Code == cluster.Unacknowledged:
+				// Handed to the agent, which stayed silent.
+				failed <- EndNoAck
+				return
 			case err == nil && (ans.Code == cluster.NotHere || ans.Code == cluster.Fenced), errors.Is(err, cluster.ErrNoResponder):
 				m.Log.Warn("the agent's node did not open the session", "node", node, "agent", l.agentID, "code", ans.Code, "err", err)
 				continue
+			case ctx.Err() != nil:
+				return // the caller is gone: Activate ends the session
 			default:
-				// No answer in time: the ack wait runs out and ends it.
+				// No answer by the deadline (the holder froze, or died with
+				// the request): it may never have reached the agent.
+				m.Log.Warn("the agent's node gave no answer to an activation", "node", node, "agent", l.agentID, "code", ans.Code, "err", err)
+				failed <- CodeAgentUnreachable
 				return
 			}
 		}
 		failed <- CodeAgentUnreachable
 	}()
-	return true
+	// Past the holder's answer, a backstop only: the worker always tells.
+	return true, m.AckTimeout + routeGrace + time.Second
 }

@@ -55,6 +55,9 @@ const (
 	EndConsentWithdrawn = "consent_withdrawn"
 	EndAgentRevoked     = "agent_revoked"
 	EndNoAck            = "agent_did_not_acknowledge"
+	// EndUnreachable is an activation the node holding the agent did not
+	// open: it gave no answer, or no longer held the agent.
+	EndUnreachable = "agent_unreachable"
 	// EndTenantEnded is a session the tenant ended from its page, with a
 	// tenant token carrying the end right.
 	EndTenantEnded = "tenant_ended"
