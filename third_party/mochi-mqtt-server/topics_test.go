@@ -6,6 +6,7 @@ package mqtt
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -19,7 +20,10 @@ const (
 
 func TestNewSharedSubscriptions(t *testing.T) {
 	s := NewSharedSubscriptions()
-	require.NotNil(t, s.internal)
+	require.Nil(t, s.internal, "the map is made on the first Add")
+	require.Equal(t, 0, s.Len())
+	s.Add("g", "cl1", packets.Subscription{Filter: "a/b"})
+	require.Equal(t, 1, s.Len())
 }
 
 func TestSharedSubscriptionsAdd(t *testing.T) {
@@ -102,7 +106,10 @@ func TestSharedSubscriptionsDelete(t *testing.T) {
 
 func TestNewSubscriptions(t *testing.T) {
 	s := NewSubscriptions()
-	require.NotNil(t, s.internal)
+	require.Nil(t, s.internal, "the map is made on the first Add")
+	require.Equal(t, 0, s.Len())
+	s.Add("cl1", packets.Subscription{Filter: "a/b"})
+	require.Equal(t, 1, s.Len())
 }
 
 func TestSubscriptionsAdd(t *testing.T) {
@@ -732,7 +739,10 @@ func BenchmarkMessages(b *testing.B) {
 
 func TestNewParticles(t *testing.T) {
 	cl := newParticles()
-	require.NotNil(t, cl.internal)
+	require.Nil(t, cl.internal, "the map is made on the first add")
+	require.Nil(t, cl.get("a"))
+	cl.add(newParticle("a", nil))
+	require.NotNil(t, cl.get("a"))
 }
 
 func TestParticlesAdd(t *testing.T) {
@@ -818,7 +828,7 @@ func TestIsSharedFilter(t *testing.T) {
 func TestNewInboundAliases(t *testing.T) {
 	a := NewInboundTopicAliases(5)
 	require.NotNil(t, a)
-	require.NotNil(t, a.internal)
+	require.Nil(t, a.internal, "the map is made on the first Set")
 	require.Equal(t, uint16(5), a.maximum)
 }
 
@@ -844,7 +854,7 @@ func TestInboundAliasesSetMaxZero(t *testing.T) {
 func TestNewOutboundAliases(t *testing.T) {
 	a := NewOutboundTopicAliases(5)
 	require.NotNil(t, a)
-	require.NotNil(t, a.internal)
+	require.Nil(t, a.internal, "the map is made on the first Set")
 	require.Equal(t, uint16(5), a.maximum)
 	require.Equal(t, uint32(0), a.cursor)
 }
@@ -891,7 +901,7 @@ func TestNewTopicAliases(t *testing.T) {
 func TestNewInlineSubscriptions(t *testing.T) {
 	subscriptions := NewInlineSubscriptions()
 	require.NotNil(t, subscriptions)
-	require.NotNil(t, subscriptions.internal)
+	require.Nil(t, subscriptions.internal, "the map is made on the first Add")
 	require.Equal(t, 0, subscriptions.Len())
 }
 
@@ -1116,4 +1126,32 @@ func TestSubscribersAllocations(t *testing.T) {
 	// The result, its subscriptions map, and the identifiers map Merge makes
 	// (4 in all); copying the particle's maps and making empty ones took 6.
 	require.LessOrEqual(t, allocs, 4.0)
+}
+
+// BenchmarkRetainedTopicMemory reports the heap one retained message on
+// a topic of its own keeps, its topic's particles included: a broker
+// holding a status message per device keeps this many per device.
+func BenchmarkRetainedTopicMemory(b *testing.B) {
+	const n = 20000
+	payload := make([]byte, 256)
+	var total uint64
+	for i := 0; i < b.N; i++ {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		x := NewTopicsIndex()
+		for j := 0; j < n; j++ {
+			pk := packets.Packet{
+				TopicName:   fmt.Sprintf("status/devices/%08x-0000-4000-8000-000000000000", j),
+				Payload:     append([]byte(nil), payload...),
+				FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true},
+			}
+			x.RetainMessage(pk)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		total += after.HeapAlloc - before.HeapAlloc
+		runtime.KeepAlive(x)
+	}
+	b.ReportMetric(float64(total)/float64(b.N)/n, "B/topic")
 }
