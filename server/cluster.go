@@ -47,6 +47,14 @@ type ClusterConfig struct {
 	// after /readyz starts failing, so the load balancer has seen it
 	// (HAProxy's checks: inter × fall) before its listener closes.
 	DrainDelay time.Duration
+	// DrainTimeout bounds how long a draining node waits for the commands
+	// in flight on it to finish before it sends their agents away anyway
+	// (each then ends as a command whose agent disconnects does).
+	DrainTimeout time.Duration
+	// HandoverTimeout bounds the wait, once a draining node has sent its
+	// agents away, for the other nodes to record them (an agent that does
+	// not reconnect at all must not hold the node up).
+	HandoverTimeout time.Duration
 	// DropBroadcasts loses every broadcast (tests of the sweep), from
 	// ARGUS_TEST_DROP_BROADCASTS=1.
 	DropBroadcasts bool
@@ -90,6 +98,18 @@ func clusterFromViper(v *viper.Viper, c Config, bad func(key, format string, arg
 		bad("cluster-drain-delay", "%q is not a duration within 0..1m", v.GetString("cluster-drain-delay"))
 	} else {
 		cc.DrainDelay = d
+	}
+	// Up to the longest a command may be given (command-timeout's bound):
+	// a drain need never wait longer than the commands it waits for.
+	if d, err := time.ParseDuration(v.GetString("cluster-drain-timeout")); err != nil || d < 0 || d > 10*time.Minute {
+		bad("cluster-drain-timeout", "%q is not a duration within 0..10m", v.GetString("cluster-drain-timeout"))
+	} else {
+		cc.DrainTimeout = d
+	}
+	if d, err := time.ParseDuration(v.GetString("cluster-drain-handover-timeout")); err != nil || d < 0 || d > 5*time.Minute {
+		bad("cluster-drain-handover-timeout", "%q is not a duration within 0..5m", v.GetString("cluster-drain-handover-timeout"))
+	} else {
+		cc.HandoverTimeout = d
 	}
 	if cc.Listen != "" && len(cc.NATSURLs) > 0 {
 		bad("cluster-listen", "an embedded NATS (cluster-listen) and an external one (cluster-nats-url) exclude each other")

@@ -127,6 +127,8 @@ var Keys = []settings.Key{
 	{Name: "cluster-nats-ca-file", Env: []string{"ARGUS_CLUSTER_NATS_CA_FILE"}},
 	{Name: "cluster-lease", Env: []string{"ARGUS_CLUSTER_LEASE"}, Default: "10s"},
 	{Name: "cluster-drain-delay", Env: []string{"ARGUS_CLUSTER_DRAIN_DELAY"}, Default: "2s"},
+	{Name: "cluster-drain-timeout", Env: []string{"ARGUS_CLUSTER_DRAIN_TIMEOUT"}, Default: "30s"},
+	{Name: "cluster-drain-handover-timeout", Env: []string{"ARGUS_CLUSTER_DRAIN_HANDOVER_TIMEOUT"}, Default: "10s"},
 	{Name: "command-signing-key", Env: []string{"ARGUS_COMMAND_SIGNING_KEY"}},
 	{Name: "smtp-host", Env: []string{"ARGUS_SMTP_HOST"}},
 	{Name: "smtp-port", Env: []string{"ARGUS_SMTP_PORT"}, Default: 587},
