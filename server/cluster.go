@@ -254,6 +254,7 @@ func (s *Server) joinCluster(ctx context.Context) error {
 // sends its agents and watchers to the other nodes, and refuses new ones,
 // until its lease is back; alone, it has nowhere to send them.
 func (s *Server) fence() {
+	s.fleet.SetFenced(true) // the others clear its presence: it must not write it back
 	if !s.cfg.Cluster.Multi() {
 		return
 	}
@@ -263,6 +264,7 @@ func (s *Server) fence() {
 }
 
 func (s *Server) unfence() {
+	s.fleet.SetFenced(false)
 	s.broker.Redirect(false)
 }
 

@@ -51,6 +51,86 @@ func (s *Store) ConnectedFrom(ctx context.Context, id, node, remote string, at t
 	return epoch, prev, hadPrev, nil
 }
 
+// Reasserted records again a connection node still holds whose row is
+// gone (another node cleared it while this node's lease was late, or a
+// write after the connect failed): a new epoch, as a connect takes, but
+// only while the agent has no row at all. A connection recorded
+// meanwhile, on any node, is newer than this one and is left alone: ok
+// is then false.
+func (s *Store) Reasserted(ctx context.Context, id, node, remote string, connectedAt time.Time) (epoch int64, ok bool, err error) {
+	err = s.pool.QueryRow(ctx, `
+		WITH e AS (
+			UPDATE agents SET presence_epoch = presence_epoch + 1
+			WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM agent_presence WHERE agent_id = $1)
+			RETURNING presence_epoch
+		), p AS (
+			INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch)
+			SELECT $1, $2, $3, $4, presence_epoch FROM e
+			ON CONFLICT (agent_id) DO NOTHING
+			RETURNING epoch
+		)
+		SELECT epoch FROM p`, id, node, connectedAt, remote).Scan(&epoch)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("presence: %w", err)
+	}
+	return epoch, true, nil
+}
+
+// EpochsHeldBy is the epoch of every connection the record says node
+// holds, by agent.
+func (s *Store) EpochsHeldBy(ctx context.Context, node string) (map[string]int64, error) {
+	rows, err := s.pool.Query(ctx, "SELECT agent_id::text, epoch FROM agent_presence WHERE node_id = $1", node)
+	if err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int64{}
+	for rows.Next() {
+		var id string
+		var epoch int64
+		if err := rows.Scan(&id, &epoch); err != nil {
+			return nil, fmt.Errorf("presence: %w", err)
+		}
+		out[id] = epoch
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	return out, nil
+}
+
+// Where is a connection's row: where and since when it was recorded.
+type Where struct {
+	Presence
+	ConnectedAt time.Time
+}
+
+// PresencesOf reads the presence rows of ids; an agent connected nowhere
+// has none.
+func (s *Store) PresencesOf(ctx context.Context, ids []string) (map[string]Where, error) {
+	rows, err := s.pool.Query(ctx, "SELECT agent_id::text, node_id, epoch, connected_at FROM agent_presence WHERE agent_id = ANY($1::uuid[])", ids)
+	if err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	defer rows.Close()
+	out := make(map[string]Where, len(ids))
+	for rows.Next() {
+		var id string
+		var w Where
+		if err := rows.Scan(&id, &w.NodeID, &w.Epoch, &w.ConnectedAt); err != nil {
+			return nil, fmt.Errorf("presence: %w", err)
+		}
+		out[id] = w
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	return out, nil
+}
+
 // Disconnected records that the agent's connection of that epoch ended.
 // A newer connection (on another node, or a newer one here) is left
 // alone, however late this disconnect is seen.
