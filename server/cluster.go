@@ -55,9 +55,17 @@ type ClusterConfig struct {
 	// agents away, for the other nodes to record them (an agent that does
 	// not reconnect at all must not hold the node up).
 	HandoverTimeout time.Duration
+	// StatusResync is how often a node sends the others again the
+	// retained status it holds as its own last word, repairing one lost
+	// on the way.
+	StatusResync time.Duration
 	// DropBroadcasts loses every broadcast (tests of the sweep), from
 	// ARGUS_TEST_DROP_BROADCASTS=1.
 	DropBroadcasts bool
+	// DropStatus loses every retained status message this node sends the
+	// others as it publishes it (tests of the status re-sync), from
+	// ARGUS_TEST_DROP_STATUS=1.
+	DropStatus bool
 }
 
 // Multi reports whether other nodes may exist: routes or an external NATS
@@ -81,6 +89,7 @@ func clusterFromViper(v *viper.Viper, c Config, bad func(key, format string, arg
 		// A test switch, not a setting: it is read from the environment
 		// only.
 		DropBroadcasts: os.Getenv("ARGUS_TEST_DROP_BROADCASTS") == "1",
+		DropStatus:     os.Getenv("ARGUS_TEST_DROP_STATUS") == "1",
 	}
 	if f := v.GetString("cluster-secret-file"); f != "" {
 		b, err := os.ReadFile(f)
@@ -110,6 +119,11 @@ func clusterFromViper(v *viper.Viper, c Config, bad func(key, format string, arg
 		bad("cluster-drain-handover-timeout", "%q is not a duration within 0..5m", v.GetString("cluster-drain-handover-timeout"))
 	} else {
 		cc.HandoverTimeout = d
+	}
+	if d, err := time.ParseDuration(v.GetString("cluster-status-resync")); err != nil || d < time.Second || d > 10*time.Minute {
+		bad("cluster-status-resync", "%q is not a duration within 1s..10m", v.GetString("cluster-status-resync"))
+	} else {
+		cc.StatusResync = d
 	}
 	if cc.Listen != "" && len(cc.NATSURLs) > 0 {
 		bad("cluster-listen", "an embedded NATS (cluster-listen) and an external one (cluster-nats-url) exclude each other")

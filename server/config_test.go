@@ -186,3 +186,19 @@ func TestClusterDrainBounds(t *testing.T) {
 		assert.Equal(t, 10*time.Second, cfg.Cluster.HandoverTimeout)
 	})
 }
+
+func TestClusterStatusResyncBounds(t *testing.T) {
+	for value, ok := range map[string]bool{"1s": true, "30s": true, "10m": true, "500ms": false, "11m": false, "often": false} {
+		t.Setenv("ARGUS_CLUSTER_STATUS_RESYNC", value)
+		v := viper.New()
+		require.NoError(t, settings.Load(v, nil, "", server.Keys))
+		cfg, err := server.FromViper(v)
+		if !ok {
+			assert.ErrorContains(t, err, "ARGUS_CLUSTER_STATUS_RESYNC", value)
+			continue
+		}
+		require.NoError(t, err, value)
+		want, _ := time.ParseDuration(value)
+		assert.Equal(t, want, cfg.Cluster.StatusResync, value)
+	}
+}

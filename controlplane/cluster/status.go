@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"hash/fnv"
 	"log/slog"
 	"slices"
 	"strings"
@@ -91,6 +92,16 @@ type StatusMirror struct {
 	mu   sync.Mutex
 	held map[string]*held
 	wire *Wire
+
+	// ResyncEvery, set before Run, is how often this node sends the
+	// others again every message it holds as its own last word (a share
+	// each tick of Run), so that one lost on the way is put right within
+	// that period. Zero: never.
+	ResyncEvery time.Duration
+	// DropLive, set before the broker starts (tests of the re-sync),
+	// loses every status message this node sends the others as it
+	// publishes it; snapshots and re-syncs still go.
+	DropLive bool
 }
 
 // NewStatusMirror returns the mirror of node's retained status, which
@@ -170,7 +181,7 @@ func (m *StatusMirror) offer(origin string, item StatusItem, how source) {
 			m.log.Warn("status: publish", "topic", item.Topic, "err", err)
 		}
 	}
-	if local && m.wire != nil {
+	if local && m.wire != nil && !m.DropLive {
 		m.send(m.wire.Subject(statusSubject), []StatusItem{next.item})
 	}
 }
@@ -329,7 +340,10 @@ func (m *StatusMirror) Run(ctx context.Context, pool *pgxpool.Pool, every time.D
 	synced := map[string]time.Time{}
 	t := time.NewTicker(every)
 	defer t.Stop()
-	for {
+	// The re-sync is spread over the ticks of one period: each sends the
+	// topics of one share, so no tick sends everything.
+	shares := max(1, int(m.ResyncEvery/every))
+	for tick := 0; ; tick++ {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		nodes, err := liveNodes(qctx, pool)
 		cancel()
@@ -361,6 +375,9 @@ func (m *StatusMirror) Run(ctx context.Context, pool *pgxpool.Pool, every time.D
 				}
 			}
 			m.repair(alive)
+			if m.ResyncEvery > 0 && len(alive) > 1 {
+				m.resend(w, tick%shares, shares)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -455,6 +472,43 @@ func (m *StatusMirror) sendAll(subject string) {
 	if w == nil {
 		return
 	}
+	m.sendBatches(w, subject, items)
+}
+
+// resend sends the others again share of shares of the messages this
+// node holds as its own last word: what another node published since is
+// its to send, and a guess for a dead node is no one's word. A receiver
+// that holds the same, or newer, changes nothing.
+func (m *StatusMirror) resend(w *Wire, share, shares int) {
+	if items := m.ownShare(share, shares); len(items) > 0 {
+		m.sendBatches(w, w.Subject(statusSubject), items)
+	}
+}
+
+// ownShare is share of shares of the messages this node holds as its own
+// last word.
+func (m *StatusMirror) ownShare(share, shares int) []StatusItem {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var items []StatusItem
+	for topic, h := range m.held {
+		if h.origin == m.node && !h.repaired && shareOf(topic, shares) == share {
+			items = append(items, h.item)
+		}
+	}
+	return items
+}
+
+// shareOf places topic in one of shares equal parts, the same on every
+// tick.
+func shareOf(topic string, shares int) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(topic))
+	return int(h.Sum32() % uint32(shares))
+}
+
+// sendBatches sends items to subject in batches of at most maxBatch.
+func (m *StatusMirror) sendBatches(w *Wire, subject string, items []StatusItem) {
 	var batch []StatusItem
 	size := 0
 	for _, it := range items {
