@@ -52,31 +52,25 @@ func (s *Store) ConnectedFrom(ctx context.Context, id, node, remote string, at t
 }
 
 // Reasserted records again a connection node still holds whose row is
-// gone (another node cleared it while this node's lease was late, or a
-// write after the connect failed): a new epoch, as a connect takes, but
-// only while the agent has no row at all. A connection recorded
-// meanwhile, on any node, is newer than this one and is left alone: ok
-// is then false.
-func (s *Store) Reasserted(ctx context.Context, id, node, remote string, connectedAt time.Time) (epoch int64, ok bool, err error) {
+// gone or older (another node cleared it while this node's lease was
+// late, or a write after the connect failed), under the connection's own
+// epoch: epochs keep the order the connections were made in, so a newer
+// connection of the agent, on any node, is left alone (ok is false) and
+// an older one is replaced.
+func (s *Store) Reasserted(ctx context.Context, id, node, remote string, connectedAt time.Time, epoch int64) (ok bool, err error) {
 	err = s.pool.QueryRow(ctx, `
-		WITH e AS (
-			UPDATE agents SET presence_epoch = presence_epoch + 1
-			WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM agent_presence WHERE agent_id = $1)
-			RETURNING presence_epoch
-		), p AS (
-			INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch)
-			SELECT $1, $2, $3, $4, presence_epoch FROM e
-			ON CONFLICT (agent_id) DO NOTHING
-			RETURNING epoch
-		)
-		SELECT epoch FROM p`, id, node, connectedAt, remote).Scan(&epoch)
+		INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (agent_id) DO UPDATE SET node_id = EXCLUDED.node_id, connected_at = EXCLUDED.connected_at,
+			remote_addr = EXCLUDED.remote_addr, epoch = EXCLUDED.epoch
+		WHERE agent_presence.epoch < EXCLUDED.epoch
+		RETURNING epoch`, id, node, connectedAt, remote, epoch).Scan(&epoch)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, false, nil
+		return false, nil
 	}
 	if err != nil {
-		return 0, false, fmt.Errorf("presence: %w", err)
+		return false, fmt.Errorf("presence: %w", err)
 	}
-	return epoch, true, nil
+	return true, nil
 }
 
 // EpochsHeldBy is the epoch of every connection the record says node

@@ -74,10 +74,10 @@ func TestPresence_ConnectedFromNamesTheReplacedNode(t *testing.T) {
 	assert.False(t, had, "a recorded disconnect leaves nothing to replace")
 }
 
-// A connection whose row is gone is recorded again with a new epoch; one
-// recorded meanwhile (a newer connection, anywhere) is never overwritten
-// by it.
-func TestPresence_ReassertedOnlyWhereNoRowIs(t *testing.T) {
+// A connection whose row is gone, or older, is recorded again under its
+// own epoch; a newer connection's row (anywhere) is never overwritten by
+// it.
+func TestPresence_ReassertedOnlyOverNothingOrOlder(t *testing.T) {
 	pool := testenv.Pool(t)
 	ctx := context.Background()
 	var agentID string
@@ -87,28 +87,31 @@ func TestPresence_ReassertedOnlyWhereNoRowIs(t *testing.T) {
 	s := agents.NewStore(pool)
 	now := time.Now().UTC().Truncate(time.Microsecond)
 
+	epochB, err := s.Connected(ctx, agentID, "node-b", "10.0.0.1:2", now.Add(-time.Second))
+	require.NoError(t, err)
 	epochA, err := s.Connected(ctx, agentID, "node-a", "10.0.0.1:1", now)
 	require.NoError(t, err)
 	_, err = pool.Exec(ctx, "DELETE FROM agent_presence WHERE agent_id = $1", agentID)
 	require.NoError(t, err)
 
-	again, ok, err := s.Reasserted(ctx, agentID, "node-a", "10.0.0.1:1", now)
+	// B's old connection (not yet seen to end) re-asserts first, then A's.
+	ok, err := s.Reasserted(ctx, agentID, "node-b", "10.0.0.1:2", now.Add(-time.Second), epochB)
 	require.NoError(t, err)
 	require.True(t, ok, "no row: recorded again")
-	assert.Greater(t, again, epochA)
+	ok, err = s.Reasserted(ctx, agentID, "node-a", "10.0.0.1:1", now, epochA)
+	require.NoError(t, err)
+	require.True(t, ok, "an older connection's row: replaced")
 	held, err := s.EpochsHeldBy(ctx, "node-a")
 	require.NoError(t, err)
-	assert.Equal(t, map[string]int64{agentID: again}, held)
+	assert.Equal(t, map[string]int64{agentID: epochA}, held)
 
-	epochB, err := s.Connected(ctx, agentID, "node-b", "10.0.0.1:2", now.Add(time.Second))
+	ok, err = s.Reasserted(ctx, agentID, "node-b", "10.0.0.1:2", now.Add(-time.Second), epochB)
 	require.NoError(t, err)
-	_, ok, err = s.Reasserted(ctx, agentID, "node-a", "10.0.0.1:1", now)
-	require.NoError(t, err)
-	assert.False(t, ok, "a row exists: left alone")
+	assert.False(t, ok, "a newer connection's row: left alone")
 	rows, err := s.PresencesOf(ctx, []string{agentID})
 	require.NoError(t, err)
-	assert.Equal(t, agents.Presence{NodeID: "node-b", Epoch: epochB}, rows[agentID].Presence)
-	assert.True(t, rows[agentID].ConnectedAt.Equal(now.Add(time.Second)))
+	assert.Equal(t, agents.Presence{NodeID: "node-a", Epoch: epochA}, rows[agentID].Presence)
+	assert.True(t, rows[agentID].ConnectedAt.Equal(now))
 }
 
 // The presence check's read at 20,000 agents on one node (one row each).

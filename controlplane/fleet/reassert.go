@@ -23,10 +23,11 @@ func (w *Watcher) SetFenced(fenced bool) { w.fenced.Store(fenced) }
 
 // checkPresence repairs the record of the agents connected here, in the
 // database worker (after every connect and disconnect queued before it).
-// A connection whose row is gone is recorded again with a new epoch; one
-// whose row names a newer connection on another node is stale (the agent
-// is there) and is closed here; one whose connect was never recorded (its
-// write failed) is recorded as the connect would have done.
+// A connection whose row is gone (or older) is recorded again under its
+// own epoch; one whose row names a newer connection on another node is
+// stale (the agent is there) and is closed here; one whose connect was
+// never recorded (its write failed) is recorded as the connect would
+// have done.
 func (w *Watcher) checkPresence(ctx context.Context) {
 	if w.fenced.Load() || w.handover.Load() {
 		return
@@ -97,22 +98,19 @@ func (w *Watcher) checkPresence(ctx context.Context) {
 			if w.OnPresent != nil {
 				w.OnPresent(id, prev.NodeID)
 			}
-		case !hasRow:
-			epoch, ok, err := w.store.Reasserted(ctx, id, w.node, c.cl.Net.Remote, c.connectedAt)
+		default:
+			// No row, or one older than this connection: record this one
+			// again, under its own epoch.
+			ok, err := w.store.Reasserted(ctx, id, w.node, c.cl.Net.Remote, c.connectedAt, *c.epoch)
 			if err != nil {
 				w.log.Error("presence check: re-assert", "agent", id, "err", err)
 				continue
 			}
 			if !ok {
-				continue // recorded meanwhile by a newer connection: the next check sees it
+				continue // a newer connection was recorded meanwhile: the next check sees it
 			}
-			w.log.Warn("presence check: agent connected here had no presence row; re-asserted", "agent", id, "epoch", epoch, "epoch_before", *c.epoch)
-			*c.epoch = epoch
-		default:
-			// An older row than this connection: it is replaced by
-			// nothing here, and cannot be written by anyone (every write
-			// takes a new epoch); say so.
-			w.log.Warn("presence check: presence row older than the connection here", "agent", id, "node", row.NodeID, "epoch", row.Epoch, "epoch_here", *c.epoch)
+			w.log.Warn("presence check: agent connected here had no current presence row; re-asserted", "agent", id, "epoch", *c.epoch,
+				"row_node", row.NodeID, "row_epoch", row.Epoch)
 		}
 	}
 }
