@@ -106,10 +106,10 @@ type StatusMirror struct {
 	held map[string]*held
 	wire *Wire
 
-	// ResyncEvery, set before Run, is how often this node sends the
-	// others again every message it holds as its own last word (a share
-	// each tick of Run), so that one lost on the way is put right within
-	// that period. Zero: never.
+	// ResyncEvery, set before Run, is the period over which this node
+	// has the others check their copy of every message it holds as its
+	// own last word (a share each tick of Run: see resend), so that one
+	// lost on the way is put right within it. Zero: never.
 	ResyncEvery time.Duration
 	// DropLive, set before the broker starts (tests of the re-sync),
 	// loses every status message this node sends the others as it
