@@ -47,7 +47,7 @@ type twoNodes struct {
 	nodes [2]*clusterNode
 }
 
-func newTwoNodes(t *testing.T) *twoNodes {
+func newTwoNodes(t *testing.T, extraEnv ...string) *twoNodes {
 	t.Helper()
 	env := testenv.NewEnv(t)
 	c := &twoNodes{env: env}
@@ -65,6 +65,7 @@ func newTwoNodes(t *testing.T) *twoNodes {
 			// Commands wait for an agent between nodes rather than fail.
 			"ARGUS_COMMAND_RECONNECT_WAIT=10s", "ARGUS_LOG_LEVEL=debug",
 		)
+		n.env = append(n.env, extraEnv...)
 		c.nodes[i] = n
 	}
 	// One after the other: the first makes the shared signing key.

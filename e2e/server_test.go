@@ -163,6 +163,12 @@ func TestServe_BadConfigurationFailsNamingTheKey(t *testing.T) {
 		{"invalid CIDR in flag", nil, []string{"--remote-support-operator-cidrs", "300.0.0.0/8"}, []string{"remote-support-operator-cidrs"}},
 		{"enabled without ops token", []string{"REMOTE_SUPPORT_ENABLED=true", "ARGUS_OPS_TOKEN="}, nil, []string{"ops-token", "ARGUS_OPS_TOKEN"}},
 		{"bad listen address", []string{"ARGUS_HTTP_ADDR=nonsense"}, nil, []string{"http-addr", "ARGUS_HTTP_ADDR"}},
+		{"drain timeout not a duration", []string{"ARGUS_CLUSTER_DRAIN_TIMEOUT=ten"}, nil,
+			[]string{"cluster-drain-timeout", "ARGUS_CLUSTER_DRAIN_TIMEOUT", `"ten" is not a duration within 0..10m`}},
+		{"drain timeout over its bound in file", nil, []string{"--config", write("drain.yaml", "cluster-drain-timeout: 11m\n")},
+			[]string{"cluster-drain-timeout", `"11m" is not a duration within 0..10m`}},
+		{"handover timeout negative in flag", nil, []string{"--cluster-drain-handover-timeout", "-1s"},
+			[]string{"cluster-drain-handover-timeout", "ARGUS_CLUSTER_DRAIN_HANDOVER_TIMEOUT", `"-1s" is not a duration within 0..5m`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"serve", "--data-dir", filepath.Join(dir, "data")}, tc.args...)

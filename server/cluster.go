@@ -47,9 +47,25 @@ type ClusterConfig struct {
 	// after /readyz starts failing, so the load balancer has seen it
 	// (HAProxy's checks: inter × fall) before its listener closes.
 	DrainDelay time.Duration
+	// DrainTimeout bounds how long a draining node waits for the commands
+	// in flight on it to finish before it sends their agents away anyway
+	// (each then ends as a command whose agent disconnects does).
+	DrainTimeout time.Duration
+	// HandoverTimeout bounds the wait, once a draining node has sent its
+	// agents away, for the other nodes to record them (an agent that does
+	// not reconnect at all must not hold the node up).
+	HandoverTimeout time.Duration
+	// StatusResync is how often a node sends the others again the
+	// retained status it holds as its own last word, repairing one lost
+	// on the way.
+	StatusResync time.Duration
 	// DropBroadcasts loses every broadcast (tests of the sweep), from
 	// ARGUS_TEST_DROP_BROADCASTS=1.
 	DropBroadcasts bool
+	// DropStatus loses every retained status message this node sends the
+	// others as it publishes it (tests of the status re-sync), from
+	// ARGUS_TEST_DROP_STATUS=1.
+	DropStatus bool
 }
 
 // Multi reports whether other nodes may exist: routes or an external NATS
@@ -73,6 +89,7 @@ func clusterFromViper(v *viper.Viper, c Config, bad func(key, format string, arg
 		// A test switch, not a setting: it is read from the environment
 		// only.
 		DropBroadcasts: os.Getenv("ARGUS_TEST_DROP_BROADCASTS") == "1",
+		DropStatus:     os.Getenv("ARGUS_TEST_DROP_STATUS") == "1",
 	}
 	if f := v.GetString("cluster-secret-file"); f != "" {
 		b, err := os.ReadFile(f)
@@ -90,6 +107,23 @@ func clusterFromViper(v *viper.Viper, c Config, bad func(key, format string, arg
 		bad("cluster-drain-delay", "%q is not a duration within 0..1m", v.GetString("cluster-drain-delay"))
 	} else {
 		cc.DrainDelay = d
+	}
+	// Up to the longest a command may be given (command-timeout's bound):
+	// a drain need never wait longer than the commands it waits for.
+	if d, err := time.ParseDuration(v.GetString("cluster-drain-timeout")); err != nil || d < 0 || d > 10*time.Minute {
+		bad("cluster-drain-timeout", "%q is not a duration within 0..10m", v.GetString("cluster-drain-timeout"))
+	} else {
+		cc.DrainTimeout = d
+	}
+	if d, err := time.ParseDuration(v.GetString("cluster-drain-handover-timeout")); err != nil || d < 0 || d > 5*time.Minute {
+		bad("cluster-drain-handover-timeout", "%q is not a duration within 0..5m", v.GetString("cluster-drain-handover-timeout"))
+	} else {
+		cc.HandoverTimeout = d
+	}
+	if d, err := time.ParseDuration(v.GetString("cluster-status-resync")); err != nil || d < time.Second || d > 10*time.Minute {
+		bad("cluster-status-resync", "%q is not a duration within 1s..10m", v.GetString("cluster-status-resync"))
+	} else {
+		cc.StatusResync = d
 	}
 	if cc.Listen != "" && len(cc.NATSURLs) > 0 {
 		bad("cluster-listen", "an embedded NATS (cluster-listen) and an external one (cluster-nats-url) exclude each other")
@@ -234,6 +268,7 @@ func (s *Server) joinCluster(ctx context.Context) error {
 // sends its agents and watchers to the other nodes, and refuses new ones,
 // until its lease is back; alone, it has nowhere to send them.
 func (s *Server) fence() {
+	s.fleet.SetFenced(true) // the others clear its presence: it must not write it back
 	if !s.cfg.Cluster.Multi() {
 		return
 	}
@@ -243,6 +278,7 @@ func (s *Server) fence() {
 }
 
 func (s *Server) unfence() {
+	s.fleet.SetFenced(false)
 	s.broker.Redirect(false)
 }
 

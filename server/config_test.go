@@ -151,3 +151,54 @@ func TestCommandReconnectWait_LongerInACluster(t *testing.T) {
 	cluster["ARGUS_COMMAND_RECONNECT_WAIT"] = "2s"
 	assert.Equal(t, 2*time.Second, load(cluster), "set, it is kept")
 }
+
+func TestClusterDrainBounds(t *testing.T) {
+	for env, values := range map[string]map[string]bool{
+		"ARGUS_CLUSTER_DRAIN_TIMEOUT":          {"0s": true, "1s": true, "10m": true, "-1s": false, "11m": false, "ten": false},
+		"ARGUS_CLUSTER_DRAIN_HANDOVER_TIMEOUT": {"0s": true, "500ms": true, "5m": true, "-1s": false, "6m": false, "soon": false},
+	} {
+		t.Run(env, func(t *testing.T) {
+			for value, ok := range values {
+				t.Setenv(env, value)
+				v := viper.New()
+				require.NoError(t, settings.Load(v, nil, "", server.Keys))
+				cfg, err := server.FromViper(v)
+				if !ok {
+					assert.ErrorContains(t, err, env, "%s=%s", env, value)
+					continue
+				}
+				require.NoError(t, err, "%s=%s", env, value)
+				want, _ := time.ParseDuration(value)
+				got := cfg.Cluster.DrainTimeout
+				if env == "ARGUS_CLUSTER_DRAIN_HANDOVER_TIMEOUT" {
+					got = cfg.Cluster.HandoverTimeout
+				}
+				assert.Equal(t, want, got, "%s=%s", env, value)
+			}
+		})
+	}
+	t.Run("defaults", func(t *testing.T) {
+		v := viper.New()
+		require.NoError(t, settings.Load(v, nil, "", server.Keys))
+		cfg, err := server.FromViper(v)
+		require.NoError(t, err)
+		assert.Equal(t, 30*time.Second, cfg.Cluster.DrainTimeout)
+		assert.Equal(t, 10*time.Second, cfg.Cluster.HandoverTimeout)
+	})
+}
+
+func TestClusterStatusResyncBounds(t *testing.T) {
+	for value, ok := range map[string]bool{"1s": true, "30s": true, "10m": true, "500ms": false, "11m": false, "often": false} {
+		t.Setenv("ARGUS_CLUSTER_STATUS_RESYNC", value)
+		v := viper.New()
+		require.NoError(t, settings.Load(v, nil, "", server.Keys))
+		cfg, err := server.FromViper(v)
+		if !ok {
+			assert.ErrorContains(t, err, "ARGUS_CLUSTER_STATUS_RESYNC", value)
+			continue
+		}
+		require.NoError(t, err, value)
+		want, _ := time.ParseDuration(value)
+		assert.Equal(t, want, cfg.Cluster.StatusResync, value)
+	}
+}

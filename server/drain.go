@@ -7,19 +7,9 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// DrainTimeout bounds how long a draining node waits for the commands in
-// flight on it to finish before it sends their agents away anyway (they
-// are then recorded as interrupted, as on any disconnect).
-const DrainTimeout = 30 * time.Second
-
-// HandoverTimeout bounds the wait, once a draining node has sent its
-// agents away, for the other nodes to record them (an agent that does not
-// reconnect at all must not hold the node up).
-const HandoverTimeout = 10 * time.Second
-
 // drain hands a cluster node's agents to the other nodes before it stops:
 // it refuses new agent connections (MQTT v5 0x9C, use another server),
-// lets the commands in flight finish (bounded by DrainTimeout), then
+// lets the commands in flight finish (bounded by cluster-drain-timeout), then
 // disconnects every client with 0x9C, so each reconnects elsewhere and
 // its session goes on there (sessions.OnAgentPresent). The presence rows
 // are left for the next node to replace, so it can tell where each
@@ -36,25 +26,26 @@ func (s *Server) drain(ctx context.Context) {
 	s.broker.Redirect(true)
 	s.sessions.Drain() // no new command is handed to an agent here
 	s.log.Info("draining: new agent connections go to the other nodes", "in_flight", s.sessions.InFlight())
-	wctx, cancel := context.WithTimeout(ctx, DrainTimeout)
+	cc := s.cfg.Cluster
+	wctx, cancel := context.WithTimeout(ctx, cc.DrainTimeout)
 	left := s.sessions.WaitIdle(wctx)
 	cancel()
 	if left > 0 {
-		s.log.Warn("draining: commands still in flight after the bound; their agents are sent away anyway", "in_flight", left, "bound", DrainTimeout)
+		s.log.Warn("draining: commands still in flight after the bound; their agents are sent away anyway", "in_flight", left, "bound", cc.DrainTimeout)
 	}
 	s.fleet.Handover()
 	n := s.broker.DisconnectAll(packets.ErrUseAnotherServer)
 	// Handed over once the others have recorded the agents: until then
 	// their presence rows still say where each came from.
-	hctx, cancel := context.WithTimeout(ctx, HandoverTimeout)
+	hctx, cancel := context.WithTimeout(ctx, cc.HandoverTimeout)
 	left = s.fleet.AwaitHandedOver(hctx)
 	cancel()
 	if left > 0 {
-		s.log.Warn("draining: agents not picked up by another node within the bound", "agents", left, "bound", HandoverTimeout)
+		s.log.Warn("draining: agents not picked up by another node within the bound", "agents", left, "bound", cc.HandoverTimeout)
 	}
 	// Calls the load balancer sent before it saw /readyz fail are still
 	// answered: the API closes only once it has had the time to see it.
-	if wait := time.Until(started.Add(s.cfg.Cluster.DrainDelay)); wait > 0 {
+	if wait := time.Until(started.Add(cc.DrainDelay)); wait > 0 {
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():

@@ -153,6 +153,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	// Retained status is the same on every node: the mirror sees this
 	// node's publishes (its hook) and applies the others' (cluster).
 	s.status = cluster.NewStatusMirror(cfg.NodeID, nil, log.With("component", "cluster"))
+	s.status.DropLive = cfg.Cluster.DropStatus
+	s.status.ResyncEvery = cfg.Cluster.StatusResync
 	pending := cfg.MQTTMaxPendingPerSource
 	if pending == 0 {
 		pending = -1 // the setting's 0 is no bound

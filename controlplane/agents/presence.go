@@ -51,6 +51,80 @@ func (s *Store) ConnectedFrom(ctx context.Context, id, node, remote string, at t
 	return epoch, prev, hadPrev, nil
 }
 
+// Reasserted records again a connection node still holds whose row is
+// gone or older (another node cleared it while this node's lease was
+// late, or a write after the connect failed), under the connection's own
+// epoch: epochs keep the order the connections were made in, so a newer
+// connection of the agent, on any node, is left alone (ok is false) and
+// an older one is replaced.
+func (s *Store) Reasserted(ctx context.Context, id, node, remote string, connectedAt time.Time, epoch int64) (ok bool, err error) {
+	err = s.pool.QueryRow(ctx, `
+		INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (agent_id) DO UPDATE SET node_id = EXCLUDED.node_id, connected_at = EXCLUDED.connected_at,
+			remote_addr = EXCLUDED.remote_addr, epoch = EXCLUDED.epoch
+		WHERE agent_presence.epoch < EXCLUDED.epoch
+		RETURNING epoch`, id, node, connectedAt, remote, epoch).Scan(&epoch)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("presence: %w", err)
+	}
+	return true, nil
+}
+
+// EpochsHeldBy is the epoch of every connection the record says node
+// holds, by agent.
+func (s *Store) EpochsHeldBy(ctx context.Context, node string) (map[string]int64, error) {
+	rows, err := s.pool.Query(ctx, "SELECT agent_id::text, epoch FROM agent_presence WHERE node_id = $1", node)
+	if err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int64{}
+	for rows.Next() {
+		var id string
+		var epoch int64
+		if err := rows.Scan(&id, &epoch); err != nil {
+			return nil, fmt.Errorf("presence: %w", err)
+		}
+		out[id] = epoch
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	return out, nil
+}
+
+// Where is a connection's row: where and since when it was recorded.
+type Where struct {
+	Presence
+	ConnectedAt time.Time
+}
+
+// PresencesOf reads the presence rows of ids; an agent connected nowhere
+// has none.
+func (s *Store) PresencesOf(ctx context.Context, ids []string) (map[string]Where, error) {
+	rows, err := s.pool.Query(ctx, "SELECT agent_id::text, node_id, epoch, connected_at FROM agent_presence WHERE agent_id = ANY($1::uuid[])", ids)
+	if err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	defer rows.Close()
+	out := make(map[string]Where, len(ids))
+	for rows.Next() {
+		var id string
+		var w Where
+		if err := rows.Scan(&id, &w.NodeID, &w.Epoch, &w.ConnectedAt); err != nil {
+			return nil, fmt.Errorf("presence: %w", err)
+		}
+		out[id] = w
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	return out, nil
+}
+
 // Disconnected records that the agent's connection of that epoch ended.
 // A newer connection (on another node, or a newer one here) is left
 // alone, however late this disconnect is seen.

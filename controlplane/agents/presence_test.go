@@ -73,3 +73,61 @@ func TestPresence_ConnectedFromNamesTheReplacedNode(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, had, "a recorded disconnect leaves nothing to replace")
 }
+
+// A connection whose row is gone, or older, is recorded again under its
+// own epoch; a newer connection's row (anywhere) is never overwritten by
+// it.
+func TestPresence_ReassertedOnlyOverNothingOrOlder(t *testing.T) {
+	pool := testenv.Pool(t)
+	ctx := context.Background()
+	var agentID string
+	require.NoError(t, pool.QueryRow(ctx, `
+		WITH t AS (INSERT INTO tenants (name) VALUES ('acme') RETURNING id)
+		INSERT INTO agents (tenant_id, name, secret_hash) SELECT id, 'cam-1', sha256('x') FROM t RETURNING id::text`).Scan(&agentID))
+	s := agents.NewStore(pool)
+	now := time.Now().UTC().Truncate(time.Microsecond)
+
+	epochB, err := s.Connected(ctx, agentID, "node-b", "10.0.0.1:2", now.Add(-time.Second))
+	require.NoError(t, err)
+	epochA, err := s.Connected(ctx, agentID, "node-a", "10.0.0.1:1", now)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, "DELETE FROM agent_presence WHERE agent_id = $1", agentID)
+	require.NoError(t, err)
+
+	// B's old connection (not yet seen to end) re-asserts first, then A's.
+	ok, err := s.Reasserted(ctx, agentID, "node-b", "10.0.0.1:2", now.Add(-time.Second), epochB)
+	require.NoError(t, err)
+	require.True(t, ok, "no row: recorded again")
+	ok, err = s.Reasserted(ctx, agentID, "node-a", "10.0.0.1:1", now, epochA)
+	require.NoError(t, err)
+	require.True(t, ok, "an older connection's row: replaced")
+	held, err := s.EpochsHeldBy(ctx, "node-a")
+	require.NoError(t, err)
+	assert.Equal(t, map[string]int64{agentID: epochA}, held)
+
+	ok, err = s.Reasserted(ctx, agentID, "node-b", "10.0.0.1:2", now.Add(-time.Second), epochB)
+	require.NoError(t, err)
+	assert.False(t, ok, "a newer connection's row: left alone")
+	rows, err := s.PresencesOf(ctx, []string{agentID})
+	require.NoError(t, err)
+	assert.Equal(t, agents.Presence{NodeID: "node-a", Epoch: epochA}, rows[agentID].Presence)
+	assert.True(t, rows[agentID].ConnectedAt.Equal(now))
+}
+
+// The presence check's read at 20,000 agents on one node (one row each).
+func BenchmarkEpochsHeldBy_20000(b *testing.B) {
+	pool := testenv.Pool(b)
+	ctx := context.Background()
+	_, err := pool.Exec(ctx, `
+		WITH t AS (INSERT INTO tenants (name) VALUES ('acme') RETURNING id),
+		a AS (INSERT INTO agents (tenant_id, name, secret_hash) SELECT t.id, 'cam-' || g, sha256('x') FROM t, generate_series(1, 20000) g RETURNING id)
+		INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch) SELECT id, 'node-a', now(), '10.0.0.1:1', 1 FROM a`)
+	require.NoError(b, err)
+	s := agents.NewStore(pool)
+	b.ResetTimer()
+	for range b.N {
+		held, err := s.EpochsHeldBy(ctx, "node-a")
+		require.NoError(b, err)
+		require.Len(b, held, 20000)
+	}
+}

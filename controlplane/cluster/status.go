@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"hash/fnv"
 	"log/slog"
 	"slices"
 	"strings"
@@ -25,6 +26,14 @@ import (
 const (
 	statusSubject = "status"
 	helloSubject  = "hello"
+	// digestSubject carries each node's digest of one share of its own
+	// word (the re-sync); a node whose copy differs asks for the share on
+	// the sender's resyncSubject, and it comes on the asker's snapshot
+	// subject.
+	digestSubject = "digest"
+	resyncSubject = "resync"
+	// maxShares bounds the shares a digest may name.
+	maxShares = 1 << 16
 	// mirroredKey marks, on the inline publish that applies it, a status
 	// message that came from another node: it is not sent on again. The
 	// mark is taken off before the broker stores or delivers it.
@@ -71,6 +80,11 @@ type held struct {
 	// said late by the node it left, must not hide the agent's newer
 	// connection to another node.
 	online bool
+	// place and sum, the hashes of the topic and of topic and payload,
+	// are the re-sync's: which share the topic is in, and what the
+	// message adds to its digest. Set as it is stored.
+	place uint32
+	sum   uint64
 }
 
 // StatusMirror makes every node's broker hold every retained status
@@ -91,6 +105,16 @@ type StatusMirror struct {
 	mu   sync.Mutex
 	held map[string]*held
 	wire *Wire
+
+	// ResyncEvery, set before Run, is the period over which this node
+	// has the others check their copy of every message it holds as its
+	// own last word (a share each tick of Run: see resend), so that one
+	// lost on the way is put right within it. Zero: never.
+	ResyncEvery time.Duration
+	// DropLive, set before the broker starts (tests of the re-sync),
+	// loses every status message this node sends the others as it
+	// publishes it; snapshots and re-syncs still go.
+	DropLive bool
 }
 
 // NewStatusMirror returns the mirror of node's retained status, which
@@ -163,6 +187,9 @@ func (m *StatusMirror) offer(origin string, item StatusItem, how source) {
 		}
 		return
 	}
+	if next != cur {
+		next.place, next.sum = hashes(next.item)
+	}
 	m.held[item.Topic] = next
 	if m.pub != nil {
 		props := &packets.Properties{User: []packets.UserProperty{{Key: mirroredKey, Val: origin}}}
@@ -170,7 +197,7 @@ func (m *StatusMirror) offer(origin string, item StatusItem, how source) {
 			m.log.Warn("status: publish", "topic", item.Topic, "err", err)
 		}
 	}
-	if local && m.wire != nil {
+	if local && m.wire != nil && !m.DropLive {
 		m.send(m.wire.Subject(statusSubject), []StatusItem{next.item})
 	}
 }
@@ -304,6 +331,20 @@ func (m *StatusMirror) Attach(w *Wire) error {
 	}); err != nil {
 		return err
 	}
+	if _, err := nc.Subscribe(w.Subject(statusSubject, digestSubject), func(msg *nats.Msg) { m.compare(w, msg) }); err != nil {
+		return err
+	}
+	if _, err := nc.Subscribe(w.Subject(statusSubject, resyncSubject, w.cfg.NodeID), func(msg *nats.Msg) {
+		var r resyncRequest
+		if json.Unmarshal(msg.Data, &r) != nil || !validName(r.Asker) || r.Asker == w.cfg.NodeID || !validShare(r.Share, r.Shares) {
+			return
+		}
+		if items := m.ownShare(r.Share, r.Shares); len(items) > 0 {
+			m.sendBatches(w, w.Subject(statusSubject, "snapshot", r.Asker), items)
+		}
+	}); err != nil {
+		return err
+	}
 	if err := nc.Flush(); err != nil {
 		return err
 	}
@@ -329,7 +370,10 @@ func (m *StatusMirror) Run(ctx context.Context, pool *pgxpool.Pool, every time.D
 	synced := map[string]time.Time{}
 	t := time.NewTicker(every)
 	defer t.Stop()
-	for {
+	// The re-sync is spread over the ticks of one period: each sends the
+	// topics of one share, so no tick sends everything.
+	shares := max(1, int(m.ResyncEvery/every))
+	for tick := 0; ; tick++ {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		nodes, err := liveNodes(qctx, pool)
 		cancel()
@@ -361,6 +405,9 @@ func (m *StatusMirror) Run(ctx context.Context, pool *pgxpool.Pool, every time.D
 				}
 			}
 			m.repair(alive)
+			if m.ResyncEvery > 0 && len(alive) > 1 {
+				m.resend(w, tick%shares, shares)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -455,6 +502,119 @@ func (m *StatusMirror) sendAll(subject string) {
 	if w == nil {
 		return
 	}
+	m.sendBatches(w, subject, items)
+}
+
+// resend puts right, on the other nodes, share of shares of the messages
+// this node holds as its own last word (what another node said since is
+// its to send; a guess for a dead node is no one's word). It sends their
+// digest, and a node whose copy differs asks for them (compare), so a
+// cluster in agreement exchanges a few bytes a tick. A tenant's command
+// feed is merged from every node's, so no two nodes need hold the same
+// bytes for it: the share's feeds are sent as they are.
+func (m *StatusMirror) resend(w *Wire, share, shares int) {
+	n, sum, feeds := m.digestOf(m.node, share, shares)
+	if len(feeds) > 0 {
+		m.sendBatches(w, w.Subject(statusSubject), feeds)
+	}
+	b, err := json.Marshal(statusDigest{From: m.node, Share: share, Shares: shares, Count: n, Sum: sum})
+	if err == nil {
+		err = w.Conn().Publish(w.Subject(statusSubject, digestSubject), b)
+	}
+	if err != nil {
+		m.log.Warn("status: digest not sent to the other nodes", "err", err)
+	}
+}
+
+// statusDigest sums up one share of a node's own word.
+type statusDigest struct {
+	From   string `json:"from"`
+	Share  int    `json:"share"`
+	Shares int    `json:"shares"`
+	Count  int    `json:"count"`
+	Sum    uint64 `json:"sum"`
+}
+
+// resyncRequest asks a node for one share of its own word.
+type resyncRequest struct {
+	Asker  string `json:"asker"`
+	Share  int    `json:"share"`
+	Shares int    `json:"shares"`
+}
+
+func validShare(share, shares int) bool {
+	return shares > 0 && shares <= maxShares && share >= 0 && share < shares
+}
+
+// digestOf is how many messages of origin, feeds left out, this node
+// holds in share of shares, and the sum of their hashes (the same
+// whatever order they are held in), with the feeds of the share. Guesses
+// for a dead node count as that node's word: its own word differs, and
+// should replace them.
+func (m *StatusMirror) digestOf(origin string, share, shares int) (n int, sum uint64, feeds []StatusItem) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for topic, h := range m.held {
+		if h.origin != origin || int(h.place%uint32(shares)) != share {
+			continue
+		}
+		if isFeed(topic) {
+			feeds = append(feeds, h.item)
+			continue
+		}
+		n++
+		sum += h.sum
+	}
+	return n, sum, feeds
+}
+
+// hashes are a message's place (its topic's hash) and sum (its topic's
+// and payload's).
+func hashes(it StatusItem) (place uint32, sum uint64) {
+	p := fnv.New32a()
+	_, _ = p.Write([]byte(it.Topic))
+	d := fnv.New64a()
+	_, _ = d.Write([]byte(it.Topic))
+	_, _ = d.Write([]byte{0})
+	_, _ = d.Write(it.Payload)
+	return p.Sum32(), d.Sum64()
+}
+
+// compare checks another node's digest against this node's copy of that
+// share of its word, and asks for the share when they differ.
+func (m *StatusMirror) compare(w *Wire, msg *nats.Msg) {
+	var d statusDigest
+	if json.Unmarshal(msg.Data, &d) != nil || !validName(d.From) || d.From == m.node || !validShare(d.Share, d.Shares) {
+		return
+	}
+	if n, sum, _ := m.digestOf(d.From, d.Share, d.Shares); n == d.Count && sum == d.Sum {
+		return
+	}
+	b, err := json.Marshal(resyncRequest{Asker: m.node, Share: d.Share, Shares: d.Shares})
+	if err == nil {
+		err = w.Conn().Publish(w.Subject(statusSubject, resyncSubject, d.From), b)
+	}
+	if err != nil {
+		m.log.Warn("status: re-sync not asked for", "node", d.From, "err", err)
+	}
+}
+
+// ownShare is share of shares of the messages this node holds as its own
+// last word.
+func (m *StatusMirror) ownShare(share, shares int) []StatusItem {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var items []StatusItem
+	for _, h := range m.held {
+		if h.origin == m.node && !h.repaired && int(h.place%uint32(shares)) == share {
+			items = append(items, h.item)
+		}
+	}
+	return items
+}
+
+// sendBatches sends items to subject in batches of at most maxBatch.
+func (m *StatusMirror) sendBatches(w *Wire, subject string, items []StatusItem) {
 	var batch []StatusItem
 	size := 0
 	for _, it := range items {

@@ -87,6 +87,8 @@ type Watcher struct {
 
 	// handover: see Handover.
 	handover atomic.Bool
+	// fenced: see SetFenced.
+	fenced atomic.Bool
 }
 
 type conn struct {
@@ -96,6 +98,9 @@ type conn struct {
 	// epoch is the connection's presence epoch, set and read only by the
 	// database worker (the connect's write runs before the disconnect's).
 	epoch *int64
+	// tried is set, by the database worker under mu, once the connect's
+	// write has run (whether or not it succeeded).
+	tried bool
 	// lastBeat is the last heartbeat (or the connect); two heartbeat
 	// periods (interval) without one make the agent stale.
 	lastBeat   time.Time
@@ -281,6 +286,8 @@ func (w *Watcher) work() {
 	defer tick.Stop()
 	staleTick := time.NewTicker(staleEvery)
 	defer staleTick.Stop()
+	presenceTick := time.NewTicker(presenceCheckEvery)
+	defer presenceTick.Stop()
 	ctx := context.Background()
 	for {
 		select {
@@ -290,6 +297,8 @@ func (w *Watcher) work() {
 			w.markStale(now)
 		case <-tick.C:
 			w.flushSeen(ctx)
+		case <-presenceTick.C:
+			w.checkPresence(ctx)
 		case <-w.stop:
 			for {
 				select {
@@ -338,6 +347,9 @@ func (w *Watcher) connected(cl *mqtt.Client) {
 	remote := cl.Net.Remote
 	w.enqueue(func(ctx context.Context) {
 		epoch, prev, _, err := w.store.ConnectedFrom(ctx, cl.ID, w.node, remote, c.connectedAt)
+		w.mu.Lock()
+		c.tried = true
+		w.mu.Unlock()
 		if err != nil {
 			w.log.Error("record agent connect", "agent", cl.ID, "err", err)
 		} else {

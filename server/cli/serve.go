@@ -78,6 +78,11 @@ Everything listens on loopback unless configured otherwise.`,
 	f.Bool("remote-support-enabled", false, "allow support sessions (env REMOTE_SUPPORT_ENABLED)")
 	f.StringSlice("remote-support-operator-cidrs", nil, "CIDRs operators may open sessions from (env REMOTE_SUPPORT_OPERATOR_CIDRS)")
 	f.StringSlice("trusted-proxies", nil, "CIDRs of proxies whose X-Forwarded-For is believed")
+	// A cluster node drains on SIGTERM; these bound each of its steps.
+	f.String("cluster-drain-timeout", "30s", "on SIGTERM, a cluster node waits this long (0..10m) for its commands in flight before it sends their agents away (env ARGUS_CLUSTER_DRAIN_TIMEOUT)")
+	f.String("cluster-drain-handover-timeout", "10s", "a draining cluster node, once it has sent its agents away, waits this long (0..5m) for the other nodes to record them (env ARGUS_CLUSTER_DRAIN_HANDOVER_TIMEOUT)")
+	f.String("cluster-status-resync", "30s", "a cluster node sends the others again the retained status it published, a share at a time, once in this period (1s..10m), repairing a message lost on the way (env ARGUS_CLUSTER_STATUS_RESYNC)")
+	f.String("cluster-drain-delay", "2s", "a draining cluster node keeps answering its API this long (0..1m) from the start of the drain, for the load balancer to see /readyz fail (env ARGUS_CLUSTER_DRAIN_DELAY)")
 	return cmd
 }
 

@@ -1,0 +1,116 @@
+package fleet
+
+import (
+	"context"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+const (
+	// presenceCheckEvery is how often the record of the agents connected
+	// here is compared with the connections themselves.
+	presenceCheckEvery = 5 * time.Second
+	// presenceRepairMax bounds the rows one check reads one by one and
+	// writes; the rest wait for the next check.
+	presenceRepairMax = 256
+)
+
+// SetFenced tells the watcher whether this node holds no valid lease:
+// a fenced node's agents are recorded elsewhere by now (or are about to
+// be), so it re-asserts none of them.
+func (w *Watcher) SetFenced(fenced bool) { w.fenced.Store(fenced) }
+
+// checkPresence repairs the record of the agents connected here, in the
+// database worker (after every connect and disconnect queued before it).
+// A connection whose row is gone (or older) is recorded again under its
+// own epoch; one whose row names a newer connection on another node is
+// stale (the agent is there) and is closed here; one whose connect was
+// never recorded (its write failed) is recorded as the connect would
+// have done.
+func (w *Watcher) checkPresence(ctx context.Context) {
+	if w.fenced.Load() || w.handover.Load() {
+		return
+	}
+	w.mu.Lock()
+	here := make(map[string]*conn, len(w.online))
+	for id, c := range w.online {
+		if c.tried {
+			here[id] = c
+		}
+	}
+	w.mu.Unlock()
+	if len(here) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, presenceCheckEvery)
+	defer cancel()
+	held, err := w.store.EpochsHeldBy(ctx, w.node)
+	if err != nil {
+		w.log.Warn("presence check", "err", err)
+		return
+	}
+	var off []string
+	for id, c := range here {
+		if e, ok := held[id]; ok && e == *c.epoch {
+			continue
+		}
+		off = append(off, id)
+		if len(off) == presenceRepairMax {
+			break
+		}
+	}
+	if len(off) == 0 {
+		return
+	}
+	rows, err := w.store.PresencesOf(ctx, off)
+	if err != nil {
+		w.log.Warn("presence check", "err", err)
+		return
+	}
+	for _, id := range off {
+		c := here[id]
+		w.mu.Lock()
+		still := w.online[id] == c
+		w.mu.Unlock()
+		if !still {
+			continue // gone meanwhile: its disconnect is queued
+		}
+		row, hasRow := rows[id]
+		switch {
+		case hasRow && row.NodeID != w.node && (*c.epoch != 0 && row.Epoch > *c.epoch || *c.epoch == 0 && row.ConnectedAt.After(c.connectedAt)):
+			// The agent connected again elsewhere; this connection has
+			// not noticed yet. Commands go where the record says, so this
+			// one serves nothing: close it (its disconnect leaves the
+			// newer row alone).
+			w.log.Warn("presence check: connection here is stale, the agent is recorded on another node; disconnecting it",
+				"agent", id, "node", row.NodeID, "epoch", row.Epoch, "epoch_here", *c.epoch)
+			go w.srv.DisconnectClient(c.cl, packets.ErrSessionTakenOver)
+		case *c.epoch == 0:
+			// Its connect's write failed: record it as the connect would.
+			epoch, prev, _, err := w.store.ConnectedFrom(ctx, id, w.node, c.cl.Net.Remote, c.connectedAt)
+			if err != nil {
+				w.log.Error("presence check: record agent connect", "agent", id, "err", err)
+				continue
+			}
+			*c.epoch = epoch
+			w.log.Warn("presence check: connection recorded late (its connect's write had failed)", "agent", id, "epoch", epoch)
+			if w.OnPresent != nil {
+				w.OnPresent(id, prev.NodeID)
+			}
+		default:
+			// No row, or one older than this connection: record this one
+			// again, under its own epoch.
+			ok, err := w.store.Reasserted(ctx, id, w.node, c.cl.Net.Remote, c.connectedAt, *c.epoch)
+			if err != nil {
+				w.log.Error("presence check: re-assert", "agent", id, "err", err)
+				continue
+			}
+			if !ok {
+				continue // a newer connection was recorded meanwhile: the next check sees it
+			}
+			w.log.Warn("presence check: agent connected here had no current presence row; re-asserted", "agent", id, "epoch", *c.epoch,
+				"row_node", row.NodeID, "row_epoch", row.Epoch)
+		}
+	}
+}
