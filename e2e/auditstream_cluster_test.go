@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net/http"
-	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -24,16 +22,9 @@ import (
 // hostnames returns the HOSTNAME of every line of the file, in order:
 // the node that streamed it.
 func (r *rsyslog) hostnames() []string {
-	f, err := os.Open(r.out)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
 	var out []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 128<<10), 1<<20)
-	for sc.Scan() {
-		out = append(out, strings.SplitN(sc.Text(), " ", 2)[0])
+	for _, l := range r.lines() {
+		out = append(out, strings.SplitN(l, " ", 2)[0])
 	}
 	return out
 }
@@ -126,23 +117,9 @@ func TestAuditStreamCluster_EverySeqInOrderThroughTheStreamingNodesKill(t *testi
 		require.NoError(t, db.QueryRow(ctx, "SELECT coalesce(max(seq), 0) FROM events").Scan(&n))
 		return n
 	}
-	inFile := func(n int64) func() bool {
-		return func() bool {
-			seen := map[int64]bool{}
-			for _, s := range rs.seqs() {
-				seen[s] = true
-			}
-			for i := int64(1); i <= n; i++ {
-				if !seen[i] {
-					return false
-				}
-			}
-			return true
-		}
-	}
 
 	act(1500)
-	testenv.Eventually(t, 30*time.Second, inFile(head()), "the first rows, written through every node, in the file")
+	testenv.Eventually(t, 30*time.Second, rs.hasEverySeq(head()), "the first rows, written through every node, in the file")
 	var holder *testenv.Node
 	testenv.Eventually(t, 10*time.Second, func() bool { holder = streamingNode(t, c); return holder != nil }, "one node streams")
 	hosts := rs.hostnames()
@@ -175,7 +152,7 @@ func TestAuditStreamCluster_EverySeqInOrderThroughTheStreamingNodesKill(t *testi
 	<-busy
 	act(500)
 	last := head()
-	testenv.Eventually(t, 60*time.Second, inFile(last), "every seq in the file")
+	testenv.Eventually(t, 60*time.Second, rs.hasEverySeq(last), "every seq in the file")
 
 	seqs, hosts := rs.seqs(), rs.hostnames()
 	var max int64

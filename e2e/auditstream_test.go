@@ -98,26 +98,52 @@ func (r *rsyslog) stop() {
 
 var seqParam = regexp.MustCompile(`\[argus@32473 seq="(\d+)" hash="[0-9a-f]{64}" action="`)
 
-// seqs returns the seq of every line of the file, in order.
-func (r *rsyslog) seqs() []int64 {
+// lines returns the lines of the file, in order.
+func (r *rsyslog) lines() []string {
 	f, err := os.Open(r.out)
 	if err != nil {
 		return nil
 	}
 	defer f.Close()
-	var out []int64
+	var out []string
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 128<<10), 1<<20)
 	for sc.Scan() {
-		m := seqParam.FindSubmatch(sc.Bytes())
+		out = append(out, sc.Text())
+	}
+	return out
+}
+
+// seqs returns the seq of every line of the file, in order.
+func (r *rsyslog) seqs() []int64 {
+	var out []int64
+	for _, l := range r.lines() {
+		m := seqParam.FindStringSubmatch(l)
 		if m == nil {
-			r.t.Errorf("a line without the audit's structured data: %q", sc.Text())
+			r.t.Errorf("a line without the audit's structured data: %q", l)
 			continue
 		}
-		n, _ := strconv.ParseInt(string(m[1]), 10, 64)
+		n, _ := strconv.ParseInt(m[1], 10, 64)
 		out = append(out, n)
 	}
 	return out
+}
+
+// hasEverySeq returns a check, for Eventually, that the file holds every
+// seq from 1 to n (in any order, duplicates allowed).
+func (r *rsyslog) hasEverySeq(n int64) func() bool {
+	return func() bool {
+		seen := map[int64]bool{}
+		for _, s := range r.seqs() {
+			seen[s] = true
+		}
+		for i := int64(1); i <= n; i++ {
+			if !seen[i] {
+				return false
+			}
+		}
+		return true
+	}
 }
 
 // The issue's test: 10,000 audited actions, streamed to a real rsyslog
@@ -169,25 +195,11 @@ func TestAuditStream_RsyslogGetsEverySeqThroughOutageAndKill(t *testing.T) {
 		require.NoError(t, db.QueryRow(context.Background(), "SELECT coalesce(max(seq), 0) FROM events").Scan(&n))
 		return n
 	}
-	inFile := func(n int64) func() bool {
-		return func() bool {
-			seen := map[int64]bool{}
-			for _, s := range rs.seqs() {
-				seen[s] = true
-			}
-			for i := int64(1); i <= n; i++ {
-				if !seen[i] {
-					return false
-				}
-			}
-			return true
-		}
-	}
 	ctx := context.Background()
 	started := time.Now()
 
 	act(ctx, 3000)
-	testenv.Eventually(t, 30*time.Second, inFile(events()), "the first 3,000 in the file")
+	testenv.Eventually(t, 30*time.Second, rs.hasEverySeq(events()), "the first 3,000 in the file")
 	t.Logf("3,000 actions streamed in %v", time.Since(started).Round(time.Millisecond))
 
 	// The receiver goes away for 30 s; the actions go on.
@@ -200,7 +212,7 @@ func TestAuditStream_RsyslogGetsEverySeqThroughOutageAndKill(t *testing.T) {
 	time.Sleep(time.Until(down.Add(outage))) // the outage itself: its length is what is tested
 	rs.start()
 	backlog := events()
-	testenv.Eventually(t, 30*time.Second, inFile(backlog), "the backlog in the file once rsyslog is back")
+	testenv.Eventually(t, 30*time.Second, rs.hasEverySeq(backlog), "the backlog in the file once rsyslog is back")
 
 	// Killed with actions under way (so with events sent and not yet
 	// accepted), restarted, and on to 10,000.
@@ -216,7 +228,7 @@ func TestAuditStream_RsyslogGetsEverySeqThroughOutageAndKill(t *testing.T) {
 	act(ctx, total-ok.Load())
 	last := events()
 	require.GreaterOrEqual(t, last, int64(total), "every refusal is an event")
-	testenv.Eventually(t, 60*time.Second, inFile(last), "every seq in the file")
+	testenv.Eventually(t, 60*time.Second, rs.hasEverySeq(last), "every seq in the file")
 	seqs := rs.seqs()
 	t.Logf("%d events (%d when the server was killed), %d lines in the file, all there %v after the start",
 		last, killedAt, len(seqs), time.Since(started).Round(time.Millisecond))

@@ -2,10 +2,7 @@ package e2e
 
 import (
 	"context"
-	"crypto/ed25519"
-	"fmt"
 	"os"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -22,23 +19,10 @@ import (
 // agent away, the other node takes it, the command is recorded as
 // interrupted, and the node exits.
 func TestCluster_DrainTimeoutIsHonoured(t *testing.T) {
-	dir := t.TempDir()
-	root := filepath.Join(dir, "streamer")
-	require.NoError(t, os.MkdirAll(filepath.Join(root, "bin"), 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(root, "bin", "run.sh"), []byte("#!/bin/sh\necho v1\n"), 0o644))
-	pub, key, _ := ed25519.GenerateKey(nil)
-	pubFile := filepath.Join(dir, "patch-signing.pub")
-	require.NoError(t, os.WriteFile(pubFile, []byte(patch.EncodePublic(pub)+"\n"), 0o644))
 	// The health check holds the patch until its file is removed: never.
-	started, hold := filepath.Join(dir, "health-started"), filepath.Join(dir, "health-hold")
+	hp := newHeldPatch(t, "10m")
+	config, key, started, hold := hp.config, hp.key, hp.started, hp.hold
 	require.NoError(t, os.WriteFile(hold, nil, 0o644))
-	config := filepath.Join(dir, "agent.yaml")
-	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf(`patch-keys: [%s]
-patch-roots:
-  streamer: %s
-patch-health-check: [/bin/sh, -c, "touch %s; while [ -e %s ]; do sleep 0.05; done"]
-patch-health-timeout: 10m
-`, pubFile, root, started, hold)), 0o600))
 
 	c := newTwoNodes(t, "ARGUS_CLUSTER_DRAIN_TIMEOUT=1s", "ARGUS_CLUSTER_DRAIN_HANDOVER_TIMEOUT=20s")
 	agentID, proc := c.runAgent(t, "cam-gw-3", config)

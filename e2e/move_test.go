@@ -252,11 +252,18 @@ func (c *twoNodes) assertTenantActive(t *testing.T, n *clusterNode, sess apiclie
 	}
 }
 
-// SIGTERM on the node holding an agent with a patch in flight: the node
-// stops taking agents, lets the patch finish (its health check is held
-// open by the test), then sends the agent on with 0x9C; the agent moves
-// to the other node with its session, and nothing ends.
-func TestCluster_DrainFinishesCommandsInFlightAndMovesAgents(t *testing.T) {
+// heldPatch is an agent configuration whose patches' health check runs
+// (touching started) until the file hold is removed, so a test can keep a
+// patch in flight as long as it needs; key signs the patches it accepts.
+type heldPatch struct {
+	config, started, hold string
+	key                   ed25519.PrivateKey
+}
+
+// newHeldPatch writes a patch root "streamer" with bin/run.sh, a patch key
+// and the configuration; healthTimeout is the agent's bound on the check.
+func newHeldPatch(t *testing.T, healthTimeout string) heldPatch {
+	t.Helper()
 	dir := t.TempDir()
 	root := filepath.Join(dir, "streamer")
 	require.NoError(t, os.MkdirAll(filepath.Join(root, "bin"), 0o755))
@@ -264,14 +271,23 @@ func TestCluster_DrainFinishesCommandsInFlightAndMovesAgents(t *testing.T) {
 	pub, key, _ := ed25519.GenerateKey(nil)
 	pubFile := filepath.Join(dir, "patch-signing.pub")
 	require.NoError(t, os.WriteFile(pubFile, []byte(patch.EncodePublic(pub)+"\n"), 0o644))
-	started, hold := filepath.Join(dir, "health-started"), filepath.Join(dir, "health-hold")
-	config := filepath.Join(dir, "agent.yaml")
-	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf(`patch-keys: [%s]
+	hp := heldPatch{config: filepath.Join(dir, "agent.yaml"), started: filepath.Join(dir, "health-started"), hold: filepath.Join(dir, "health-hold"), key: key}
+	require.NoError(t, os.WriteFile(hp.config, []byte(fmt.Sprintf(`patch-keys: [%s]
 patch-roots:
   streamer: %s
 patch-health-check: [/bin/sh, -c, "touch %s; while [ -e %s ]; do sleep 0.05; done"]
-patch-health-timeout: 60s
-`, pubFile, root, started, hold)), 0o600))
+patch-health-timeout: %s
+`, pubFile, root, hp.started, hp.hold, healthTimeout)), 0o600))
+	return hp
+}
+
+// SIGTERM on the node holding an agent with a patch in flight: the node
+// stops taking agents, lets the patch finish (its health check is held
+// open by the test), then sends the agent on with 0x9C; the agent moves
+// to the other node with its session, and nothing ends.
+func TestCluster_DrainFinishesCommandsInFlightAndMovesAgents(t *testing.T) {
+	hp := newHeldPatch(t, "60s")
+	config, key, started, hold := hp.config, hp.key, hp.started, hp.hold
 
 	c := newTwoNodes(t)
 	agentID, proc := c.runAgent(t, "cam-gw-2", config)
