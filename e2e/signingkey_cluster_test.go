@@ -51,9 +51,10 @@ func clusterKeyCLI(t *testing.T, c *testenv.Cluster, args ...string) string {
 // node on another machine). Rotated: every agent, whichever node holds
 // it, accepts the new key chain; node 3 signs with the old key, which
 // they still accept. Retired before the new file reaches node 3: node 3
-// still hands its agent the retirement, but signs nothing and fails
-// /readyz (signing_key_missing), and what is asked of it directly is
-// refused node_fenced. The file copied to node 3: it is ready again, and
+// signs nothing, fails /readyz (signing_key_missing), sends its agent
+// away (0x9C) and refuses it until it can sign, and what is asked of it
+// directly is refused signing_key_missing. The file copied to node 3: it
+// is ready again, takes its agent back (which then has the retirement), and
 // every node opens a session and runs a command on an agent another node
 // holds, each agent trusting the new key alone.
 func TestSigningKeyCluster_RotateOnEveryNodeAndANodeWithoutTheNewKey(t *testing.T) {
@@ -112,14 +113,23 @@ func TestSigningKeyCluster_RotateOnEveryNodeAndANodeWithoutTheNewKey(t *testing.
 	assert.Equal(t, topics.ResultOK, res.Status, "a command node 3 signed with the old key")
 	require.NoError(t, e.api(n1.APIURL()).Do(ctx, "POST", "/v1/support/sessions/"+sess.ID+"/deactivate", nil, nil))
 
-	// Retired before node 3 has the new file.
+	// Retired before node 3 has the new file: node 3 signs nothing agents
+	// accept, so it sends its agent away (edge-3 knows only node 3's
+	// address: it is refused there until the file is copied in).
+	edge3Mark := agents[2].proc.LineCount()
 	assert.Equal(t, oldID, clusterKeyCLI(t, c, "retire"))
-	for _, a := range agents {
+	retiredOn := func(a *clusterAgent) {
+		t.Helper()
 		testenv.Eventually(t, 15*time.Second, func() bool { return accepted(a, newID, newID) }, a.id+" accepted the retirement")
 		live, retired := agentKeys(t, a.dir)
 		assert.Equal(t, []string{newID}, live)
 		assert.Equal(t, []string{oldID}, retired)
 	}
+	retiredOn(agents[0])
+	retiredOn(agents[1])
+	agents[2].proc.WaitLog(t, edge3Mark, "to another server", 1, 15*time.Second)
+	testenv.Eventually(t, 10*time.Second, func() bool { return e.holder(agents[2].id) == "" }, "node 3 holds no agent")
+	assert.Contains(t, n3.Logs(), `"why":"no live signing key"`)
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		status, code := readyCode(t, n3)
 		return status == http.StatusServiceUnavailable && code == "signing_key_missing"
@@ -133,7 +143,7 @@ func TestSigningKeyCluster_RotateOnEveryNodeAndANodeWithoutTheNewKey(t *testing.
 	err = e.api(n3.APIURL()).Do(ctx, "POST", "/v1/support/sessions",
 		map[string]string{"tenant": clusterTenant, "agent": agents[1].id, "reason": "INC-1"}, nil)
 	require.Error(t, err, "an activation asked of node 3 directly")
-	assert.True(t, apiclient.IsCode(err, "node_fenced"), "%v", err)
+	assert.True(t, apiclient.IsCode(err, "signing_key_missing"), "%v", err)
 
 	// The file copied to node 3: ready again without a restart.
 	pem, err = os.ReadFile(filepath.Join(filepath.Dir(c.KeyFile), "command-signing-"+newID+".key"))
@@ -141,6 +151,8 @@ func TestSigningKeyCluster_RotateOnEveryNodeAndANodeWithoutTheNewKey(t *testing.
 	require.NoError(t, os.WriteFile(filepath.Join(own, "command-signing-"+newID+".key"), pem, 0o600))
 	testenv.Eventually(t, 10*time.Second, func() bool { status, _ := readyCode(t, n3); return status == http.StatusOK }, "node 3 ready again")
 	assert.Contains(t, n3.Logs(), "signing key found: this node signs again")
+	testenv.Eventually(t, 15*time.Second, func() bool { return e.holder(agents[2].id) == n3.ID }, "edge-3 back on node 3")
+	retiredOn(agents[2])
 
 	// Every node signs with the new key: each opens a session (the
 	// holder signs the activation) and runs a command (the caller signs

@@ -269,16 +269,43 @@ func (s *Server) joinCluster(ctx context.Context) error {
 // until its lease is back; alone, it has nowhere to send them.
 func (s *Server) fence() {
 	s.fleet.SetFenced(true) // the others clear its presence: it must not write it back
+	s.sendAway("fenced")
+}
+
+func (s *Server) unfence() {
+	s.fleet.SetFenced(false)
+	s.takeBack()
+}
+
+// keysUsable follows the signing ring: a node holding no live key's file
+// signs nothing agents accept, so in a cluster it sends its agents to the
+// nodes that can, and takes them back once the file is there.
+func (s *Server) keysUsable(usable bool) {
+	if usable {
+		s.takeBack()
+		return
+	}
+	s.sendAway("no live signing key")
+}
+
+// sendAway refuses new agent connections and sends this node's clients
+// to another server (MQTT v5 0x9C). Alone, a node has nowhere to send
+// them.
+func (s *Server) sendAway(why string) {
 	if !s.cfg.Cluster.Multi() {
 		return
 	}
 	s.broker.Redirect(true)
 	n := s.broker.DisconnectAll(packets.ErrUseAnotherServer)
-	s.log.Warn("cluster: fenced node sent its clients to another server", "clients", n)
+	s.log.Warn("cluster: node sent its clients to another server", "why", why, "clients", n)
 }
 
-func (s *Server) unfence() {
-	s.fleet.SetFenced(false)
+// takeBack accepts agent connections again, once the node is neither
+// fenced nor without a live signing key.
+func (s *Server) takeBack() {
+	if s.Fenced() || s.ring.Usable() != nil {
+		return
+	}
 	s.broker.Redirect(false)
 }
 
@@ -287,11 +314,6 @@ func (s *Server) Wire() *cluster.Wire { return s.wire }
 
 // Fenced reports whether this node holds no valid lease.
 func (s *Server) Fenced() bool { return s.members != nil && s.members.Fenced() }
-
-// deliversNothing is what the session manager asks before it sends an
-// agent anything: fenced, or holding no live signing key (what it signed
-// no agent would accept).
-func (s *Server) deliversNothing() bool { return s.Fenced() || s.ring.Usable() != nil }
 
 // applyChange applies on this node what another node committed.
 func (s *Server) applyChange(c cluster.Change) {

@@ -186,7 +186,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		AfterCommit:    cfg.AfterActivationCommit,
 		ReconnectWait:  cfg.CommandReconnectWait,
 		CommandTimeout: cfg.CommandTimeout,
-		Fenced:         s.deliversNothing,
+		Fenced:         s.Fenced,
+		Unsigned:       s.ring.Usable,
 		Ended:          s.broadcastEnded,
 		AgentStale:     s.agentStale,
 		Node:           cfg.NodeID,
@@ -194,6 +195,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		Route:          router{store: agentStore, wire: func() *cluster.Wire { return s.wire }, multi: cfg.Cluster.Multi(), node: cfg.NodeID},
 	})
 	s.control = agentControl{policy: s.policy, broker: s.broker, wire: func() *cluster.Wire { return s.wire }}
+	s.ring.OnUsable(s.keysUsable)
 	s.fleet.OnConnect = s.sessions.OnAgentConnected
 	s.fleet.OnDisconnect = s.sessions.OnAgentDisconnected
 	s.fleet.OnStale = s.sessions.OnAgentStale

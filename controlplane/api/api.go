@@ -192,7 +192,7 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 // CodeSigningKeyMissing is /readyz on a node that signs nothing agents
 // accept: the key set was rotated and retired, and the new key's file is
 // not in this node's key directory.
-const CodeSigningKeyMissing = "signing_key_missing"
+const CodeSigningKeyMissing = sessions.CodeSigningKeyMissing
 
 // readyz is ready when the database answers and holds the latest schema.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {

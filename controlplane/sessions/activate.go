@@ -125,8 +125,8 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 			"the tenant has no signed remote-support consent on record; record it with 'argusctl tenant consent record "+tenantName+" ...'"))
 	case !armed:
 		return deny(refuse(http.StatusConflict, "tenant_not_armed", "the tenant is not armed; 'argusctl tenant arm "+tenantName+" --reason ...' first"))
-	case m.fenced():
-		return deny(refuse(http.StatusServiceUnavailable, CodeNodeFenced, "this server has lost its place in the cluster and delivers nothing; try again through another"))
+	case m.withheld() != nil:
+		return deny(m.withheld())
 	case !m.connected(ctx, req.Agent):
 		return deny(refuse(http.StatusConflict, "agent_offline", "the agent is not connected; there is no way to wake it"))
 	case m.killSwitch(ctx, req.Agent):

@@ -155,8 +155,8 @@ func (m *Manager) awaitApproval(ctx context.Context, req ActivateRequest, entry 
 			// changed meanwhile. Consent, arm and revocation are checked
 			// again by the activation's own transaction.
 			switch {
-			case m.fenced():
-				return m.denied(ctx, *entry, refuse(http.StatusServiceUnavailable, CodeNodeFenced, "this server has lost its place in the cluster and delivers nothing; try again through another"))
+			case m.withheld() != nil:
+				return m.denied(ctx, *entry, m.withheld())
 			case !m.Fleet.Online(req.Agent) && m.heldElsewhere(ctx, req.Agent) == "":
 				// Connected to another node is connected: the activation
 				// is routed there.

@@ -193,10 +193,10 @@ func (m *Manager) exchangeHere(ctx context.Context, d cluster.Delivery) (res top
 	if !m.Fleet.Online(d.AgentID) {
 		return disconnectedResult(), false, nil
 	}
-	if m.fenced() {
-		// Fenced since the command was checked: it is recorded as failed,
-		// never sent.
-		return topics.ResultMsg{Status: topics.ResultError, Error: &topics.ErrorBody{Code: CodeNodeFenced, Message: "this server lost its place in the cluster before sending the command"}}, true, nil
+	if r := m.withheld(); r != nil {
+		// Fenced (or keyless) since the command was checked: it is
+		// recorded as failed, never sent.
+		return topics.ResultMsg{Status: topics.ResultError, Error: &topics.ErrorBody{Code: r.Code, Message: r.Message}}, true, nil
 	}
 	if !m.subscribed(d.AgentID) {
 		return notReadyResult(), true, nil

@@ -41,8 +41,8 @@ const interruptGrace = 10 * time.Second
 // is reconnecting gets ReconnectWait to come back; one gone for longer is
 // refused at once.
 func (m *Manager) awaitAgent(ctx context.Context, agentID string) *Refusal {
-	if m.fenced() {
-		return refuse(http.StatusServiceUnavailable, CodeNodeFenced, "this server has lost its place in the cluster and delivers nothing; try again through another")
+	if r := m.withheld(); r != nil {
+		return r
 	}
 	if m.subscribed(agentID) || m.heldElsewhere(ctx, agentID) != "" {
 		// Held elsewhere: its node waits for the subscription.

@@ -220,6 +220,10 @@ type Options struct {
 	// Fenced, when set, reports that this node holds no valid lease in
 	// the cluster: it delivers no activation and no command then.
 	Fenced func() bool
+	// Unsigned, when set, reports why this node holds no live signing
+	// key's private half (nil when it does): what it signed no agent would
+	// accept, so it delivers nothing either.
+	Unsigned func() error
 	// Ended, when set, is told of every end this node commits, after its
 	// broker steps here, so the other nodes apply it too (a broadcast).
 	Ended func(ended []Ended)
@@ -469,11 +473,29 @@ func (m *Manager) OnAgentConnected(agentID string) {
 }
 
 // fenced reports whether this node must deliver nothing to agents.
-func (m *Manager) fenced() bool { return m.Fenced != nil && m.Fenced() }
+func (m *Manager) fenced() bool { return m.withheld() != nil }
+
+// withheld is the refusal of anything that would reach an agent through
+// this node, or nil when it may deliver.
+func (m *Manager) withheld() *Refusal {
+	if m.Fenced != nil && m.Fenced() {
+		return refuse(http.StatusServiceUnavailable, CodeNodeFenced, "this server has lost its place in the cluster and delivers nothing; try again through another")
+	}
+	if m.Unsigned != nil && m.Unsigned() != nil {
+		return refuse(http.StatusServiceUnavailable, CodeSigningKeyMissing,
+			"this server holds the private half of no live command-signing key and delivers nothing; try again through another (its log names the key file to copy)")
+	}
+	return nil
+}
 
 // CodeNodeFenced refuses what would reach an agent through a node that
 // has lost its lease in the cluster.
 const CodeNodeFenced = "node_fenced"
+
+// CodeSigningKeyMissing refuses what would reach an agent through a node
+// that holds no live signing key's file: the key was rotated and retired,
+// and the new key's file was not copied into this node's key directory.
+const CodeSigningKeyMissing = "signing_key_missing"
 
 func (m *Manager) publishActivation(l *live, state, reason string) {
 	id, err := topics.ParseAgentID(l.agentID)

@@ -25,7 +25,15 @@ type Ring struct {
 	dir  string
 	log  *slog.Logger
 	st   atomic.Pointer[ringState]
+	// onUsable is told when the node starts or stops holding a live key.
+	onUsable atomic.Pointer[func(usable bool)]
 }
+
+// OnUsable sets f to be told, from the refresh that finds it, each time
+// the node comes to hold no live key's private half (false) or holds one
+// again (true): a node that signs nothing agents accept should not keep
+// them.
+func (r *Ring) OnUsable(f func(usable bool)) { r.onUsable.Store(&f) }
 
 type ringState struct {
 	keys []Key
@@ -183,6 +191,9 @@ func (r *Ring) refresh(ctx context.Context, publish func()) (bool, error) {
 	}
 	r.st.Store(st)
 	r.say(old, st)
+	if f := r.onUsable.Load(); f != nil && (st.unusable == nil) != (old.unusable == nil) {
+		(*f)(st.unusable == nil)
+	}
 	if !same {
 		r.log.Info("signing key set changed", "signing_with", st.id, "newest", st.newest, "oldest_live", st.oldest, "keys", len(keys))
 	}

@@ -65,7 +65,7 @@ On a cluster, copy the new key file to every node's key directory before
 retiring the old key: a node without it keeps signing with the old one
 (agents accept it until 'retire'), and after 'retire' signs nothing, fails
 /readyz with signing_key_missing and refuses activations and commands
-(node_fenced) until the file is copied in; it does not need a restart.`,
+(signing_key_missing, audited) until the file is copied in; it does not need a restart.`,
 		Example: `  argus-server signing-key rotate
   argus-server signing-key status`,
 		Args: cobra.NoArgs,
