@@ -278,7 +278,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		EnrollPerMinute: cfg.EnrollPerMinute,
 		Node:            cfg.NodeID,
 		ClusterNodes: func(ctx context.Context) ([]cluster.Node, error) {
-			return cluster.Status(ctx, s.db.Pool, s.wire, 500*time.Millisecond)
+			// Every node is asked at once; a busy node's answer can take a
+			// few hundred ms, and a false "unreachable" misleads whoever
+			// is on call more than a slower answer does.
+			return cluster.Status(ctx, s.db.Pool, s.wire, 2*time.Second)
 		},
 		// An agent enrolled here pins the key signed with at start; if it
 		// has rotated since, the chain reaches the agent as it connects.
