@@ -51,26 +51,46 @@ func (s *Store) ConnectedFrom(ctx context.Context, id, node, remote string, at t
 	return epoch, prev, hadPrev, nil
 }
 
-// Reasserted records again a connection node still holds whose row is
-// gone or older (another node cleared it while this node's lease was
-// late, or a write after the connect failed), under the connection's own
-// epoch: epochs keep the order the connections were made in, so a newer
-// connection of the agent, on any node, is left alone (ok is false) and
-// an older one is replaced.
-func (s *Store) Reasserted(ctx context.Context, id, node, remote string, connectedAt time.Time, epoch int64) (ok bool, err error) {
-	err = s.pool.QueryRow(ctx, `
-		INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch) VALUES ($1, $2, $3, $4, $5)
+// Reassertion is a connection a node still holds whose row is gone or
+// older.
+type Reassertion struct {
+	AgentID     string
+	Remote      string
+	ConnectedAt time.Time
+	Epoch       int64
+}
+
+// Reasserted records again connections node still holds whose rows are
+// gone or older (another node cleared them while this node's lease was
+// late, or a write after the connect failed), each under its own epoch,
+// in one statement: epochs keep the order the connections were made in,
+// so a newer connection of the agent, on any node, is left alone and an
+// older one is replaced. It returns the agents recorded.
+func (s *Store) Reasserted(ctx context.Context, node string, conns []Reassertion) (map[string]bool, error) {
+	ids, remotes := make([]string, len(conns)), make([]string, len(conns))
+	at, epochs := make([]time.Time, len(conns)), make([]int64, len(conns))
+	for i, c := range conns {
+		ids[i], remotes[i], at[i], epochs[i] = c.AgentID, c.Remote, c.ConnectedAt, c.Epoch
+	}
+	rows, err := s.pool.Query(ctx, `
+		INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch)
+		SELECT a, $1, c, r, e FROM unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::bigint[]) AS t(a, c, r, e)
 		ON CONFLICT (agent_id) DO UPDATE SET node_id = EXCLUDED.node_id, connected_at = EXCLUDED.connected_at,
 			remote_addr = EXCLUDED.remote_addr, epoch = EXCLUDED.epoch
 		WHERE agent_presence.epoch < EXCLUDED.epoch
-		RETURNING epoch`, id, node, connectedAt, remote, epoch).Scan(&epoch)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return false, nil
-	}
+		RETURNING agent_id::text`, node, ids, at, remotes, epochs)
 	if err != nil {
-		return false, fmt.Errorf("presence: %w", err)
+		return nil, fmt.Errorf("presence: %w", err)
 	}
-	return true, nil
+	done, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	out := make(map[string]bool, len(done))
+	for _, id := range done {
+		out[id] = true
+	}
+	return out, nil
 }
 
 // EpochsHeldBy is the epoch of every connection the record says node

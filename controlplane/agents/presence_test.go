@@ -2,6 +2,7 @@ package agents_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -95,19 +96,19 @@ func TestPresence_ReassertedOnlyOverNothingOrOlder(t *testing.T) {
 	require.NoError(t, err)
 
 	// B's old connection (not yet seen to end) re-asserts first, then A's.
-	ok, err := s.Reasserted(ctx, agentID, "node-b", "10.0.0.1:2", now.Add(-time.Second), epochB)
-	require.NoError(t, err)
-	require.True(t, ok, "no row: recorded again")
-	ok, err = s.Reasserted(ctx, agentID, "node-a", "10.0.0.1:1", now, epochA)
-	require.NoError(t, err)
-	require.True(t, ok, "an older connection's row: replaced")
+	reassert := func(node, remote string, at time.Time, epoch int64) bool {
+		t.Helper()
+		done, err := s.Reasserted(ctx, node, []agents.Reassertion{{AgentID: agentID, Remote: remote, ConnectedAt: at, Epoch: epoch}})
+		require.NoError(t, err)
+		return done[agentID]
+	}
+	require.True(t, reassert("node-b", "10.0.0.1:2", now.Add(-time.Second), epochB), "no row: recorded again")
+	require.True(t, reassert("node-a", "10.0.0.1:1", now, epochA), "an older connection's row: replaced")
 	held, err := s.EpochsHeldBy(ctx, "node-a")
 	require.NoError(t, err)
 	assert.Equal(t, map[string]int64{agentID: epochA}, held)
 
-	ok, err = s.Reasserted(ctx, agentID, "node-b", "10.0.0.1:2", now.Add(-time.Second), epochB)
-	require.NoError(t, err)
-	assert.False(t, ok, "a newer connection's row: left alone")
+	assert.False(t, reassert("node-b", "10.0.0.1:2", now.Add(-time.Second), epochB), "a newer connection's row: left alone")
 	rows, err := s.PresencesOf(ctx, []string{agentID})
 	require.NoError(t, err)
 	assert.Equal(t, agents.Presence{NodeID: "node-a", Epoch: epochA}, rows[agentID].Presence)
@@ -130,4 +131,42 @@ func BenchmarkEpochsHeldBy_20000(b *testing.B) {
 		require.NoError(b, err)
 		require.Len(b, held, 20000)
 	}
+}
+
+// Many connections are re-asserted in one statement, each on its own
+// terms: rows gone are recorded again, a newer connection's row stays.
+func TestPresence_ReassertedManyAtOnce(t *testing.T) {
+	pool := testenv.Pool(t)
+	ctx := context.Background()
+	var ids []string
+	require.NoError(t, pool.QueryRow(ctx, `INSERT INTO tenants (name) VALUES ('acme') RETURNING id::text`).Scan(new(string)))
+	for i := range 3 {
+		var id string
+		require.NoError(t, pool.QueryRow(ctx, `INSERT INTO agents (tenant_id, name, secret_hash) SELECT id, $1, sha256('x') FROM tenants WHERE name = 'acme' RETURNING id::text`,
+			fmt.Sprintf("cam-%d", i)).Scan(&id))
+		ids = append(ids, id)
+	}
+	s := agents.NewStore(pool)
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	var conns []agents.Reassertion
+	for _, id := range ids {
+		epoch, err := s.Connected(ctx, id, "node-a", "10.0.0.1:1", now)
+		require.NoError(t, err)
+		conns = append(conns, agents.Reassertion{AgentID: id, Remote: "10.0.0.1:1", ConnectedAt: now, Epoch: epoch})
+	}
+	// Rows of the first two gone; the third agent connected again on B.
+	_, err := pool.Exec(ctx, "DELETE FROM agent_presence WHERE agent_id = ANY($1::uuid[])", ids[:2])
+	require.NoError(t, err)
+	newer, err := s.Connected(ctx, ids[2], "node-b", "10.0.0.2:1", now.Add(time.Second))
+	require.NoError(t, err)
+
+	done, err := s.Reasserted(ctx, "node-a", conns)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]bool{ids[0]: true, ids[1]: true}, done)
+	held, err := s.EpochsHeldBy(ctx, "node-a")
+	require.NoError(t, err)
+	assert.Equal(t, map[string]int64{ids[0]: conns[0].Epoch, ids[1]: conns[1].Epoch}, held)
+	rows, err := s.PresencesOf(ctx, ids[2:])
+	require.NoError(t, err)
+	assert.Equal(t, agents.Presence{NodeID: "node-b", Epoch: newer}, rows[ids[2]].Presence)
 }

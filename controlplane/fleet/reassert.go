@@ -5,15 +5,17 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/argus-remote/argus/controlplane/agents"
 )
 
 const (
 	// presenceCheckEvery is how often the record of the agents connected
 	// here is compared with the connections themselves.
 	presenceCheckEvery = 5 * time.Second
-	// presenceRepairMax bounds the rows one check reads one by one and
-	// writes; the rest wait for the next check.
-	presenceRepairMax = 256
+	// presenceRepairMax bounds the rows one check reads and writes (in
+	// one statement each); the rest wait for the next check.
+	presenceRepairMax = 4096
 )
 
 // SetFenced tells the watcher whether this node holds no valid lease:
@@ -68,7 +70,11 @@ func (w *Watcher) checkPresence(ctx context.Context) {
 		w.log.Warn("presence check", "err", err)
 		return
 	}
+	var again []agents.Reassertion
 	for _, id := range off {
+		if ctx.Err() != nil {
+			break // the next check goes on
+		}
 		c := here[id]
 		w.mu.Lock()
 		still := w.online[id] == c
@@ -101,16 +107,32 @@ func (w *Watcher) checkPresence(ctx context.Context) {
 		default:
 			// No row, or one older than this connection: record this one
 			// again, under its own epoch.
-			ok, err := w.store.Reasserted(ctx, id, w.node, c.cl.Net.Remote, c.connectedAt, *c.epoch)
-			if err != nil {
-				w.log.Error("presence check: re-assert", "agent", id, "err", err)
-				continue
-			}
-			if !ok {
-				continue // a newer connection was recorded meanwhile: the next check sees it
-			}
-			w.log.Warn("presence check: agent connected here had no current presence row; re-asserted", "agent", id, "epoch", *c.epoch,
+			again = append(again, agents.Reassertion{AgentID: id, Remote: c.cl.Net.Remote, ConnectedAt: c.connectedAt, Epoch: *c.epoch})
+		}
+	}
+	if len(again) == 0 {
+		return
+	}
+	done, err := w.store.Reasserted(ctx, w.node, again)
+	if err != nil {
+		w.log.Error("presence check: re-assert", "agents", len(again), "err", err)
+		return
+	}
+	// One not done had a newer connection recorded meanwhile: the next
+	// check sees it. Each is named up to a few, then counted.
+	const named = 16
+	n := 0
+	for _, r := range again {
+		if !done[r.AgentID] {
+			continue
+		}
+		if n++; n <= named {
+			row := rows[r.AgentID]
+			w.log.Warn("presence check: agent connected here had no current presence row; re-asserted", "agent", r.AgentID, "epoch", r.Epoch,
 				"row_node", row.NodeID, "row_epoch", row.Epoch)
 		}
+	}
+	if n > named {
+		w.log.Warn("presence check: re-asserted more agents' presence rows", "agents", n-named)
 	}
 }
