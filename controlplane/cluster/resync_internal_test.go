@@ -134,3 +134,48 @@ func BenchmarkResync_20000AgentsAllAskedFor(b *testing.B) {
 	}
 	b.ReportMetric(float64(wire), "wire-bytes/period")
 }
+
+// The digests kept as messages are stored are the ones a scan of every
+// message held gives, through new topics, replaced messages and another
+// node's word taking a topic over.
+func TestResync_KeptDigestsAreTheScannedOnes(t *testing.T) {
+	const shares = 5
+	m, items := mirrorOf(t, "a", 300) // before the digests are kept
+	m.keepDigests(shares)
+	for i, it := range items[:120] {
+		var st topics.AgentStatusMsg
+		require.NoError(t, json.Unmarshal(it.Payload, &st))
+		st.Time = st.Time.Add(time.Second)
+		st.Online = i%2 == 0
+		p, err := json.Marshal(st)
+		require.NoError(t, err)
+		origin := "a"
+		if i%3 == 0 {
+			origin = "b" // the agent moved: node b's word now
+		}
+		m.offer(origin, StatusItem{Topic: it.Topic, Payload: p}, fromOrigin)
+	}
+	m.offer("c", agentItem(t, true, time.Now().UTC().Add(time.Hour)), fromOrigin)
+
+	scan := func(origin string, share int) (int, uint64) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		var n int
+		var sum uint64
+		for topic, h := range m.held {
+			if h.origin == origin && !isFeed(topic) && int(h.place%uint32(shares)) == share {
+				n++
+				sum += h.sum
+			}
+		}
+		return n, sum
+	}
+	for _, origin := range []string{"a", "b", "c"} {
+		for share := range shares {
+			n, sum, _ := m.digestOf(origin, share, shares)
+			wn, wsum := scan(origin, share)
+			assert.Equal(t, wn, n, "%s share %d: count", origin, share)
+			assert.Equal(t, wsum, sum, "%s share %d: sum", origin, share)
+		}
+	}
+}

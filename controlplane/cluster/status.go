@@ -105,6 +105,14 @@ type StatusMirror struct {
 	mu   sync.Mutex
 	held map[string]*held
 	wire *Wire
+	// The re-sync's digests, kept up to date as messages are stored, so
+	// that answering one costs a lookup, not a scan of every message held
+	// (a node holds every agent's of the cluster): the count and sum of
+	// each origin's share of aggShares, feeds left out, and the topics of
+	// the feeds (one per tenant), which a digest lists.
+	aggShares int
+	agg       map[shareOf]shareDigest
+	feeds     map[string]bool
 
 	// ResyncEvery, set before Run, is the period over which this node
 	// has the others check their copy of every message it holds as its
@@ -191,6 +199,8 @@ func (m *StatusMirror) offer(origin string, item StatusItem, how source) {
 		next.place, next.sum = hashes(next.item)
 	}
 	m.held[item.Topic] = next
+	m.account(cur, -1)
+	m.account(next, 1)
 	if m.pub != nil {
 		props := &packets.Properties{User: []packets.UserProperty{{Key: mirroredKey, Val: origin}}}
 		if err := m.pub.Publish(next.item.Topic, next.item.Payload, true, next.item.QoS, props); err != nil {
@@ -373,6 +383,7 @@ func (m *StatusMirror) Run(ctx context.Context, pool *pgxpool.Pool, every time.D
 	// The re-sync is spread over the ticks of one period: each sends the
 	// topics of one share, so no tick sends everything.
 	shares := max(1, int(m.ResyncEvery/every))
+	m.keepDigests(shares)
 	for tick := 0; ; tick++ {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		nodes, err := liveNodes(qctx, pool)
@@ -546,6 +557,55 @@ func validShare(share, shares int) bool {
 	return shares > 0 && shares <= maxShares && share >= 0 && share < shares
 }
 
+// shareOf names one share of one origin's word.
+type shareOf struct {
+	origin string
+	share  int
+}
+
+// shareDigest is a share's count of messages and the sum of their hashes.
+type shareDigest struct {
+	n   int
+	sum uint64
+}
+
+// account adds h to (sign 1) or takes it from (sign -1) the digests, under
+// m.mu.
+func (m *StatusMirror) account(h *held, sign int) {
+	if h == nil {
+		return
+	}
+	if isFeed(h.item.Topic) {
+		if m.feeds == nil {
+			m.feeds = map[string]bool{}
+		}
+		m.feeds[h.item.Topic] = true
+		return
+	}
+	if m.aggShares == 0 {
+		return
+	}
+	k := shareOf{h.origin, int(h.place % uint32(m.aggShares))}
+	d := m.agg[k]
+	d.n += sign
+	d.sum += uint64(sign) * h.sum // wraps as the scan's sum does
+	if d.n == 0 {
+		delete(m.agg, k)
+		return
+	}
+	m.agg[k] = d
+}
+
+// keepDigests has the digests of shares shares kept from now on.
+func (m *StatusMirror) keepDigests(shares int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.aggShares, m.agg = shares, map[shareOf]shareDigest{}
+	for _, h := range m.held {
+		m.account(h, 1)
+	}
+}
+
 // digestOf is how many messages of origin, feeds left out, this node
 // holds in share of shares, and the sum of their hashes (the same
 // whatever order they are held in), with the feeds of the share. Guesses
@@ -554,6 +614,16 @@ func validShare(share, shares int) bool {
 func (m *StatusMirror) digestOf(origin string, share, shares int) (n int, sum uint64, feeds []StatusItem) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if shares == m.aggShares {
+		d := m.agg[shareOf{origin, share}]
+		for topic := range m.feeds {
+			if h := m.held[topic]; h.origin == origin && int(h.place%uint32(shares)) == share {
+				feeds = append(feeds, h.item)
+			}
+		}
+		return d.n, d.sum, feeds
+	}
+	// Another node's count of shares: the digest is worked out afresh.
 	for topic, h := range m.held {
 		if h.origin != origin || int(h.place%uint32(shares)) != share {
 			continue
