@@ -88,16 +88,18 @@ func TestAuditStreamCluster_EverySeqInOrderThroughTheStreamingNodesKill(t *testi
 	perNode := sync.Map{}
 	var ok atomic.Int64
 	// Audited refusals (an activation without a reason), spread over
-	// every live node, until n more have been answered.
-	act := func(n int64) {
+	// every live node, until n more have been answered; false if they
+	// were not within a minute.
+	act := func(n int64) bool {
 		target := ok.Add(0) + n
+		until := time.Now().Add(time.Minute)
 		var wg sync.WaitGroup
 		for w := 0; w < 6; w++ {
 			wg.Add(1)
 			go func(w int) {
 				defer wg.Done()
 				hc := &http.Client{Timeout: 5 * time.Second}
-				for i := w; ok.Load() < target; i++ {
+				for i := w; ok.Load() < target && time.Now().Before(until); i++ {
 					nodes := *alive.Load()
 					nd := nodes[i%len(nodes)]
 					cl := &apiclient.Client{BaseURL: nd.APIURL(), Token: token, OpsToken: opsToken, HTTP: hc}
@@ -111,6 +113,7 @@ func TestAuditStreamCluster_EverySeqInOrderThroughTheStreamingNodesKill(t *testi
 			}(w)
 		}
 		wg.Wait()
+		return ok.Load() >= target
 	}
 	head := func() int64 {
 		var n int64
@@ -118,7 +121,7 @@ func TestAuditStreamCluster_EverySeqInOrderThroughTheStreamingNodesKill(t *testi
 		return n
 	}
 
-	act(1500)
+	require.True(t, act(1500), "1,500 audited refusals answered within a minute")
 	testenv.Eventually(t, 30*time.Second, rs.hasEverySeq(head()), "the first rows, written through every node, in the file")
 	var holder *testenv.Node
 	testenv.Eventually(t, 10*time.Second, func() bool { holder = streamingNode(t, c); return holder != nil }, "one node streams")
@@ -132,8 +135,8 @@ func TestAuditStreamCluster_EverySeqInOrderThroughTheStreamingNodesKill(t *testi
 
 	// Killed while rows are being written, so with some sent and not yet
 	// accepted; the writers go on through the other two.
-	busy := make(chan struct{})
-	go func() { defer close(busy); act(2000) }()
+	busy := make(chan bool, 1)
+	go func() { busy <- act(2000) }()
 	before := head()
 	testenv.Eventually(t, 30*time.Second, func() bool { return head() > before+300 }, "rows under way")
 	var rest []*testenv.Node
@@ -149,8 +152,8 @@ func TestAuditStreamCluster_EverySeqInOrderThroughTheStreamingNodesKill(t *testi
 	var next *testenv.Node
 	testenv.Eventually(t, 30*time.Second, func() bool { next = streamingNode(t, c); return next != nil }, "another node takes the stream")
 	t.Logf("%s took the stream %v after %s was killed", next.ID, time.Since(killed).Round(time.Millisecond), holder.ID)
-	<-busy
-	act(500)
+	require.True(t, <-busy, "2,000 more answered within a minute, the streaming node killed meanwhile")
+	require.True(t, act(500), "500 more answered within a minute")
 	last := head()
 	testenv.Eventually(t, 60*time.Second, rs.hasEverySeq(last), "every seq in the file")
 
