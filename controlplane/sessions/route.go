@@ -391,6 +391,12 @@ func (m *Manager) open(ctx context.Context, l *live, reason string, acks chan<- 
 			case err == nil && (ans.Code == cluster.NotHere || ans.Code == cluster.Fenced), errors.Is(err, cluster.ErrNoResponder):
 				m.Log.Warn("the agent's node did not open the session", "node", node, "agent", l.agentID, "code", ans.Code, "err", err)
 				continue
+			case err == nil && ans.Code == cluster.Expired:
+				// It reached the holder past its deadline (the holder was
+				// frozen with it) and was not opened there.
+				m.Log.Warn("the agent's node had the activation only past its deadline", "node", node, "agent", l.agentID)
+				failed <- CodeAgentUnreachable
+				return
 			case ctx.Err() != nil:
 				return // the caller is gone: Activate ends the session
 			default:
