@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -286,10 +287,24 @@ func FreeAddr(t testing.TB) string {
 	return ""
 }
 
-// fixedPorts hands out ports of [lo, hi), below the ephemeral range
-// (32768 and up on Linux), starting at a random point so that test
-// processes running at once rarely try the same ones.
-var fixedPorts = &portRange{lo: 20000, hi: 32000}
+// fixedPorts hands out ports below the kernel's ephemeral range, starting
+// at a random point so that test processes running at once rarely try
+// the same ones.
+var fixedPorts = belowEphemeral()
+
+// belowEphemeral is the 12,000 ports under the start of the ephemeral
+// range (ip_local_port_range; Linux's default starts at 32768).
+func belowEphemeral() *portRange {
+	start := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 2048 {
+				start = n
+			}
+		}
+	}
+	return &portRange{lo: max(1024, start-12000), hi: start}
+}
 
 type portRange struct {
 	lo, hi int
