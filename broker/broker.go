@@ -8,6 +8,7 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
@@ -272,14 +273,44 @@ func (b *Broker) Redirecting() bool { return b.redirect.Load() }
 // reason and reports how many there were; the control plane's own
 // in-process client stays.
 func (b *Broker) DisconnectAll(code packets.Code) int {
-	n := 0
+	return b.DisconnectPaced(context.Background(), code, 0)
+}
+
+// DisconnectPaced is DisconnectAll at perSecond clients a second (all at
+// once when perSecond is 0 or less), in batches a twentieth of a second
+// apart: clients sent away all at once reconnect all at once, and the
+// servers they go to time out handshakes they cannot take in. It stops
+// early, leaving the rest connected, when ctx ends.
+func (b *Broker) DisconnectPaced(ctx context.Context, code packets.Code, perSecond int) int {
+	batch, every := pace(perSecond)
+	n, inBatch := 0, 0
 	for _, cl := range b.srv.Clients.GetAll() {
-		if !cl.Closed() && !cl.Net.Inline {
-			_ = b.srv.DisconnectClient(cl, code)
-			n++
+		if cl.Closed() || cl.Net.Inline {
+			continue
 		}
+		if batch > 0 && inBatch == batch {
+			select {
+			case <-ctx.Done():
+				return n
+			case <-time.After(every):
+			}
+			inBatch = 0
+		}
+		_ = b.srv.DisconnectClient(cl, code)
+		n++
+		inBatch++
 	}
 	return n
+}
+
+// pace is the batch size and interval of perSecond clients a second; a
+// batch of 0 means all at once.
+func pace(perSecond int) (batch int, every time.Duration) {
+	if perSecond <= 0 {
+		return 0, 0
+	}
+	batch = max(1, perSecond/20)
+	return batch, time.Second * time.Duration(batch) / time.Duration(perSecond)
 }
 
 // MaxKeepAlive is the longest keep-alive the broker grants, in seconds: a

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -55,6 +56,10 @@ type ClusterConfig struct {
 	// agents away, for the other nodes to record them (an agent that does
 	// not reconnect at all must not hold the node up).
 	HandoverTimeout time.Duration
+	// DrainEvictRate is how many agents a second a draining node sends
+	// away (0: all at once): the nodes they go to must take in their
+	// handshakes, and ones that cannot time them out.
+	DrainEvictRate int
 	// StatusResync is how often a node sends the others again the
 	// retained status it holds as its own last word, repairing one lost
 	// on the way.
@@ -119,6 +124,11 @@ func clusterFromViper(v *viper.Viper, c Config, bad func(key, format string, arg
 		bad("cluster-drain-handover-timeout", "%q is not a duration within 0..5m", v.GetString("cluster-drain-handover-timeout"))
 	} else {
 		cc.HandoverTimeout = d
+	}
+	if n, err := strconv.Atoi(v.GetString("cluster-drain-evict-rate")); err != nil || n < 0 || n > 1_000_000 {
+		bad("cluster-drain-evict-rate", "%q is not a number of agents a second within 0..1000000", v.GetString("cluster-drain-evict-rate"))
+	} else {
+		cc.DrainEvictRate = n
 	}
 	if d, err := time.ParseDuration(v.GetString("cluster-status-resync")); err != nil || d < time.Second || d > 10*time.Minute {
 		bad("cluster-status-resync", "%q is not a duration within 1s..10m", v.GetString("cluster-status-resync"))

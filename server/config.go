@@ -129,6 +129,7 @@ var Keys = []settings.Key{
 	{Name: "cluster-drain-delay", Env: []string{"ARGUS_CLUSTER_DRAIN_DELAY"}, Default: "2s"},
 	{Name: "cluster-drain-timeout", Env: []string{"ARGUS_CLUSTER_DRAIN_TIMEOUT"}, Default: "30s"},
 	{Name: "cluster-drain-handover-timeout", Env: []string{"ARGUS_CLUSTER_DRAIN_HANDOVER_TIMEOUT"}, Default: "10s"},
+	{Name: "cluster-drain-evict-rate", Env: []string{"ARGUS_CLUSTER_DRAIN_EVICT_RATE"}, Default: "2000"},
 	{Name: "cluster-status-resync", Env: []string{"ARGUS_CLUSTER_STATUS_RESYNC"}, Default: "30s"},
 	{Name: "command-signing-key", Env: []string{"ARGUS_COMMAND_SIGNING_KEY"}},
 	{Name: "smtp-host", Env: []string{"ARGUS_SMTP_HOST"}},

@@ -184,7 +184,23 @@ func TestClusterDrainBounds(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, 30*time.Second, cfg.Cluster.DrainTimeout)
 		assert.Equal(t, 10*time.Second, cfg.Cluster.HandoverTimeout)
+		assert.Equal(t, 2000, cfg.Cluster.DrainEvictRate)
 	})
+}
+
+func TestClusterDrainEvictRateBounds(t *testing.T) {
+	for value, want := range map[string]int{"0": 0, "1": 1, "2000": 2000, "1000000": 1_000_000, "-1": -1, "1000001": -1, "fast": -1, "1.5": -1} {
+		t.Setenv("ARGUS_CLUSTER_DRAIN_EVICT_RATE", value)
+		v := viper.New()
+		require.NoError(t, settings.Load(v, nil, "", server.Keys))
+		cfg, err := server.FromViper(v)
+		if want < 0 {
+			assert.ErrorContains(t, err, "ARGUS_CLUSTER_DRAIN_EVICT_RATE", "%s", value)
+			continue
+		}
+		require.NoError(t, err, value)
+		assert.Equal(t, want, cfg.Cluster.DrainEvictRate, value)
+	}
 }
 
 func TestClusterStatusResyncBounds(t *testing.T) {

@@ -10,7 +10,8 @@ import (
 // drain hands a cluster node's agents to the other nodes before it stops:
 // it refuses new agent connections (MQTT v5 0x9C, use another server),
 // lets the commands in flight finish (bounded by cluster-drain-timeout), then
-// disconnects every client with 0x9C, so each reconnects elsewhere and
+// disconnects every client with 0x9C, at cluster-drain-evict-rate a
+// second, so each reconnects elsewhere and
 // its session goes on there (sessions.OnAgentPresent). The presence rows
 // are left for the next node to replace, so it can tell where each
 // agent came from. A node alone keeps its agents until it stops: there
@@ -34,7 +35,9 @@ func (s *Server) drain(ctx context.Context) {
 		s.log.Warn("draining: commands still in flight after the bound; their agents are sent away anyway", "in_flight", left, "bound", cc.DrainTimeout)
 	}
 	s.fleet.Handover()
-	n := s.broker.DisconnectAll(packets.ErrUseAnotherServer)
+	// Paced: the other nodes take in what they can; all at once, 10,000
+	// agents' handshakes time out there by the thousand.
+	n := s.broker.DisconnectPaced(ctx, packets.ErrUseAnotherServer, cc.DrainEvictRate)
 	// Handed over once the others have recorded the agents: until then
 	// their presence rows still say where each came from.
 	hctx, cancel := context.WithTimeout(ctx, cc.HandoverTimeout)

@@ -80,6 +80,7 @@ Everything listens on loopback unless configured otherwise.`,
 	f.StringSlice("trusted-proxies", nil, "CIDRs of proxies whose X-Forwarded-For is believed")
 	// A cluster node drains on SIGTERM; these bound each of its steps.
 	f.String("cluster-drain-timeout", "30s", "on SIGTERM, a cluster node waits this long (0..10m) for its commands in flight before it sends their agents away (env ARGUS_CLUSTER_DRAIN_TIMEOUT)")
+	f.String("cluster-drain-evict-rate", "2000", "a draining cluster node sends its agents away at this many a second (0: all at once), so the nodes they go to can take them in (env ARGUS_CLUSTER_DRAIN_EVICT_RATE)")
 	f.String("cluster-drain-handover-timeout", "10s", "a draining cluster node, once it has sent its agents away, waits this long (0..5m) for the other nodes to record them (env ARGUS_CLUSTER_DRAIN_HANDOVER_TIMEOUT)")
 	f.String("cluster-status-resync", "30s", "a cluster node sends the others again the retained status it published, a share at a time, once in this period (1s..10m), repairing a message lost on the way (env ARGUS_CLUSTER_STATUS_RESYNC)")
 	f.String("cluster-drain-delay", "2s", "a draining cluster node keeps answering its API this long (0..1m) from the start of the drain, for the load balancer to see /readyz fail (env ARGUS_CLUSTER_DRAIN_DELAY)")
