@@ -113,6 +113,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 		found = err == nil
 	}
 	entry.TenantID = agentTenant
+	withheld := m.withheld() // once: the node may unfence between two looks
 	switch {
 	case !found:
 		entry.AgentID = ""
@@ -125,8 +126,8 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 			"the tenant has no signed remote-support consent on record; record it with 'argusctl tenant consent record "+tenantName+" ...'"))
 	case !armed:
 		return deny(refuse(http.StatusConflict, "tenant_not_armed", "the tenant is not armed; 'argusctl tenant arm "+tenantName+" --reason ...' first"))
-	case m.withheld() != nil:
-		return deny(m.withheld())
+	case withheld != nil:
+		return deny(withheld)
 	case !m.connected(ctx, req.Agent):
 		return deny(refuse(http.StatusConflict, "agent_offline", "the agent is not connected; there is no way to wake it"))
 	case m.killSwitch(ctx, req.Agent):

@@ -154,9 +154,10 @@ func (m *Manager) awaitApproval(ctx context.Context, req ActivateRequest, entry 
 			// A wait can be long: what the first checks saw may have
 			// changed meanwhile. Consent, arm and revocation are checked
 			// again by the activation's own transaction.
+			withheld := m.withheld() // once: the node may unfence between two looks
 			switch {
-			case m.withheld() != nil:
-				return m.denied(ctx, *entry, m.withheld())
+			case withheld != nil:
+				return m.denied(ctx, *entry, withheld)
 			case !m.Fleet.Online(req.Agent) && m.heldElsewhere(ctx, req.Agent) == "":
 				// Connected to another node is connected: the activation
 				// is routed there.
