@@ -307,9 +307,54 @@ func TestCluster_ActivationPastItsDeadlineIsNotOpened(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, cluster.Expired, ans.Code)
 	assert.False(t, n.b.srv.Policy().Active(remote), "the agent's commands were not opened")
-	for len(n.b.acks) > 0 {
-		ack := <-n.b.acks
-		assert.NotEqual(t, late, ack.SessionID, "the agent was handed the late activation")
+	// An activation after it is acked after anything the agent was handed
+	// before: its ack is the barrier behind which a late one would be.
+	sess, _ := n.a.activate(t, remote, "")
+	for seen := ""; seen != sess.ID; {
+		select {
+		case ack := <-n.b.acks:
+			require.NotEqual(t, late, ack.SessionID, "the agent was handed the late activation")
+			seen = ack.SessionID
+		case <-rctx.Done():
+			t.Fatal("the ack of the activation after it was not heard")
+		}
+	}
+}
+
+// A command that reaches the holding node past its deadline is not handed
+// to the agent: its sender has stopped waiting for it.
+func TestCluster_CommandPastItsDeadlineIsNotSent(t *testing.T) {
+	n := newRoutedPair(t, nil, nil)
+	n.a.consentAndArm(t)
+	remote, _, _ := n.b.runAgent(t, "cam-gw-latecmd")
+	n.heldBy(t, remote, "node-b")
+	sess, tok := n.a.activate(t, remote, "")
+	require.Equal(t, "ok", n.a.run(t, sess.ID, tok, "ping", nil).Status)
+
+	// What b's broker publishes on agents' command topics, in order.
+	sent := make(chan string, 16)
+	require.NoError(t, n.b.srv.Broker().Server().Subscribe(topics.AgentFilter(topics.Commands), 92, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		sent <- string(pk.Properties.CorrelationData)
+	}))
+	const late = "0b7e9f2a-3c41-4d5e-8f60-7a1b2c3d4e5f"
+	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ans, err := n.a.srv.Wire().Deliver(rctx, "node-b", cluster.Delivery{Kind: cluster.DeliverCommand, AgentID: remote,
+		SessionID: sess.ID, CommandID: late, Name: "ping", Deadline: time.Now().Add(-time.Second), Payload: []byte(`{}`)})
+	require.NoError(t, err)
+	var res topics.ResultMsg
+	require.NoError(t, json.Unmarshal(ans.Body, &res), "code %q", ans.Code)
+	require.NotNil(t, res.Error)
+	assert.Equal(t, "agent_timeout", res.Error.Code)
+	assert.Contains(t, res.Error.Message, "not sent")
+
+	// A command after it is published after it: the barrier.
+	require.Equal(t, "ok", n.a.run(t, sess.ID, tok, "ping", nil).Status)
+	select {
+	case id := <-sent:
+		assert.NotEqual(t, late, id, "the late command was published to the agent")
+	case <-rctx.Done():
+		t.Fatal("the ping after it was not seen on the command topic")
 	}
 }
 

@@ -201,6 +201,12 @@ func (m *Manager) exchangeHere(ctx context.Context, d cluster.Delivery) (res top
 	if !m.subscribed(d.AgentID) {
 		return notReadyResult(), true, nil
 	}
+	if !time.Now().Before(d.Deadline) {
+		// Its sender has stopped waiting (a routed command that reached a
+		// frozen holder late, or one whose agent took up its commands
+		// only at the deadline): the agent is not handed it.
+		return timeoutResult("the command's deadline passed before it reached the agent; it was not sent"), true, nil
+	}
 	aid, _ := topics.ParseAgentID(d.AgentID)
 	props := &packets.Properties{CorrelationData: []byte(d.CommandID), ResponseTopic: aid.Topic(topics.Results)}
 	// The trace continues on the agent: its context rides in user properties.
