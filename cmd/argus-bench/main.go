@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sort"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -190,6 +191,7 @@ func main() {
 		clHold                                          time.Duration
 		clKill, clRolling, clAnyNode                    bool
 		clSessions                                      int
+		clProfileDir                                    string
 	)
 	cl := &cobra.Command{
 		Use:   "cluster",
@@ -209,6 +211,7 @@ func main() {
 			r, err := bench.ClusterRun(cmd.Context(), b, bench.ClusterOptions{
 				Nodes: nodes, Agents: clAgents, Sources: clSources, Hold: clHold, Pings: clPings, Kill: clKill,
 				Rolling: clRolling, AnyNode: clAnyNode, Sessions: clSessions, Self: self, PerProcess: perProcess,
+				ProfileDir: clProfileDir,
 			})
 			if err != nil {
 				return err
@@ -225,6 +228,7 @@ func main() {
 	cl.Flags().BoolVar(&clKill, "kill", false, "then SIGKILL the last node and time its agents' and its sessions' return")
 	cl.Flags().BoolVar(&clRolling, "rolling", false, "then drain and restart each node in turn under audited pings")
 	cl.Flags().BoolVar(&clAnyNode, "any-node", false, "give every agent every node's URL (implied by --kill and --rolling)")
+	cl.Flags().StringVar(&clProfileDir, "profile-dir", "", "write CPU profiles of every node, taken during each run of pings, here")
 	cl.Flags().IntVar(&clSessions, "sessions", 10, "live sessions kept through --kill (on the killed node's agents) or --rolling")
 
 	var (
@@ -286,6 +290,14 @@ func clusterRows(r bench.ClusterResult) [][2]string {
 	if r.CrossNodeError != "" {
 		rows = append(rows, [2]string{"audited ping, across nodes", "failed: " + r.CrossNodeError})
 	}
+	for _, c := range []struct {
+		name string
+		f    *bench.CPUFigures
+	}{{"cpu, agents idle", r.IdleCPU}, {"cpu, same-node pings", r.SamePingCPU}, {"cpu, cross-node pings", r.CrossPingCPU}} {
+		if c.f != nil {
+			rows = append(rows, [2]string{c.name, cpuRow(*c.f)})
+		}
+	}
 	if r.AllBackIn != "" {
 		rows = append(rows, [2]string{"node killed", fmt.Sprintf("%d agents back on the others in %s; its %d sessions all answered after %s; sessions ended: %d",
 			r.KilledAgents, r.AllBackIn, r.KilledSessions, r.SessionBackIn, r.SessionsEnded)})
@@ -298,6 +310,16 @@ func clusterRows(r bench.ClusterResult) [][2]string {
 			rf.Total, rf.Commands, rf.Failed, rf.Errors, r.SessionsEnded)})
 	}
 	return rows
+}
+
+// cpuRow says, in cores, where the machine's went.
+func cpuRow(f bench.CPUFigures) string {
+	nodes := make([]string, len(f.Nodes))
+	for i, c := range f.Nodes {
+		nodes[i] = fmt.Sprintf("%.2f", c)
+	}
+	return fmt.Sprintf("%.2f of %d cores busy over %s: nodes %s, harness %.2f, the rest (PostgreSQL, the system) %.2f",
+		f.Machine, f.Cores, f.Window, strings.Join(nodes, " "), f.Harness, f.Rest)
 }
 
 func idleRows(r bench.IdleResult) [][2]string {

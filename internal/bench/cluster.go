@@ -183,6 +183,11 @@ type ClusterResult struct {
 	SessionsEnded  int             `json:"sessions_ended,omitempty"`
 	Rolling        *RollingFigures `json:"rolling,omitempty"`
 	CrossNodeError string          `json:"cross_node_error,omitempty"`
+	// Where the cores went while the agents were idle, and during each
+	// run of pings.
+	IdleCPU      *CPUFigures `json:"idle_cpu,omitempty"`
+	SamePingCPU  *CPUFigures `json:"same_node_ping_cpu,omitempty"`
+	CrossPingCPU *CPUFigures `json:"cross_node_ping_cpu,omitempty"`
 }
 
 // ClusterOptions configure a cluster run.
@@ -205,6 +210,9 @@ type ClusterOptions struct {
 	// holding PerProcess agents each when Agents is more than that.
 	Self       string
 	PerProcess int
+	// ProfileDir, when set, receives CPU profiles of every node taken
+	// over the first seconds of each run of pings.
+	ProfileDir string
 }
 
 // ClusterRun holds the agents spread over an n-node cluster, measures
@@ -261,6 +269,10 @@ func ClusterRun(ctx context.Context, bin string, o ClusterOptions) (ClusterResul
 		local = 4 * n * o.Sessions
 	}
 	local = min(local, m)
+	meter := cpuMeter{harness: []int{os.Getpid()}}
+	for _, s := range c.Nodes {
+		meter.nodes = append(meter.nodes, s.PID())
+	}
 	start := time.Now()
 	if m <= o.PerProcess || o.Self == "" {
 		if _, _, err := f.Connect(ctx, states, sources, 512); err != nil {
@@ -278,6 +290,7 @@ func ClusterRun(ctx context.Context, bin string, o ClusterOptions) (ClusterResul
 				return r, err
 			}
 			defer h.stop()
+			meter.harness = append(meter.harness, h.cmd.Process.Pid)
 			r.Processes = append(r.Processes, HolderFigures{Agents: rep.Connected, FDLimit: rep.FDLimit})
 		}
 	}
@@ -327,16 +340,20 @@ func ClusterRun(ctx context.Context, bin string, o ClusterOptions) (ClusterResul
 	if len(byNode[0]) == 0 || len(byNode[n-1]) == 0 {
 		return r, fmt.Errorf("no local agent on node 1 or node %d: %d and %d of %d", n, len(byNode[0]), len(byNode[n-1]), local)
 	}
+	if r.IdleCPU, err = meter.over(idleWindow); err != nil {
+		return r, err
+	}
 	same, err := f.openSession(ctx, byNode[0][0])
 	if err != nil {
 		return r, fmt.Errorf("session on node 1: %w", err)
 	}
-	if r.SameNodePing, err = f.pings(ctx, same, o.Pings); err != nil {
+	r.SameNodePing, r.SamePingCPU, err = c.measuredPings(ctx, f, same, o, meter, "same")
+	if err != nil {
 		return r, fmt.Errorf("same-node pings: %w", err)
 	}
 	cross, err := f.openSession(ctx, byNode[n-1][0])
 	if err == nil {
-		r.CrossNodePing, err = f.pings(ctx, cross, o.Pings)
+		r.CrossNodePing, r.CrossPingCPU, err = c.measuredPings(ctx, f, cross, o, meter, "cross")
 	}
 	if err != nil {
 		// Reported, not fatal: the node figures stand on their own.
@@ -373,6 +390,43 @@ func ClusterRun(ctx context.Context, bin string, o ClusterOptions) (ClusterResul
 		}
 	}
 	return r, err
+}
+
+// idleWindow is how long the idle fleet's CPU is measured.
+const idleWindow = 5 * time.Second
+
+// over measures the CPU used over the next d.
+func (m cpuMeter) over(d time.Duration) (*CPUFigures, error) {
+	from := m.read()
+	time.Sleep(d)
+	f, err := m.read().since(from)
+	return &f, err
+}
+
+// profileWindow is the length of each CPU profile taken during pings.
+const profileWindow = 3 * time.Second
+
+// measuredPings times o.Pings audited pings in s, measuring the CPU they
+// take and, with o.ProfileDir, profiling every node as they run.
+func (c *Cluster) measuredPings(ctx context.Context, f *Fleet, s *session, o ClusterOptions, meter cpuMeter, name string) (Quantiles, *CPUFigures, error) {
+	var wg sync.WaitGroup
+	if o.ProfileDir != "" {
+		for k := range c.Nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				path := filepath.Join(o.ProfileDir, fmt.Sprintf("%s-pings-node%d.cpu.pprof", name, k+1))
+				if err := profileCPU(ctx, c.Nodes[k], profileWindow, path); err != nil {
+					fmt.Fprintln(os.Stderr, "argus-bench:", err)
+				}
+			}()
+		}
+	}
+	from := meter.read()
+	q, err := f.pings(ctx, s, o.Pings)
+	cpu, cerr := meter.read().since(from)
+	wg.Wait()
+	return q, &cpu, errors.Join(err, cerr)
 }
 
 // moreSessions opens sessions on up to k of ids.
