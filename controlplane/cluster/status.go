@@ -85,6 +85,16 @@ type held struct {
 	// message adds to its digest. Set as it is stored.
 	place uint32
 	sum   uint64
+	// feed is a command feed's entries as stored, newest first: what the
+	// next feed of its tenant is merged against, without reading this
+	// one again.
+	feed []feedKey
+}
+
+// feedKey is what a feed's merge matches and orders its entries by.
+type feedKey struct {
+	id string
+	at time.Time
 }
 
 // StatusMirror makes every node's broker hold every retained status
@@ -235,6 +245,9 @@ type statusFields struct {
 // decide returns what the node should hold for a topic after item, and
 // whether that changed.
 func decide(cur *held, origin string, item StatusItem, how source) (*held, bool) {
+	if isFeed(item.Topic) {
+		return decideFeed(cur, origin, item)
+	}
 	var f statusFields
 	_ = json.Unmarshal(item.Payload, &f)
 	item.Origin = origin
@@ -245,14 +258,6 @@ func decide(cur *held, origin string, item StatusItem, how source) (*held, bool)
 	if cur.repaired && how == fromOrigin && cur.origin == origin && !next.at.Before(cur.at.Add(-time.Millisecond)) {
 		// The holder's own word beats what another node guessed for it.
 		return next, !bytes.Equal(cur.item.Payload, item.Payload)
-	}
-	if isFeed(item.Topic) {
-		merged, changed := mergeFeed(cur.item.Payload, item.Payload)
-		if !changed {
-			return cur, false
-		}
-		next.item.Payload = merged
-		return next, true
 	}
 	if f.Online != nil && cur.origin != origin {
 		// An agent's connection is said by the node it is connected to;
@@ -276,15 +281,83 @@ func isFeed(topic string) bool {
 	return strings.HasPrefix(topic, topics.StatusRoot+"tenants/") && strings.HasSuffix(topic, "/commands")
 }
 
-// mergeFeed is the union of two feeds of one tenant, newest first and
-// bounded; changed is false when b adds nothing to a.
+// feedKeys is what the merge reads of a feed: a command is completed
+// every few milliseconds in a busy cluster, and each node takes in every
+// one's feed, so the common case reads only the ids and times.
+type feedKeys struct {
+	Entries []struct {
+		CommandID   string    `json:"command_id"`
+		CompletedAt time.Time `json:"completed_at"`
+	} `json:"entries"`
+	Time time.Time `json:"time"`
+}
+
+// decideFeed is decide for a tenant's command feed: the union of what is
+// held and item, newest first and bounded; changed is false when item
+// adds nothing. An unreadable feed adds nothing.
+func decideFeed(cur *held, origin string, item StatusItem) (*held, bool) {
+	var fb feedKeys
+	if json.Unmarshal(item.Payload, &fb) != nil {
+		return cur, false
+	}
+	item.Origin = origin
+	next := &held{item: item, origin: origin, at: fb.Time, seen: time.Now(), feed: make([]feedKey, len(fb.Entries))}
+	for i, e := range fb.Entries {
+		next.feed[i] = feedKey{id: e.CommandID, at: e.CompletedAt}
+	}
+	if cur == nil {
+		return next, true
+	}
+	inA := make(map[string]bool, len(cur.feed))
+	for _, k := range cur.feed {
+		inA[k.id] = true
+	}
+	inB := make(map[string]bool, len(next.feed))
+	added := false
+	for _, k := range next.feed {
+		inB[k.id] = true
+		added = added || !inA[k.id]
+	}
+	if !added {
+		return cur, false
+	}
+	if !fb.Time.Before(cur.at) && len(inB) == len(next.feed) && len(next.feed) <= topics.FeedMax &&
+		slices.IsSortedFunc(next.feed, func(x, y feedKey) int { return y.at.Compare(x.at) }) && onlyPastTheBound(cur.feed, inB, next.feed) {
+		// item is the union as it stands (its node built it on the feed
+		// before it, as it does): stored as it came.
+		return next, true
+	}
+	merged, ok := mergeFeed(cur.item.Payload, item.Payload)
+	if !ok {
+		return cur, false
+	}
+	var mk feedKeys
+	_ = json.Unmarshal(merged, &mk)
+	next.item.Payload, next.at, next.feed = merged, mk.Time, next.feed[:0]
+	for _, e := range mk.Entries {
+		next.feed = append(next.feed, feedKey{id: e.CommandID, at: e.CompletedAt})
+	}
+	return next, true
+}
+
+// onlyPastTheBound reports whether every entry of a that b lacks would
+// fall past the bound of the union of a and b: b is full, and each is
+// older than all of b.
+func onlyPastTheBound(a []feedKey, inB map[string]bool, b []feedKey) bool {
+	for _, k := range a {
+		if !inB[k.id] && (len(b) < topics.FeedMax || !k.at.Before(b[len(b)-1].at)) {
+			return false
+		}
+	}
+	return true
+}
+
+// mergeFeed is the union of two readable feeds of one tenant, newest
+// first and bounded.
 func mergeFeed(a, b []byte) ([]byte, bool) {
 	var fa, fb topics.FeedMsg
-	if json.Unmarshal(a, &fa) != nil {
-		return b, true
-	}
-	if json.Unmarshal(b, &fb) != nil {
-		return a, false
+	if json.Unmarshal(a, &fa) != nil || json.Unmarshal(b, &fb) != nil {
+		return nil, false
 	}
 	seen := make(map[string]bool, len(fa.Entries))
 	for _, e := range fa.Entries {
@@ -292,16 +365,11 @@ func mergeFeed(a, b []byte) ([]byte, bool) {
 	}
 	out := fa
 	out.Entries = slices.Clone(fa.Entries)
-	changed := false
 	for _, e := range fb.Entries {
 		if !seen[e.CommandID] {
 			seen[e.CommandID] = true
 			out.Entries = append(out.Entries, e)
-			changed = true
 		}
-	}
-	if !changed {
-		return a, false
 	}
 	slices.SortStableFunc(out.Entries, func(x, y topics.FeedEntry) int { return y.CompletedAt.Compare(x.CompletedAt) })
 	if len(out.Entries) > topics.FeedMax {
@@ -312,7 +380,7 @@ func mergeFeed(a, b []byte) ([]byte, bool) {
 	}
 	merged, err := json.Marshal(out)
 	if err != nil {
-		return a, false
+		return nil, false
 	}
 	return merged, true
 }

@@ -107,6 +107,34 @@ func TestDecide_CommandFeedsOfTwoNodesMerge(t *testing.T) {
 	assert.Equal(t, fmt.Sprint(100+topics.FeedMax-1), ids[0], "newest first")
 }
 
+// The common case: a node's next feed holds all of the one before it (or
+// lacks only what falls past the bound): it is stored as it came, not
+// rewritten. An unreadable feed changes nothing.
+func TestDecide_AFeedThatExtendsTheOneHeldIsStoredAsItCame(t *testing.T) {
+	cur, _ := decide(nil, "a", feedItem(t, 2, 1), fromOrigin)
+	next := feedItem(t, 3, 2, 1)
+	got, changed := decide(cur, "b", next, fromOrigin)
+	require.True(t, changed)
+	assert.Equal(t, string(next.Payload), string(got.item.Payload))
+
+	full := make([]int, 0, topics.FeedMax)
+	for i := 200 + topics.FeedMax; i > 200; i-- {
+		full = append(full, i)
+	}
+	next = feedItem(t, full...)
+	got, changed = decide(got, "a", next, fromOrigin)
+	require.True(t, changed)
+	assert.Equal(t, string(next.Payload), string(got.item.Payload), "3, 2 and 1 fall past the bound")
+
+	bad := next
+	bad.Payload = []byte(`{"entries": [`)
+	kept, changed := decide(got, "a", bad, fromOrigin)
+	assert.False(t, changed)
+	assert.Same(t, got, kept)
+	_, changed = decide(nil, "a", bad, fromOrigin)
+	assert.False(t, changed, "not stored even when nothing is held")
+}
+
 // A node that died cannot say its agents left: each live node says so
 // for itself, unless the agent has since connected elsewhere.
 func TestRepair_AgentsOfADeadNodeGoOffline(t *testing.T) {
