@@ -123,6 +123,9 @@ type StatusMirror struct {
 	aggShares int
 	agg       map[shareOf]shareDigest
 	feeds     map[string]bool
+	// online counts, by origin, the agents held said online there: the
+	// repair scans for a dead node's only when one of them is counted.
+	online map[string]int
 
 	// ResyncEvery, set before Run, is the period over which this node
 	// has the others check their copy of every message it holds as its
@@ -650,6 +653,14 @@ func (m *StatusMirror) account(h *held, sign int) {
 		m.feeds[h.item.Topic] = true
 		return
 	}
+	if h.online {
+		if m.online == nil {
+			m.online = map[string]int{}
+		}
+		if m.online[h.origin] += sign; m.online[h.origin] == 0 {
+			delete(m.online, h.origin)
+		}
+	}
 	if m.aggShares == 0 {
 		return
 	}
@@ -792,7 +803,18 @@ func (m *StatusMirror) Held(topic string) ([]byte, bool) {
 }
 
 func (m *StatusMirror) repair(alive map[string]bool) {
-	m.repairWhere(func(h *held) bool { return !alive[h.origin] })
+	// Run asks twice a second; the scan of every agent's status held (a
+	// node holds the whole cluster's) is only worth it when some node
+	// no longer alive is still said to hold an agent.
+	m.mu.Lock()
+	stale := false
+	for origin, n := range m.online {
+		stale = stale || n > 0 && !alive[origin]
+	}
+	m.mu.Unlock()
+	if stale {
+		m.repairWhere(func(h *held) bool { return !alive[h.origin] })
+	}
 }
 
 // repairWhere says offline, on this node only, every agent held online
