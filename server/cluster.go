@@ -103,38 +103,18 @@ func clusterFromViper(v *viper.Viper, c Config, bad func(key, format string, arg
 		}
 		cc.Secret = strings.TrimSpace(string(b))
 	}
-	if d, err := time.ParseDuration(v.GetString("cluster-lease")); err != nil || d < 2*time.Second || d > 5*time.Minute {
-		bad("cluster-lease", "%q is not a duration within 2s..5m", v.GetString("cluster-lease"))
-	} else {
-		cc.Lease = d
-	}
-	if d, err := time.ParseDuration(v.GetString("cluster-drain-delay")); err != nil || d < 0 || d > time.Minute {
-		bad("cluster-drain-delay", "%q is not a duration within 0..1m", v.GetString("cluster-drain-delay"))
-	} else {
-		cc.DrainDelay = d
-	}
+	durationSetting(v, bad, "cluster-lease", 2*time.Second, 5*time.Minute, &cc.Lease)
+	durationSetting(v, bad, "cluster-drain-delay", 0, time.Minute, &cc.DrainDelay)
 	// Up to the longest a command may be given (command-timeout's bound):
 	// a drain need never wait longer than the commands it waits for.
-	if d, err := time.ParseDuration(v.GetString("cluster-drain-timeout")); err != nil || d < 0 || d > 10*time.Minute {
-		bad("cluster-drain-timeout", "%q is not a duration within 0..10m", v.GetString("cluster-drain-timeout"))
-	} else {
-		cc.DrainTimeout = d
-	}
-	if d, err := time.ParseDuration(v.GetString("cluster-drain-handover-timeout")); err != nil || d < 0 || d > 5*time.Minute {
-		bad("cluster-drain-handover-timeout", "%q is not a duration within 0..5m", v.GetString("cluster-drain-handover-timeout"))
-	} else {
-		cc.HandoverTimeout = d
-	}
+	durationSetting(v, bad, "cluster-drain-timeout", 0, 10*time.Minute, &cc.DrainTimeout)
+	durationSetting(v, bad, "cluster-drain-handover-timeout", 0, 5*time.Minute, &cc.HandoverTimeout)
 	if n, err := strconv.Atoi(v.GetString("cluster-drain-evict-rate")); err != nil || n < 0 || n > 1_000_000 {
 		bad("cluster-drain-evict-rate", "%q is not a number of agents a second within 0..1000000", v.GetString("cluster-drain-evict-rate"))
 	} else {
 		cc.DrainEvictRate = n
 	}
-	if d, err := time.ParseDuration(v.GetString("cluster-status-resync")); err != nil || d < time.Second || d > 10*time.Minute {
-		bad("cluster-status-resync", "%q is not a duration within 1s..10m", v.GetString("cluster-status-resync"))
-	} else {
-		cc.StatusResync = d
-	}
+	durationSetting(v, bad, "cluster-status-resync", time.Second, 10*time.Minute, &cc.StatusResync)
 	if cc.Listen != "" && len(cc.NATSURLs) > 0 {
 		bad("cluster-listen", "an embedded NATS (cluster-listen) and an external one (cluster-nats-url) exclude each other")
 	}

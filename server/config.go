@@ -230,11 +230,7 @@ func FromViper(v *viper.Viper) (Config, error) {
 	} else {
 		c.MQTTMaxPacket = uint32(n)
 	}
-	if d, err := time.ParseDuration(v.GetString("mqtt-connect-timeout")); err != nil || d < time.Second || d > 5*time.Minute {
-		bad("mqtt-connect-timeout", "%q is not a duration within 1s..5m", v.GetString("mqtt-connect-timeout"))
-	} else {
-		c.MQTTConnectTimeout = d
-	}
+	durationSetting(v, bad, "mqtt-connect-timeout", time.Second, 5*time.Minute, &c.MQTTConnectTimeout)
 	if n := v.GetInt64("mqtt-max-pending-per-source"); n < 0 || n > 1<<20 {
 		bad("mqtt-max-pending-per-source", "%d is outside 0..1048576 (0: no bound)", n)
 	} else {
@@ -296,11 +292,7 @@ func FromViper(v *viper.Viper) (Config, error) {
 	} else {
 		c.ReconcileAt = time.Duration(hm.Hour())*time.Hour + time.Duration(hm.Minute())*time.Minute
 	}
-	if d, err := time.ParseDuration(v.GetString("command-timeout")); err != nil || d < time.Second || d > 10*time.Minute {
-		bad("command-timeout", "%q is not a duration within 1s..10m", v.GetString("command-timeout"))
-	} else {
-		c.CommandTimeout = d
-	}
+	durationSetting(v, bad, "command-timeout", time.Second, 10*time.Minute, &c.CommandTimeout)
 	if v.GetString("command-reconnect-wait") == "" {
 		c.CommandReconnectWait = 3 * time.Second
 		if c.Cluster.Multi() {
@@ -311,11 +303,7 @@ func FromViper(v *viper.Viper) (Config, error) {
 	} else {
 		c.CommandReconnectWait = d
 	}
-	if d, err := time.ParseDuration(v.GetString("audit-reconcile-overlap")); err != nil || d < 0 || d > 24*time.Hour {
-		bad("audit-reconcile-overlap", "%q is not a duration within 0..24h", v.GetString("audit-reconcile-overlap"))
-	} else {
-		c.ReconcileOverlap = d
-	}
+	durationSetting(v, bad, "audit-reconcile-overlap", 0, 24*time.Hour, &c.ReconcileOverlap)
 	if c.ReconcileAllClear, err = parseBool(v.Get("audit-all-clear-mail")); err != nil {
 		bad("audit-all-clear-mail", "%v", err)
 	}
@@ -331,12 +319,8 @@ func FromViper(v *viper.Viper) (Config, error) {
 	if c.AuditStream.CAFile != "" && !c.AuditStream.TLS {
 		bad("audit-stream-ca-file", "set, but audit-stream-tls is off")
 	}
-	if d, err := time.ParseDuration(v.GetString("audit-stream-max-lag")); err != nil || d < 5*time.Second || d > 24*time.Hour {
-		// An event takes a second to count as accepted: less would alarm a stream at work.
-		bad("audit-stream-max-lag", "%q is not a duration within 5s..24h", v.GetString("audit-stream-max-lag"))
-	} else {
-		c.AuditStream.MaxLag = d
-	}
+	// An event takes a second to count as accepted: less would alarm a stream at work.
+	durationSetting(v, bad, "audit-stream-max-lag", 5*time.Second, 24*time.Hour, &c.AuditStream.MaxLag)
 	if n := v.GetInt64("audit-stream-max-message"); n < auditstream.MinMessage || n > 1<<20 {
 		bad("audit-stream-max-message", "%d is outside %d..1048576 bytes", n, auditstream.MinMessage)
 	} else {
@@ -390,4 +374,28 @@ func loadTLS(cert, key string) (*tls.Config, error) {
 		return nil, err
 	}
 	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// durationSetting reads key as a duration within lo..hi into *into; a
+// value that is not one, or lies outside, is told to bad with the bounds.
+func durationSetting(v *viper.Viper, bad func(key, format string, args ...any), key string, lo, hi time.Duration, into *time.Duration) {
+	d, err := time.ParseDuration(v.GetString(key))
+	if err != nil || d < lo || d > hi {
+		bad(key, "%q is not a duration within %s..%s", v.GetString(key), durationBound(lo), durationBound(hi))
+		return
+	}
+	*into = d
+}
+
+// durationBound says a bound as settings are written: 0, 1s, 5m, 24h.
+func durationBound(d time.Duration) string {
+	switch {
+	case d == 0:
+		return "0"
+	case d%time.Hour == 0:
+		return fmt.Sprintf("%dh", d/time.Hour)
+	case d%time.Minute == 0:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	}
+	return d.String()
 }
