@@ -57,6 +57,26 @@ func TestPresence_LostRowOfAConnectedAgentIsReasserted(t *testing.T) {
 	assert.Equal(t, "ok", res.Status)
 }
 
+// A row names node A for an agent not connected anywhere (its
+// disconnect's delete was lost): A's presence check deletes it, and
+// leaves the row of the agent connected there alone.
+func TestPresence_StrayRowOfAnAgentGoneIsCleared(t *testing.T) {
+	c := newTwoNodes(t)
+	agentID, _ := c.runAgent(t, "cam-gw-6", "")
+	holder := c.holder(t, agentID)
+	require.NotNil(t, holder)
+	node, epoch := c.presenceOf(t, agentID)
+	_, gone := c.enroll(t, "cam-gw-gone")
+	_, err := c.pool.Exec(context.Background(), `INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch)
+		VALUES ($1, $2, now(), '127.0.0.1:1', 7)`, gone.AgentID, holder.id)
+	require.NoError(t, err)
+
+	testenv.Eventually(t, 15*time.Second, func() bool { n, _ := c.presenceOf(t, gone.AgentID); return n == "" }, "the holder clears the stray row")
+	assert.Contains(t, holder.proc.Logs(), "cleared rows that named this node for agents not connected here")
+	n, e := c.presenceOf(t, agentID)
+	assert.Equal(t, [2]any{node, epoch}, [2]any{n, e}, "the connected agent's row is untouched")
+}
+
 // The row of an agent connected to node A names a live node C with a
 // newer epoch (the agent connected to C, and A has not seen its old
 // connection end): A's presence check closes its stale connection; the

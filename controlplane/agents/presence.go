@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -91,6 +92,51 @@ func (s *Store) Reasserted(ctx context.Context, node string, conns []Reassertion
 		out[id] = true
 	}
 	return out, nil
+}
+
+// PresenceDigest sums up the connections the record says node holds:
+// how many, and the sum of PresenceHash over them. A node compares it
+// with its own connections' before it reads every row.
+func (s *Store) PresenceDigest(ctx context.Context, node string) (n int, sum uint64, err error) {
+	var total int64
+	err = s.pool.QueryRow(ctx, `
+		SELECT count(*), COALESCE(sum(('x' || left(agent_id::text, 8))::bit(32)::bigint * (2 * epoch + 1)) % 1152921504606846976, 0)::bigint
+		FROM agent_presence WHERE node_id = $1`, node).Scan(&n, &total)
+	if err != nil {
+		return 0, 0, fmt.Errorf("presence: %w", err)
+	}
+	return n, uint64(total), nil
+}
+
+// PresenceHash is one connection's part of a PresenceDigest, which
+// PostgreSQL computes too: the first 32 bits of the agent's id (random)
+// times an odd number made of the epoch, so each epoch of an agent gives
+// another value. A checksum, over what the node itself wrote.
+func PresenceHash(agentID string, epoch int64) uint64 {
+	u, _ := strconv.ParseUint(agentID[:min(8, len(agentID))], 16, 32)
+	return u * uint64(2*epoch+1)
+}
+
+// AddPresenceHash adds h to a digest's sum, as PostgreSQL does: modulo
+// 2^60.
+func AddPresenceHash(sum, h uint64) uint64 { return (sum + h) & (1<<60 - 1) }
+
+// ClearStray deletes the rows that name node for connections it no
+// longer holds (each row's epoch given): what their disconnects would
+// have deleted, had those been recorded. A row written since, by a newer
+// connection anywhere, is left alone. It returns how many went.
+func (s *Store) ClearStray(ctx context.Context, node string, rows map[string]int64) (int64, error) {
+	ids, epochs := make([]string, 0, len(rows)), make([]int64, 0, len(rows))
+	for id, e := range rows {
+		ids, epochs = append(ids, id), append(epochs, e)
+	}
+	tag, err := s.pool.Exec(ctx, `
+		DELETE FROM agent_presence p USING unnest($2::uuid[], $3::bigint[]) AS s(a, e)
+		WHERE p.agent_id = s.a AND p.node_id = $1 AND p.epoch = s.e`, node, ids, epochs)
+	if err != nil {
+		return 0, fmt.Errorf("presence: %w", err)
+	}
+	return tag.RowsAffected(), nil
 }
 
 // EpochsHeldBy is the epoch of every connection the record says node

@@ -115,21 +115,38 @@ func TestPresence_ReassertedOnlyOverNothingOrOlder(t *testing.T) {
 	assert.True(t, rows[agentID].ConnectedAt.Equal(now))
 }
 
-// The presence check's read at 20,000 agents on one node (one row each).
-func BenchmarkEpochsHeldBy_20000(b *testing.B) {
+// store20000 is a store whose node-a holds 20,000 agents (one row each).
+func store20000(b *testing.B) *agents.Store {
 	pool := testenv.Pool(b)
-	ctx := context.Background()
-	_, err := pool.Exec(ctx, `
+	_, err := pool.Exec(context.Background(), `
 		WITH t AS (INSERT INTO tenants (name) VALUES ('acme') RETURNING id),
 		a AS (INSERT INTO agents (tenant_id, name, secret_hash) SELECT t.id, 'cam-' || g, sha256('x') FROM t, generate_series(1, 20000) g RETURNING id)
 		INSERT INTO agent_presence (agent_id, node_id, connected_at, remote_addr, epoch) SELECT id, 'node-a', now(), '10.0.0.1:1', 1 FROM a`)
 	require.NoError(b, err)
-	s := agents.NewStore(pool)
+	return agents.NewStore(pool)
+}
+
+// The presence check's read at 20,000 agents on one node, when the
+// digest differs.
+func BenchmarkEpochsHeldBy_20000(b *testing.B) {
+	s := store20000(b)
 	b.ResetTimer()
 	for range b.N {
-		held, err := s.EpochsHeldBy(ctx, "node-a")
+		held, err := s.EpochsHeldBy(context.Background(), "node-a")
 		require.NoError(b, err)
 		require.Len(b, held, 20000)
+	}
+}
+
+// The presence check's digest at 20,000 agents on one node: all most
+// checks read.
+func BenchmarkPresenceDigest_20000(b *testing.B) {
+	s := store20000(b)
+	b.ResetTimer()
+	for range b.N {
+		n, _, err := s.PresenceDigest(context.Background(), "node-a")
+		require.NoError(b, err)
+		require.Equal(b, 20000, n)
 	}
 }
 
@@ -169,4 +186,72 @@ func TestPresence_ReassertedManyAtOnce(t *testing.T) {
 	rows, err := s.PresencesOf(ctx, ids[2:])
 	require.NoError(t, err)
 	assert.Equal(t, agents.Presence{NodeID: "node-b", Epoch: newer}, rows[ids[2]].Presence)
+}
+
+// A node's digest of its rows, as PostgreSQL sums it, is the one the node
+// sums over its own connections; a row of another node, another epoch or
+// one missing makes them differ. ClearStray deletes only the rows named
+// with their node and epoch.
+func TestPresenceDigest_IsTheNodesOwnSumAndClearStrayDeletesOnlyWhatItNames(t *testing.T) {
+	pool := testenv.Pool(t)
+	ctx := context.Background()
+	require.NoError(t, pool.QueryRow(ctx, `INSERT INTO tenants (name) VALUES ('acme') RETURNING id::text`).Scan(new(string)))
+	s := agents.NewStore(pool)
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	epochs := map[string]int64{}
+	var ids []string
+	for i := range 40 {
+		var id string
+		require.NoError(t, pool.QueryRow(ctx, `INSERT INTO agents (tenant_id, name, secret_hash) SELECT id, $1, sha256('x') FROM tenants WHERE name = 'acme' RETURNING id::text`,
+			fmt.Sprintf("cam-%d", i)).Scan(&id))
+		ids = append(ids, id)
+		node := "node-a"
+		if i%4 == 0 {
+			node = "node-b"
+		}
+		var err error
+		for range 1 + i%3 { // epochs 1 to 3
+			if epochs[id], err = s.Connected(ctx, id, node, "10.0.0.1:1", now); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if node != "node-a" {
+			delete(epochs, id)
+		}
+	}
+	sum := func(m map[string]int64) uint64 {
+		var x uint64
+		for id, e := range m {
+			x = agents.AddPresenceHash(x, agents.PresenceHash(id, e))
+		}
+		return x
+	}
+	n, got, err := s.PresenceDigest(ctx, "node-a")
+	require.NoError(t, err)
+	assert.Equal(t, len(epochs), n)
+	assert.Equal(t, sum(epochs), got, "PostgreSQL's sum is the node's own")
+	n, got, err = s.PresenceDigest(ctx, "node-c")
+	require.NoError(t, err)
+	assert.Equal(t, 0, n)
+	assert.Zero(t, got)
+
+	// Agent 1's row is an older connection's, agent 2's is gone.
+	_, err = pool.Exec(ctx, "UPDATE agent_presence SET epoch = epoch - 1 WHERE agent_id = $1", ids[1])
+	require.NoError(t, err)
+	_, got, err = s.PresenceDigest(ctx, "node-a")
+	require.NoError(t, err)
+	assert.NotEqual(t, sum(epochs), got, "an older epoch differs")
+
+	// The stray rows named: agent 1 under its row's epoch, agent 3 under
+	// one it no longer has, agent 4 under node-a though node-b holds it.
+	gone, err := s.ClearStray(ctx, "node-a", map[string]int64{ids[1]: epochs[ids[1]] - 1, ids[3]: epochs[ids[3]] + 1, ids[4]: 1})
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, gone)
+	held, err := s.EpochsHeldBy(ctx, "node-a")
+	require.NoError(t, err)
+	assert.NotContains(t, held, ids[1])
+	assert.Contains(t, held, ids[3])
+	rows, err := s.PresencesOf(ctx, ids[4:5])
+	require.NoError(t, err)
+	assert.Equal(t, "node-b", rows[ids[4]].NodeID, "another node's row is left alone")
 }

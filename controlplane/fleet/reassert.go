@@ -24,32 +24,54 @@ const (
 func (w *Watcher) SetFenced(fenced bool) { w.fenced.Store(fenced) }
 
 // checkPresence repairs the record of the agents connected here, in the
-// database worker (after every connect and disconnect queued before it).
-// A connection whose row is gone (or older) is recorded again under its
-// own epoch; one whose row names a newer connection on another node is
-// stale (the agent is there) and is closed here; one whose connect was
-// never recorded (its write failed) is recorded as the connect would
-// have done.
+// database worker (after every connect and disconnect queued before it,
+// and before any queued after: no other write of this node's rows runs
+// meanwhile). A connection whose row is gone (or older) is recorded again
+// under its own epoch; one whose row names a newer connection on another
+// node is stale (the agent is there) and is closed here; one whose
+// connect was never recorded (its write failed) is recorded as the
+// connect would have done; a row naming this node for an agent not
+// connected here (its disconnect's write failed) is deleted, as that
+// write would have done. The rows are read only when their digest
+// differs from this node's connections'.
 func (w *Watcher) checkPresence(ctx context.Context) {
 	if w.fenced.Load() || w.handover.Load() {
 		return
 	}
 	w.mu.Lock()
 	here := make(map[string]*conn, len(w.online))
+	// An agent connected here whose connect is not recorded yet: its row
+	// (if any) is an older connection's, which that connect replaces.
+	pending := map[string]bool{}
+	var sum uint64
+	digestable := true
 	for id, c := range w.online {
-		if c.tried {
-			here[id] = c
+		if !c.tried {
+			pending[id] = true
+			continue
 		}
+		here[id] = c
+		if *c.epoch == 0 {
+			digestable = false // its row is to be written
+		}
+		sum = agents.AddPresenceHash(sum, agents.PresenceHash(id, *c.epoch))
 	}
 	w.mu.Unlock()
-	if len(here) == 0 {
-		return
-	}
 	ctx, cancel := context.WithTimeout(ctx, presenceCheckEvery)
 	defer cancel()
+	if digestable {
+		// A failed digest is no answer: the rows are read.
+		if n, rsum, err := w.store.PresenceDigest(ctx, w.node); err == nil && n == len(here) && rsum == sum {
+			return // the record is right
+		}
+	}
 	held, err := w.store.EpochsHeldBy(ctx, w.node)
 	if err != nil {
 		w.log.Warn("presence check", "err", err)
+		return
+	}
+	w.clearStray(ctx, held, here, pending)
+	if len(here) == 0 {
 		return
 	}
 	var off []string
@@ -134,5 +156,31 @@ func (w *Watcher) checkPresence(ctx context.Context) {
 	}
 	if n > named {
 		w.log.Warn("presence check: re-asserted more agents' presence rows", "agents", n-named)
+	}
+}
+
+// clearStray deletes the rows that name this node for agents not
+// connected here: a disconnect whose write failed left them, and they
+// send other nodes' commands here to be told "not here".
+func (w *Watcher) clearStray(ctx context.Context, held map[string]int64, here map[string]*conn, pending map[string]bool) {
+	stray := map[string]int64{}
+	for id, e := range held {
+		if here[id] == nil && !pending[id] {
+			stray[id] = e
+			if len(stray) == presenceRepairMax {
+				break
+			}
+		}
+	}
+	if len(stray) == 0 {
+		return
+	}
+	n, err := w.store.ClearStray(ctx, w.node, stray)
+	if err != nil {
+		w.log.Error("presence check: clear rows of agents gone from here", "agents", len(stray), "err", err)
+		return
+	}
+	if n > 0 {
+		w.log.Warn("presence check: cleared rows that named this node for agents not connected here", "agents", n)
 	}
 }
