@@ -85,32 +85,80 @@ func patchSummary(id, version string) string {
 	return "patch " + feedName(id) + " version " + feedName(version)
 }
 
+// feedEvery bounds how often a tenant's feed is published. A busy
+// tenant's commands complete every few milliseconds, and each publish of
+// its feed (its last FeedMax commands) goes to every node of a cluster,
+// which merges it into the one it holds: published at most this often,
+// a feed costs the same at any rate of commands, and a viewer sees the
+// commands of one interval together.
+const feedEvery = 50 * time.Millisecond
+
 // feedCommand adds a completed command, whose completion has committed,
-// to its tenant's feed and publishes the feed. The feed is kept in
+// to its tenant's feed, which publishFeeds publishes. The feed is kept in
 // memory, newest first and bounded, and retained on the broker, so a page
 // opened mid-session shows what came before it; it starts empty when the
 // server does.
 func (m *Manager) feedCommand(s session, e topics.FeedEntry) {
-	tid, err := topics.ParseTenantID(s.tenantID)
-	if err != nil {
+	if _, err := topics.ParseTenantID(s.tenantID); err != nil {
 		return
 	}
 	e.SessionID, e.AgentID, e.CompletedAt = s.id, s.agentID, time.Now().UTC()
 	m.feedMu.Lock()
+	// A new list each time: one taken by publishFeeds is never changed.
 	list := append([]topics.FeedEntry{e}, m.feed[s.tenantID]...)
 	if len(list) > topics.FeedMax {
 		list = list[:topics.FeedMax]
 	}
 	m.feed[s.tenantID] = list
-	b, err := json.Marshal(topics.FeedMsg{V: topics.Version, TenantID: s.tenantID, Entries: list, Time: e.CompletedAt})
-	// Published under the lock, so two completions cannot leave the older
-	// list retained.
-	if err == nil {
-		err = m.Broker.Publish(tid.CommandFeed(), b, true, 1, nil)
-	}
+	m.feedDirty[s.tenantID] = true
 	m.feedMu.Unlock()
-	if err != nil {
-		m.Log.Error("publish command feed", "tenant", s.tenantID, "err", err)
+	select {
+	case m.feedWake <- struct{}{}:
+	default:
+	}
+}
+
+// publishFeeds publishes each tenant's feed once it has changed, at most
+// once a feedEvery, until Stop. It alone publishes feeds, so an older
+// list is never retained after a newer one.
+func (m *Manager) publishFeeds() {
+	defer close(m.feedDone)
+	pause := time.NewTimer(0)
+	<-pause.C
+	for {
+		select {
+		case <-m.feedWake:
+		case <-m.stop:
+			return
+		}
+		m.flushFeeds()
+		pause.Reset(feedEvery)
+		select {
+		case <-pause.C:
+		case <-m.stop:
+			return
+		}
+	}
+}
+
+// flushFeeds publishes the feeds changed since it last ran.
+func (m *Manager) flushFeeds() {
+	m.feedMu.Lock()
+	lists := make(map[string][]topics.FeedEntry, len(m.feedDirty))
+	for tenant := range m.feedDirty {
+		lists[tenant] = m.feed[tenant]
+	}
+	clear(m.feedDirty)
+	m.feedMu.Unlock()
+	for tenant, list := range lists {
+		tid, _ := topics.ParseTenantID(tenant)
+		b, err := json.Marshal(topics.FeedMsg{V: topics.Version, TenantID: tenant, Entries: list, Time: list[0].CompletedAt})
+		if err == nil {
+			err = m.Broker.Publish(tid.CommandFeed(), b, true, 1, nil)
+		}
+		if err != nil {
+			m.Log.Error("publish command feed", "tenant", tenant, "err", err)
+		}
 	}
 }
 

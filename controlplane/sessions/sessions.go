@@ -263,9 +263,14 @@ type Manager struct {
 	// one looks for revocations.
 	checkMu      sync.Mutex
 	revokedSince time.Time
-	// feed holds each tenant's recent commands, newest first (feed.go).
-	feedMu sync.Mutex
-	feed   map[string][]topics.FeedEntry
+	// feed holds each tenant's recent commands, newest first, and
+	// feedDirty the tenants whose feed is still to be published; feedWake
+	// tells publishFeeds, which closes feedDone as it stops (feed.go).
+	feedMu    sync.Mutex
+	feed      map[string][]topics.FeedEntry
+	feedDirty map[string]bool
+	feedWake  chan struct{}
+	feedDone  chan struct{}
 	// ran is signalled as a command in flight here finishes (drain.go).
 	ran chan struct{}
 	// draining is set when this node starts sending its agents away;
@@ -327,6 +332,7 @@ func New(o Options) *Manager {
 		started: time.Now(), runs: map[string]bool{}, ran: make(chan struct{}, 1),
 		arrived: arrivals{pending: map[string]string{}, wake: make(chan struct{}, 1)}, arriveDone: make(chan struct{}),
 		live: map[string]*live{}, acks: map[string]waiter{}, results: map[string]waiter{}, feed: map[string][]topics.FeedEntry{},
+		feedDirty: map[string]bool{}, feedWake: make(chan struct{}, 1), feedDone: make(chan struct{}),
 		stop: make(chan struct{}), stopped: make(chan struct{}), checked: make(chan struct{}),
 	}
 	if o.Rows != nil {
@@ -359,6 +365,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	go m.sweep()
 	go m.checkLoop()
 	go m.arrive()
+	go m.publishFeeds()
 	return nil
 }
 
@@ -370,6 +377,7 @@ func (m *Manager) Stop() {
 	<-m.stopped
 	<-m.checked
 	<-m.arriveDone
+	<-m.feedDone
 	m.workers.Wait()
 }
 
