@@ -795,11 +795,18 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 	if cl.State.Inflight.Len() > 0 && atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0 {
 		next, ok := cl.State.Inflight.NextImmediate()
 		if ok {
-			_ = cl.WritePacket(next)
-			if ok := cl.State.Inflight.Delete(next.PacketID); ok {
-				atomic.AddInt64(&s.Info.Inflight, -1)
+			// A packet held for want of quota stays in flight once sent, with
+			// its own expiry again: its acknowledgement deletes it and returns
+			// the quota it takes now. Deleted here, the acknowledgement would
+			// find nothing, and each held packet would take one unit of the
+			// client's quota for good.
+			next.Expiry = 0
+			if expiry := minimum(s.Options.Capabilities.MaximumMessageExpiryInterval, int64(next.Properties.MessageExpiryInterval)); expiry > 0 {
+				next.Expiry = next.Created + expiry
 			}
+			cl.State.Inflight.Set(next)
 			cl.State.Inflight.DecreaseSendQuota()
+			_ = cl.WritePacket(next)
 		}
 	}
 

@@ -1562,8 +1562,49 @@ func TestServerProcessPacketAndNextImmediate(t *testing.T) {
 	buf, err := io.ReadAll(r)
 	require.NoError(t, err)
 	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).RawBytes, buf)
-	require.Equal(t, int64(0), atomic.LoadInt64(&s.Info.Inflight))
+	// Sent, it is in flight until acknowledged, no longer held.
+	require.Equal(t, int64(1), atomic.LoadInt64(&s.Info.Inflight))
 	require.Equal(t, int32(4), cl.State.Inflight.sendQuota)
+	sent, ok := cl.State.Inflight.Get(next.PacketID)
+	require.True(t, ok)
+	require.GreaterOrEqual(t, sent.Expiry, int64(0))
+	_, ok = cl.State.Inflight.NextImmediate()
+	require.False(t, ok)
+}
+
+// A client with a Receive Maximum of 1 gets every packet held for want of
+// quota as it acknowledges the one before, and has its quota back at the
+// end: a held packet's acknowledgement returns the quota its sending took.
+func TestServerHeldPacketsAcknowledgedReturnTheirQuota(t *testing.T) {
+	s := newServer()
+	cl, r, w := newTestClient()
+	s.Clients.Add(cl)
+	cl.State.Inflight.ResetSendQuota(1)
+	go func() { _, _ = io.Copy(io.Discard, r) }()
+	defer w.Close()
+
+	var ids []uint16
+	for i := 0; i < 3; i++ {
+		pk := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
+		out, err := s.publishToClient(cl, packets.Subscription{Filter: "a/b/c", Qos: 1}, pk)
+		require.NoError(t, err)
+		ids = append(ids, out.PacketID)
+	}
+	require.Equal(t, int32(0), atomic.LoadInt32(&cl.State.Inflight.sendQuota))
+	require.Equal(t, 2, len(cl.State.Inflight.GetAll(true)), "two held for want of quota")
+
+	for i, id := range ids {
+		err := s.processPacket(cl, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: id})
+		require.NoError(t, err)
+		held := 1 - i
+		if held < 0 {
+			held = 0
+		}
+		require.Equal(t, held, len(cl.State.Inflight.GetAll(true)), "held after acknowledging %d", i+1)
+	}
+	require.Zero(t, cl.State.Inflight.Len(), "nothing left in flight")
+	require.Equal(t, int32(1), atomic.LoadInt32(&cl.State.Inflight.sendQuota), "the quota is back")
+	require.Equal(t, int64(0), atomic.LoadInt64(&s.Info.Inflight))
 }
 
 func TestServerProcessPublishAckFailure(t *testing.T) {
