@@ -157,6 +157,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		// subscriptions the broker would not grant today.
 		ConnectPacketBuilder: func(c *paho.Connect, _ *url.URL) (*paho.Connect, error) {
 			c.CleanStart = true
+			// The broker sends no more unacknowledged publishes than the
+			// inbox holds. Unset, the limit is 65,535, and paho makes a
+			// queue of that many pointers for each connection: 512 KiB
+			// that the collector scans at every cycle.
+			if c.Properties == nil {
+				c.Properties = &paho.ConnectProperties{}
+			}
+			rm := uint16(inboxSize)
+			c.Properties.ReceiveMaximum = &rm
 			return c, nil
 		},
 		AttemptConnection: a.dial,
@@ -228,7 +237,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			},
 		},
 	}
-	a.inbox = make(chan *paho.Publish, 256)
+	a.inbox = make(chan *paho.Publish, inboxSize)
 	go func() {
 		for {
 			select {
@@ -272,6 +281,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// inboxSize is how many delivered messages wait for the agent's worker,
+// and so how many unacknowledged publishes the broker may send it (the
+// CONNECT's Receive Maximum).
+const inboxSize = 256
 
 // After refusalsBeforeLongBackoff refusals of its credentials in a row, the
 // agent waits between refusedBackoffMin and refusedBackoffMax before each
