@@ -41,6 +41,12 @@ const (
 	// descriptor limit for everything else the server holds open: its
 	// database pool, the cluster's connections, API clients, files.
 	DescriptorReserve = 256
+	// BusyAnswers is how many connections a broker holding MaxClients
+	// reads at once to answer them 0x89 (server busy). One more is closed
+	// as it is accepted: an agent gets its answer at once either way, and
+	// a storm of connections at a full node cannot take the descriptors
+	// DescriptorReserve keeps for the rest of the server.
+	BusyAnswers = 64
 )
 
 // DefaultMaxClients bounds the connected clients by the process's soft
@@ -83,7 +89,8 @@ type Config struct {
 	MaxPendingPerSource int
 	// MaxClients bounds the clients connected at once: one more is
 	// answered MQTT v5 0x89 (server busy), so that an agent tries another
-	// node. 0 means DefaultMaxClients().
+	// node, and past BusyAnswers more pending, closed as it is accepted.
+	// 0 means DefaultMaxClients().
 	MaxClients int
 	// Policy decides who connects and what they touch; nil refuses all.
 	Policy Policy
@@ -179,6 +186,9 @@ func New(cfg Config) (*Broker, error) {
 		return nil, fmt.Errorf("broker: add redirect hook: %w", err)
 	}
 	ws := newWSListener("ws", cfg)
+	ws.pending.full = func(pending int) bool {
+		return atomic.LoadInt64(&srv.Info.ClientsConnected)+int64(pending) >= int64(cfg.MaxClients)+BusyAnswers
+	}
 	if err := srv.AddListener(ws); err != nil {
 		return nil, fmt.Errorf("broker: listen on %s: %w", cfg.WSAddr, err)
 	}

@@ -450,6 +450,42 @@ func TestBroker_MaxClientsRefusesOneMoreAsBusy(t *testing.T) {
 	}, 5*time.Second, 20*time.Millisecond, "a freed place is taken again")
 }
 
+// A full broker reads up to BusyAnswers connections at once to answer
+// them busy; one more is closed as it is accepted, so that a storm of
+// agents at a full node cannot take the descriptors the rest of the
+// server needs. A pending connection that closes gives its place back.
+func TestBroker_FullBrokerClosesConnectionsPastItsBusyAnswers(t *testing.T) {
+	b := start(t, broker.Config{Policy: anyPolicy{}, MaxClients: 1, MaxPendingPerSource: -1, ConnectTimeout: 30 * time.Second})
+	ctx := t.Context()
+	_, _, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "c1", Username: "u", Password: "p"})
+	require.NoError(t, err)
+	var pending []net.Conn
+	for i := range broker.BusyAnswers {
+		c, err := mqtttest.DialRaw(ctx, b.URL(), "")
+		require.NoError(t, err, "pending connection %d at a full broker", i)
+		pending = append(pending, c)
+		t.Cleanup(func() { _ = c.Close() })
+	}
+	_, err = mqtttest.DialRaw(ctx, b.URL(), "")
+	require.ErrorContains(t, err, "handshake", "one more than BusyAnswers pending at a full broker")
+
+	// A client that connects while fewer are pending is answered busy.
+	require.NoError(t, pending[0].Close())
+	require.Eventually(t, func() bool {
+		c, err := mqtttest.DialRaw(ctx, b.URL(), "")
+		if err != nil {
+			return false
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return true
+	}, 5*time.Second, 20*time.Millisecond, "the place of a closed pending connection is given back")
+	require.NoError(t, pending[1].Close())
+	require.Eventually(t, func() bool {
+		_, ack, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "c2", Username: "u", Password: "p"})
+		return err != nil && ack != nil && ack.ReasonCode == 0x89
+	}, 5*time.Second, 20*time.Millisecond, "answered server busy")
+}
+
 // By default the bound leaves the server a reserve of its descriptor
 // limit for its database, its cluster and its API.
 func TestDefaultMaxClients_LeavesADescriptorReserve(t *testing.T) {

@@ -196,7 +196,10 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 // pendingSet holds the connections not yet answered their CONNECT, and
 // counts them per source.
 type pendingSet struct {
-	max    int // per source; < 0: no bound
+	max int // per source; < 0: no bound
+	// full, when set, is whether the broker has no room for one more
+	// connection beside those pending.
+	full   func(pending int) bool
 	mu     sync.Mutex
 	n      map[netip.Addr]int
 	conns  map[*pendingConn]struct{}
@@ -208,11 +211,11 @@ func newPendingSet(bound int) *pendingSet {
 }
 
 // add takes a slot of c's source for c, unless the source holds max
-// already or the set is closed.
+// already, the broker is full or the set is closed.
 func (s *pendingSet) add(c *pendingConn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || (s.max >= 0 && s.n[c.src] >= s.max) {
+	if s.closed || (s.max >= 0 && s.n[c.src] >= s.max) || (s.full != nil && s.full(len(s.conns))) {
 		return false
 	}
 	s.n[c.src]++
@@ -275,7 +278,7 @@ func (l *pendingListener) Accept() (net.Conn, error) {
 		if l.pending.add(pc) {
 			return pc, nil
 		}
-		l.log.Debug("connection refused: too many pending from its source", "remote", c.RemoteAddr().String())
+		l.log.Debug("connection refused: too many pending from its source, or the broker is full", "remote", c.RemoteAddr().String())
 		_ = c.Close()
 	}
 }
