@@ -8,8 +8,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"runtime"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -128,25 +126,9 @@ func HoldAgents(ctx context.Context, file string, sources, offset int, brokerURL
 		return report()
 	}
 	rep.Connected, rep.Seconds = len(states), total.Seconds()
-	quietCollector()
 	if err := report(); err != nil {
 		return err
 	}
 	<-ctx.Done()
 	return nil
-}
-
-// quietCollector stops this process's periodic garbage collection once
-// its agents are in. A harness process holds what would be 15,000
-// devices' agents, a heap of about 1.5 GB, and the collector's pass over
-// it (forced every two minutes at least) took cores from the servers
-// being measured, on the same machine: 0.72 cores during one run of
-// pings. It collects again only as its memory nears what it holds now
-// and 512 MiB more, as a reconnect wave may take.
-func quietCollector() {
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	debug.SetMemoryLimit(int64(ms.Sys-ms.HeapReleased) + 512<<20)
-	debug.SetGCPercent(-1)
 }
