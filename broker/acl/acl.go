@@ -29,9 +29,11 @@ import (
 	"github.com/argus-remote/argus/topics"
 )
 
-// Credentials finds an agent's stored credential.
+// Credentials finds agents' stored credentials.
 type Credentials interface {
-	Credentials(ctx context.Context, agentID string) (hash []byte, revoked bool, tenantID string, err error)
+	// Credentials calls each for every agent of ids it holds a
+	// credential for, revoked or not.
+	Credentials(ctx context.Context, ids []string, each func(id string, hash []byte, revoked bool, tenantID string)) error
 }
 
 // Tokens checks the credentials of read-only watchers: monitors (an
@@ -133,6 +135,11 @@ type Policy struct {
 	viewers map[string]viewerConn
 
 	denials atomic.Int64
+
+	// lmu guards the lookups waiting for a credential read (lookup.go).
+	lmu     sync.Mutex
+	waiting map[string][]chan lookupResult
+	reading bool
 }
 
 // New returns a Policy that checks agent credentials against creds.
@@ -140,7 +147,7 @@ func New(creds Credentials, log *slog.Logger) *Policy {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Policy{creds: creds, log: log, cache: map[string]cred{}, revoked: map[string]bool{}, active: map[string]bool{},
+	return &Policy{creds: creds, log: log, cache: map[string]cred{}, revoked: map[string]bool{}, active: map[string]bool{}, waiting: map[string][]chan lookupResult{},
 		monitors: map[string]monitorConn{}, viewers: map[string]viewerConn{}}
 }
 
@@ -228,14 +235,14 @@ func (p *Policy) lookup(id string) (cred, bool) {
 	defer cancel()
 	ctx, span := tracer().Start(ctx, "broker.authenticate", trace.WithAttributes(attribute.String("argus.agent_id", id)))
 	defer span.End()
-	hash, isRevoked, tenant, err := p.creds.Credentials(ctx, id)
-	if err != nil {
-		p.log.Debug("agent credential lookup failed", "agent", id, "err", err)
+	r := p.fetch(ctx, id)
+	if r.err != nil || !r.found {
+		p.log.Debug("agent credential lookup failed", "agent", id, "found", r.found, "err", r.err)
 		return cred{}, false
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if isRevoked {
+	if r.c.revoked {
 		p.revoked[id] = true
 	}
 	// A revocation that raced this lookup wins.
@@ -243,7 +250,7 @@ func (p *Policy) lookup(id string) (cred, bool) {
 		delete(p.cache, id)
 		return cred{}, false
 	}
-	c = cred{hash: hash, tenant: tenant, fetched: time.Now()}
+	c = cred{hash: r.c.hash, tenant: r.c.tenant, fetched: time.Now()}
 	p.cache[id] = c
 	return c, true
 }

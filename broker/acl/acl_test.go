@@ -3,6 +3,7 @@ package acl
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,15 +25,25 @@ type fakeCreds struct {
 	secrets map[string]string
 	revoked map[string]bool
 	calls   atomic.Int64
+	// gate, when set, holds each read until it is closed.
+	gate chan struct{}
+	fail error
 }
 
-func (f *fakeCreds) Credentials(ctx context.Context, id string) ([]byte, bool, string, error) {
+func (f *fakeCreds) Credentials(ctx context.Context, ids []string, each func(string, []byte, bool, string)) error {
 	f.calls.Add(1)
-	s, ok := f.secrets[id]
-	if !ok {
-		return nil, false, "", errors.New("not found")
+	if f.gate != nil {
+		<-f.gate
 	}
-	return credential.Hash(s), f.revoked[id], "tenant-1", nil
+	if f.fail != nil {
+		return f.fail
+	}
+	for _, id := range ids {
+		if s, ok := f.secrets[id]; ok {
+			each(id, credential.Hash(s), f.revoked[id], "tenant-1")
+		}
+	}
+	return nil
 }
 
 func newPolicy() (*Policy, *fakeCreds) {
@@ -309,4 +320,55 @@ func mustTenant(s string) topics.TenantID {
 		panic(err)
 	}
 	return id
+}
+
+// Agents whose credentials are not cached, connecting at once, wait on
+// one read or two (the one in flight as they came, and the next), not one
+// each: a node taking in thousands of another node's agents would
+// otherwise hold every database connection it has.
+func TestAuthenticate_ConcurrentLookupsShareReads(t *testing.T) {
+	f := &fakeCreds{secrets: map[string]string{}, revoked: map[string]bool{}, gate: make(chan struct{})}
+	const n = 200
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("00000000-0000-4000-8000-%012d", i)
+		f.secrets[ids[i]] = "secret-" + ids[i]
+	}
+	f.revoked[ids[1]] = true
+	p := New(f, nil)
+
+	results := make(chan bool, n)
+	auth := func(id string) { results <- p.Authenticate(connect(id, id, "secret-"+id)) }
+	go auth(ids[0])
+	require.Eventually(t, func() bool { return f.calls.Load() == 1 }, 5*time.Second, time.Millisecond, "the first read is in flight")
+	for _, id := range ids[1:] {
+		go auth(id)
+	}
+	require.Eventually(t, func() bool {
+		p.lmu.Lock()
+		defer p.lmu.Unlock()
+		return len(p.waiting) == n-1
+	}, 5*time.Second, time.Millisecond, "the others wait behind the first read")
+	close(f.gate)
+	admitted := 0
+	for range n {
+		if <-results {
+			admitted++
+		}
+	}
+	assert.Equal(t, n-1, admitted, "every agent but the revoked one")
+	assert.Equal(t, int64(2), f.calls.Load(), "two reads")
+	assert.True(t, p.Authenticate(connect(ids[0], ids[0], "secret-"+ids[0])))
+	assert.Equal(t, int64(2), f.calls.Load(), "then served from the cache")
+}
+
+// A read that fails admits none of the agents waiting on it, and the
+// next connect reads again.
+func TestAuthenticate_FailedReadAdmitsNone(t *testing.T) {
+	p, f := newPolicy()
+	f.fail = errors.New("database down")
+	assert.False(t, p.Authenticate(connect(agentA, agentA, "secret-a")))
+	f.fail = nil
+	assert.True(t, p.Authenticate(connect(agentA, agentA, "secret-a")))
+	assert.Equal(t, int64(2), f.calls.Load())
 }

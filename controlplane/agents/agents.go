@@ -360,15 +360,24 @@ func (s *Store) Revoke(ctx context.Context, id, reason string, by audit.Entry) (
 	return ended, nil
 }
 
-// Credentials returns the stored secret hash of an agent and whether it is
-// revoked; ErrNotFound for an unknown agent.
-func (s *Store) Credentials(ctx context.Context, id string) (hash []byte, revoked bool, tenantID string, err error) {
-	err = s.pool.QueryRow(ctx, "SELECT secret_hash, revoked_at IS NOT NULL, tenant_id FROM agents WHERE id = $1", id).
-		Scan(&hash, &revoked, &tenantID)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, false, "", ErrNotFound
+// Credentials calls each with the stored secret hash, the revocation and
+// the tenant of every agent of ids there is; ids are agent ids (UUIDs).
+func (s *Store) Credentials(ctx context.Context, ids []string, each func(id string, hash []byte, revoked bool, tenantID string)) error {
+	rows, err := s.pool.Query(ctx, "SELECT id, secret_hash, revoked_at IS NOT NULL, tenant_id FROM agents WHERE id = ANY($1::uuid[])", ids)
+	if err != nil {
+		return err
 	}
-	return hash, revoked, tenantID, err
+	defer rows.Close()
+	for rows.Next() {
+		var id, tenant string
+		var hash []byte
+		var revoked bool
+		if err := rows.Scan(&id, &hash, &revoked, &tenant); err != nil {
+			return err
+		}
+		each(id, hash, revoked, tenant)
+	}
+	return rows.Err()
 }
 
 func nullUUID(s string) *string {
