@@ -63,7 +63,7 @@ type Watcher struct {
 
 	mu     sync.Mutex
 	online map[string]*conn
-	gone   map[string]time.Time // when each agent last left, while it is away
+	gone   departures // when each agent last left, while it is away
 	seen   map[string]agents.Heartbeat
 	denied map[string]*denialWindow
 
@@ -121,7 +121,7 @@ type denialWindow struct {
 func New(store *agents.Store, pool *pgxpool.Pool, tenants Tenants, node string, log *slog.Logger) *Watcher {
 	return &Watcher{
 		store: store, pool: pool, tenants: tenants, node: node, log: log,
-		online: map[string]*conn{}, gone: map[string]time.Time{}, seen: map[string]agents.Heartbeat{}, denied: map[string]*denialWindow{},
+		online: map[string]*conn{}, gone: newDepartures(), seen: map[string]agents.Heartbeat{}, denied: map[string]*denialWindow{},
 		queue: make(chan func(context.Context), queueSize), stop: make(chan struct{}), stopped: make(chan struct{}),
 	}
 }
@@ -202,8 +202,7 @@ func (w *Watcher) Online(agentID string) bool {
 func (w *Watcher) GoneSince(agentID string) (time.Time, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	t, ok := w.gone[agentID]
-	return t, ok
+	return w.gone.since(agentID)
 }
 
 // OnlineCount is how many agents are connected here.
@@ -341,7 +340,7 @@ func (w *Watcher) connected(cl *mqtt.Client) {
 	c := &conn{cl: cl, tenant: tenant, connectedAt: now, epoch: new(int64), lastBeat: now, interval: defaultHeartbeat, state: topics.StateDormant}
 	w.mu.Lock()
 	w.online[cl.ID] = c
-	delete(w.gone, cl.ID)
+	w.gone.back(cl.ID)
 	snap := *c
 	w.mu.Unlock()
 	remote := cl.Net.Remote
@@ -380,14 +379,7 @@ func (w *Watcher) disconnected(cl *mqtt.Client, cause error) {
 	}
 	delete(w.online, cl.ID)
 	at := time.Now().UTC()
-	w.gone[cl.ID] = at
-	if len(w.gone) > goneMax {
-		for id, t := range w.gone {
-			if at.Sub(t) > goneFor {
-				delete(w.gone, id)
-			}
-		}
-	}
+	w.gone.left(cl.ID, at)
 	snap := *c
 	w.mu.Unlock()
 	if w.OnDisconnect != nil {
