@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"hash/fnv"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,12 @@ const (
 	// client per interval, carrying the count of those suppressed.
 	denialAuditEvery = time.Minute
 	queueSize        = 4096
+	// writers is how many goroutines write the hooks' work to the
+	// database. An agent's work always goes to the same one, so it is
+	// written in the order it came; different agents' is written side by
+	// side, a node taking in thousands of agents at once waiting on as
+	// many round trips at a time.
+	writers = 4
 	// goneMax bounds the departures kept; past it, those older than
 	// goneFor are dropped.
 	goneMax = 10_000
@@ -67,9 +74,10 @@ type Watcher struct {
 	seen   map[string]agents.Heartbeat
 	denied map[string]*denialWindow
 
-	queue   chan func(context.Context)
+	queues  [writers]chan func(context.Context)
 	stop    chan struct{}
 	stopped chan struct{}
+	writing sync.WaitGroup
 
 	// OnConnect, when set before Start, runs after an agent connects (in
 	// the broker's goroutine; it must not block).
@@ -119,11 +127,15 @@ type denialWindow struct {
 
 // New returns a Watcher; Start it once the broker exists.
 func New(store *agents.Store, pool *pgxpool.Pool, tenants Tenants, node string, log *slog.Logger) *Watcher {
-	return &Watcher{
+	w := &Watcher{
 		store: store, pool: pool, tenants: tenants, node: node, log: log,
 		online: map[string]*conn{}, gone: newDepartures(), seen: map[string]agents.Heartbeat{}, denied: map[string]*denialWindow{},
-		queue: make(chan func(context.Context), queueSize), stop: make(chan struct{}), stopped: make(chan struct{}),
+		stop: make(chan struct{}), stopped: make(chan struct{}),
 	}
+	for i := range w.queues {
+		w.queues[i] = make(chan func(context.Context), queueSize/writers)
+	}
+	return w
 }
 
 // Start clears this node's stale presence, subscribes to the agents'
@@ -139,6 +151,10 @@ func (w *Watcher) Start(ctx context.Context, srv *mqtt.Server) error {
 	}
 	if err := srv.Subscribe(topics.AgentFilter(topics.Manifest), 2, w.onManifest); err != nil {
 		return err
+	}
+	for _, q := range w.queues {
+		w.writing.Add(1)
+		go w.write(q)
 	}
 	go w.work()
 	return nil
@@ -251,7 +267,7 @@ func (w *Watcher) OnDeny(d acl.Denial) {
 	if d.Write {
 		op = "publish"
 	}
-	w.enqueue(func(ctx context.Context) {
+	w.enqueue(d.ClientID, func(ctx context.Context) {
 		actor := "mqtt-client:" + d.ClientID
 		if d.AgentID != "" {
 			actor = "agent:" + d.AgentID
@@ -270,12 +286,36 @@ func (w *Watcher) OnDeny(d acl.Denial) {
 	})
 }
 
-// enqueue hands work to the worker. It blocks when the queue is full
-// rather than lose a presence change.
-func (w *Watcher) enqueue(f func(context.Context)) {
+// enqueue hands work about key (an agent's or a client's id) to its
+// writer. It blocks when that writer's queue is full rather than lose a
+// presence change.
+func (w *Watcher) enqueue(key string, f func(context.Context)) {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
 	select {
-	case w.queue <- f:
+	case w.queues[h.Sum32()%writers] <- f:
 	case <-w.stop:
+	}
+}
+
+// write runs the work queued on q, and what is left of it at Stop.
+func (w *Watcher) write(q chan func(context.Context)) {
+	defer w.writing.Done()
+	ctx := context.Background()
+	for {
+		select {
+		case f := <-q:
+			w.traced(ctx, f)
+		case <-w.stop:
+			for {
+				select {
+				case f := <-q:
+					f(ctx)
+				default:
+					return
+				}
+			}
+		}
 	}
 }
 
@@ -290,8 +330,6 @@ func (w *Watcher) work() {
 	ctx := context.Background()
 	for {
 		select {
-		case f := <-w.queue:
-			w.traced(ctx, f)
 		case now := <-staleTick.C:
 			w.markStale(now)
 		case <-tick.C:
@@ -299,15 +337,9 @@ func (w *Watcher) work() {
 		case <-presenceTick.C:
 			w.checkPresence(ctx)
 		case <-w.stop:
-			for {
-				select {
-				case f := <-w.queue:
-					f(ctx)
-				default:
-					w.flushSeen(ctx)
-					return
-				}
-			}
+			w.writing.Wait()
+			w.flushSeen(ctx)
+			return
 		}
 	}
 }
@@ -344,7 +376,7 @@ func (w *Watcher) connected(cl *mqtt.Client) {
 	snap := *c
 	w.mu.Unlock()
 	remote := cl.Net.Remote
-	w.enqueue(func(ctx context.Context) {
+	w.enqueue(cl.ID, func(ctx context.Context) {
 		epoch, prev, _, err := w.store.ConnectedFrom(ctx, cl.ID, w.node, remote, c.connectedAt)
 		w.mu.Lock()
 		c.tried = true
@@ -386,7 +418,7 @@ func (w *Watcher) disconnected(cl *mqtt.Client, cause error) {
 		w.OnDisconnect(cl.ID)
 	}
 	handover := w.handover.Load()
-	w.enqueue(func(ctx context.Context) {
+	w.enqueue(cl.ID, func(ctx context.Context) {
 		if *c.epoch == 0 {
 			return // its connect was never recorded
 		}
@@ -504,7 +536,7 @@ func (w *Watcher) onManifest(cl *mqtt.Client, sub packets.Subscription, pk packe
 		return
 	}
 	payload := bytes.Clone(pk.Payload)
-	w.enqueue(func(ctx context.Context) {
+	w.enqueue(id.String(), func(ctx context.Context) {
 		if err := w.store.SetManifest(ctx, id.String(), payload, truncate(m.AgentVersion, 64)); err != nil {
 			w.log.Error("store manifest", "agent", id.String(), "err", err)
 		}
