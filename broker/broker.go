@@ -283,15 +283,18 @@ func (b *Broker) Redirecting() bool { return b.redirect.Load() }
 // reason and reports how many there were; the control plane's own
 // in-process client stays.
 func (b *Broker) DisconnectAll(code packets.Code) int {
-	return b.DisconnectPaced(context.Background(), code, 0)
+	return b.DisconnectPaced(context.Background(), code, 0, nil)
 }
 
 // DisconnectPaced is DisconnectAll at perSecond clients a second (all at
 // once when perSecond is 0 or less), in batches a twentieth of a second
 // apart: clients sent away all at once reconnect all at once, and the
-// servers they go to time out handshakes they cannot take in. It stops
-// early, leaving the rest connected, when ctx ends.
-func (b *Broker) DisconnectPaced(ctx context.Context, code packets.Code, perSecond int) int {
+// servers they go to time out handshakes they cannot take in. Before
+// each batch after the first, ready (when not nil) is called with how
+// many have been sent away so far, and the batch waits for it: the
+// caller holds the pace to what the clients' next servers take in. It
+// stops early, leaving the rest connected, when ctx ends.
+func (b *Broker) DisconnectPaced(ctx context.Context, code packets.Code, perSecond int, ready func(ctx context.Context, sent int)) int {
 	batch, every := pace(perSecond)
 	n, inBatch := 0, 0
 	for _, cl := range b.srv.Clients.GetAll() {
@@ -303,6 +306,12 @@ func (b *Broker) DisconnectPaced(ctx context.Context, code packets.Code, perSeco
 			case <-ctx.Done():
 				return n
 			case <-time.After(every):
+			}
+			if ready != nil {
+				ready(ctx, n)
+			}
+			if ctx.Err() != nil {
+				return n
 			}
 			inBatch = 0
 		}

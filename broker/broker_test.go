@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -421,6 +422,47 @@ func TestBroker_RedirectSendsClientsToAnotherServer(t *testing.T) {
 	_, ack, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: "c1", Username: "u1", Password: "p1"})
 	require.NoError(t, err)
 	assert.Equal(t, byte(0), ack.ReasonCode)
+}
+
+// A paced disconnect waits for its caller's ready before each batch
+// after the first, told how many clients are gone so far: a draining
+// node sends no more agents than the other nodes have taken in.
+func TestBroker_DisconnectPacedWaitsForReady(t *testing.T) {
+	b := start(t, broker.Config{Policy: anyPolicy{}})
+	var clients []*mqtttest.Client
+	for _, id := range []string{"c1", "c2", "c3"} {
+		c, _, err := mqtttest.Dial(t, b.URL(), mqtttest.Options{ClientID: id, Username: "u", Password: "p"})
+		require.NoError(t, err)
+		clients = append(clients, c)
+	}
+	asked := make(chan int)
+	release := make(chan struct{})
+	ready := func(_ context.Context, sent int) {
+		asked <- sent
+		<-release
+	}
+	done := make(chan int, 1)
+	go func() { done <- b.DisconnectPaced(t.Context(), packets.ErrUseAnotherServer, 20, ready) }() // batches of one
+
+	total := 0
+	gone := func() int {
+		for _, c := range clients {
+			select {
+			case <-c.Disconnected:
+				total++
+			default:
+			}
+		}
+		return total
+	}
+	for want := 1; want <= 2; want++ {
+		require.Equal(t, want, <-asked, "ready is told how many are gone")
+		// ready has not returned: no client more can be sent away.
+		require.Eventually(t, func() bool { return gone() == want }, 5*time.Second, 10*time.Millisecond)
+		release <- struct{}{}
+	}
+	assert.Equal(t, 3, <-done)
+	assert.Eventually(t, func() bool { return gone() == 3 }, 5*time.Second, 10*time.Millisecond, "the last one")
 }
 
 // A node holds no more clients than its bound: one more is told the

@@ -36,8 +36,26 @@ func (s *Server) drain(ctx context.Context) {
 	}
 	s.fleet.Handover()
 	// Paced: the other nodes take in what they can; all at once, 10,000
-	// agents' handshakes time out there by the thousand.
-	n := s.broker.DisconnectPaced(ctx, packets.ErrUseAnotherServer, cc.DrainEvictRate)
+	// agents' handshakes time out there by the thousand. No faster than
+	// the others record them either (fleet.HandoverWindow).
+	// If the others take none in for a handover bound, the rest go at
+	// the rate alone.
+	var ready func(context.Context, int)
+	if held, err := s.fleet.HeldHere(ctx); err == nil {
+		stalled := false
+		ready = func(ctx context.Context, sent int) {
+			if stalled {
+				return
+			}
+			wctx, cancel := context.WithTimeout(ctx, cc.HandoverTimeout)
+			defer cancel()
+			if !s.fleet.AwaitRoom(wctx, held, sent) && ctx.Err() == nil {
+				s.log.Warn("draining: the other nodes took no agents in within the bound; sending the rest at the rate alone", "bound", cc.HandoverTimeout)
+				stalled = true
+			}
+		}
+	}
+	n := s.broker.DisconnectPaced(ctx, packets.ErrUseAnotherServer, cc.DrainEvictRate, ready)
 	// Handed over once the others have recorded the agents: until then
 	// their presence rows still say where each came from.
 	hctx, cancel := context.WithTimeout(ctx, cc.HandoverTimeout)

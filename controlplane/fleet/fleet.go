@@ -205,6 +205,37 @@ func (w *Watcher) AwaitHandedOver(ctx context.Context) int {
 	}
 }
 
+// HandoverWindow is how many agents a draining node has sent away and no
+// other node has yet recorded, at most, before it sends more: the others
+// take agents in as fast as they can write them down, and an agent kept
+// waiting behind thousands of others there is a session's command kept
+// waiting with it.
+const HandoverWindow = 1000
+
+// AwaitRoom waits, during a handover, until fewer than HandoverWindow of
+// the sent agents are still recorded here: held is how many rows named
+// this node as the handover began, sent how many agents have been sent
+// away since. It reports false if ctx ended first; when the rows cannot
+// be read it does not wait.
+func (w *Watcher) AwaitRoom(ctx context.Context, held, sent int) bool {
+	t := time.NewTicker(handoverPoll)
+	defer t.Stop()
+	for {
+		n, err := w.store.HeldBy(ctx, w.node)
+		if err != nil && ctx.Err() == nil || err == nil && sent-(held-n) < HandoverWindow {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+}
+
+// HeldHere is how many presence rows name this node.
+func (w *Watcher) HeldHere(ctx context.Context) (int, error) { return w.store.HeldBy(ctx, w.node) }
+
 // Online reports whether the agent is connected to this node now.
 func (w *Watcher) Online(agentID string) bool {
 	w.mu.Lock()
