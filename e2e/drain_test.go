@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"syscall"
 	"testing"
@@ -10,6 +11,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/argus-remote/argus/agent"
+	"github.com/argus-remote/argus/internal/mqtttest"
 	"github.com/argus-remote/argus/internal/testenv"
 	"github.com/argus-remote/argus/patch"
 )
@@ -79,4 +82,52 @@ func TestCluster_DrainTimeoutIsHonoured(t *testing.T) {
 type patchAnswer struct {
 	status, code string
 	err          error
+}
+
+// A draining node sends the agents in a live session away first, before
+// the paced rest: a command for one waits for it to move only as long as
+// command-reconnect-wait, and a drain of thousands of agents takes longer.
+// Here 100 idle agents are sent away at 10 a second behind the session's.
+func TestCluster_DrainSendsSessionAgentsFirst(t *testing.T) {
+	c := newTwoNodes(t, "ARGUS_CLUSTER_DRAIN_EVICT_RATE=10", "ARGUS_ENROLL_RATE_LIMIT=1000")
+	agentID, proc := c.runAgent(t, "cam-gw-1", "")
+	holder := c.holder(t, agentID)
+	require.NotNil(t, holder)
+	sess, token := c.activate(t, holder, agentID)
+
+	const idle = 100
+	var bare []*mqtttest.Client
+	ctx := context.Background()
+	for i := range idle {
+		var tok struct {
+			Token string `json:"token"`
+		}
+		require.NoError(t, c.nodes[0].api.Do(ctx, "POST", "/v1/enrollment-tokens", map[string]string{"tenant": "acme", "name": fmt.Sprint("idle-", i)}, &tok))
+		st, err := agent.Enroll(ctx, holder.proc.APIURL, tok.Token, t.TempDir(), nil)
+		require.NoError(t, err)
+		cl, _, err := mqtttest.Dial(t, holder.proc.MQTTURL, mqtttest.Options{ClientID: st.AgentID, Username: st.AgentID, Password: st.Secret})
+		require.NoError(t, err, "idle agent %d", i)
+		bare = append(bare, cl)
+	}
+	connected := func() int {
+		n := 0
+		for _, cl := range bare {
+			select {
+			case <-cl.Done():
+			default:
+				n++
+			}
+		}
+		return n
+	}
+	require.Equal(t, idle, connected())
+
+	mark := proc.LineCount()
+	require.NoError(t, holder.proc.Cmd.Process.Signal(syscall.SIGTERM))
+	proc.WaitLog(t, mark, "broker asked this agent to use another server", 1, 15*time.Second)
+	assert.GreaterOrEqual(t, connected(), idle-5, "the session's agent went before (nearly) every idle one")
+	res, err := c.ping(c.other(holder), sess.ID, token)
+	require.NoError(t, err, "the session's command through the other node")
+	assert.Equal(t, "ok", res.Status)
+	assert.Greater(t, connected(), 0, "idle agents were still being sent away as the session's command ran")
 }
