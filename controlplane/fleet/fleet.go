@@ -409,13 +409,16 @@ func (w *Watcher) connected(cl *mqtt.Client) {
 	remote := cl.Net.Remote
 	w.enqueue(cl.ID, func(ctx context.Context) {
 		epoch, prev, _, err := w.store.ConnectedFrom(ctx, cl.ID, w.node, remote, c.connectedAt)
+		// Under the lock: the presence check, on another goroutine, reads
+		// the epoch of a connection it sees tried.
 		w.mu.Lock()
 		c.tried = true
+		if err == nil {
+			*c.epoch = epoch
+		}
 		w.mu.Unlock()
 		if err != nil {
 			w.log.Error("record agent connect", "agent", cl.ID, "err", err)
-		} else {
-			*c.epoch = epoch
 		}
 		if w.OnPresent != nil {
 			w.OnPresent(cl.ID, prev.NodeID)
@@ -450,13 +453,16 @@ func (w *Watcher) disconnected(cl *mqtt.Client, cause error) {
 	}
 	handover := w.handover.Load()
 	w.enqueue(cl.ID, func(ctx context.Context) {
-		if *c.epoch == 0 {
+		w.mu.Lock()
+		epoch := *c.epoch // the presence check may have recorded it late
+		w.mu.Unlock()
+		if epoch == 0 {
 			return // its connect was never recorded
 		}
 		if handover {
 			return // the next node replaces the row (see Handover)
 		}
-		if err := w.store.Disconnected(ctx, cl.ID, *c.epoch, at); err != nil {
+		if err := w.store.Disconnected(ctx, cl.ID, epoch, at); err != nil {
 			w.log.Error("record agent disconnect", "agent", cl.ID, "err", err)
 		}
 	})

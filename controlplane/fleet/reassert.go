@@ -121,7 +121,9 @@ func (w *Watcher) checkPresence(ctx context.Context) {
 				w.log.Error("presence check: record agent connect", "agent", id, "err", err)
 				continue
 			}
+			w.mu.Lock()
 			*c.epoch = epoch
+			w.mu.Unlock()
 			w.log.Warn("presence check: connection recorded late (its connect's write had failed)", "agent", id, "epoch", epoch)
 			if w.OnPresent != nil {
 				w.OnPresent(id, prev.NodeID)
