@@ -363,7 +363,26 @@ func (s *Store) Revoke(ctx context.Context, id, reason string, by audit.Entry) (
 // Credentials calls each with the stored secret hash, the revocation and
 // the tenant of every agent of ids there is; ids are agent ids (UUIDs).
 func (s *Store) Credentials(ctx context.Context, ids []string, each func(id string, hash []byte, revoked bool, tenantID string)) error {
-	rows, err := s.pool.Query(ctx, "SELECT id, secret_hash, revoked_at IS NOT NULL, tenant_id FROM agents WHERE id = ANY($1::uuid[])", ids)
+	return s.eachCredential(ctx, each, "SELECT id, secret_hash, revoked_at IS NOT NULL, tenant_id FROM agents WHERE id = ANY($1::uuid[])", ids)
+}
+
+func nullUUID(s string) *string {
+	if _, err := uuid.Parse(s); err != nil {
+		return nil
+	}
+	return &s
+}
+
+// LiveCredentials calls each for every live agent's credential.
+func (s *Store) LiveCredentials(ctx context.Context, each func(id string, hash []byte, tenant string)) error {
+	return s.eachCredential(ctx, func(id string, hash []byte, _ bool, tenant string) { each(id, hash, tenant) },
+		"SELECT id, secret_hash, false, tenant_id FROM agents WHERE revoked_at IS NULL")
+}
+
+// eachCredential calls each for every row of q: id, secret hash,
+// revoked, tenant.
+func (s *Store) eachCredential(ctx context.Context, each func(id string, hash []byte, revoked bool, tenantID string), q string, args ...any) error {
+	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
 		return err
 	}
@@ -376,31 +395,6 @@ func (s *Store) Credentials(ctx context.Context, ids []string, each func(id stri
 			return err
 		}
 		each(id, hash, revoked, tenant)
-	}
-	return rows.Err()
-}
-
-func nullUUID(s string) *string {
-	if _, err := uuid.Parse(s); err != nil {
-		return nil
-	}
-	return &s
-}
-
-// LiveCredentials calls each for every live agent's credential.
-func (s *Store) LiveCredentials(ctx context.Context, each func(id string, hash []byte, tenant string)) error {
-	rows, err := s.pool.Query(ctx, "SELECT id, secret_hash, tenant_id FROM agents WHERE revoked_at IS NULL")
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id, tenant string
-		var hash []byte
-		if err := rows.Scan(&id, &hash, &tenant); err != nil {
-			return err
-		}
-		each(id, hash, tenant)
 	}
 	return rows.Err()
 }
