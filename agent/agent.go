@@ -162,7 +162,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			// queue of that many pointers for each connection: 512 KiB
 			// that the collector scans at every cycle.
 			if c.Properties == nil {
-				c.Properties = &paho.ConnectProperties{}
+				// As paho's own: a CONNECT saying "no problem information"
+				// gets its PUBLISHes from mochi without user properties,
+				// and a command's trace context rides in them.
+				c.Properties = &paho.ConnectProperties{RequestProblemInfo: true}
 			}
 			rm := uint16(inboxSize)
 			c.Properties.ReceiveMaximum = &rm

@@ -68,6 +68,8 @@ func TestAgent_ReceiveMaximumIsItsInbox(t *testing.T) {
 	cl, ok := b.Server().Clients.Get(id)
 	require.True(t, ok, "the broker holds the agent's client")
 	require.Equal(t, uint16(inboxSize), cl.Properties.Props.ReceiveMaximum, "the CONNECT's Receive Maximum")
+	require.False(t, cl.Properties.Props.RequestProblemInfoFlag && cl.Properties.Props.RequestProblemInfo == 0,
+		"the CONNECT does not refuse problem information (mochi would strip its PUBLISHes' user properties)")
 }
 
 // BenchmarkAgent_HeapPerConnection reports the heap a connected, dormant
