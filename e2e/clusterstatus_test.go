@@ -244,23 +244,27 @@ func TestClusterStatus_WatchersOnAnyNodeSeeEveryAgentAndTenant(t *testing.T) {
 	}, "late node C's summary: three nodes, the agents on A")
 
 	// argusctl cluster status, through node B, for a monitor and an admin,
-	// once C's route to B is up (C has only just joined).
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		var cs struct {
-			Nodes []struct {
-				Reachable *bool `json:"reachable"`
-			} `json:"nodes"`
-		}
-		if onB.Do(ctx, "GET", "/v1/cluster", nil, &cs) != nil || len(cs.Nodes) != 3 {
-			return false
-		}
-		for _, n := range cs.Nodes {
-			if n.Reachable == nil || !*n.Reachable {
+	// and through node C, once C's routes to A and to B are both up (C has
+	// only just joined, and NATS forms each route on its own).
+	onC := &apiclient.Client{BaseURL: nodeC.APIURL(), Token: admin, OpsToken: opsToken}
+	for _, on := range []*apiclient.Client{onB, onC} {
+		testenv.Eventually(t, 10*time.Second, func() bool {
+			var cs struct {
+				Nodes []struct {
+					Reachable *bool `json:"reachable"`
+				} `json:"nodes"`
+			}
+			if on.Do(ctx, "GET", "/v1/cluster", nil, &cs) != nil || len(cs.Nodes) != 3 {
 				return false
 			}
-		}
-		return true
-	}, "every node reachable from node B")
+			for _, n := range cs.Nodes {
+				if n.Reachable == nil || !*n.Reachable {
+					return false
+				}
+			}
+			return true
+		}, "every node reachable from "+on.BaseURL)
+	}
 	for _, token := range []string{monitor, admin} {
 		var cs struct {
 			Node  string `json:"node"`
