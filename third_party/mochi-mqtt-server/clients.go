@@ -651,7 +651,7 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	}
 
 	if cl.Properties.Props.RequestProblemInfoFlag && cl.Properties.Props.RequestProblemInfo == 0x0 {
-		pk.Mods.DisallowProblemInfo = true // [MQTT-3.1.2-29] strict, no problem info on any packet if set
+		pk.Mods.DisallowProblemInfo = true // [MQTT-3.1.2-29] none on any packet but a PUBLISH's user properties (problemInfoAllowed)
 	}
 
 	if pk.FixedHeader.Type != packets.Connack || cl.Properties.Props.RequestResponseInfo == 0x1 || cl.ops.options.Capabilities.Compatibilities.AlwaysReturnResponseInfo {

@@ -868,6 +868,34 @@ func TestClientWritePacket(t *testing.T) {
 	}
 }
 
+func TestClientWritePacketNoProblemInfoKeepsPublishUserProperties(t *testing.T) {
+	// A client that asks for no problem information [MQTT-3.1.2-29] is
+	// still sent a message's User Properties [MQTT-3.3.2-17].
+	cl, r, _ := newTestClient()
+	defer cl.Stop(errClientStop)
+	cl.Properties.ProtocolVersion = 5
+	cl.Properties.Props.RequestProblemInfo = 0
+	cl.Properties.Props.RequestProblemInfoFlag = true
+
+	o := make(chan []byte)
+	go func() {
+		buf, err := io.ReadAll(r)
+		require.NoError(t, err)
+		o <- buf
+	}()
+	err := cl.WritePacket(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish},
+		TopicName:   "a/b",
+		Payload:     []byte("x"),
+		Properties:  packets.Properties{User: []packets.UserProperty{{Key: "traceparent", Val: "00-ab"}}},
+	})
+	require.NoError(t, err)
+	_ = cl.Net.Conn.Close()
+
+	user := append([]byte{packets.PropUser, 0, 11}, "traceparent\x00\x0500-ab"...)
+	require.True(t, bytes.Contains(<-o, user), "the PUBLISH keeps its user property")
+}
+
 func TestClientWritePacketBuffer(t *testing.T) {
 	r, w := net.Pipe()
 

@@ -190,6 +190,16 @@ func (p *Properties) Copy(allowTransfer bool) Properties {
 	return pr
 }
 
+// problemInfoAllowed reports whether a Reason String or User Properties may
+// be encoded on a packet of type pkt. A client that asked for no problem
+// information is sent them on no packet but PUBLISH, where the User
+// Properties are the application message's own, which must be forwarded
+// unaltered [MQTT-3.3.2-17]; on CONNACK and DISCONNECT they are allowed
+// too [MQTT-3.1.2-29], but the server stays strict there.
+func problemInfoAllowed(pkt byte, mods Mods) bool {
+	return !mods.DisallowProblemInfo || pkt == Publish
+}
+
 // canEncode returns true if the property type is valid for the packet type.
 func (p *Properties) canEncode(pkt byte, k byte) bool {
 	return validPacketProperties[k][pkt] == 1
@@ -290,7 +300,7 @@ func (p *Properties) Encode(pkt byte, mods Mods, b *bytes.Buffer, n int) {
 
 	// [MQTT-3.2.2-19] [MQTT-3.14.2-3] [MQTT-3.4.2-2] [MQTT-3.5.2-2]
 	// [MQTT-3.6.2-2] [MQTT-3.9.2-1] [MQTT-3.11.2-1] [MQTT-3.15.2-2]
-	if !mods.DisallowProblemInfo && p.canEncode(pkt, PropReasonString) && p.ReasonString != "" {
+	if problemInfoAllowed(pkt, mods) && p.canEncode(pkt, PropReasonString) && p.ReasonString != "" {
 		b := encodeString(p.ReasonString)
 		if mods.MaxSize == 0 || uint32(n+len(b)+1) < mods.MaxSize {
 			buf.WriteByte(PropReasonString)
@@ -323,7 +333,7 @@ func (p *Properties) Encode(pkt byte, mods Mods, b *bytes.Buffer, n int) {
 		buf.WriteByte(p.RetainAvailable)
 	}
 
-	if !mods.DisallowProblemInfo && p.canEncode(pkt, PropUser) {
+	if problemInfoAllowed(pkt, mods) && p.canEncode(pkt, PropUser) {
 		pb := mempool.GetBuffer()
 		defer mempool.PutBuffer(pb)
 		for _, v := range p.User {

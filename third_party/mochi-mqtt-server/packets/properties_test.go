@@ -216,6 +216,30 @@ func TestEncodePropertiesDisallowProblemInfo(t *testing.T) {
 	require.False(t, bytes.Contains(b.Bytes(), []byte{26, 0, 8}))
 }
 
+func TestEncodePropertiesDisallowProblemInfoKeepsPublishUserProperties(t *testing.T) {
+	// A client that asks for no problem information [MQTT-3.1.2-29] is
+	// still sent a PUBLISH's User Properties, the application message's
+	// own, forwarded unaltered [MQTT-3.3.2-17]; on every other packet the
+	// server sends it neither a Reason String nor User Properties.
+	reason, user := []byte{31, 0, 6}, []byte{38, 0, 5}
+	for _, tc := range []struct {
+		pkt          byte
+		reason, user bool
+	}{
+		{Publish, false, true}, // a PUBLISH carries no Reason String at all
+		{Connack, false, false},
+		{Disconnect, false, false},
+		{Puback, false, false},
+		{Suback, false, false},
+	} {
+		props := propertiesStruct
+		b := bytes.NewBuffer([]byte{})
+		props.Encode(tc.pkt, Mods{DisallowProblemInfo: true}, b, 0)
+		require.Equal(t, tc.reason, bytes.Contains(b.Bytes(), reason), "reason string on packet type %d", tc.pkt)
+		require.Equal(t, tc.user, bytes.Contains(b.Bytes(), user), "user properties on packet type %d", tc.pkt)
+	}
+}
+
 func TestEncodePropertiesDisallowResponseInfo(t *testing.T) {
 	props := propertiesStruct
 	b := bytes.NewBuffer([]byte{})
