@@ -589,6 +589,9 @@ func (s *Server) close(ctx context.Context) error {
 	} else if s.httpLn != nil {
 		_ = s.httpLn.Close()
 	}
+	if s.sessions != nil && s.broker != nil {
+		s.sessions.FlushFeeds() // the last commands' feed, while the broker still carries it
+	}
 	if s.broker != nil {
 		if err := s.broker.Close(); err != nil {
 			errs = append(errs, err)

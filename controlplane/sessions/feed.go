@@ -119,8 +119,8 @@ func (m *Manager) feedCommand(s session, e topics.FeedEntry) {
 }
 
 // publishFeeds publishes each tenant's feed once it has changed, at most
-// once a feedEvery, until Stop. It alone publishes feeds, so an older
-// list is never retained after a newer one.
+// once a feedEvery, and at once when FlushFeeds asks, until Stop. It alone
+// publishes feeds, so an older list is never retained after a newer one.
 func (m *Manager) publishFeeds() {
 	defer close(m.feedDone)
 	pause := time.NewTimer(0)
@@ -128,16 +128,40 @@ func (m *Manager) publishFeeds() {
 	for {
 		select {
 		case <-m.feedWake:
+		case done := <-m.feedFlush:
+			m.flushFeeds()
+			close(done)
+			continue
 		case <-m.stop:
 			return
 		}
 		m.flushFeeds()
 		pause.Reset(feedEvery)
-		select {
-		case <-pause.C:
-		case <-m.stop:
-			return
+	paused:
+		for {
+			select {
+			case <-pause.C:
+				break paused
+			case done := <-m.feedFlush:
+				m.flushFeeds()
+				close(done)
+			case <-m.stop:
+				return
+			}
 		}
+	}
+}
+
+// FlushFeeds publishes at once the feeds still waiting for their interval.
+// A stopping node calls it once its API has answered its last call and
+// before its broker, which carries the feeds to the other nodes, closes:
+// the tenant sees every command, up to the last.
+func (m *Manager) FlushFeeds() {
+	done := make(chan struct{})
+	select {
+	case m.feedFlush <- done:
+		<-done
+	case <-m.feedDone:
 	}
 }
 

@@ -270,6 +270,7 @@ type Manager struct {
 	feed      map[string][]topics.FeedEntry
 	feedDirty map[string]bool
 	feedWake  chan struct{}
+	feedFlush chan chan struct{}
 	feedDone  chan struct{}
 	// ran is signalled as a command in flight here finishes (drain.go).
 	ran chan struct{}
@@ -332,7 +333,7 @@ func New(o Options) *Manager {
 		started: time.Now(), runs: map[string]bool{}, ran: make(chan struct{}, 1),
 		arrived: arrivals{pending: map[string]string{}, wake: make(chan struct{}, 1)}, arriveDone: make(chan struct{}),
 		live: map[string]*live{}, acks: map[string]waiter{}, results: map[string]waiter{}, feed: map[string][]topics.FeedEntry{},
-		feedDirty: map[string]bool{}, feedWake: make(chan struct{}, 1), feedDone: make(chan struct{}),
+		feedDirty: map[string]bool{}, feedWake: make(chan struct{}, 1), feedFlush: make(chan chan struct{}), feedDone: make(chan struct{}),
 		stop: make(chan struct{}), stopped: make(chan struct{}), checked: make(chan struct{}),
 	}
 	if o.Rows != nil {
