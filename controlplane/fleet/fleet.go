@@ -78,6 +78,9 @@ type Watcher struct {
 	stop    chan struct{}
 	stopped chan struct{}
 	writing sync.WaitGroup
+	// running says Start got as far as its workers: a start that failed
+	// before has nothing for Stop to wait for.
+	running bool
 
 	// OnConnect, when set before Start, runs after an agent connects (in
 	// the broker's goroutine; it must not block).
@@ -156,6 +159,7 @@ func (w *Watcher) Start(ctx context.Context, srv *mqtt.Server) error {
 		w.writing.Add(1)
 		go w.write(q)
 	}
+	w.running = true
 	go w.work()
 	return nil
 }
@@ -163,6 +167,9 @@ func (w *Watcher) Start(ctx context.Context, srv *mqtt.Server) error {
 // Stop drains queued writes and stops the worker. Call it after the broker
 // has closed, so the last disconnects are recorded.
 func (w *Watcher) Stop() {
+	if !w.running {
+		return
+	}
 	close(w.stop)
 	<-w.stopped
 	if w.handover.Load() {

@@ -157,6 +157,9 @@ func (m *Manager) publishFeeds() {
 // before its broker, which carries the feeds to the other nodes, closes:
 // the tenant sees every command, up to the last.
 func (m *Manager) FlushFeeds() {
+	if !m.workersRun {
+		return
+	}
 	done := make(chan struct{})
 	select {
 	case m.feedFlush <- done:

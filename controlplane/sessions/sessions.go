@@ -257,8 +257,11 @@ type Manager struct {
 	stop     chan struct{}
 	stopped  chan struct{}
 	checked  chan struct{}
-	workers  sync.WaitGroup
-	rows     *rowcache.Cache[sessionRow]
+	// workersRun says Start got as far as its workers: a start that failed
+	// before has nothing for Stop or FlushFeeds to wait for.
+	workersRun bool
+	workers    sync.WaitGroup
+	rows       *rowcache.Cache[sessionRow]
 	// checkMu serialises state checks; revokedSince is where the next
 	// one looks for revocations.
 	checkMu      sync.Mutex
@@ -363,6 +366,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	if err := m.interruptOverdue(ctx); err != nil {
 		return fmt.Errorf("sessions: interrupted commands: %w", err)
 	}
+	m.workersRun = true
 	go m.sweep()
 	go m.checkLoop()
 	go m.arrive()
@@ -374,6 +378,9 @@ func (m *Manager) Start(ctx context.Context) error {
 // database: a server restart does not end them, and their agents enforce
 // their expiry.
 func (m *Manager) Stop() {
+	if !m.workersRun {
+		return
+	}
 	close(m.stop)
 	<-m.stopped
 	<-m.checked

@@ -97,6 +97,23 @@ func StartInProcess(t testing.TB, env *Env, overrides map[string]any) *server.Se
 // configuration (a span processor, say).
 func StartInProcessWith(t testing.TB, env *Env, overrides map[string]any, mutate func(*server.Config)) *server.Server {
 	t.Helper()
+	cfg := InProcessConfig(t, env, overrides)
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	srv, err := server.Start(context.Background(), cfg, TestLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close(context.Background()) })
+	return srv
+}
+
+// InProcessConfig is the configuration StartInProcess starts a server
+// with: env's database and data dir, loopback listeners on free ports,
+// then overrides.
+func InProcessConfig(t testing.TB, env *Env, overrides map[string]any) server.Config {
+	t.Helper()
 	v := viper.New()
 	if err := settings.Load(v, nil, "", server.Keys); err != nil {
 		t.Fatal(err)
@@ -112,16 +129,12 @@ func StartInProcessWith(t testing.TB, env *Env, overrides map[string]any, mutate
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv, err := server.Start(context.Background(), cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Close(context.Background()) })
-	return srv
+	return cfg
+}
+
+// TestLogger logs warnings and errors to t.
+func TestLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
 type testWriter struct{ t testing.TB }
