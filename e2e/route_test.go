@@ -592,3 +592,28 @@ func TestRoute_MeasurePingLatency(t *testing.T) {
 		t.Logf("%s: audited ping p50 %v p99 %v (%d runs)", c.name, d[runs/2].Round(10*time.Microsecond), d[runs*99/100].Round(10*time.Microsecond), runs)
 	}
 }
+
+// An activation that reaches the holding node after its session's end
+// was applied there (each NATS subscription runs its own callbacks, so an
+// end's broadcast can overtake the delivery sent before it) does not open
+// the ended session: the holder reads the record once it has opened it,
+// as it does for an agent that moves in.
+func TestCluster_ActivationOvertakenByItsEndIsNotOpened(t *testing.T) {
+	n := newRoutedPair(t, nil, nil)
+	n.a.consentAndArm(t)
+	remote, _, _ := n.b.runAgent(t, "cam-gw-overtaken")
+	n.heldBy(t, remote, "node-b")
+	sess, _ := n.a.activate(t, remote, "")
+	require.NoError(t, n.a.do(t, "POST", "/v1/support/sessions/"+sess.ID+"/deactivate", nil, nil))
+	testenv.Eventually(t, 5*time.Second, func() bool { return !n.b.srv.Policy().Active(remote) }, "the end applied on node B")
+
+	// The activation's delivery, arriving now, well within its deadline.
+	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ans, err := n.a.srv.Wire().Deliver(rctx, "node-b", cluster.Delivery{Kind: cluster.DeliverActivation, AgentID: remote,
+		SessionID: sess.ID, TenantID: sess.TenantID, Operator: sess.Operator, Reason: sess.Reason,
+		CreatedAt: sess.CreatedAt, ExpiresAt: sess.ExpiresAt, Deadline: time.Now().Add(3 * time.Second)})
+	require.NoError(t, err)
+	assert.Equal(t, cluster.Ended, ans.Code)
+	assert.False(t, n.b.srv.Policy().Active(remote), "the ended session's commands are closed on node B")
+}

@@ -314,6 +314,17 @@ func (m *Manager) openHere(ctx context.Context, d cluster.Delivery) cluster.Answ
 	if !m.openOnBroker(l, d.Reason) {
 		return cluster.Answer{Code: cluster.Ended}
 	}
+	// Each NATS subscription runs its own callbacks, so the end of this
+	// session may have been applied here before this delivery, sent ahead
+	// of it, found an entry to close. Read the record once the session is
+	// open, as takeOver does: an end committed later is broadcast to the
+	// entry now here.
+	if ended, err := m.endedInRecord(ctx, d.SessionID); err != nil {
+		m.Log.Warn("re-read a session opened for another node", "session", d.SessionID, "err", err)
+	} else if ended {
+		m.ApplyEnded(Ended{ID: d.SessionID, TenantID: d.TenantID, AgentID: d.AgentID})
+		return cluster.Answer{Code: cluster.Ended}
+	}
 	timer := time.NewTimer(time.Until(d.Deadline))
 	defer timer.Stop()
 	select {
