@@ -265,7 +265,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 			}
 			tag, err := m.Pool.Exec(ctx, "UPDATE support_sessions SET acked_at = now() WHERE id = $1 AND ended_at IS NULL", s.ID)
 			if err != nil {
-				return m.failActivation(context.WithoutCancel(ctx), s, "the acknowledgement could not be recorded")
+				return m.failActivation(ctx, s, "the acknowledgement could not be recorded")
 			}
 			if tag.RowsAffected() == 0 {
 				// Ended meanwhile: its end's broker steps may have run
@@ -282,7 +282,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 				m.AfterEnd(ended)
 				return Session{}, "", refuse(http.StatusConflict, "session_ended", "the session ended while it was being activated")
 			case EndNoAck:
-				return m.failActivation(context.WithoutCancel(ctx), s, "the agent did not acknowledge the activation in time")
+				return m.failActivation(ctx, s, "the agent did not acknowledge the activation in time")
 			}
 			if _, err := m.End(context.WithoutCancel(ctx), s.ID, EndUnreachable, audit.Entry{Actor: "system"}); err != nil && !errors.Is(err, ErrEnded) {
 				return Session{}, "", err
@@ -291,7 +291,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (_ Session,
 		case <-timer.C:
 			return m.failActivation(ctx, s, "the agent did not acknowledge the activation in time")
 		case <-ctx.Done():
-			return m.failActivation(context.WithoutCancel(ctx), s, "the request was cancelled")
+			return m.failActivation(ctx, s, "the request was cancelled")
 		}
 	}
 }
@@ -304,7 +304,11 @@ func (m *Manager) endedInRecord(ctx context.Context, sessionID string) (bool, er
 	return !open, err
 }
 
+// failActivation ends a committed session that did not open. Its end is
+// what follows the commit, so it runs whether or not the caller is still
+// there: the request's own cancellation can be what made it fail.
 func (m *Manager) failActivation(ctx context.Context, s Session, why string) (Session, string, error) {
+	ctx = context.WithoutCancel(ctx)
 	if _, err := m.End(ctx, s.ID, EndNoAck, audit.Entry{Actor: "system"}); err != nil && !errors.Is(err, ErrEnded) {
 		return Session{}, "", err
 	}
