@@ -72,7 +72,7 @@ type Watcher struct {
 	online map[string]*conn
 	gone   departures // when each agent last left, while it is away
 	seen   map[string]agents.Heartbeat
-	denied map[string]*denialWindow
+	denied *denials
 
 	queues  [writers]chan func(context.Context)
 	stop    chan struct{}
@@ -123,16 +123,11 @@ type conn struct {
 	killSwitch bool
 }
 
-type denialWindow struct {
-	last       time.Time
-	suppressed int
-}
-
 // New returns a Watcher; Start it once the broker exists.
 func New(store *agents.Store, pool *pgxpool.Pool, tenants Tenants, node string, log *slog.Logger) *Watcher {
 	w := &Watcher{
 		store: store, pool: pool, tenants: tenants, node: node, log: log,
-		online: map[string]*conn{}, gone: newDepartures(), seen: map[string]agents.Heartbeat{}, denied: map[string]*denialWindow{},
+		online: map[string]*conn{}, gone: newDepartures(), seen: map[string]agents.Heartbeat{}, denied: newDenials(),
 		stop: make(chan struct{}), stopped: make(chan struct{}),
 	}
 	for i := range w.queues {
@@ -281,21 +276,12 @@ func (w *Watcher) Hook() mqtt.Hook { return &hook{w: w} }
 // OnDeny is the ACL policy's refusal callback: it queues an audit row,
 // at most one per client per minute.
 func (w *Watcher) OnDeny(d acl.Denial) {
-	now := time.Now()
 	w.mu.Lock()
-	win := w.denied[d.ClientID]
-	if win == nil {
-		win = &denialWindow{}
-		w.denied[d.ClientID] = win
-	}
-	if now.Sub(win.last) < denialAuditEvery {
-		win.suppressed++
-		w.mu.Unlock()
+	audited, suppressed := w.denied.admit(d.ClientID, time.Now())
+	w.mu.Unlock()
+	if !audited {
 		return
 	}
-	suppressed := win.suppressed
-	win.last, win.suppressed = now, 0
-	w.mu.Unlock()
 
 	tenant := ""
 	if d.AgentID != "" {
