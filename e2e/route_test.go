@@ -617,3 +617,34 @@ func TestCluster_ActivationOvertakenByItsEndIsNotOpened(t *testing.T) {
 	assert.Equal(t, cluster.Ended, ans.Code)
 	assert.False(t, n.b.srv.Policy().Active(remote), "the ended session's commands are closed on node B")
 }
+
+// A delivery that names its session or tenant by something that is not
+// an id is refused by the holder, which keeps and opens nothing for it:
+// kept, such a session id would fail each drift check's query from then
+// on, and the check would repair nothing.
+func TestCluster_DeliveryNamingNoIDsIsRefused(t *testing.T) {
+	n := newRoutedPair(t, nil, nil)
+	n.a.consentAndArm(t)
+	remote, _, _ := n.b.runAgent(t, "cam-gw-malformed")
+	n.heldBy(t, remote, "node-b")
+	var tenantID string
+	ctx := context.Background()
+	require.NoError(t, n.a.srv.Database().Pool.QueryRow(ctx, "SELECT tenant_id::text FROM agents WHERE id = $1", remote).Scan(&tenantID))
+	const session = "9a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d"
+	now := time.Now()
+	for _, d := range []cluster.Delivery{
+		{Kind: cluster.DeliverActivation, SessionID: "not-a-session", TenantID: tenantID},
+		{Kind: cluster.DeliverActivation, SessionID: strings.ToUpper(session), TenantID: tenantID},
+		{Kind: cluster.DeliverActivation, SessionID: session, TenantID: "acme"},
+		{Kind: cluster.DeliverCommand, SessionID: session, CommandID: "1"},
+	} {
+		d.AgentID, d.Operator, d.Reason, d.Name = remote, "alice", "INC-13", "ping"
+		d.CreatedAt, d.ExpiresAt, d.Deadline = now, now.Add(30*time.Minute), now.Add(3*time.Second)
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		ans, err := n.a.srv.Wire().Deliver(rctx, "node-b", d)
+		cancel()
+		require.NoError(t, err)
+		assert.Equal(t, cluster.Malformed, ans.Code, "%s %q %q %q", d.Kind, d.SessionID, d.TenantID, d.CommandID)
+		assert.False(t, n.b.srv.Policy().Active(remote), "nothing opened for %s %q", d.Kind, d.SessionID)
+	}
+}

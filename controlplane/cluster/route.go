@@ -45,6 +45,9 @@ const (
 	// holder was frozen, say), when its sender had stopped waiting;
 	// nothing was handed to the agent.
 	Expired = "expired"
+	// Malformed: the delivery names its session, tenant or command by
+	// something that is not an id; nothing was handed to the agent.
+	Malformed = "malformed"
 )
 
 // MaxPayload is the embedded NATS server's max_payload. A command's

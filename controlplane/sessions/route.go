@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/argus-remote/argus/controlplane/cluster"
+	"github.com/argus-remote/argus/controlplane/input"
 	"github.com/argus-remote/argus/topics"
 )
 
@@ -234,6 +235,12 @@ func (m *Manager) ServeDelivery(ctx context.Context, d cluster.Delivery) cluster
 	if !m.Fleet.Online(d.AgentID) {
 		return cluster.Answer{Code: cluster.NotHere}
 	}
+	if !wellFormed(d) {
+		// Kept here, a session id that is no id would fail every drift
+		// check's query from then on.
+		m.Log.Warn("delivery from another node names something that is not an id; not handed on", "kind", d.Kind, "agent", d.AgentID)
+		return cluster.Answer{Code: cluster.Malformed}
+	}
 	switch d.Kind {
 	case cluster.DeliverCommand:
 		m.awaitSubscribed(ctx, d.AgentID, min(m.ReconnectWait, time.Until(d.Deadline)))
@@ -267,6 +274,19 @@ func (m *Manager) ServeDelivery(ctx context.Context, d cluster.Delivery) cluster
 		return cluster.Answer{Body: b}
 	}
 	return cluster.Answer{Code: "unknown_kind"}
+}
+
+// wellFormed reports whether the ids a command or an activation names are
+// ids, in their canonical form (the keys this node's maps use).
+func wellFormed(d cluster.Delivery) bool {
+	isID := func(s string) bool { id, ok := input.ID(s); return ok && id == s }
+	switch d.Kind {
+	case cluster.DeliverCommand:
+		return isID(d.SessionID) && isID(d.CommandID)
+	case cluster.DeliverActivation:
+		return isID(d.SessionID) && isID(d.TenantID)
+	}
+	return true
 }
 
 // awaitSubscribed waits up to wait for an agent connected here to take
