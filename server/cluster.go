@@ -219,7 +219,7 @@ func (s *Server) joinCluster(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.wire = wire
+	s.wire.Store(wire)
 	if err := wire.OnChange(s.applyChange); err != nil {
 		return err
 	}
@@ -300,7 +300,7 @@ func (s *Server) takeBack() {
 }
 
 // Wire is this node's connection to the others.
-func (s *Server) Wire() *cluster.Wire { return s.wire }
+func (s *Server) Wire() *cluster.Wire { return s.wire.Load() }
 
 // Fenced reports whether this node holds no valid lease.
 func (s *Server) Fenced() bool { return s.members != nil && s.members.Fenced() }
@@ -324,7 +324,7 @@ func (s *Server) applyChange(c cluster.Change) {
 // broadcastEnded tells the other nodes of ends this node committed.
 func (s *Server) broadcastEnded(ended []sessions.Ended) {
 	for _, e := range ended {
-		s.wire.Broadcast(cluster.Change{Kind: cluster.SessionEnded, SessionID: e.ID, TenantID: e.TenantID, AgentID: e.AgentID})
+		s.wire.Load().Broadcast(cluster.Change{Kind: cluster.SessionEnded, SessionID: e.ID, TenantID: e.TenantID, AgentID: e.AgentID})
 	}
 }
 

@@ -65,7 +65,9 @@ type Server struct {
 	stopRows    context.CancelFunc
 	rowsDone    chan struct{}
 
-	wire        *cluster.Wire
+	// wire is set as the node joins, after the session manager's workers
+	// (which broadcast what they end) have started.
+	wire        atomic.Pointer[cluster.Wire]
 	members     *cluster.Membership
 	status      *cluster.StatusMirror
 	control     agentControl
@@ -192,9 +194,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		AgentStale:     s.agentStale,
 		Node:           cfg.NodeID,
 		Cluster:        cfg.Cluster.Multi(),
-		Route:          router{store: agentStore, wire: func() *cluster.Wire { return s.wire }, multi: cfg.Cluster.Multi(), node: cfg.NodeID},
+		Route:          router{store: agentStore, wire: s.wire.Load, multi: cfg.Cluster.Multi(), node: cfg.NodeID},
 	})
-	s.control = agentControl{policy: s.policy, broker: s.broker, wire: func() *cluster.Wire { return s.wire }}
+	s.control = agentControl{policy: s.policy, broker: s.broker, wire: s.wire.Load}
 	s.ring.OnUsable(s.keysUsable)
 	s.fleet.OnConnect = s.sessions.OnAgentConnected
 	s.fleet.OnDisconnect = s.sessions.OnAgentDisconnected
@@ -281,7 +283,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 			// Every node is asked at once; a busy node's answer can take a
 			// few hundred ms, and a false "unreachable" misleads whoever
 			// is on call more than a slower answer does.
-			return cluster.Status(ctx, s.db.Pool, s.wire, 2*time.Second)
+			return cluster.Status(ctx, s.db.Pool, s.wire.Load(), 2*time.Second)
 		},
 		// An agent enrolled here pins the key signed with at start; if it
 		// has rotated since, the chain reaches the agent as it connects.
@@ -615,8 +617,8 @@ func (s *Server) close(ctx context.Context) error {
 	if s.fleet != nil && s.broker != nil {
 		s.fleet.Stop()
 	}
-	if s.wire != nil {
-		s.wire.Close()
+	if w := s.wire.Load(); w != nil {
+		w.Close()
 	}
 	if s.commits != nil {
 		s.commits.Close()
