@@ -17,17 +17,25 @@ import (
 // stops what it had started, rather than waiting in its own clean-up for
 // workers that never ran. Each case makes PostgreSQL refuse one start-up
 // step: the fleet watcher's clearing of this node's presence rows, and
-// the session manager's look for commands cut off by the last stop.
+// the session manager's look for commands cut off by the last stop. A
+// cluster node that never served does not drain either: there is nothing
+// to hand over, and no load balancer sent it anything (its drain delay
+// is 20 s here, so waiting it out would show).
 func TestStart_AFailedStepReturnsItsErrorAndDoesNotHang(t *testing.T) {
+	const refuseClear = `
+		CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+		CREATE TRIGGER refuse_clear BEFORE DELETE ON agent_presence
+		FOR EACH STATEMENT EXECUTE FUNCTION refuse()`
+	clusterNode := statusNodeSettings("node-a", testenv.FreeAddr(t), testenv.FreeAddr(t))
+	clusterNode["cluster-drain-delay"] = "20s"
 	for _, tc := range []struct {
 		name, sql, want string
+		settings        map[string]any
 	}{
-		{"fleet", `
-			CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-			BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
-			CREATE TRIGGER refuse_clear BEFORE DELETE ON agent_presence
-			FOR EACH STATEMENT EXECUTE FUNCTION refuse()`, "refused by the test"},
-		{"sessions", `ALTER TABLE commands RENAME TO commands_elsewhere`, `"commands" does not exist`},
+		{"fleet", refuseClear, "refused by the test", nil},
+		{"sessions", `ALTER TABLE commands RENAME TO commands_elsewhere`, `"commands" does not exist`, nil},
+		{"fleet of a cluster node", refuseClear, "refused by the test", clusterNode},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			env := testenv.NewEnv(t)
@@ -39,7 +47,7 @@ func TestStart_AFailedStepReturnsItsErrorAndDoesNotHang(t *testing.T) {
 			_, err = pool.Exec(ctx, tc.sql)
 			require.NoError(t, err)
 
-			cfg := testenv.InProcessConfig(t, env, nil)
+			cfg := testenv.InProcessConfig(t, env, tc.settings)
 			done := make(chan error, 1)
 			go func() {
 				srv, err := server.Start(ctx, cfg, testenv.TestLogger(t))
@@ -52,8 +60,8 @@ func TestStart_AFailedStepReturnsItsErrorAndDoesNotHang(t *testing.T) {
 			case err := <-done:
 				require.Error(t, err)
 				assert.Contains(t, err.Error(), tc.want)
-			case <-time.After(30 * time.Second):
-				t.Fatal("Start neither returned nor failed within 30 s")
+			case <-time.After(8 * time.Second):
+				t.Fatal("Start neither returned nor failed within 8 s")
 			}
 		})
 	}

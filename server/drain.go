@@ -21,7 +21,9 @@ import (
 // the start, so the load balancer has stopped sending calls before the
 // listener closes.
 func (s *Server) drain(ctx context.Context) {
-	if !s.cfg.Cluster.Multi() || s.broker == nil || s.sessions == nil || s.fleet == nil {
+	if !s.cfg.Cluster.Multi() || !s.ready.Load() {
+		// A start that failed part way has no agents to hand over, and no
+		// load balancer has sent it a call.
 		return
 	}
 	started := time.Now()

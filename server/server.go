@@ -57,8 +57,10 @@ type Server struct {
 	scheme   string
 	served   chan error
 
-	tel         *telemetry.Telemetry
-	closeOnce   sync.Once
+	tel       *telemetry.Telemetry
+	closeOnce sync.Once
+	// ready says Start completed: only a node that has served drains.
+	ready       atomic.Bool
 	closeErr    error
 	stopNightly context.CancelFunc
 	nightlyDone chan struct{}
@@ -343,6 +345,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	log.Info("mqtt listening", "addr", s.broker.WSAddr().String(), "url", s.broker.URL())
 	log.Info("argus-server ready", "api", s.APIURL(), "mqtt", s.broker.URL(), "database", db,
 		"remote_support_enabled", cfg.RemoteSupport)
+	s.ready.Store(true)
 	return s, nil
 }
 
